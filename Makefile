@@ -1,0 +1,18 @@
+# One command per habit (STYLE.md): make dev, make test, make lint, make bench.
+.PHONY: dev test lint bench services-stop
+
+dev:            ## run TaskFlow (local services + API + projector)
+	scripts/dev.sh
+
+test:           ## the whole suite: ruff, mypy --strict, pytest on real local servers
+	scripts/test.sh
+
+lint:           ## ruff and mypy only
+	scripts/bootstrap.sh
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+bench:          ## benchmarks against the local servers (docs/benchmarks.md)
+	scripts/bench.sh
+
+services-stop:  ## stop local services left running by an interrupted run
+	scripts/services.sh stop dev; scripts/services.sh stop test

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, tests — on real local servers unless MONGODB_URI and
+# REDIS_URL point at running ones (as the GitHub workflow does with a MongoDB replica set).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+PY=.venv/bin
+
+echo "== ruff"; $PY/ruff check . && $PY/ruff format --check .
+echo "== mypy --strict"; $PY/mypy
+
+if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+  scripts/services.sh start test
+  trap 'scripts/services.sh stop test' EXIT
+  set -a; . .state/test/services.env; set +a
+fi
+echo "== pytest (MongoDB: $MONGODB_URI, Redis: $REDIS_URL)"
+$PY/pytest "$@"

@@ -1,0 +1,194 @@
+"""The user aggregate: its state, its commands, and the pure `decide`/`evolve` functions."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+
+from taskflow.commands.errors import (
+    InvalidCommandError,
+    UserAlreadyRegisteredError,
+    UserNotFoundError,
+)
+from taskflow.events.task_values import EntityId, trimmed
+from taskflow.events.user_events import (
+    UserEvent,
+    UserPasswordChanged,
+    UserRegistered,
+    UserRoleGranted,
+)
+
+__all__ = [
+    "ChangePassword",
+    "DisplayName",
+    "Email",
+    "GrantRole",
+    "PasswordHash",
+    "RegisterUser",
+    "Role",
+    "UserCommand",
+    "UserState",
+    "decide",
+    "evolve",
+    "fold",
+    "normalize_email",
+]
+
+EMAIL_MAX = 254  # RFC 5321's limit on a forward path
+DISPLAY_NAME_MAX = 100
+
+
+def normalize_email(raw: str) -> str:
+    """`raw` trimmed and lower-cased; InvalidCommandError(field="email") unless it looks sane."""
+    email = raw.strip().lower()
+    local, _, domain = email.partition("@")
+    labels = domain.split(".")
+    if (
+        len(email) > EMAIL_MAX
+        or email.count("@") != 1
+        or not local
+        or len(labels) < 2
+        or not all(labels)
+        or any(ch.isspace() for ch in email)
+    ):
+        raise InvalidCommandError("email", "is not a valid e-mail address")
+    return email
+
+
+def _email_field(raw: str) -> str:
+    # Inside a pydantic model only ValueError becomes a ValidationError, so translate.
+    try:
+        return normalize_email(raw)
+    except InvalidCommandError as exc:
+        raise ValueError(exc.message) from exc
+
+
+Email = Annotated[str, AfterValidator(_email_field)]
+"""A normalised e-mail address (see `normalize_email`)."""
+
+DisplayName = Annotated[str, trimmed(DISPLAY_NAME_MAX)]
+"""A display name: surrounding whitespace trimmed, 1 to 100 characters left."""
+
+PasswordHash = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+"""An encoded password hash (argon2id, computed by the handler); never a password."""
+
+Role = Literal["auditor"]
+"""The roles that can be granted."""
+
+
+class UserState(BaseModel):
+    """A user account as its events describe it; `version` counts the events folded into it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user_id: str
+    email: str
+    display_name: str
+    password_hash: str
+    roles: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class _UserCommand(BaseModel):
+    """An intention aimed at one user account."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user_id: EntityId
+
+
+class RegisterUser(_UserCommand):
+    """Create an account (the handler reserves the e-mail address first)."""
+
+    email: Email
+    display_name: DisplayName
+    password_hash: PasswordHash
+
+
+class ChangePassword(_UserCommand):
+    """Replace the account's password hash."""
+
+    password_hash: PasswordHash
+
+
+class GrantRole(_UserCommand):
+    """Give the account a role."""
+
+    role: Role
+
+
+UserCommand = RegisterUser | ChangePassword | GrantRole
+
+
+def decide(state: UserState | None, command: UserCommand, now: datetime) -> list[UserEvent]:
+    """The events that `command` causes on `state` at `now`; a DomainError if it is refused."""
+    if isinstance(command, RegisterUser):
+        if state is not None:
+            raise UserAlreadyRegisteredError(command.user_id)
+        return [UserRegistered(occurred_at=now, **command.model_dump())]
+    if state is None:
+        raise UserNotFoundError(command.user_id)
+    if command.user_id != state.user_id:
+        raise InvalidCommandError("user_id", "does not match the user the command was sent to")
+    if isinstance(command, ChangePassword):
+        return _change_password(state, command, now)
+    return _grant(state, command, now)
+
+
+def _change_password(state: UserState, command: ChangePassword, now: datetime) -> list[UserEvent]:
+    if command.password_hash == state.password_hash:
+        return []
+    return [
+        UserPasswordChanged(
+            user_id=state.user_id, occurred_at=now, password_hash=command.password_hash
+        )
+    ]
+
+
+def _grant(state: UserState, command: GrantRole, now: datetime) -> list[UserEvent]:
+    if command.role in state.roles:
+        return []
+    return [UserRoleGranted(user_id=state.user_id, occurred_at=now, role=command.role)]
+
+
+def evolve(state: UserState | None, event: UserEvent) -> UserState:
+    """The state after `event`; ValueError for an event that cannot follow `state`."""
+    if isinstance(event, UserRegistered):
+        return _registered(state, event)
+    if state is None:
+        raise ValueError(f"{event.event_type} cannot come before UserRegistered")
+    update = {**_changes(state, event), "updated_at": event.occurred_at}
+    return state.model_copy(update={**update, "version": state.version + 1})
+
+
+def _registered(state: UserState | None, event: UserRegistered) -> UserState:
+    if state is not None:
+        raise ValueError(f"user {event.user_id!r} is registered twice")
+    return UserState(
+        **event.model_dump(exclude={"occurred_at"}),
+        roles=(),
+        created_at=event.occurred_at,
+        updated_at=event.occurred_at,
+        version=1,
+    )
+
+
+def _changes(state: UserState, event: UserEvent) -> dict[str, Any]:
+    """The fields that `event` sets on `state`."""
+    match event:
+        case UserPasswordChanged(password_hash=password_hash):
+            return {"password_hash": password_hash}
+        case UserRoleGranted(role=role):
+            return {"roles": state.roles if role in state.roles else (*state.roles, role)}
+    raise TypeError(f"the user aggregate does not know {type(event).__name__}")
+
+
+def fold(events: Iterable[UserEvent], state: UserState | None = None) -> UserState | None:
+    """The state after `events`, starting from `state` (None, or a snapshot)."""
+    return functools.reduce(evolve, events, state)

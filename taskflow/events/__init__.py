@@ -1,0 +1,1 @@
+"""Events, their stored form, and the append-only event log."""

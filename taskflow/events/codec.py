@@ -1,0 +1,89 @@
+"""The codec: the one place events and commits are converted to and from stored forms.
+
+Stored forms are a BSON document (MongoDB), JSON bytes (Redis hints and caches), and the
+canonical bytes the hash chain signs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from taskflow.events.base import DomainEvent, event_class, event_payload
+from taskflow.events.records import Commit, StoredEvent
+from taskflow.events.upcasters import upcast
+
+
+def encode_event(event: DomainEvent, version: int) -> StoredEvent:
+    """`event` as it is stored at stream `version`."""
+    return StoredEvent(
+        type=event.event_type,
+        schema_version=event.schema_version,
+        version=version,
+        data=event_payload(event),
+    )
+
+
+def decode_event(stored: StoredEvent) -> DomainEvent:
+    """The current-schema event for `stored`, upcasting old payloads on the way."""
+    cls = event_class(stored.type)
+    data = upcast(stored.type, stored.schema_version, cls.schema_version, stored.data)
+    return cls.model_validate(data)
+
+
+def decode_events(commit: Commit) -> list[DomainEvent]:
+    return [decode_event(stored) for stored in commit.events]
+
+
+def to_millis(moment: datetime) -> datetime:
+    """`moment` in UTC truncated to milliseconds: the precision BSON dates keep."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def commit_to_document(commit: Commit) -> dict[str, Any]:
+    """The BSON document stored for `commit` (`_id` is the commit id)."""
+    doc = commit.model_dump(exclude={"commit_id"})
+    doc["_id"] = commit.commit_id
+    doc["events"] = [event.model_dump() for event in commit.events]
+    return doc
+
+
+def commit_from_document(doc: dict[str, Any]) -> Commit:
+    fields = dict(doc)
+    fields["commit_id"] = fields.pop("_id")
+    fields["recorded_at"] = fields["recorded_at"].astimezone(UTC)
+    return Commit.model_validate(fields)
+
+
+def commit_to_json(commit: Commit) -> bytes:
+    return orjson.dumps(commit.model_dump(mode="json"))
+
+
+def commit_from_json(raw: bytes | str) -> Commit:
+    return Commit.model_validate_json(raw)
+
+
+def canonical_bytes(commit: Commit) -> bytes:
+    """The bytes the hash chain signs: everything that describes the commit but its position.
+
+    The position is left out on purpose: a writer whose position was sealed retries with a new
+    one (DESIGN.md §3), and the global order is guarded by the unique index, not the chain.
+    """
+    body = {
+        "stream_id": commit.stream_id,
+        "first_version": commit.first_version,
+        "last_version": commit.last_version,
+        "recorded_at": _iso_millis(commit.recorded_at),
+        "events": [event.model_dump(mode="json") for event in commit.events],
+        "metadata": commit.metadata.model_dump(mode="json") if commit.metadata else None,
+        "idempotency": commit.idempotency,
+        "prev_hash": commit.prev_hash,
+    }
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def _iso_millis(moment: datetime) -> str:
+    return to_millis(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,0 +1,351 @@
+"""The event store on MongoDB (the log) with Redis as its accelerator (counter, hints, heads).
+
+Every race is decided by one insert under a unique index (DESIGN.md §3): `_id` and
+`(stream_id, first_version)` decide the version, `position` the global order, `idempotency`
+the retried command. Redis only speeds the common case up; MongoDB stays the authority.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+import orjson
+import structlog
+from pymongo import ASCENDING, ReadPreference, WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from taskflow import names
+from taskflow.events.base import DomainEvent
+from taskflow.events.chain import HashChain
+from taskflow.events.codec import (
+    commit_from_document,
+    commit_to_document,
+    commit_to_json,
+    encode_event,
+    to_millis,
+)
+from taskflow.events.log_reader import LogReader, make_gap
+from taskflow.events.positions import PositionCounter
+from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
+from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
+
+log = structlog.get_logger(__name__)
+
+# How often one append may find its position already settled by a sealer before giving up.
+POSITION_ATTEMPTS = 8
+
+# Keep a head only if it is newer than the cached one (Redis scripts run atomically).
+_SET_HEAD = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
+local version = tonumber(ARGV[1])
+if current > version or (current == version and ARGV[3] == '') then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'h', ARGV[2])
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], 's')
+else
+  redis.call('HSET', KEYS[1], 's', ARGV[3])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+class _Duplicate(Enum):
+    REPLAY = "an earlier commit with the same idempotency key"
+    CONFLICT = "another commit at the same stream version"
+    POSITION = "a commit or gap at the same position"
+
+
+class PositionUnavailableError(Exception):
+    """Every position this append took was settled by someone else first."""
+
+
+class MongoEventStore:
+    """`EventStore` on MongoDB; see the module docstring and docs/event-log.md."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        redis: Redis,
+        chain: HashChain,
+        *,
+        gap_timeout: float = 2.0,
+        hint_ttl: int = 24 * 3600,
+        head_ttl: int = 7 * 24 * 3600,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.commits: AsyncCollection[dict[str, Any]] = db.get_collection(
+            names.COMMITS,
+            write_concern=WriteConcern("majority", j=True),
+            read_preference=ReadPreference.PRIMARY,
+        )
+        self._redis = redis
+        self._chain = chain
+        self._clock = clock
+        self._head_ttl = head_ttl
+        self._idem_ttl = hint_ttl
+        self._set_head = redis.register_script(_SET_HEAD)
+        self.positions = PositionCounter(redis, self.commits)
+        self.reader = LogReader(
+            self.commits, redis, self.positions, gap_timeout=gap_timeout, hint_ttl=hint_ttl
+        )
+
+    async def ensure_indexes(self) -> None:
+        """Create the log's indexes; safe to run at every start-up."""
+        await self.commits.create_index([("position", ASCENDING)], unique=True)
+        await self.commits.create_index(
+            [("stream_id", ASCENDING), ("first_version", ASCENDING)], unique=True
+        )
+        await self.commits.create_index([("idempotency", ASCENDING)], unique=True)
+        await self.commits.create_index([("recorded_at", ASCENDING)])
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[DomainEvent],
+        metadata: Metadata,
+        idempotency_key: str | None = None,
+        snapshot: bytes | None = None,
+    ) -> AppendResult:
+        if not events:
+            raise ValueError("an append needs at least one event")
+        if idempotency_key is not None:
+            earlier = await self.replayed(metadata.actor, idempotency_key, metadata.fingerprint)
+            if earlier is not None:
+                return earlier
+        try:
+            prev_hash = await self._prev_hash(stream_id, expected_version)
+            return await self._insert_with_position(
+                stream_id, expected_version, events, metadata, idempotency_key, prev_hash, snapshot
+            )
+        except ConcurrencyError:
+            if idempotency_key is None:
+                raise
+            earlier = await self.replayed(
+                metadata.actor, idempotency_key, metadata.fingerprint, thorough=True
+            )
+            if earlier is None:
+                raise
+            return earlier
+
+    async def _insert_with_position(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[DomainEvent],
+        metadata: Metadata,
+        idempotency_key: str | None,
+        prev_hash: str,
+        snapshot: bytes | None,
+    ) -> AppendResult:
+        first = expected_version + 1
+        commit_id = f"{stream_id}:{first}"
+        stored = tuple(encode_event(event, first + i) for i, event in enumerate(events))
+        idempotency = _idempotency(metadata.actor, idempotency_key) or f"~{commit_id}"
+        for _ in range(POSITION_ATTEMPTS):
+            unsigned = Commit(
+                commit_id=commit_id,
+                stream_id=stream_id,
+                first_version=first,
+                last_version=first + len(stored) - 1,
+                position=await self.positions.take(),
+                recorded_at=to_millis(self._clock()),
+                events=stored,
+                metadata=metadata,
+                idempotency=idempotency,
+                prev_hash=prev_hash,
+            )
+            commit = unsigned.model_copy(update={"hash": self._chain.sign(unsigned)})
+            try:
+                await self._insert(commit)
+            except DuplicateKeyError:
+                outcome, other = await self._explain_duplicate(commit)
+                if outcome is _Duplicate.POSITION:
+                    await self.positions.reseed()
+                    continue
+                await self._fill(commit.position)
+                if outcome is _Duplicate.REPLAY and other is not None:
+                    return _replay_of(other, metadata.fingerprint)
+                head, _ = await self.load_head(stream_id)
+                raise ConcurrencyError(stream_id, expected_version, head.version) from None
+            await self._announce(commit, snapshot, idempotency_key)
+            return _result_of(commit)
+        raise PositionUnavailableError(f"no free position after {POSITION_ATTEMPTS} attempts")
+
+    async def _insert(self, commit: Commit) -> None:
+        """The one write of an append (a seam where tests inject faults)."""
+        await self.commits.insert_one(commit_to_document(commit))
+
+    async def _prev_hash(self, stream_id: str, expected_version: int) -> str:
+        head = await self.stream_head(stream_id)
+        if head is not None and head.version > expected_version:
+            raise ConcurrencyError(stream_id, expected_version, head.version)
+        if head is None or head.version != expected_version:
+            head, _ = await self.load_head(stream_id)
+            if head.version != expected_version:
+                raise ConcurrencyError(stream_id, expected_version, head.version)
+        return head.hash
+
+    async def _explain_duplicate(self, commit: Commit) -> tuple[_Duplicate, Commit | None]:
+        """Which unique index refused `commit` (the server's error does not say), by reading."""
+        query = {
+            "$or": [
+                {"_id": commit.commit_id},
+                {"idempotency": commit.idempotency},
+                {"position": commit.position},
+            ]
+        }
+        others = [commit_from_document(doc) for doc in await self.commits.find(query).to_list()]
+        for other in others:
+            if other.idempotency == commit.idempotency and not commit.idempotency.startswith("~"):
+                return _Duplicate.REPLAY, other
+        if any(other.commit_id == commit.commit_id for other in others):
+            return _Duplicate.CONFLICT, None
+        return _Duplicate.POSITION, None
+
+    async def _fill(self, position: int) -> None:
+        """A writer that will not use its position settles it with a gap at once."""
+        gap = make_gap(position, self._clock())
+        try:
+            await self.commits.insert_one(commit_to_document(gap))
+        except DuplicateKeyError:
+            return  # a reader sealed it already
+        await self._best_effort(self.reader.hint(gap))
+
+    async def _announce(self, commit: Commit, snapshot: bytes | None, key: str | None) -> None:
+        """Tell Redis what was committed: hint, new head, idempotent outcome, wake-up."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(
+                names.commit_hint_key(commit.position), commit_to_json(commit), ex=self._idem_ttl
+            )
+            await self._set_head(
+                keys=[names.stream_head_key(commit.stream_id)],
+                args=[commit.last_version, commit.hash, snapshot or b"", self._head_ttl],
+                client=pipe,
+            )
+            if key is not None and commit.metadata is not None:
+                outcome = {
+                    "result": _result_of(commit).model_dump(),
+                    "fp": commit.metadata.fingerprint,
+                }
+                pipe.set(
+                    names.idempotency_key(commit.metadata.actor, key),
+                    orjson.dumps(outcome),
+                    ex=self._idem_ttl,
+                )
+            pipe.publish(names.WAKE_CHANNEL, str(commit.position))
+            await self._best_effort(pipe.execute())
+
+    async def _best_effort(self, awaitable: Any) -> None:
+        """Redis here only accelerates: the commit is durable, readers fall back to MongoDB."""
+        try:
+            await awaitable
+        except RedisError as exc:
+            log.warning("redis_hint_failed", error=str(exc))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read_stream(
+        self, stream_id: str, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[Commit]:
+        query: dict[str, Any] = {"stream_id": stream_id}
+        if to_version is not None:
+            query["first_version"] = {"$lte": to_version}
+        if as_of is not None:
+            query["recorded_at"] = {"$lte": as_of}
+        cursor = self.commits.find(query).sort("first_version", ASCENDING)
+        commits = [commit_from_document(doc) for doc in await cursor.to_list()]
+        if to_version is not None and commits and commits[-1].last_version > to_version:
+            # A commit spanning `to_version`: keep only its events up to it (reading only).
+            last = commits[-1]
+            kept = tuple(event for event in last.events if event.version <= to_version)
+            commits[-1] = last.model_copy(update={"events": kept, "last_version": to_version})
+        return commits
+
+    async def stream_head(self, stream_id: str) -> StreamHead | None:
+        version, hash_, snapshot = await self._redis.hmget(
+            names.stream_head_key(stream_id), ["v", "h", "s"]
+        )
+        if version is None or hash_ is None:
+            return None
+        return StreamHead(
+            version=int(version),
+            hash=hash_.decode() if isinstance(hash_, bytes) else hash_,
+            snapshot=snapshot or None,
+        )
+
+    async def load_head(self, stream_id: str) -> tuple[StreamHead, list[Commit]]:
+        commits = await self.read_stream(stream_id)
+        head = (
+            StreamHead(version=commits[-1].last_version, hash=commits[-1].hash)
+            if commits
+            else (StreamHead(version=0, hash=""))
+        )
+        if commits:
+            await self._best_effort(
+                self._set_head(
+                    keys=[names.stream_head_key(stream_id)],
+                    args=[head.version, head.hash, b"", self._head_ttl],
+                )
+            )
+        return head, commits
+
+    async def replayed(
+        self, actor: str, key: str, fingerprint: str, *, thorough: bool = False
+    ) -> AppendResult | None:
+        """The first outcome of (actor, key); `thorough` also asks the log (a scan: rare paths)."""
+        raw = await self._redis.get(names.idempotency_key(actor, key))
+        if raw is not None:
+            outcome = orjson.loads(raw)
+            if outcome["fp"] != fingerprint:
+                raise IdempotencyKeyReusedError(key)
+            return AppendResult.model_validate({**outcome["result"], "replayed": True})
+        if not thorough:
+            return None
+        doc = await self.commits.find_one({"idempotency": _idempotency(actor, key)})
+        return None if doc is None else _replay_of(commit_from_document(doc), fingerprint)
+
+    async def read_all(
+        self, after_position: int, limit: int | None = None
+    ) -> AsyncIterator[Commit]:
+        count = 0
+        async for commit in self.reader.read(after_position):
+            yield commit
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+    async def head_position(self) -> int:
+        return await self.reader.head()
+
+    async def verify(self, stream_id: str) -> BrokenLink | None:
+        return self._chain.verify_stream(await self.read_stream(stream_id))
+
+
+def _idempotency(actor: str, key: str | None) -> str | None:
+    return None if key is None else f"{actor}:{key}"
+
+
+def _result_of(commit: Commit) -> AppendResult:
+    return AppendResult(
+        stream_id=commit.stream_id,
+        first_version=commit.first_version,
+        version=commit.last_version,
+        position=commit.position,
+    )
+
+
+def _replay_of(original: Commit, fingerprint: str) -> AppendResult:
+    if original.metadata is None or original.metadata.fingerprint != fingerprint:
+        raise IdempotencyKeyReusedError(original.idempotency)
+    return _result_of(original).model_copy(update={"replayed": True})

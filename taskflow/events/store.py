@@ -1,0 +1,70 @@
+"""The event-store port: what the command side, projectors and auditors need from the log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from taskflow.events.base import DomainEvent
+from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
+
+
+class ConcurrencyError(Exception):
+    """The stream moved on: another writer appended at the expected version first."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(f"stream {stream_id} is at version {actual}, not {expected}")
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class IdempotencyKeyReusedError(Exception):
+    """An Idempotency-Key was sent again with a different command."""
+
+
+class EventStore(Protocol):
+    """The append-only log. Implementations: `MongoEventStore`."""
+
+    async def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[DomainEvent],
+        metadata: Metadata,
+        idempotency_key: str | None = None,
+        snapshot: bytes | None = None,
+    ) -> AppendResult:
+        """Store `events` atomically as versions expected+1..; ConcurrencyError if moved on."""
+        ...
+
+    async def read_stream(
+        self, stream_id: str, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[Commit]:
+        """The stream's commits in version order, optionally up to a version or a moment."""
+        ...
+
+    async def stream_head(self, stream_id: str) -> StreamHead | None:
+        """The cached head of a stream (fast; may lag the log, never leads it)."""
+        ...
+
+    async def load_head(self, stream_id: str) -> tuple[StreamHead, list[Commit]]:
+        """The head read from the log itself, with the commits it was built from."""
+        ...
+
+    async def replayed(self, actor: str, key: str, fingerprint: str) -> AppendResult | None:
+        """The original outcome of a command already sent with this Idempotency-Key, if any."""
+        ...
+
+    def read_all(self, after_position: int) -> AsyncIterator[Commit]:
+        """Every settled commit after `after_position` in global order, gaps included."""
+        ...
+
+    async def head_position(self) -> int:
+        """The highest position up to which every position is settled (commit or gap)."""
+        ...
+
+    async def verify(self, stream_id: str) -> BrokenLink | None:
+        """The first broken link of one stream's hash chain, or None."""
+        ...

@@ -1,0 +1,102 @@
+"""Value types shared by task events and task commands: enums, constrained strings, UTC times."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, StringConstraints
+
+TITLE_MAX = 200
+DESCRIPTION_MAX = 10_000
+TAG_MAX = 32
+TAGS_MAX = 20
+ID_MAX = 128
+
+_TAG_PUNCTUATION = frozenset("-_:.")
+
+
+class Status(StrEnum):
+    """Where a task stands in its workflow."""
+
+    TODO = "todo"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+
+
+class Priority(StrEnum):
+    """How urgent a task is, lowest first."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+def to_utc(value: datetime) -> datetime:
+    """The same instant expressed in UTC; ValueError for a naive or unrepresentable datetime."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("datetime must carry a time zone")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+05:00 has no UTC equivalent
+        raise ValueError("datetime is out of range once converted to UTC") from exc
+
+
+def trimmed(max_length: int) -> AfterValidator:
+    """A validator: strip surrounding whitespace, then require 1 to `max_length` characters."""
+
+    # str.strip, not pydantic's strip_whitespace: the latter keeps e.g. "\x1f", which Python (and
+    # therefore every later .strip() on the value) treats as whitespace.
+    def check(value: str) -> str:
+        value = value.strip()
+        if not 1 <= len(value) <= max_length:
+            raise ValueError(f"must have 1 to {max_length} characters once trimmed")
+        return value
+
+    return AfterValidator(check)
+
+
+def normalize_tag(raw: str) -> str:
+    """The canonical form of a tag (see `Tag`); ValueError when it cannot be one."""
+    # NFKC first so that full-width and composed/decomposed spellings give the same tag.
+    tag = "-".join(unicodedata.normalize("NFKC", raw).lower().split())
+    if not 1 <= len(tag) <= TAG_MAX:
+        raise ValueError(f"a tag must have 1 to {TAG_MAX} characters")
+    if not all(ch.isalnum() or ch in _TAG_PUNCTUATION for ch in tag):
+        raise ValueError("a tag may contain only letters, digits and - _ : .")
+    return tag
+
+
+def normalize_tags(tags: tuple[str, ...]) -> tuple[str, ...]:
+    """Already-normalised tags without duplicates, first occurrence kept; at most TAGS_MAX."""
+    unique = tuple(dict.fromkeys(tags))
+    if len(unique) > TAGS_MAX:
+        raise ValueError(f"a task may have at most {TAGS_MAX} tags")
+    return unique
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
+"""A tz-aware datetime, normalised to UTC; naive datetimes are rejected."""
+
+EntityId = Annotated[
+    str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+"""An aggregate or user id: short, and free of anything a query language could interpret."""
+
+Title = Annotated[str, trimmed(TITLE_MAX)]
+"""A task title: surrounding whitespace trimmed, 1 to 200 characters left."""
+
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
+"""A task description, possibly empty, at most 10,000 characters."""
+
+Tag = Annotated[str, AfterValidator(normalize_tag)]
+"""A tag: NFKC, trimmed, lower case, inner whitespace runs as "-", 1-32 letters, digits, -_:."""
+
+Tags = Annotated[tuple[Tag, ...], AfterValidator(normalize_tags)]
+"""Up to 20 normalised tags, duplicates dropped, order of first appearance kept."""
+
+DueAt = UtcDatetime
+"""A due date: tz-aware, normalised to UTC."""

@@ -1,0 +1,98 @@
+"""Settings read from the environment, typed and validated once at start-up."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Settings(BaseSettings):
+    """Everything TaskFlow reads from its environment (README: Configuration)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    mongodb_uri: str = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+    mongodb_db: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "taskflow"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    http_host: str = "127.0.0.1"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9108
+    log_level: LogLevel = "INFO"
+    log_json: bool = True
+
+    # Access tokens are signed with the active key; every listed key is accepted (rotation).
+    jwt_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=lambda: {"dev": SecretStr("dev-only-jwt-secret-change-me-0123456789")}
+    )
+    jwt_active_kid: str = "dev"
+    jwt_issuer: str = "taskflow"
+    jwt_audience: str = "taskflow-api"
+    access_token_ttl_seconds: Annotated[int, Field(ge=30, le=3600)] = 900
+    refresh_token_ttl_seconds: Annotated[int, Field(ge=300)] = 30 * 24 * 3600
+    cookie_secure: bool = True
+
+    # Keys the per-stream hash chain; lives only in configuration, never in the database.
+    event_log_hmac_key: SecretStr = SecretStr("dev-only-event-log-key-change-me")
+
+    # A position nobody has written after this long is sealed with a gap (DESIGN.md §3).
+    gap_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    read_max_staleness_seconds: Annotated[int, Field(ge=90)] | None = None
+    read_your_writes_timeout_seconds: Annotated[float, Field(ge=0, le=30)] = 2.0
+    mongodb_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5_000
+    redis_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    ready_timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
+    max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
+
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    sentry_dsn: SecretStr | None = None
+
+    @field_validator("jwt_keys", mode="before")
+    @classmethod
+    def _parse_jwt_keys(cls, raw: object) -> object:
+        """Accept `kid:secret,kid2:secret2` from the environment."""
+        if not isinstance(raw, str):
+            return raw
+        keys: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            kid, sep, secret = item.partition(":")
+            if not sep or not kid or len(secret) < 32:
+                raise ValueError("expected kid:secret pairs, each secret at least 32 characters")
+            keys[kid] = secret
+        if not keys:
+            raise ValueError("at least one kid:secret pair is required")
+        return keys
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, raw: object) -> object:
+        if isinstance(raw, str):
+            return tuple(filter(None, (o.strip() for o in raw.split(","))))
+        return raw
+
+    @field_validator("jwt_active_kid")
+    @classmethod
+    def _active_kid_known(cls, kid: str, info: object) -> str:
+        data = getattr(info, "data", {})
+        if "jwt_keys" in data and kid not in data["jwt_keys"]:
+            raise ValueError(f"JWT_ACTIVE_KID {kid!r} is not one of JWT_KEYS")
+        return kid
+
+
+class SettingsError(Exception):
+    """The environment does not describe a valid configuration."""
+
+
+def load_settings() -> Settings:
+    """Read settings, turning pydantic's error into one naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from None

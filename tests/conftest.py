@@ -1,0 +1,81 @@
+"""Fixtures on the real local servers started by `make test` (scripts/test.sh).
+
+Each test gets its own MongoDB database and a flushed Redis logical database, so tests never see
+each other's data. Nothing here stands in for MongoDB or Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from taskflow.events.chain import HashChain
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.settings import Settings
+
+TEST_HMAC_KEY = b"test-event-log-key"
+
+
+def _service_url(name: str) -> str:
+    url = os.environ.get(name)
+    if not url:
+        pytest.exit(f"{name} is not set: run the suite with `make test`, which starts the servers")
+    return url
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Settings pointing at the test servers, with a database of the test's own."""
+    return Settings(
+        mongodb_uri=_service_url("MONGODB_URI"),
+        redis_url=_service_url("REDIS_URL"),
+        mongodb_db=f"t_{uuid.uuid4().hex[:16]}",
+        gap_timeout_seconds=0.3,
+        log_json=False,
+        cookie_secure=False,
+    )
+
+
+@pytest.fixture
+async def mongo(settings: Settings) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongodb_uri, tz_aware=True
+    )
+    try:
+        yield client
+    finally:
+        await client.drop_database(settings.mongodb_db)
+        await client.close()
+
+
+@pytest.fixture
+async def db(
+    mongo: AsyncMongoClient[dict[str, Any]], settings: Settings
+) -> AsyncDatabase[dict[str, Any]]:
+    return mongo[settings.mongodb_db]
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@pytest.fixture
+async def store(db: AsyncDatabase[dict[str, Any]], redis: Redis) -> MongoEventStore:
+    """The event store on the real servers, indexes created, with a short gap timeout."""
+    store = MongoEventStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3)
+    await store.ensure_indexes()
+    return store

@@ -1,0 +1,242 @@
+"""Contract tests of the event store against the real local MongoDB-protocol and Redis servers."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from redis.asyncio import Redis
+
+from taskflow.events.codec import decode_events
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.events.records import Commit, Metadata
+from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
+from tests.sample_events import NoteTagged, NoteWritten
+
+
+def meta(actor: str = "u1", fingerprint: str = "") -> Metadata:
+    return Metadata(
+        actor=actor,
+        request_id="req-1",
+        correlation_id="corr-1",
+        causation_id="cause-1",
+        fingerprint=fingerprint,
+    )
+
+
+async def drain(store: MongoEventStore, after: int = 0) -> list[Commit]:
+    return [commit async for commit in store.read_all(after)]
+
+
+async def test_append_stores_all_events_of_a_command_in_one_commit(store: MongoEventStore) -> None:
+    """One append of several events is one document with contiguous versions and metadata."""
+    result = await store.append("s-1", 0, [NoteWritten(text="a"), NoteWritten(text="b")], meta())
+    assert (result.first_version, result.version, result.replayed) == (1, 2, False)
+    assert await store.commits.count_documents({}) == 1
+    [commit] = await store.read_stream("s-1")
+    assert [e.version for e in commit.events] == [1, 2]
+    assert decode_events(commit) == [NoteWritten(text="a"), NoteWritten(text="b")]
+    assert commit.metadata == meta()
+    assert commit.position == result.position
+    assert commit.recorded_at.tzinfo is not None
+
+
+async def test_stale_expected_version_is_a_conflict_carrying_the_current_version(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """Appending at an old version fails with the stream's real version, cached head or not."""
+    await store.append("s-1", 0, [NoteWritten(text="a")], meta())
+    await store.append("s-1", 1, [NoteWritten(text="b")], meta())
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append("s-1", 1, [NoteWritten(text="c")], meta())
+    assert caught.value.actual == 2
+    await redis.flushdb()  # without the Redis head the log itself decides
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append("s-1", 0, [NoteWritten(text="c")], meta())
+    assert caught.value.actual == 2
+    with pytest.raises(ConcurrencyError):
+        await store.append("s-1", 5, [NoteWritten(text="c")], meta())
+
+
+async def test_a_head_cache_behind_the_log_cannot_overwrite_a_version(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """Rolling the cached head back makes the append collide on the unique version key."""
+    await store.append("s-1", 0, [NoteWritten(text="a")], meta())
+    old_head = await store.stream_head("s-1")
+    await store.append("s-1", 1, [NoteWritten(text="b")], meta())
+    assert old_head is not None
+    await redis.delete("tf:head:s-1")
+    await redis.hset("tf:head:s-1", mapping={"v": old_head.version, "h": old_head.hash})
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append("s-1", 1, [NoteWritten(text="x")], meta())
+    assert caught.value.actual == 2
+    assert [c.last_version for c in await store.read_stream("s-1")] == [1, 2]
+
+
+async def test_fifty_concurrent_appenders_have_one_winner_per_version(
+    store: MongoEventStore,
+) -> None:
+    """Of 50 writers racing at each version exactly one wins, and versions stay contiguous."""
+    for version in range(5):
+        outcomes = await asyncio.gather(
+            *(
+                store.append("race", version, [NoteWritten(text=f"{version}-{i}")], meta())
+                for i in range(50)
+            ),
+            return_exceptions=True,
+        )
+        winners = [o for o in outcomes if not isinstance(o, BaseException)]
+        losers = [o for o in outcomes if isinstance(o, ConcurrencyError)]
+        assert len(winners) == 1
+        assert len(losers) == 49
+        assert all(loser.actual == version + 1 for loser in losers)
+    commits = await store.read_stream("race")
+    assert [c.first_version for c in commits] == [1, 2, 3, 4, 5]
+    log = await drain(store)
+    positions = [c.position for c in log]
+    assert positions == list(range(1, len(positions) + 1))  # losers filled their positions
+    assert [c.first_version for c in log if not c.is_gap] == [1, 2, 3, 4, 5]
+
+
+async def test_idempotency_key_returns_the_original_outcome_and_writes_nothing(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """A retried key replays the first result, even once Redis forgot it; a new command fails."""
+    first = await store.append(
+        "s-1", 0, [NoteWritten(text="a")], meta(fingerprint="fp-a"), idempotency_key="k1"
+    )
+    again = await store.append(
+        "s-1", 0, [NoteWritten(text="a")], meta(fingerprint="fp-a"), idempotency_key="k1"
+    )
+    assert again.replayed and again.position == first.position and again.version == 1
+    await redis.flushdb()
+    from_log = await store.append(
+        "s-1", 0, [NoteWritten(text="a")], meta(fingerprint="fp-a"), idempotency_key="k1"
+    )
+    assert from_log.replayed and from_log.position == first.position
+    with pytest.raises(IdempotencyKeyReusedError):
+        await store.append(
+            "s-1", 1, [NoteWritten(text="b")], meta(fingerprint="fp-b"), idempotency_key="k1"
+        )
+    other_actor = await store.append(
+        "s-2", 0, [NoteWritten(text="a")], meta(actor="u2", fingerprint="fp-b"), idempotency_key="k1"
+    )
+    assert not other_actor.replayed
+    assert await store.commits.count_documents({"kind": "commit"}) == 2
+
+
+async def test_same_key_on_a_new_stream_replays_instead_of_creating_twice(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """A retried create with a fresh stream id still hits the key's unique index."""
+    first = await store.append(
+        "task-a", 0, [NoteWritten(text="a")], meta(fingerprint="c"), idempotency_key="create-1"
+    )
+    await redis.flushdb()
+    retry = await store.append(
+        "task-b", 0, [NoteWritten(text="a")], meta(fingerprint="c"), idempotency_key="create-1"
+    )
+    assert retry.replayed and retry.stream_id == "task-a" and retry.position == first.position
+    assert await store.read_stream("task-b") == []
+
+
+async def test_read_stream_up_to_a_version_or_a_moment(store: MongoEventStore) -> None:
+    """Reading a stream can stop at a version (inside a commit) or at a recorded time."""
+    await store.append("s-1", 0, [NoteWritten(text="a"), NoteWritten(text="b")], meta())
+    await asyncio.sleep(0.01)
+    cut = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    await store.append("s-1", 2, [NoteWritten(text="c")], meta())
+    [partial] = await store.read_stream("s-1", to_version=1)
+    assert decode_events(partial) == [NoteWritten(text="a")]
+    assert [c.last_version for c in await store.read_stream("s-1", as_of=cut)] == [2]
+    assert await store.read_stream("s-1", as_of=cut - timedelta(days=1)) == []
+
+
+async def test_old_schema_versions_are_upcast_when_read(store: MongoEventStore) -> None:
+    """An event stored at schema v1 is read as the current v2."""
+    await store.append("s-1", 0, [NoteTagged(tags=["x"])], meta())
+    await store.commits.update_one(
+        {"stream_id": "s-1"},
+        {"$set": {"events.0.schema_version": 1, "events.0.data": {"tag": "old"}}},
+    )
+    [commit] = await store.read_stream("s-1")
+    assert decode_events(commit) == [NoteTagged(tags=["old"])]
+
+
+async def test_editing_a_stored_event_breaks_the_chain_at_that_version(
+    store: MongoEventStore,
+) -> None:
+    """`verify` names the stream and version of a tampered event, and passes untouched streams."""
+    for version in range(3):
+        await store.append("s-1", version, [NoteWritten(text=str(version))], meta())
+    assert await store.verify("s-1") is None
+    await store.commits.update_one(
+        {"stream_id": "s-1", "first_version": 2}, {"$set": {"events.0.data.text": "forged"}}
+    )
+    broken = await store.verify("s-1")
+    assert broken is not None
+    assert (broken.stream_id, broken.version) == ("s-1", 2)
+    assert "hash" in broken.reason
+
+
+async def test_a_position_taken_and_never_written_is_sealed_after_the_timeout(
+    store: MongoEventStore,
+) -> None:
+    """A crashed writer's position stops readers only for the gap timeout, then becomes a gap."""
+    await store.append("s-1", 0, [NoteWritten(text="a")], meta())
+    lost = await store.positions.take()  # a writer that crashed right after taking a position
+    await store.append("s-1", 1, [NoteWritten(text="b")], meta())
+    assert [c.position for c in await drain(store)] == [1]  # waits at the hole
+    await asyncio.sleep(0.35)
+    rest = await drain(store, 1)
+    assert [(c.position, c.is_gap) for c in rest] == [(lost, True), (lost + 1, False)]
+    assert await store.head_position() == lost + 1
+
+
+async def test_a_late_writer_whose_position_was_sealed_retries_with_a_new_one(
+    store: MongoEventStore,
+) -> None:
+    """Either the seal or the late commit wins a position, never both; the commit still lands."""
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    class SlowStore(MongoEventStore):
+        async def _insert(self, commit: Commit) -> None:
+            if commit.stream_id == "slow" and not release.is_set():
+                entered.set()
+                await release.wait()
+            await super()._insert(commit)
+
+    slow = SlowStore(store.commits.database, store._redis, store._chain, gap_timeout=0.3)
+    writer = asyncio.create_task(slow.append("slow", 0, [NoteWritten(text="late")], meta()))
+    await entered.wait()
+    await store.append("fast", 0, [NoteWritten(text="fast")], meta())
+    assert await drain(store) == []  # the reader notices the hole and starts its grace period
+    await asyncio.sleep(0.35)
+    sealed = await drain(store)
+    assert [(c.stream_id, c.is_gap) for c in sealed] == [("~gap", True), ("fast", False)]
+    release.set()
+    result = await writer
+    assert result.position == 3
+    log = await drain(store)
+    assert [c.stream_id for c in log] == ["~gap", "fast", "slow"]
+
+
+async def test_appends_and_reads_survive_redis_losing_everything(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """With Redis flushed, positions are re-seeded from the log and readers fall back to it."""
+    for version in range(3):
+        await store.append("s-1", version, [NoteWritten(text=str(version))], meta())
+    await redis.flushdb()
+    result = await store.append("s-1", 3, [NoteWritten(text="after")], meta())
+    assert result.position == 4
+    await redis.delete("tf:log:at:4")  # a hint that never arrived
+    assert await drain(store) == []  # unknown holes get the grace period first
+    await asyncio.sleep(0.35)
+    log = await drain(store)
+    assert [c.position for c in log] == [1, 2, 3, 4]
+    assert [c.is_gap for c in log] == [False] * 4
