@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9108
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
     log_level: LogLevel = "INFO"
     log_json: bool = True
 

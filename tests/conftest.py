@@ -45,9 +45,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def mongo(settings: Settings) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_uri, tz_aware=True
-    )
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, tz_aware=True)
     try:
         yield client
     finally:
@@ -79,3 +77,13 @@ async def store(db: AsyncDatabase[dict[str, Any]], redis: Redis) -> MongoEventSt
     store = MongoEventStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3)
     await store.ensure_indexes()
     return store
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on, to stand for a server that is down."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port

@@ -110,18 +110,18 @@ async def test_idempotency_key_returns_the_original_outcome_and_writes_nothing(
     again = await store.append(
         "s-1", 0, [NoteWritten(text="a")], meta(fingerprint="fp-a"), idempotency_key="k1"
     )
-    assert again.replayed and again.position == first.position and again.version == 1
+    assert (again.replayed, again.position, again.version) == (True, first.position, 1)
     await redis.flushdb()
     from_log = await store.append(
         "s-1", 0, [NoteWritten(text="a")], meta(fingerprint="fp-a"), idempotency_key="k1"
     )
-    assert from_log.replayed and from_log.position == first.position
+    assert (from_log.replayed, from_log.position) == (True, first.position)
     with pytest.raises(IdempotencyKeyReusedError):
         await store.append(
             "s-1", 1, [NoteWritten(text="b")], meta(fingerprint="fp-b"), idempotency_key="k1"
         )
     other_actor = await store.append(
-        "s-2", 0, [NoteWritten(text="a")], meta(actor="u2", fingerprint="fp-b"), idempotency_key="k1"
+        "s-2", 0, [NoteWritten(text="a")], meta("u2", fingerprint="fp-b"), idempotency_key="k1"
     )
     assert not other_actor.replayed
     assert await store.commits.count_documents({"kind": "commit"}) == 2
@@ -138,7 +138,7 @@ async def test_same_key_on_a_new_stream_replays_instead_of_creating_twice(
     retry = await store.append(
         "task-b", 0, [NoteWritten(text="a")], meta(fingerprint="c"), idempotency_key="create-1"
     )
-    assert retry.replayed and retry.stream_id == "task-a" and retry.position == first.position
+    assert (retry.replayed, retry.stream_id, retry.position) == (True, "task-a", first.position)
     assert await store.read_stream("task-b") == []
 
 

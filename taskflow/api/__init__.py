@@ -1,0 +1,1 @@
+"""The aiohttp REST API: app factory, routes, schemas, auth and middlewares."""

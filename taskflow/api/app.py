@@ -1,0 +1,65 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from taskflow.api import health
+from taskflow.api.keys import INDEXES_READY, SERVICES, SETTINGS
+from taskflow.api.middlewares import problems, request_context
+from taskflow.bootstrap import Services, ensure_indexes, open_services
+from taskflow.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The API with every client opened and closed in `cleanup_ctx`."""
+    app = web.Application(
+        middlewares=[request_context, problems], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[INDEXES_READY] = asyncio.Event()
+    app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(_indexes)
+    setup_routes(app)
+    return app
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/api/health", health.health)
+    app.router.add_get("/api/ready", health.ready)
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    async with open_services(app[SETTINGS]) as services:
+        app[SERVICES] = services
+        yield
+
+
+async def _indexes(app: web.Application) -> AsyncIterator[None]:
+    """Create indexes in the background so the API starts (not ready) while MongoDB is down."""
+    task = asyncio.create_task(_create_indexes(app[SERVICES], app[INDEXES_READY]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _create_indexes(services: Services, done: asyncio.Event) -> None:
+    delay = 0.5
+    while True:
+        try:
+            await ensure_indexes(services)
+        except Exception as exc:
+            log.warning("indexes_not_created", error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+        else:
+            done.set()
+            return

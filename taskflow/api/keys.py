@@ -1,0 +1,16 @@
+"""Typed application keys, declared in one place."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from taskflow.bootstrap import Services
+from taskflow.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+INDEXES_READY = web.AppKey("indexes_ready", asyncio.Event)
+REQUEST_ID = web.RequestKey("request_id", str)
+CORRELATION_ID = web.RequestKey("correlation_id", str)

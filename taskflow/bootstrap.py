@@ -1,0 +1,81 @@
+"""The composition root: opens every client once and wires the components that use them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import AsyncMongoClient, ReadPreference
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.read_preferences import SecondaryPreferred
+from redis.asyncio import Redis
+
+from taskflow.events.chain import HashChain
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.settings import Settings
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a process shares: clients, and the components built on them."""
+
+    settings: Settings
+    mongo: AsyncMongoClient[Document]
+    db: AsyncDatabase[Document]  # primary: the log, leases, checkpoints, auth
+    read_db: AsyncDatabase[Document]  # read models: secondaries when there are any
+    redis: Redis
+    store: MongoEventStore
+
+
+def read_preference(settings: Settings) -> SecondaryPreferred:
+    """Read models fan out to secondaries, bounded by maxStalenessSeconds (DESIGN.md §6)."""
+    return SecondaryPreferred(max_staleness=settings.read_max_staleness_seconds or -1)
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Open the clients (lazily connecting) and close them on exit, whatever happened."""
+    mongo: AsyncMongoClient[Document] = AsyncMongoClient(
+        settings.mongodb_uri,
+        tz_aware=True,
+        serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
+        connectTimeoutMS=settings.mongodb_timeout_ms,
+        socketTimeoutMS=settings.mongodb_timeout_ms * 2,
+        appname="taskflow",
+    )
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        health_check_interval=30,
+    )
+    try:
+        db = mongo.get_database(settings.mongodb_db, read_preference=ReadPreference.PRIMARY)
+        store = MongoEventStore(
+            db,
+            redis,
+            HashChain(settings.event_log_hmac_key.get_secret_value().encode()),
+            gap_timeout=settings.gap_timeout_seconds,
+        )
+        yield Services(
+            settings=settings,
+            mongo=mongo,
+            db=db,
+            read_db=mongo.get_database(
+                settings.mongodb_db, read_preference=read_preference(settings)
+            ),
+            redis=redis,
+            store=store,
+        )
+    finally:
+        await redis.aclose()
+        await mongo.close()
+
+
+async def ensure_indexes(services: Services) -> None:
+    """Every index the process relies on; idempotent, run at start-up."""
+    await services.store.ensure_indexes()

@@ -1,0 +1,94 @@
+"""The `taskflow` command line: serve the API, run a projector, or both for development."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from taskflow.logs import configure_logging
+from taskflow.settings import Settings, SettingsError, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"taskflow: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, json=settings.log_json)
+    code: int = args.run(settings, args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskflow", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.set_defaults(run=_serve)
+    project = commands.add_parser("project", help="run a projector worker process")
+    project.set_defaults(run=_project)
+    dev = commands.add_parser("dev", help="run the API and one projector (development)")
+    dev.set_defaults(run=_dev)
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from taskflow.api.app import create_app
+
+    _use_uvloop()
+    print(f"TaskFlow API on http://{settings.http_host}:{settings.http_port}", file=sys.stderr)
+    # run_app handles SIGTERM: it stops accepting, lets in-flight requests finish, then cleans up.
+    web.run_app(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        shutdown_timeout=10.0,
+        access_log=None,
+        print=None,
+    )
+    return 0
+
+
+def _project(settings: Settings, args: argparse.Namespace) -> int:
+    from taskflow.projections.worker import run_worker
+
+    _use_uvloop()
+    asyncio.run(run_worker(settings))
+    return 0
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> int:
+    """Both processes as children; Ctrl-C or SIGTERM stops both gracefully."""
+    me = [sys.executable, "-m", "taskflow"]
+    children = [subprocess.Popen([*me, "serve"]), subprocess.Popen([*me, "project"])]  # noqa: S603
+
+    def stop(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while all(child.poll() is None for child in children):
+        try:
+            children[0].wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+    stop(signal.SIGTERM, None)
+    return max(child.wait() or 0 for child in children)
+
+
+def _use_uvloop() -> None:
+    if os.name != "nt":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

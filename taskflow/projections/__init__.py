@@ -1,0 +1,1 @@
+"""Projector runtime and projections: read models in MongoDB and Redis."""
