@@ -12,6 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_preferences import SecondaryPreferred
 from redis.asyncio import Redis
 
+from taskflow.auth.indexes import ensure_auth_indexes
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.settings import Settings
@@ -79,3 +80,4 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 async def ensure_indexes(services: Services) -> None:
     """Every index the process relies on; idempotent, run at start-up."""
     await services.store.ensure_indexes()
+    await ensure_auth_indexes(services.db)

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from taskflow.api import health
+from taskflow.api.auth_routes import setup_auth_routes
 from taskflow.api.keys import INDEXES_READY, SERVICES, SETTINGS
 from taskflow.api.middlewares import problems, request_context
 from taskflow.bootstrap import Services, ensure_indexes, open_services
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> web.Application:
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/health", health.health)
     app.router.add_get("/api/ready", health.ready)
+    setup_auth_routes(app)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

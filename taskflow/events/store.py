@@ -53,11 +53,13 @@ class EventStore(Protocol):
         """The head read from the log itself, with the commits it was built from."""
         ...
 
-    async def replayed(self, actor: str, key: str, fingerprint: str) -> AppendResult | None:
+    async def replayed(
+        self, actor: str, key: str, fingerprint: str, *, thorough: bool = False
+    ) -> AppendResult | None:
         """The original outcome of a command already sent with this Idempotency-Key, if any."""
         ...
 
-    def read_all(self, after_position: int) -> AsyncIterator[Commit]:
+    def read_all(self, after_position: int, limit: int | None = None) -> AsyncIterator[Commit]:
         """Every settled commit after `after_position` in global order, gaps included."""
         ...
 

@@ -1,0 +1,1 @@
+"""Authentication: password hashing, access tokens, refresh-token families, the deny list."""
