@@ -79,5 +79,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
 async def ensure_indexes(services: Services) -> None:
     """Every index the process relies on; idempotent, run at start-up."""
+    from taskflow.projections.catalog import projections  # the catalog needs Services
+
     await services.store.ensure_indexes()
     await ensure_auth_indexes(services.db)
+    for projection in projections(services):
+        await projection.setup()

@@ -30,3 +30,42 @@ def stream_head_key(stream_id: str) -> str:
 def idempotency_key(actor: str, key: str) -> str:
     """The cached outcome of a command sent with an Idempotency-Key."""
     return f"{PREFIX}idem:{actor}:{key}"
+
+
+# Read models in Redis live under a version prefix, so a rebuild can fill the next version while
+# the active one serves (DESIGN.md §5); `READ_MODEL_ACTIVE` names the version reads use.
+READ_MODEL_ACTIVE = PREFIX + "rm:active"
+
+
+def read_model_prefix(version: int) -> str:
+    return f"{PREFIX}rm:{version}:"
+
+
+# MongoDB read-model collections, also versioned by suffix.
+def task_views_collection(version: int) -> str:
+    return f"task_views_v{version}"
+
+
+# Auth (taskflow/auth): collections whose unique `_id` inserts decide the refresh-token races.
+REFRESH_TOKENS_USED = "refresh_tokens_used"
+REFRESH_FAMILIES_REVOKED = "refresh_families_revoked"
+
+
+def denied_jti_key(jti: str) -> str:
+    """A logged-out access token's id, kept until the token would have expired anyway."""
+    return f"{PREFIX}auth:deny:{jti}"
+
+
+def refresh_token_key(token_hash: str) -> str:
+    """A refresh token's record (user, family, expiry), cached by its hash."""
+    return f"{PREFIX}auth:rt:{token_hash}"
+
+
+def revoked_family_key(family_id: str) -> str:
+    """The Redis mirror of a refresh-token family's revocation (MongoDB is the authority)."""
+    return f"{PREFIX}auth:rfam:{family_id}"
+
+
+def email_user_key(email: str) -> str:
+    """The user id registered under a normalised e-mail address (a cache of the reservation)."""
+    return f"{PREFIX}auth:email:{email}"

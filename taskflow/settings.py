@@ -40,6 +40,8 @@ class Settings(BaseSettings):
 
     # A position nobody has written after this long is sealed with a gap (DESIGN.md §3).
     gap_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    lease_ttl_seconds: Annotated[float, Field(ge=0.5, le=300)] = 10.0
+    projector_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
     read_max_staleness_seconds: Annotated[int, Field(ge=90)] | None = None
     read_your_writes_timeout_seconds: Annotated[float, Field(ge=0, le=30)] = 2.0
     mongodb_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5_000

@@ -9,11 +9,17 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from taskflow.api import health
+from taskflow.api import (
+    command_problems,  # noqa: F401 - registers the problem mappers
+    health,
+)
 from taskflow.api.auth_routes import setup_auth_routes
-from taskflow.api.keys import INDEXES_READY, SERVICES, SETTINGS
+from taskflow.api.keys import INDEXES_READY, SERVICES, SETTINGS, TASK_READS
 from taskflow.api.middlewares import problems, request_context
+from taskflow.api.task_reads import setup_task_read_routes
+from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.bootstrap import Services, ensure_indexes, open_services
+from taskflow.projections.task_queries import TaskReads
 from taskflow.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -36,11 +42,14 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/health", health.health)
     app.router.add_get("/api/ready", health.ready)
     setup_auth_routes(app)
+    setup_task_write_routes(app)
+    setup_task_read_routes(app)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     async with open_services(app[SETTINGS]) as services:
         app[SERVICES] = services
+        app[TASK_READS] = TaskReads(services.redis, services.read_db)
         yield
 
 

@@ -1,9 +1,205 @@
-"""Auth endpoints (being written)."""
+"""Auth endpoints: register, login, refresh, logout and the caller's own profile."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from taskflow.api import keys
+from taskflow.api.json_io import json_response, read_model
+from taskflow.api.middlewares import register_problem_mapper
+from taskflow.api.principal import REALM, require_user
+from taskflow.api.problems import Problem
+from taskflow.auth.denylist import deny_access_token
+from taskflow.auth.passwords import PASSWORD_MAX, Password
+from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshToken, RefreshTokens
+from taskflow.auth.tokens import InvalidTokenError, issue_access_token
+from taskflow.bootstrap import Services
+from taskflow.commands.user import EMAIL_MAX, DisplayName, Email, UserState
+from taskflow.commands.user_handlers import (
+    EmailTakenError,
+    InvalidCredentialsError,
+    Trace,
+    authenticate_user,
+    handle_register_user,
+    load_user,
+)
+
+REFRESH_COOKIE = "taskflow_refresh"
+COOKIE_PATH = "/api/auth"  # the refresh token travels to the auth endpoints only
+POSITION_HEADER = "X-TaskFlow-Position"  # the same header task writes answer with
+
+
+class _Body(BaseModel):
+    # Strict: a JSON object such as {"$ne": null} is never coerced into a string.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RegisterBody(_Body):
+    """POST /api/auth/register."""
+
+    email: Email
+    display_name: DisplayName
+    password: Password
+
+
+class LoginBody(_Body):
+    """POST /api/auth/login: loosely checked, so a malformed e-mail is just a failed login."""
+
+    email: Annotated[str, StringConstraints(min_length=1, max_length=EMAIL_MAX)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX)]
 
 
 def setup_auth_routes(app: web.Application) -> None:
     """Register /api/auth/* routes."""
+    app.router.add_post("/api/auth/register", register)
+    app.router.add_post("/api/auth/login", login)
+    app.router.add_post("/api/auth/refresh", refresh)
+    app.router.add_post("/api/auth/logout", logout)
+    app.router.add_get("/api/auth/me", me)
+
+
+async def register(request: web.Request) -> web.Response:
+    """Create an account: 201 with its public profile, 409 if the e-mail is taken."""
+    body = await read_model(request, RegisterBody)
+    services = _services(request)
+    outcome = await handle_register_user(
+        services.store,
+        services.db,
+        email=body.email,
+        display_name=body.display_name,
+        password=body.password,
+        trace=Trace(request[keys.REQUEST_ID], request[keys.CORRELATION_ID]),
+    )
+    assert outcome.state is not None  # a registration always leaves a user
+    headers = {"ETag": f'"{outcome.version}"', "Location": "/api/auth/me"}
+    if outcome.position is not None:
+        headers[POSITION_HEADER] = str(outcome.position)
+    user = outcome.state
+    public = {"user_id": user.user_id, "email": user.email, "display_name": user.display_name}
+    return json_response(public, status=201, headers=headers)
+
+
+async def login(request: web.Request) -> web.Response:
+    """Exchange e-mail and password for an access token and a new refresh-token family."""
+    body = await read_model(request, LoginBody)
+    services = _services(request)
+    user = await authenticate_user(
+        services.store, services.db, services.redis, body.email, body.password
+    )
+    refresh_token = await _refresh_tokens(services).issue(user.user_id, _now())
+    return _signed_in(services, user, refresh_token)
+
+
+async def refresh(request: web.Request) -> web.Response:
+    """Rotate the refresh cookie: a new access token and the family's next refresh token."""
+    presented = request.cookies.get(REFRESH_COOKIE)
+    if not presented:
+        raise InvalidRefreshTokenError("no refresh token")
+    services = _services(request)
+    refresh_token = await _refresh_tokens(services).rotate(presented, _now())
+    user = await load_user(services.store, refresh_token.user_id)
+    if user is None:
+        raise InvalidRefreshTokenError("the token's user does not exist")
+    return _signed_in(services, user, refresh_token)
+
+
+async def logout(request: web.Request) -> web.Response:
+    """Deny the access token until it expires, revoke the refresh family, drop the cookie."""
+    principal = await require_user(request)
+    services = _services(request)
+    now = _now()
+    await deny_access_token(services.redis, principal.jti, principal.expires_at, now)
+    presented = request.cookies.get(REFRESH_COOKIE)
+    if presented:
+        await _refresh_tokens(services).revoke_family_of(presented, now, reason="logout")
+    response = web.Response(status=204)
+    response.del_cookie(
+        REFRESH_COOKIE,
+        path=COOKIE_PATH,
+        secure=services.settings.cookie_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    """The caller's profile, read from the user aggregate."""
+    principal = await require_user(request)
+    user = await load_user(_services(request).store, principal.user_id)
+    if user is None:
+        raise InvalidTokenError("the token's user does not exist")
+    return json_response(_profile(user), headers={"Cache-Control": "private, no-cache"})
+
+
+def _signed_in(services: Services, user: UserState, refresh_token: RefreshToken) -> web.Response:
+    settings = services.settings
+    access = issue_access_token(settings, user.user_id, user.roles, _now())
+    body = {
+        "access_token": access.token,
+        "token_type": "Bearer",
+        "expires_in": settings.access_token_ttl_seconds,
+    }
+    response = json_response(body, headers={"Cache-Control": "no-store"})  # RFC 6749 §5.1
+    response.set_cookie(
+        REFRESH_COOKIE,
+        refresh_token.token,
+        max_age=settings.refresh_token_ttl_seconds,
+        path=COOKIE_PATH,
+        secure=settings.cookie_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
+def _profile(user: UserState) -> dict[str, Any]:
+    return {
+        "user_id": user.user_id,
+        "email": user.email,
+        "display_name": user.display_name,
+        "roles": list(user.roles),
+    }
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[keys.SERVICES]
+
+
+def _refresh_tokens(services: Services) -> RefreshTokens:
+    return RefreshTokens(services.db, services.redis, services.settings.refresh_token_ttl_seconds)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@register_problem_mapper
+def auth_api_problem(exc: Exception) -> Problem | None:
+    """The auth API's refusals, each under a stable type."""
+    challenge = {"WWW-Authenticate": REALM}
+    if isinstance(exc, EmailTakenError):
+        return Problem(
+            409, "email-taken", "E-mail already registered", "This e-mail address is taken."
+        )
+    if isinstance(exc, InvalidCredentialsError):
+        return Problem(
+            401,
+            "invalid-credentials",
+            "Login failed",
+            "Wrong e-mail or password.",
+            headers=challenge,
+        )
+    if isinstance(exc, InvalidRefreshTokenError):
+        return Problem(
+            401,
+            "invalid-refresh-token",
+            "Session expired",
+            "invalid or expired refresh token",
+            headers=challenge,
+        )
+    return None

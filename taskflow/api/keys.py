@@ -7,10 +7,12 @@ import asyncio
 from aiohttp import web
 
 from taskflow.bootstrap import Services
+from taskflow.projections.task_queries import TaskReads
 from taskflow.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
+TASK_READS = web.AppKey("task_reads", TaskReads)
 INDEXES_READY = web.AppKey("indexes_ready", asyncio.Event)
 REQUEST_ID = web.RequestKey("request_id", str)
 CORRELATION_ID = web.RequestKey("correlation_id", str)

@@ -33,7 +33,7 @@ def register_problem_mapper(mapper: ProblemMapper) -> ProblemMapper:
     return mapper
 
 
-def _client_id(request: web.Request, header: str) -> str | None:
+def client_id(request: web.Request, header: str) -> str | None:
     value = request.headers.get(header)
     return value if value and _SAFE_ID.match(value) else None
 
@@ -41,8 +41,8 @@ def _client_id(request: web.Request, header: str) -> str | None:
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request a request id and a correlation id, echoed back and logged on each line."""
-    request_id = _client_id(request, REQUEST_ID) or uuid.uuid4().hex
-    correlation_id = _client_id(request, CORRELATION_ID) or request_id
+    request_id = client_id(request, REQUEST_ID) or uuid.uuid4().hex
+    correlation_id = client_id(request, CORRELATION_ID) or request_id
     request[keys.REQUEST_ID] = request_id
     request[keys.CORRELATION_ID] = correlation_id
     structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)

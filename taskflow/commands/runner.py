@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from taskflow.commands.errors import DomainError
 from taskflow.events.base import DomainEvent
-from taskflow.events.codec import decode_events
+from taskflow.events.codec import decode_events, to_millis
 from taskflow.events.records import AppendResult, Commit, Metadata
 from taskflow.events.store import ConcurrencyError, EventStore
 
@@ -113,8 +113,12 @@ async def execute(
     now: datetime,
     *,
     expected_version: int | None = None,
+    authorize: Callable[[S | None], None] | None = None,
 ) -> Outcome[S]:
     """Decide `command` on the aggregate's current state and append what it causes.
+
+    `authorize` sees the loaded state first and raises to refuse (before any version check, so
+    a refusal such as "not found" never leaks the version of someone else's aggregate).
 
     With an Idempotency-Key, a command seen before returns its first outcome. With
     `expected_version` (If-Match) a stale version is PreconditionFailedError, checked against the
@@ -123,6 +127,7 @@ async def execute(
     earlier = await _replayed(store, context, thorough=False)
     if earlier is not None:
         return await _replay(store, aggregate, earlier)
+    now = to_millis(now)  # what BSON dates keep: every read model then agrees to the instant
     try:
         return await _attempt(
             store,
@@ -132,6 +137,7 @@ async def execute(
             context,
             now,
             expected_version,
+            authorize,
         )
     except (DomainError, PreconditionFailedError, ConcurrencyError):
         # A retry whose first outcome Redis forgot: the log's unique key index remembers it.
@@ -149,10 +155,13 @@ async def _attempt(
     context: Context,
     now: datetime,
     expected_version: int | None,
+    authorize: Callable[[S | None], None] | None,
 ) -> Outcome[S]:
     fresh = False
     for _ in range(CONFLICT_RETRIES + 1):
         state, version = await load(store, aggregate, stream_id, fresh=fresh)
+        if authorize is not None:
+            authorize(state)
         if expected_version is not None and expected_version != version:
             if fresh:
                 raise PreconditionFailedError(stream_id, expected_version, version)

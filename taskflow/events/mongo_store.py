@@ -169,6 +169,9 @@ class MongoEventStore:
             try:
                 await self._insert(commit)
             except DuplicateKeyError:
+                if idempotency_key is None and (head := await self._moved_past(commit)):
+                    await self._fill(commit.position)
+                    raise ConcurrencyError(stream_id, expected_version, head.version) from None
                 outcome, other = await self._explain_duplicate(commit)
                 if outcome is _Duplicate.POSITION:
                     await self.positions.reseed()
@@ -195,6 +198,14 @@ class MongoEventStore:
             if head.version != expected_version:
                 raise ConcurrencyError(stream_id, expected_version, head.version)
         return head.hash
+
+    async def _moved_past(self, commit: Commit) -> StreamHead | None:
+        """The cached head when it already covers `commit`'s version: a conflict, no read needed.
+
+        The head is written only after an insert succeeded, so it never leads the log.
+        """
+        head = await self.stream_head(commit.stream_id)
+        return head if head is not None and head.version >= commit.first_version else None
 
     async def _explain_duplicate(self, commit: Commit) -> tuple[_Duplicate, Commit | None]:
         """Which unique index refused `commit` (the server's error does not say), by reading."""

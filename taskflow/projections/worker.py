@@ -1,25 +1,160 @@
-"""The projector worker process (`taskflow project`)."""
+"""The projector worker process (`taskflow project`): leases, wake-ups, polling, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import socket
+import uuid
 
 import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from taskflow import names
 from taskflow.bootstrap import open_services
+from taskflow.events.store import EventStore
+from taskflow.projections.catalog import projections
+from taskflow.projections.lease import Lease
+from taskflow.projections.runtime import LeaseLostError, Projection, run_until_caught_up
 from taskflow.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
+class ProjectionDriver:
+    """Keeps one projection up to date while this process holds its lease."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        projection: Projection,
+        lease: Lease,
+        *,
+        lease_ttl: float,
+        poll_interval: float,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.lease = lease
+        self.wake = asyncio.Event()
+        self._ttl = lease_ttl
+        self._poll = poll_interval
+        self._stopping = stopping
+        self._lost = False
+
+    async def run(self) -> None:
+        await self.projection.setup()
+        try:
+            while not self._stopping.is_set():
+                if self.lease.term is None and not await self._acquire():
+                    await self._pause(self._ttl / 3)
+                    continue
+                await self._hold()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.lease.release()
+
+    async def _acquire(self) -> bool:
+        if not await self.lease.acquire():
+            return False
+        assert self.lease.term is not None
+        await self.projection.fence(self.lease.term)
+        self._lost = False
+        log.info("lease_acquired", projection=self.projection.name, term=self.lease.term)
+        return True
+
+    async def _hold(self) -> None:
+        """Apply while the lease lasts; a renewal task runs beside the batches."""
+        renewer = asyncio.create_task(self._renew_forever())
+        try:
+            while not (self._stopping.is_set() or self._lost):
+                self.wake.clear()
+                await run_until_caught_up(
+                    self.store, self.projection, term=self.lease.term or 0, keep_going=self._holding
+                )
+                await self._pause(self._poll)
+        except LeaseLostError:
+            log.warning("lease_lost", projection=self.projection.name)
+        except Exception as exc:  # a server blip: back off, keep the lease, retry from checkpoint
+            log.exception("projection_failed", projection=self.projection.name, error=repr(exc))
+            await self._pause(min(self._ttl / 3, 1.0))
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        if self._lost or self.lease.term is None:
+            self.lease.term = None
+
+    def _holding(self) -> bool:
+        return not (self._stopping.is_set() or self._lost)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                if not await self.lease.renew():
+                    self._lost = True
+                    self.wake.set()
+                    return
+            except Exception as exc:  # a blip: the next renewal, or the lease's expiry, decides
+                log.warning("lease_renewal_failed", error=repr(exc))
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
+
+
+async def listen_for_appends(redis: Redis, drivers: list[ProjectionDriver]) -> None:
+    """Wake every driver when an append is announced; polling covers lost messages."""
+    while True:
+        try:
+            async with redis.pubsub() as pubsub:
+                await pubsub.subscribe(names.WAKE_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        for driver in drivers:
+                            driver.wake.set()
+        except RedisError as exc:
+            log.warning("wake_channel_lost", error=repr(exc))
+            await asyncio.sleep(1)
+
+
 async def run_worker(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT."""
-    stop = asyncio.Event()
+    """Run every projection's driver until SIGTERM/SIGINT, then finish the batch and release."""
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with open_services(settings):
-        log.info("projector_started")
-        await stop.wait()
-    log.info("projector_stopped")
+        loop.add_signal_handler(sig, stopping.set)
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    async with open_services(settings) as services:
+        drivers = [
+            ProjectionDriver(
+                services.store,
+                projection,
+                Lease(
+                    services.db[names.LEASES],
+                    projection.name,
+                    holder,
+                    ttl=settings.lease_ttl_seconds,
+                ),
+                lease_ttl=settings.lease_ttl_seconds,
+                poll_interval=settings.projector_poll_seconds,
+                stopping=stopping,
+            )
+            for projection in projections(services)
+        ]
+        await services.store.ensure_indexes()
+        listener = asyncio.create_task(listen_for_appends(services.redis, drivers))
+        log.info("projector_started", holder=holder)
+        try:
+            await asyncio.gather(*(driver.run() for driver in drivers))
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+    log.info("projector_stopped", holder=holder)

@@ -1,0 +1,72 @@
+"""Who is calling: the bearer access token verified, checked against the deny list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from taskflow.api.keys import SERVICES
+from taskflow.api.middlewares import register_problem_mapper
+from taskflow.api.problems import Problem
+from taskflow.auth.denylist import AuthUnavailableError, is_access_token_denied
+from taskflow.auth.tokens import InvalidTokenError, verify_access_token
+
+REALM = 'Bearer realm="taskflow"'
+
+
+class _NoTokenError(InvalidTokenError):
+    """No bearer token was sent at all (RFC 6750 §3.1: then no error code in the challenge)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    user_id: str
+    roles: tuple[str, ...]
+    jti: str
+    expires_at: datetime
+
+
+async def require_user(request: web.Request) -> Principal:
+    """The caller named by `Authorization: Bearer`; 401 for any token problem, 503 fail-closed."""
+    services = request.app[SERVICES]
+    claims = verify_access_token(services.settings, _bearer(request), datetime.now(UTC))
+    if await is_access_token_denied(services.redis, claims.jti):
+        raise InvalidTokenError("logged out")
+    return Principal(
+        user_id=claims.user_id, roles=claims.roles, jti=claims.jti, expires_at=claims.expires_at
+    )
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _NoTokenError("no bearer token")
+    return token
+
+
+@register_problem_mapper
+def auth_problem(exc: Exception) -> Problem | None:
+    """401 for a bad token (saying nothing an attacker could use), 503 when we cannot check."""
+    if isinstance(exc, InvalidTokenError):
+        challenge = REALM if isinstance(exc, _NoTokenError) else f'{REALM}, error="invalid_token"'
+        return Problem(
+            401,
+            "invalid-token",
+            "Authentication required",
+            "invalid or expired token",
+            headers={"WWW-Authenticate": challenge},
+        )
+    if isinstance(exc, AuthUnavailableError):
+        return Problem(
+            503,
+            "auth-unavailable",
+            "Authentication is unavailable",
+            "Credentials cannot be checked right now; try again shortly.",
+            headers={"Retry-After": "1"},
+        )
+    return None

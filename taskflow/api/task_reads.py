@@ -1,0 +1,109 @@
+"""Task read endpoints: thin views over the read-side query functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from taskflow.api import keys
+from taskflow.api.json_io import json_response
+from taskflow.api.middlewares import validation_problem
+from taskflow.api.principal import require_user
+from taskflow.api.problems import Problem
+from taskflow.api.task_schemas import TaskOut
+from taskflow.api.task_writes import POSITION_HEADER, valid_task_id
+from taskflow.projections.task_queries import CursorError, TaskQuery, TaskReads
+
+STALE_HEADER = "X-TaskFlow-Stale"
+_LIST_PARAMS = {"status", "tags"}  # may repeat, or be comma-separated
+
+
+def setup_task_read_routes(app: web.Application) -> None:
+    app.router.add_get("/api/tasks", list_tasks)
+    app.router.add_get("/api/tasks/stats", task_stats)
+    app.router.add_get("/api/tasks/{task_id}", get_task)
+
+
+async def get_task(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    task_id = valid_task_id(request.match_info["task_id"])
+    headers = await _read_your_writes(request)
+    view = await _reads(request).get(user.user_id, task_id)
+    if view is None:
+        raise Problem(404, "task-not-found", "Task not found", f"task {task_id!r} does not exist")
+    etag = f'"{view.version}"'
+    headers.update({"ETag": etag, "Cache-Control": "private, no-cache"})
+    if etag in _etags(request.headers.get("If-None-Match", "")):
+        return web.Response(status=304, headers=headers)
+    return json_response(TaskOut.of(view).model_dump(mode="json"), headers=headers)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    query = _query(request)
+    headers = await _read_your_writes(request)
+    try:
+        page = await _reads(request).list_tasks(user.user_id, query, datetime.now(UTC))
+    except CursorError as exc:
+        raise Problem(400, "invalid-cursor", "Invalid cursor", str(exc)) from None
+    body = {
+        "items": [TaskOut.of(view).model_dump(mode="json") for view in page.items],
+        "next": page.next_cursor,
+    }
+    headers["Cache-Control"] = "private, no-cache"
+    return json_response(body, headers=headers)
+
+
+async def task_stats(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    headers = await _read_your_writes(request)
+    stats = await _reads(request).stats(user.user_id, datetime.now(UTC))
+    headers["Cache-Control"] = "private, no-cache"
+    return json_response({"by_status": stats.by_status, "overdue": stats.overdue}, headers=headers)
+
+
+def _query(request: web.Request) -> TaskQuery:
+    """Query parameters as a typed TaskQuery; unknown or malformed ones are a 422."""
+    raw: dict[str, Any] = {}
+    for name in set(request.query.keys()):
+        values = request.query.getall(name)
+        if name in _LIST_PARAMS:
+            raw[name] = [part for value in values for part in value.split(",") if part]
+        elif len(values) > 1:
+            raise Problem(
+                422,
+                "validation-error",
+                "The request is not valid",
+                f"Invalid: {name} (given more than once)",
+            )
+        else:
+            raw["cursor" if name == "next" else name] = values[0]
+    try:
+        return TaskQuery.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+
+
+async def _read_your_writes(request: web.Request) -> dict[str, str]:
+    """Wait (bounded) for the position a client's earlier write returned; say if we could not."""
+    raw = request.headers.get(POSITION_HEADER)
+    if raw is None:
+        return {}
+    if not raw.isdigit() or len(raw) > 18:
+        raise Problem(
+            400, "invalid-position", "Invalid position", f"{POSITION_HEADER} must be a number."
+        )
+    settings = request.app[keys.SETTINGS]
+    reached = await _reads(request).wait_for(int(raw), settings.read_your_writes_timeout_seconds)
+    return {} if reached else {STALE_HEADER: "true"}
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+def _reads(request: web.Request) -> TaskReads:
+    return request.app[keys.TASK_READS]

@@ -1,0 +1,148 @@
+"""Task write endpoints: parse, build a command, run its handler, answer with version headers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from taskflow.api import keys
+from taskflow.api.json_io import json_response, read_model
+from taskflow.api.middlewares import client_id
+from taskflow.api.principal import Principal, require_user
+from taskflow.api.problems import Problem
+from taskflow.api.task_schemas import CreateTaskBody, PatchTaskBody, TaskOut
+from taskflow.commands.runner import Context, Outcome
+from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, RestoreTask, TaskState
+from taskflow.commands.task_handlers import handle_change_task, handle_create_task
+from taskflow.events.store import EventStore
+
+POSITION_HEADER = "X-TaskFlow-Position"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ETAG = re.compile(r'^(?:W/)?"(\d{1,18})"$')
+_TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def setup_task_write_routes(app: web.Application) -> None:
+    app.router.add_post("/api/tasks", create_task)
+    app.router.add_patch("/api/tasks/{task_id}", change_task)
+    app.router.add_delete("/api/tasks/{task_id}", delete_task)
+    app.router.add_post("/api/tasks/{task_id}/restore", restore_task)
+
+
+async def create_task(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    body = await read_model(request, CreateTaskBody)
+    command = CreateTask(task_id=uuid.uuid4().hex, owner_id=user.user_id, **body.model_dump())
+    outcome = await handle_create_task(
+        _store(request), command, await _context(request, user), _now()
+    )
+    assert outcome.state is not None
+    response = _written(outcome, status=201)
+    response.headers["Location"] = f"/api/tasks/{outcome.state.task_id}"
+    return response
+
+
+async def change_task(request: web.Request) -> web.Response:
+    user, task_id, expected = await _target(request)
+    body = await read_model(request, PatchTaskBody)
+    command = ChangeTask(task_id=task_id, **body.model_dump(exclude_unset=True))
+    outcome = await handle_change_task(
+        _store(request), command, await _context(request, user), _now(), expected
+    )
+    return _written(outcome)
+
+
+async def delete_task(request: web.Request) -> web.Response:
+    user, task_id, expected = await _target(request)
+    outcome = await handle_change_task(
+        _store(request),
+        DeleteTask(task_id=task_id),
+        await _context(request, user),
+        _now(),
+        expected,
+    )
+    return _written(outcome, status=204)
+
+
+async def restore_task(request: web.Request) -> web.Response:
+    user, task_id, expected = await _target(request)
+    outcome = await handle_change_task(
+        _store(request),
+        RestoreTask(task_id=task_id),
+        await _context(request, user),
+        _now(),
+        expected,
+    )
+    return _written(outcome)
+
+
+async def _target(request: web.Request) -> tuple[Principal, str, int]:
+    """The caller, the task id from the path, and the version its If-Match pins (required)."""
+    user = await require_user(request)
+    task_id = valid_task_id(request.match_info["task_id"])
+    if_match = request.headers.get("If-Match")
+    if if_match is None:
+        raise Problem(
+            428,
+            "precondition-required",
+            "If-Match required",
+            "Send If-Match with the task's ETag, so that concurrent changes are not lost.",
+        )
+    match = _ETAG.match(if_match.strip())
+    if match is None:
+        raise Problem(400, "invalid-if-match", "Invalid If-Match", 'Expected an ETag like "3".')
+    return user, task_id, int(match.group(1))
+
+
+def valid_task_id(task_id: str) -> str:
+    """Ids are 32 hex digits; anything else cannot name a task (and never reaches a query)."""
+    if not _TASK_ID.match(task_id):
+        raise Problem(404, "task-not-found", "Task not found", "No such task.")
+    return task_id
+
+
+async def _context(request: web.Request, user: Principal) -> Context:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise Problem(
+            400,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            "Use 1 to 255 visible ASCII characters.",
+        )
+    # The same key must come with the same request: method, path and body identify it.
+    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
+    digest.update(await request.read())
+    return Context(
+        actor=user.user_id,
+        request_id=request[keys.REQUEST_ID],
+        correlation_id=request[keys.CORRELATION_ID],
+        causation_id=client_id(request, "X-Causation-ID"),
+        idempotency_key=key,
+        fingerprint=digest.hexdigest(),
+    )
+
+
+def _written(outcome: Outcome[TaskState], status: int = 200) -> web.Response:
+    headers = {"ETag": f'"{outcome.version}"', "Cache-Control": "no-store"}
+    if outcome.position is not None:
+        headers[POSITION_HEADER] = str(outcome.position)
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if status == 204 or outcome.state is None:
+        return web.Response(status=status, headers=headers)
+    return json_response(
+        TaskOut.of(outcome.state).model_dump(mode="json"), status=status, headers=headers
+    )
+
+
+def _store(request: web.Request) -> EventStore:
+    return request.app[keys.SERVICES].store
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

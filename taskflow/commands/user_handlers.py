@@ -1,0 +1,264 @@
+"""User command handlers (register, change password) and the user look-ups login needs.
+
+E-mail uniqueness is a set-wide rule the user aggregate cannot check alone (DESIGN.md §4): the
+normalised address is reserved by a unique `_id` insert into `email_reservations` before
+UserRegistered is appended, and the unique `(stream_id, first_version)` key of the log decides
+between registrations that reuse an orphaned reservation.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from pymongo import ReadPreference, WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis
+
+from taskflow import names
+from taskflow.auth.passwords import (
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    hash_password,
+    verify_dummy,
+    verify_password,
+)
+from taskflow.commands.aggregates import USER
+from taskflow.commands.errors import InvalidCommandError, UserAlreadyRegisteredError
+from taskflow.commands.runner import Context, Outcome, PreconditionFailedError, execute, load
+from taskflow.commands.user import ChangePassword, RegisterUser, UserState, normalize_email
+from taskflow.events.store import ConcurrencyError, EventStore
+
+Document = dict[str, Any]
+Clock = Callable[[], datetime]
+IdFactory = Callable[[], str]
+log = structlog.get_logger(__name__)
+
+# A reservation whose user stream is still empty this long after it was made belongs to a
+# registration that crashed between reserving and appending; a younger one is still in flight.
+ORPHAN_AFTER = timedelta(seconds=30)
+EMAIL_CACHE_SECONDS = 24 * 3600
+
+
+class EmailTakenError(Exception):
+    """The normalised e-mail address belongs to another account (or a registration in flight)."""
+
+    def __init__(self, email: str) -> None:
+        super().__init__("this e-mail address is already registered")
+        self.email = email
+
+
+class InvalidCredentialsError(Exception):
+    """Wrong e-mail or password: deliberately one error for both."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The request a command comes from, for commit metadata once the actor is known."""
+
+    request_id: str
+    correlation_id: str
+
+    def context(self, actor: str) -> Context:
+        return Context(actor=actor, request_id=self.request_id, correlation_id=self.correlation_id)
+
+
+@dataclass(frozen=True)
+class _Reservation:
+    email: str
+    user_id: str
+    reserved_at: datetime
+    owned: bool  # made by this registration, which may therefore release it
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_user_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def handle_register_user(
+    store: EventStore,
+    db: AsyncDatabase[Document],
+    *,
+    email: str,
+    display_name: str,
+    password: str,
+    trace: Trace,
+    clock: Clock = utc_now,
+    ids: IdFactory = new_user_id,
+    orphan_after: timedelta = ORPHAN_AFTER,
+) -> Outcome[UserState]:
+    """Register an account; EmailTakenError if the normalised e-mail is registered already."""
+    _check_policy(password)
+    command = RegisterUser(
+        user_id=ids(),
+        email=email,
+        display_name=display_name,
+        password_hash=await hash_password(password),
+    )
+    reservations = _reservations(db)
+    reservation = await _reserve(store, reservations, command, clock(), orphan_after)
+    command = command.model_copy(update={"user_id": reservation.user_id})
+    try:
+        return await execute(
+            store,
+            USER,
+            reservation.user_id,
+            command,
+            trace.context(reservation.user_id),
+            clock(),
+            expected_version=0,
+        )
+    except (PreconditionFailedError, UserAlreadyRegisteredError, ConcurrencyError):
+        raise EmailTakenError(command.email) from None  # another registration won the user id
+    except Exception:
+        if reservation.owned:
+            await _release(store, reservations, reservation, clock(), orphan_after)
+        raise
+
+
+async def handle_change_password(
+    store: EventStore,
+    *,
+    user_id: str,
+    current_password: str,
+    new_password: str,
+    context: Context,
+    clock: Clock = utc_now,
+) -> Outcome[UserState]:
+    """Replace the password after checking the current one; InvalidCredentialsError if wrong."""
+    _check_policy(new_password)
+    state, version = await load(store, USER, USER.stream_id(user_id))
+    if state is None or not await verify_password(state.password_hash, current_password):
+        raise InvalidCredentialsError("wrong password")
+    command = ChangePassword(user_id=user_id, password_hash=await hash_password(new_password))
+    # Pinned to the version the current password was checked against: a concurrent change wins.
+    return await execute(store, USER, user_id, command, context, clock(), expected_version=version)
+
+
+async def load_user(store: EventStore, user_id: str) -> UserState | None:
+    """The account's current state (cached snapshot first), or None if it does not exist."""
+    state, _ = await load(store, USER, USER.stream_id(user_id))
+    return state
+
+
+async def find_user_by_email(
+    store: EventStore, db: AsyncDatabase[Document], redis: Redis, email: str
+) -> UserState | None:
+    """The account registered under `email` (any spelling of it), or None."""
+    try:
+        normalized = normalize_email(email)
+    except InvalidCommandError:
+        return None
+    key = names.email_user_key(normalized)
+    cached = await redis.get(key)
+    user_id = _text(cached) if cached is not None else await _reserved_user(db, normalized)
+    user = None if user_id is None else await load_user(store, user_id)
+    if user is not None and cached is None:
+        # Safe to cache for long: a reservation is only ever released while its stream is empty.
+        await redis.set(key, user.user_id, ex=EMAIL_CACHE_SECONDS)
+    return user
+
+
+async def authenticate_user(
+    store: EventStore, db: AsyncDatabase[Document], redis: Redis, email: str, password: str
+) -> UserState:
+    """The account whose e-mail and password these are; InvalidCredentialsError otherwise."""
+    user = await find_user_by_email(store, db, redis, email)
+    if user is None:
+        await verify_dummy(password)  # so an unknown e-mail takes as long as a wrong password
+        raise InvalidCredentialsError("wrong e-mail or password")
+    if not await verify_password(user.password_hash, password):
+        raise InvalidCredentialsError("wrong e-mail or password")
+    return user
+
+
+async def _reserve(
+    store: EventStore,
+    reservations: AsyncCollection[Document],
+    command: RegisterUser,
+    now: datetime,
+    orphan_after: timedelta,
+) -> _Reservation:
+    """Reserve the e-mail for `command.user_id`, or take over an orphaned reservation of it."""
+    for _ in range(2):  # a second try only if a failed registration released it meanwhile
+        try:
+            await reservations.insert_one(
+                {"_id": command.email, "user_id": command.user_id, "reserved_at": now}
+            )
+            return _Reservation(command.email, command.user_id, now, owned=True)
+        except DuplicateKeyError:
+            held = await reservations.find_one({"_id": command.email})
+        if held is not None:
+            return await _orphan(store, held, now, orphan_after)
+    raise EmailTakenError(command.email)
+
+
+async def _orphan(
+    store: EventStore, held: Document, now: datetime, orphan_after: timedelta
+) -> _Reservation:
+    """The held reservation, if its registration never appended; EmailTakenError otherwise."""
+    # A reservation without a time (written by hand, say) is treated as an old one.
+    reserved_at = _utc(held.get("reserved_at") or datetime.min)
+    _, version = await load(store, USER, USER.stream_id(held["user_id"]))
+    if version > 0 or now - reserved_at < orphan_after:
+        raise EmailTakenError(held["_id"])
+    return _Reservation(held["_id"], held["user_id"], reserved_at, owned=False)
+
+
+async def _release(
+    store: EventStore,
+    reservations: AsyncCollection[Document],
+    reservation: _Reservation,
+    now: datetime,
+    orphan_after: timedelta,
+) -> None:
+    """Give back the e-mail of a failed registration while nobody else may be reusing it."""
+    if now - reservation.reserved_at >= orphan_after / 2:
+        return  # others may take it over by now; it stays an orphan, reusable later
+    try:
+        _, version = await load(store, USER, USER.stream_id(reservation.user_id), fresh=True)
+        if version == 0:
+            await reservations.delete_one(
+                {"_id": reservation.email, "user_id": reservation.user_id}
+            )
+    except Exception as exc:  # the original failure matters more; an orphan is reusable anyway
+        log.warning("email_reservation_not_released", error=repr(exc))
+
+
+async def _reserved_user(db: AsyncDatabase[Document], email: str) -> str | None:
+    held = await _reservations(db).find_one({"_id": email})
+    return None if held is None else str(held["user_id"])
+
+
+def _reservations(db: AsyncDatabase[Document]) -> AsyncCollection[Document]:
+    return db.get_collection(
+        names.EMAIL_RESERVATIONS,
+        write_concern=WriteConcern("majority", j=True),
+        read_preference=ReadPreference.PRIMARY,
+    )
+
+
+def _check_policy(password: str) -> None:
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise InvalidCommandError(
+            "password", f"must have {PASSWORD_MIN} to {PASSWORD_MAX} characters"
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _utc(moment: datetime) -> datetime:
+    """BSON dates are UTC; a client opened without tz_aware hands them back naive."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

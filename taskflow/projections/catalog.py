@@ -1,0 +1,23 @@
+"""Which projections exist, built from a process's services."""
+
+from __future__ import annotations
+
+from taskflow.bootstrap import Services
+from taskflow.events.store import EventStore
+from taskflow.projections.mongo_views import MongoTaskViews
+from taskflow.projections.redis_views import RedisTaskViews
+from taskflow.projections.runtime import Projection, run_until_caught_up
+
+
+def projections(services: Services, version: int = 1) -> list[Projection]:
+    """The projections a worker runs: the Redis views serve reads, MongoDB views back them."""
+    return [RedisTaskViews(services.redis, version), MongoTaskViews(services.db, version)]
+
+
+async def catch_up(store: EventStore, targets: list[Projection]) -> int:
+    """Bring every projection up to the log's settled head now (tests, the `--burst` mode)."""
+    total = 0
+    for projection in targets:
+        await projection.setup()
+        total += await run_until_caught_up(store, projection)
+    return total

@@ -1,0 +1,54 @@
+"""Key names of one version of the Redis task read model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from taskflow import names
+
+
+@dataclass(frozen=True)
+class RedisViewKeys:
+    """Every key of read-model version `version`; per-user keys keep each user's reads small."""
+
+    version: int
+
+    @property
+    def prefix(self) -> str:
+        return names.read_model_prefix(self.version)
+
+    @property
+    def checkpoint(self) -> str:
+        return self.prefix + "checkpoint"
+
+    @property
+    def fence(self) -> str:
+        return self.prefix + "fence"
+
+    @property
+    def owners(self) -> str:
+        """Hash: task id → owner id (later events do not repeat the owner)."""
+        return self.prefix + "owners"
+
+    def tasks(self, user_id: str) -> str:
+        """Hash: task id → task view JSON, for one owner."""
+        return f"{self.prefix}u:{user_id}:tasks"
+
+    def term(self, user_id: str, term: str) -> str:
+        """Set: ids of the owner's live tasks found by one search term (an inverted index)."""
+        return f"{self.prefix}u:{user_id}:q:{term}"
+
+    def counts(self, user_id: str) -> str:
+        """Hash: status → number of the owner's live tasks."""
+        return f"{self.prefix}u:{user_id}:counts"
+
+    def due(self, user_id: str) -> str:
+        """Sorted set: the owner's open tasks with a due date, scored by it (for overdue)."""
+        return f"{self.prefix}u:{user_id}:due"
+
+    def generation(self, user_id: str) -> str:
+        """Counter bumped on every change of the owner's tasks; retires cached list pages."""
+        return f"{self.prefix}u:{user_id}:gen"
+
+    def list_page(self, user_id: str, generation: int, query: str) -> str:
+        return f"{self.prefix}u:{user_id}:page:{generation}:{query}"

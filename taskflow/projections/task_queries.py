@@ -1,0 +1,342 @@
+"""Read-side query functions over the task read models: Redis first, MongoDB when Redis fails."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import orjson
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from taskflow import names
+from taskflow.commands.task import Priority, Status, Tag, TaskState
+from taskflow.projections.mongo_views import NAME as MONGO_NAME
+from taskflow.projections.mongo_views import PRIORITY_RANK
+from taskflow.projections.redis_keys import RedisViewKeys
+from taskflow.projections.views import tokenize, view_from_document
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+SortField = Literal["created", "updated", "due", "priority"]
+MAX_PAGE = 100
+PAGE_CACHE_TTL = 300
+ACTIVE_VERSION_TTL = 1.0  # how long a process trusts its copy of the active read-model version
+
+
+class CursorError(ValueError):
+    """A `next` cursor that this query did not produce."""
+
+
+class TaskQuery(BaseModel):
+    """What a list request asks for; every field typed, so no operator can reach a filter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: tuple[Status, ...] = ()
+    priority: Priority | None = None
+    tags: tuple[Tag, ...] = Field(default=(), max_length=20)
+    due_before: datetime | None = None
+    due_after: datetime | None = None
+    overdue: bool | None = None
+    q: str | None = Field(default=None, max_length=200)
+    sort: SortField = "created"
+    order: Literal["asc", "desc"] = "desc"
+    limit: int = Field(default=20, ge=1, le=MAX_PAGE)
+    cursor: str | None = Field(default=None, max_length=512)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]
+
+    def terms(self) -> list[str]:
+        return list(dict.fromkeys(tokenize(self.q or "")))
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    items: list[TaskState]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    by_status: dict[str, int]
+    overdue: int
+
+
+class TaskReads:
+    """The read side of tasks, for one owner at a time (ownership is part of every key/filter)."""
+
+    def __init__(self, redis: Redis, read_db: AsyncDatabase[dict[str, Any]]) -> None:
+        self._redis = redis
+        self._db = read_db
+        self._active: tuple[float, int] = (0.0, 1)
+
+    async def get(self, owner: str, task_id: str) -> TaskState | None:
+        async def from_redis() -> TaskState | None:
+            keys = await self._keys()
+            raw = await self._redis.hget(keys.tasks(owner), task_id)
+            return TaskState.model_validate_json(raw) if raw else None
+
+        async def from_mongo() -> TaskState | None:
+            doc = await self._views().find_one({"_id": task_id, "owner_id": owner})
+            return view_from_document(doc) if doc else None
+
+        view = await self._either(from_redis, from_mongo)
+        return None if view is None or view.deleted else view
+
+    async def list_tasks(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
+        return await self._either(
+            lambda: self._list_redis(owner, query, now),
+            lambda: _list_mongo(self._views(), owner, query, now),
+        )
+
+    async def stats(self, owner: str, now: datetime) -> TaskStats:
+        async def from_redis() -> TaskStats:
+            keys = await self._keys()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.counts(owner))
+                pipe.zcount(keys.due(owner), "-inf", f"({now.timestamp()}")
+                counts, overdue = await pipe.execute()
+            by_status = {s.value: int(counts.get(s.value.encode(), 0)) for s in Status}
+            return TaskStats(by_status=by_status, overdue=int(overdue))
+
+        async def from_mongo() -> TaskStats:
+            views = self._views()
+            live = {"owner_id": owner, "deleted": False}
+            by_status = {
+                s.value: await views.count_documents({**live, "status": s.value}) for s in Status
+            }
+            overdue = await views.count_documents(
+                {**live, "status": {"$ne": Status.DONE.value}, "due_at": {"$lt": now}}
+            )
+            return TaskStats(by_status=by_status, overdue=overdue)
+
+        return await self._either(from_redis, from_mongo)
+
+    async def projected_position(self) -> int:
+        """How far the read model that serves reads has applied the log."""
+
+        async def from_redis() -> int:
+            raw = await self._redis.get((await self._keys()).checkpoint)
+            return int(raw) if raw else 0
+
+        async def from_mongo() -> int:
+            name = f"{MONGO_NAME}_v{self._active[1]}"
+            doc = await self._db[names.CHECKPOINTS].find_one({"_id": name})
+            return int(doc["position"]) if doc else 0
+
+        return await self._either(from_redis, from_mongo)
+
+    async def wait_for(self, position: int, seconds: float) -> bool:
+        """Wait (bounded) until reads reflect `position`; False if the bound passed first."""
+        deadline = time.monotonic() + seconds
+        while await self.projected_position() < position:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def _list_redis(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
+        keys = await self._keys()
+        generation = int(await self._redis.get(keys.generation(owner)) or 0)
+        cache_key = keys.list_page(owner, generation, query.fingerprint())
+        cached = await self._redis.get(cache_key)
+        if cached is not None:
+            return _page_from_json(cached)
+        page = paginate(await self._candidates(keys, owner, query), query, now)
+        await self._redis.set(cache_key, _page_to_json(page), ex=PAGE_CACHE_TTL)
+        return page
+
+    async def _candidates(
+        self, keys: RedisViewKeys, owner: str, query: TaskQuery
+    ) -> list[TaskState]:
+        """The owner's views, narrowed by the search index when there is a `q`."""
+        terms = query.terms()
+        if terms:
+            ids = await self._redis.sinter([keys.term(owner, term) for term in terms])
+            raws = await self._redis.hmget(keys.tasks(owner), list(ids)) if ids else []
+        else:
+            raws = list((await self._redis.hgetall(keys.tasks(owner))).values())
+        return [TaskState.model_validate_json(raw) for raw in raws if raw]
+
+    async def _keys(self) -> RedisViewKeys:
+        checked, version = self._active
+        if time.monotonic() - checked > ACTIVE_VERSION_TTL:
+            raw = await self._redis.get(names.READ_MODEL_ACTIVE)
+            version = int(raw) if raw else 1
+            self._active = (time.monotonic(), version)
+        return RedisViewKeys(version)
+
+    def _views(self) -> Any:
+        return self._db[names.task_views_collection(self._active[1])]
+
+    async def _either(
+        self, primary: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Redis when it answers; MongoDB (the read preference's members) when it does not."""
+        try:
+            return await primary()
+        except RedisError as exc:
+            log.warning("redis_read_failed_using_mongodb", error=repr(exc))
+            return await fallback()
+
+
+# -- filtering, ordering and cursors (pure) ------------------------------------------------------
+
+
+def matches(view: TaskState, query: TaskQuery, now: datetime) -> bool:
+    """Whether a live view passes every filter of `query`."""
+    if view.deleted:
+        return False
+    if query.status and view.status not in query.status:
+        return False
+    if query.priority is not None and view.priority is not query.priority:
+        return False
+    if any(tag not in view.tags for tag in query.tags):
+        return False
+    if query.due_before is not None and not (view.due_at and view.due_at < query.due_before):
+        return False
+    if query.due_after is not None and not (view.due_at and view.due_at > query.due_after):
+        return False
+    if query.overdue is not None:
+        overdue = view.due_at is not None and view.due_at < now and view.status is not Status.DONE
+        if overdue is not query.overdue:
+            return False
+    return True
+
+
+def sort_value(view: TaskState, field: SortField) -> int | None:
+    """The value a view sorts by: microseconds since the epoch, or the priority's rank."""
+    if field == "priority":
+        return PRIORITY_RANK[view.priority.value]
+    moment = {"created": view.created_at, "updated": view.updated_at, "due": view.due_at}[field]
+    return None if moment is None else int(moment.timestamp() * 1_000_000)
+
+
+def _order_key(value: int | None, task_id: str) -> tuple[int, int, str]:
+    # Missing values sort first ascending, as MongoDB orders null before any value.
+    return (0, 0, task_id) if value is None else (1, value, task_id)
+
+
+def paginate(views: list[TaskState], query: TaskQuery, now: datetime) -> TaskPage:
+    """One page of the matching views in the query's order, after the query's cursor."""
+    descending = query.order == "desc"
+    keyed = [
+        (_order_key(sort_value(v, query.sort), v.task_id), v)
+        for v in views
+        if matches(v, query, now)
+    ]
+    keyed.sort(key=lambda pair: pair[0], reverse=descending)
+    if query.cursor is not None:
+        after = _order_key(*decode_cursor(query))
+        keyed = [(k, v) for k, v in keyed if (k < after if descending else k > after)]
+    page = keyed[: query.limit]
+    more = len(keyed) > query.limit
+    next_cursor = encode_cursor(query, page[-1][1]) if more and page else None
+    return TaskPage(items=[v for _, v in page], next_cursor=next_cursor)
+
+
+def encode_cursor(query: TaskQuery, last: TaskState) -> str:
+    body = orjson.dumps([query.sort, query.order, sort_value(last, query.sort), last.task_id])
+    return base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def decode_cursor(query: TaskQuery) -> tuple[int | None, str]:
+    """The position a cursor stands for; CursorError unless this sort and order made it."""
+    assert query.cursor is not None
+    try:
+        raw = base64.urlsafe_b64decode(query.cursor + "=" * (-len(query.cursor) % 4))
+        sort, order, value, task_id = orjson.loads(raw)
+    except (ValueError, TypeError):
+        raise CursorError("the cursor is not one this API issued") from None
+    if (sort, order) != (query.sort, query.order):
+        raise CursorError("the cursor belongs to another sort order")
+    if not (value is None or isinstance(value, int)) or not isinstance(task_id, str):
+        raise CursorError("the cursor is not one this API issued")
+    return value, task_id
+
+
+def _page_to_json(page: TaskPage) -> bytes:
+    return orjson.dumps(
+        {"items": [v.model_dump(mode="json") for v in page.items], "next": page.next_cursor}
+    )
+
+
+def _page_from_json(raw: bytes | str) -> TaskPage:
+    data = orjson.loads(raw)
+    return TaskPage([TaskState.model_validate(v) for v in data["items"]], data["next"])
+
+
+# -- MongoDB (fallback, and the queryable model of a real deployment) -----------------------------
+
+_MONGO_FIELD = {
+    "created": "created_at",
+    "updated": "updated_at",
+    "due": "due_at",
+    "priority": "priority_rank",
+}
+
+
+async def _list_mongo(views: Any, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
+    field = _MONGO_FIELD[query.sort]
+    direction = -1 if query.order == "desc" else 1
+    flt = mongo_filter(owner, query, now)
+    if query.cursor is not None:
+        flt = {"$and": [flt, _after_cursor(field, query)]}
+    cursor = views.find(flt).sort([(field, direction), ("_id", direction)]).limit(query.limit + 1)
+    docs = await cursor.to_list()
+    items = [view_from_document(doc) for doc in docs[: query.limit]]
+    more = len(docs) > query.limit
+    return TaskPage(items, encode_cursor(query, items[-1]) if more and items else None)
+
+
+def mongo_filter(owner: str, query: TaskQuery, now: datetime) -> dict[str, Any]:
+    """The MongoDB filter for `query`: built from typed values only, scoped to `owner`."""
+    flt: dict[str, Any] = {"owner_id": owner, "deleted": False}
+    if query.status:
+        flt["status"] = {"$in": [s.value for s in query.status]}
+    if query.priority is not None:
+        flt["priority"] = query.priority.value
+    if query.tags:
+        flt["tags"] = {"$all": list(query.tags)}
+    if query.q:
+        flt["terms"] = {"$all": query.terms() or [""]}
+    due: dict[str, Any] = {}
+    if query.due_before is not None:
+        due["$lt"] = query.due_before
+    if query.due_after is not None:
+        due["$gt"] = query.due_after
+    if due:
+        flt["due_at"] = due
+    if query.overdue is True:
+        flt["$and"] = [{"due_at": {"$ne": None}}, {"due_at": {"$lt": now}}]
+        flt["status"] = {
+            "$in": [s.value for s in (query.status or tuple(Status)) if s is not Status.DONE]
+        }
+    elif query.overdue is False:
+        flt["$or"] = [{"due_at": None}, {"due_at": {"$gte": now}}, {"status": Status.DONE.value}]
+    return flt
+
+
+def _after_cursor(field: str, query: TaskQuery) -> dict[str, Any]:
+    value, task_id = decode_cursor(query)
+    stored: Any = value
+    if value is not None and field != "priority_rank":
+        stored = datetime.fromtimestamp(value / 1_000_000, tz=UTC)
+    desc = query.order == "desc"
+    same = {field: stored, "_id": {"$lt" if desc else "$gt": task_id}}
+    if stored is None:
+        return same if desc else {"$or": [{field: {"$ne": None}}, same]}
+    beyond = {field: {"$lt" if desc else "$gt": stored}}
+    return {"$or": [beyond, same, {field: None}]} if desc else {"$or": [beyond, same]}

@@ -1,0 +1,59 @@
+"""The task view: what read models store for one task, folded from its commits."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from taskflow.commands.aggregates import TASK
+from taskflow.commands.task import TaskState
+from taskflow.events.codec import decode_events
+from taskflow.events.records import Commit
+from taskflow.events.task_events import TaskEvent
+
+_WORD = re.compile(r"\w+")
+MAX_TERMS = 512
+
+
+class ProjectionGapError(Exception):
+    """A commit does not follow the version its view reflects: the read model is inconsistent."""
+
+
+def apply_commit(view: TaskState | None, commit: Commit) -> TaskState | None:
+    """The view after `commit`; unchanged when the view already reflects it (replay-safe)."""
+    version = view.version if view is not None else 0
+    if commit.last_version <= version:
+        return view
+    if commit.first_version != version + 1:
+        raise ProjectionGapError(
+            f"{commit.stream_id}: commit {commit.first_version} after view version {version}"
+        )
+    for event in decode_events(commit):
+        assert isinstance(event, TaskEvent)
+        view = TASK.evolve(view, event)
+    return view
+
+
+def tokenize(text: str) -> list[str]:
+    """Search tokens: NFKC, case-folded words, the same on both sides of a search."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+def search_terms(view: TaskState) -> list[str]:
+    """The distinct terms a task is found by: words of its title, description and tags."""
+    words = tokenize(f"{view.title} {view.description} {' '.join(view.tags)}")
+    return list(dict.fromkeys([*words, *view.tags]))[:MAX_TERMS]
+
+
+def view_document(view: TaskState) -> dict[str, Any]:
+    """The MongoDB read-model document of a task (queried by owner, status, dates, tags, terms)."""
+    doc = view.model_dump()
+    doc["_id"] = doc.pop("task_id")
+    doc["terms"] = search_terms(view)
+    return doc
+
+
+def view_from_document(doc: dict[str, Any]) -> TaskState:
+    fields = {k: v for k, v in doc.items() if k not in {"_id", "terms", "priority_rank"}}
+    return TaskState.model_validate({**fields, "task_id": doc["_id"]})

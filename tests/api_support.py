@@ -1,0 +1,69 @@
+"""Helpers for tests that drive the real app over HTTP: users, tokens, projecting, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from taskflow.api.keys import SERVICES
+from taskflow.auth.tokens import issue_access_token
+from taskflow.projections.catalog import catch_up, projections
+
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[[web.Application], Awaitable[Client]]
+
+
+def bearer(client: Client, user_id: str | None = None) -> dict[str, str]:
+    """Authorization for a (new) user id: a real token, verified by the real middleware."""
+    settings = client.app[SERVICES].settings
+    token = issue_access_token(settings, user_id or uuid.uuid4().hex, [], datetime.now(UTC))
+    return {"Authorization": f"Bearer {token.token}"}
+
+
+async def wait_ready(client: Client) -> None:
+    """Until /api/ready is 200 (the app creates its indexes in the background)."""
+    for _ in range(200):
+        if (await client.get("/api/ready")).status == 200:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("the app never became ready")
+
+
+async def project(client: Client) -> int:
+    """Run every projection up to the log's head, in this process (the real projection code)."""
+    services = client.app[SERVICES]
+    return await catch_up(services.store, projections(services))
+
+
+@contextlib.asynccontextmanager
+async def live_projector(client: Client, every: float = 0.01) -> AsyncIterator[None]:
+    """Keep projecting in the background for the duration of the block."""
+
+    async def loop() -> None:
+        while True:
+            await project(client)
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def create_task(client: Client, auth: dict[str, str], **fields: Any) -> dict[str, Any]:
+    body = {"title": "a task", **fields}
+    response = await client.post("/api/tasks", json=body, headers=auth)
+    assert response.status == 201, await response.text()
+    task: dict[str, Any] = await response.json()
+    task["_position"] = int(response.headers["X-TaskFlow-Position"])
+    return task

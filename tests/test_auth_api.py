@@ -1,0 +1,476 @@
+"""The auth API and its stores, through the real app on the real MongoDB-protocol and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from http.cookies import SimpleCookie
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect
+from redis.asyncio import Redis
+
+from taskflow import names
+from taskflow.api.app import create_app
+from taskflow.api.auth_routes import REFRESH_COOKIE
+from taskflow.auth.indexes import ensure_auth_indexes
+from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshTokenReusedError, RefreshTokens
+from taskflow.auth.tokens import issue_access_token
+from taskflow.commands.runner import Context
+from taskflow.commands.user_handlers import (
+    EmailTakenError,
+    InvalidCredentialsError,
+    Trace,
+    handle_change_password,
+    handle_register_user,
+)
+from taskflow.events.chain import HashChain
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.events.records import Commit
+from taskflow.settings import Settings
+from tests.conftest import TEST_HMAC_KEY, closed_port
+
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[[web.Application], Awaitable[Client]]
+Db = AsyncDatabase[dict[str, Any]]
+
+PASSWORD = "correct horse battery"
+TRACE = Trace("req-1", "corr-1")
+
+
+async def ready_client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
+    """The app on the test servers, ready (indexes created) before any racing insert."""
+    client = await aiohttp_client(create_app(settings))
+    deadline = time.monotonic() + 10
+    while (await client.get("/api/ready")).status != 200:
+        assert time.monotonic() < deadline, "the app never became ready"
+        await asyncio.sleep(0.05)
+    return client
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, settings: Settings, db: Db, redis: Redis) -> Client:
+    return await ready_client(aiohttp_client, settings)
+
+
+async def register(
+    client: Client, email: str = "alice@example.com", password: str = PASSWORD, name: str = "Alice"
+) -> aiohttp.ClientResponse:
+    body = {"email": email, "display_name": name, "password": password}
+    return await client.post("/api/auth/register", json=body)
+
+
+async def login(
+    client: Client, email: str = "alice@example.com", password: str = PASSWORD
+) -> tuple[str, str]:
+    """The access token and refresh token of a successful login."""
+    response = await client.post("/api/auth/login", json={"email": email, "password": password})
+    assert response.status == 200, await response.text()
+    return (await response.json())["access_token"], response.cookies[REFRESH_COOKIE].value
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def refresh_with(client: Client, refresh_token: str) -> aiohttp.ClientResponse:
+    """POST /api/auth/refresh carrying exactly this cookie (no cookie jar involved)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        response = await session.post(
+            client.make_url("/api/auth/refresh"),
+            headers={"Cookie": f"{REFRESH_COOKIE}={refresh_token}"},
+        )
+        await response.read()
+        return response
+
+
+async def user_commits(db: Db) -> list[dict[str, Any]]:
+    docs = await db[names.COMMITS].find({}).to_list()
+    return [d for d in docs if d.get("kind") == "commit" and d["stream_id"].startswith("user-")]
+
+
+def problem_type(body: dict[str, Any]) -> str:
+    return str(body["type"]).rsplit(":", 1)[-1]
+
+
+async def test_register_login_me_refresh_logout_happy_path(client: Client) -> None:
+    """The whole session life cycle works end to end with the cookie jar a browser would use."""
+    created = await register(client, email="  Alice@Example.COM ")
+    assert created.status == 201
+    profile = await created.json()
+    assert profile == {
+        "user_id": profile["user_id"],
+        "email": "alice@example.com",
+        "display_name": "Alice",
+    }
+    assert created.headers["ETag"] == '"1"'
+    assert int(created.headers["X-TaskFlow-Position"]) >= 1
+
+    access, first_refresh = await login(client, email="ALICE@example.com")
+    me = await client.get("/api/auth/me", headers=bearer(access))
+    assert me.status == 200
+    assert await me.json() == {**profile, "roles": []}
+
+    refreshed = await client.post("/api/auth/refresh")  # the jar sends the cookie (Path matches)
+    assert refreshed.status == 200
+    body = await refreshed.json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 900
+    assert refreshed.cookies[REFRESH_COOKIE].value != first_refresh
+    second_access = body["access_token"]
+    assert (await client.get("/api/auth/me", headers=bearer(second_access))).status == 200
+
+    out = await client.post("/api/auth/logout", headers=bearer(second_access))
+    assert out.status == 204
+    assert out.cookies[REFRESH_COOKIE].value == ""
+    assert (await client.get("/api/auth/me", headers=bearer(second_access))).status == 401
+    # Logout denies the token it was sent with; an older one dies at its own (short) expiry.
+    assert (await client.get("/api/auth/me", headers=bearer(access))).status == 200
+    assert (await client.post("/api/auth/refresh")).status == 401  # the jar dropped the cookie
+
+
+async def test_refresh_cookie_is_httponly_strict_and_scoped_to_the_auth_path(
+    aiohttp_client: ClientFactory, settings: Settings, db: Db, redis: Redis
+) -> None:
+    """The refresh cookie is HttpOnly, SameSite=Strict, Path=/api/auth, Secure per settings."""
+    for secure in (False, True):
+        variant = settings.model_copy(update={"cookie_secure": secure})
+        client = await ready_client(aiohttp_client, variant)
+        await register(client, email=f"cookie-{secure}@example.com")
+        response = await client.post(
+            "/api/auth/login", json={"email": f"cookie-{secure}@example.com", "password": PASSWORD}
+        )
+        cookie = SimpleCookie(response.headers["Set-Cookie"])[REFRESH_COOKIE]
+        assert cookie["httponly"] is True
+        assert cookie["samesite"] == "Strict"
+        assert cookie["path"] == "/api/auth"
+        assert cookie["max-age"] == str(settings.refresh_token_ttl_seconds)
+        assert bool(cookie["secure"]) is secure
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("racers", [20, 50])
+async def test_concurrent_registrations_of_one_email_have_exactly_one_winner(
+    client: Client, db: Db, racers: int
+) -> None:
+    """N racing registrations of one address (any spelling): one 201, the rest 409, one user."""
+    spellings = ["race@example.com", " Race@Example.com", "RACE@EXAMPLE.COM "]
+    responses = await asyncio.gather(
+        *(register(client, email=spellings[i % 3], name=f"Racer {i}") for i in range(racers))
+    )
+    statuses = sorted(response.status for response in responses)
+    assert statuses == [201] + [409] * (racers - 1)
+    losers = [await r.json() for r in responses if r.status == 409]
+    assert {problem_type(body) for body in losers} == {"email-taken"}
+    [reservation] = await db[names.EMAIL_RESERVATIONS].find({}).to_list()
+    [winner] = [await r.json() for r in responses if r.status == 201]
+    assert reservation["_id"] == "race@example.com"
+    assert reservation["user_id"] == winner["user_id"]
+    [commit] = await user_commits(db)
+    assert commit["stream_id"] == f"user-{winner['user_id']}"
+
+
+async def test_login_failures_look_alike_for_unknown_email_and_wrong_password(
+    client: Client,
+) -> None:
+    """Unknown e-mail and wrong password give the same 401 body and comparable time."""
+    await register(client)
+
+    async def attempt(email: str, password: str) -> tuple[float, int, dict[str, Any]]:
+        started = time.perf_counter()
+        response = await client.post("/api/auth/login", json={"email": email, "password": password})
+        return time.perf_counter() - started, response.status, await response.json()
+
+    await attempt("warm-up@example.com", PASSWORD)  # the dummy hash is made on first use
+    wrong = [await attempt("alice@example.com", "wrong password") for _ in range(3)]
+    unknown = [await attempt("nobody@example.com", PASSWORD) for _ in range(3)]
+    invalid = [await attempt("not-an-email", PASSWORD) for _ in range(3)]
+    bodies = {(status, body["type"], body["detail"]) for _, status, body in wrong + unknown}
+    assert len(bodies) == 1
+    assert {(s, b["detail"]) for _, s, b in invalid} == {(401, "Wrong e-mail or password.")}
+    assert next(iter(bodies))[0] == 401
+    # Without the dummy verification an unknown e-mail answers many times faster.
+    wrong_time = statistics.median(t for t, _, _ in wrong)
+    assert statistics.median(t for t, _, _ in unknown) > 0.3 * wrong_time
+    assert statistics.median(t for t, _, _ in invalid) > 0.3 * wrong_time
+
+
+async def test_login_and_me_work_from_mongodb_alone_after_redis_forgets(
+    client: Client, redis: Redis
+) -> None:
+    """Redis holds only caches for users: flushed, login and /me are answered from the log."""
+    profile = await (await register(client)).json()
+    await redis.flushdb()
+    access, _ = await login(client)
+    await redis.flushdb()
+    me = await client.get("/api/auth/me", headers=bearer(access))
+    assert (await me.json())["user_id"] == profile["user_id"]
+
+
+async def test_fifty_concurrent_refreshes_of_one_token_have_one_winner_then_the_family_dies(
+    client: Client,
+) -> None:
+    """50 racing uses of one refresh token: one 200, and the reuse revokes the winner's family."""
+    await register(client)
+    _, refresh_token = await login(client)
+    responses = await asyncio.gather(*(refresh_with(client, refresh_token) for _ in range(50)))
+    statuses = sorted(response.status for response in responses)
+    assert statuses == [200] + [401] * 49
+    [winner] = [r for r in responses if r.status == 200]
+    assert (await refresh_with(client, winner.cookies[REFRESH_COOKIE].value)).status == 401
+    _, fresh = await login(client)  # a new login starts a new, healthy family
+    assert (await refresh_with(client, fresh)).status == 200
+
+
+async def test_presenting_a_retired_refresh_token_revokes_its_family(client: Client) -> None:
+    """After a rotation, the old token coming back kills the old and the current token alike."""
+    await register(client)
+    _, first = await login(client)
+    rotated = await refresh_with(client, first)
+    assert rotated.status == 200
+    second = rotated.cookies[REFRESH_COOKIE].value
+    reused = await refresh_with(client, first)
+    assert reused.status == 401
+    assert problem_type(await reused.json()) == "invalid-refresh-token"
+    assert (await refresh_with(client, second)).status == 401
+
+
+async def test_refresh_without_a_cookie_or_with_a_made_up_token_is_401(client: Client) -> None:
+    """No cookie, an empty one, an unknown or an absurdly long token: 401, nothing else."""
+    assert (await client.post("/api/auth/refresh")).status == 401
+    for token in ("", "made-up-token", "x" * 4000):
+        assert (await refresh_with(client, token)).status == 401
+
+
+async def test_logout_denies_the_access_token_and_revokes_the_refresh_family(
+    client: Client,
+) -> None:
+    """A logged-out access token is 401 for the rest of its life; its refresh family is dead."""
+    await register(client)
+    access, refresh_token = await login(client)
+    client.session.cookie_jar.clear()
+    out = await client.post(
+        "/api/auth/logout",
+        headers={**bearer(access), "Cookie": f"{REFRESH_COOKIE}={refresh_token}"},
+    )
+    assert out.status == 204
+    denied = await client.get("/api/auth/me", headers=bearer(access))
+    assert denied.status == 401
+    assert denied.headers["WWW-Authenticate"].startswith("Bearer")
+    assert (await denied.json())["detail"] == "invalid or expired token"
+    assert (await client.post("/api/auth/logout", headers=bearer(access))).status == 401
+    assert (await refresh_with(client, refresh_token)).status == 401
+
+
+async def test_missing_or_bad_bearer_tokens_get_the_same_401_with_a_challenge(
+    client: Client, settings: Settings
+) -> None:
+    """No header, another scheme, garbage, or a refresh token as bearer: one 401 shape."""
+    await register(client)
+    _, refresh_token = await login(client)
+    expired = issue_access_token(settings, "someone", [], datetime.now(UTC) - timedelta(hours=1))
+    headers: list[dict[str, str]] = [
+        {},
+        {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+        {"Authorization": "Bearer"},
+        bearer("not.a.jwt"),
+        bearer(refresh_token),
+        bearer(expired.token),
+    ]
+    for header in headers:
+        response = await client.get("/api/auth/me", headers=header)
+        assert response.status == 401
+        assert response.content_type == "application/problem+json"
+        assert response.headers["WWW-Authenticate"].startswith('Bearer realm="taskflow"')
+        body = await response.json()
+        assert (problem_type(body), body["detail"]) == ("invalid-token", "invalid or expired token")
+
+
+async def test_deny_list_unreachable_fails_closed_with_503(
+    aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    """With Redis down, a validly signed token is not trusted: 503 auth-unavailable, Retry-After."""
+    dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})
+    client = await aiohttp_client(create_app(dead))
+    token = issue_access_token(dead, "user-1", [], datetime.now(UTC)).token
+    response = await client.get("/api/auth/me", headers=bearer(token))
+    assert response.status == 503
+    assert response.headers["Retry-After"]
+    assert problem_type(await response.json()) == "auth-unavailable"
+    logout = await client.post("/api/auth/logout", headers=bearer(token))
+    assert logout.status == 503
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("register", {"email": "a@example.com", "display_name": "A", "password": PASSWORD,
+                      "roles": ["auditor"]}, "roles"),
+        ("register", {"email": 5, "display_name": "A", "password": PASSWORD}, "email"),
+        ("register", {"email": {"$ne": None}, "display_name": "A", "password": PASSWORD}, "email"),
+        ("register", {"email": "a@example.com", "display_name": "A" * 101, "password": PASSWORD},
+         "display_name"),
+        ("register", {"email": "a@example.com", "display_name": "A", "password": "p" * 129},
+         "password"),
+        ("register", {"email": "a@example.com", "display_name": "A", "password": "short"},
+         "password"),
+        ("register", {"email": "no-at-sign", "display_name": "A", "password": PASSWORD}, "email"),
+        ("register", {"email": "a@example.com", "password": PASSWORD}, "display_name"),
+        ("login", {"email": {"$ne": None}, "password": PASSWORD}, "email"),
+        ("login", {"email": "a@example.com", "password": {"$gt": ""}}, "password"),
+        ("login", {"email": "a@example.com", "password": "p" * 129}, "password"),
+        ("login", {"email": "a@example.com", "password": PASSWORD, "admin": True}, "admin"),
+    ],
+)  # fmt: skip
+async def test_bad_bodies_are_422_naming_the_field(
+    client: Client, path: str, body: dict[str, Any], field: str
+) -> None:
+    """Unknown fields, wrong types, operator-shaped values and over-long strings: 422 + field."""
+    response = await client.post(f"/api/auth/{path}", json=body)
+    assert response.status == 422
+    problem = await response.json()
+    assert problem_type(problem) == "validation-error"
+    assert [error["field"] for error in problem["errors"]] == [field]
+
+
+async def test_malformed_json_is_400(client: Client) -> None:
+    """A body that is not JSON at all is a 400 malformed-json problem."""
+    for path in ("register", "login"):
+        response = await client.post(
+            f"/api/auth/{path}", data=b'{"email": ', headers={"Content-Type": "application/json"}
+        )
+        assert response.status == 400
+        assert problem_type(await response.json()) == "malformed-json"
+
+
+# -- the handlers and stores directly ---------------------------------------------------------
+
+
+async def test_an_orphaned_reservation_is_reused_once_by_racing_registrations(
+    store: MongoEventStore, db: Db
+) -> None:
+    """A reservation left by a crash is taken over; the unique version key picks one racer."""
+    await ensure_auth_indexes(db)
+    old = datetime.now(UTC) - timedelta(hours=1)
+    await db[names.EMAIL_RESERVATIONS].insert_one(
+        {"_id": "orphan@example.com", "user_id": "orphan-user", "reserved_at": old}
+    )
+
+    async def attempt(i: int) -> str:
+        try:
+            outcome = await handle_register_user(
+                store, db, email="orphan@example.com", display_name=f"R{i}", password=PASSWORD,
+                trace=TRACE,
+            )  # fmt: skip
+        except EmailTakenError:
+            return "taken"
+        assert outcome.state is not None
+        return outcome.state.user_id
+
+    results = await asyncio.gather(*(attempt(i) for i in range(20)))
+    assert sorted(results) == ["orphan-user"] + ["taken"] * 19
+    [commit] = await user_commits(db)
+    assert commit["stream_id"] == "user-orphan-user"
+    assert commit["metadata"]["actor"] == "orphan-user"
+
+
+async def test_a_fresh_reservation_with_an_empty_stream_counts_as_taken(
+    store: MongoEventStore, db: Db
+) -> None:
+    """A reservation younger than the orphan delay is a registration in flight: 409, no append."""
+    await ensure_auth_indexes(db)
+    await db[names.EMAIL_RESERVATIONS].insert_one(
+        {"_id": "busy@example.com", "user_id": "in-flight", "reserved_at": datetime.now(UTC)}
+    )
+    with pytest.raises(EmailTakenError):
+        await handle_register_user(
+            store, db, email="busy@example.com", display_name="B", password=PASSWORD, trace=TRACE
+        )
+    assert await user_commits(db) == []
+
+
+class BrokenStore(MongoEventStore):
+    """The real store whose one log write fails, as when MongoDB drops mid-registration."""
+
+    async def _insert(self, commit: Commit) -> None:
+        raise AutoReconnect("connection lost (injected)")
+
+
+async def test_a_failed_append_releases_the_reservation(
+    store: MongoEventStore, db: Db, redis: Redis
+) -> None:
+    """If appending UserRegistered fails, the reservation is given back and the e-mail is free."""
+    await ensure_auth_indexes(db)
+    broken = BrokenStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3)
+    with pytest.raises(AutoReconnect):
+        await handle_register_user(
+            broken, db, email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE
+        )
+    assert await db[names.EMAIL_RESERVATIONS].count_documents({}) == 0
+    outcome = await handle_register_user(
+        store, db, email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE
+    )
+    assert outcome.version == 1
+
+
+async def test_change_password_needs_the_current_one_and_replaces_it(
+    client: Client, store: MongoEventStore, db: Db
+) -> None:
+    """Changing the password requires the current one; afterwards only the new one logs in."""
+    user_id = (await (await register(client)).json())["user_id"]
+    context = Context(actor=user_id, request_id="req-2", correlation_id="corr-2")
+    with pytest.raises(InvalidCredentialsError):
+        await handle_change_password(
+            store, user_id=user_id, current_password="wrong password", new_password="new password",
+            context=context,
+        )  # fmt: skip
+    outcome = await handle_change_password(
+        store, user_id=user_id, current_password=PASSWORD, new_password="new password",
+        context=context,
+    )  # fmt: skip
+    assert outcome.version == 2
+    await login(client, password="new password")
+    old = await client.post(
+        "/api/auth/login", json={"email": "alice@example.com", "password": PASSWORD}
+    )
+    assert old.status == 401
+
+
+async def test_refresh_store_refuses_expired_tokens_against_its_clock(db: Db, redis: Redis) -> None:
+    """A refresh token is good until its 30-day life ends, and refused from then on."""
+    await ensure_auth_indexes(db)
+    tokens = RefreshTokens(db, redis, ttl_seconds=30 * 24 * 3600)
+    now = datetime.now(UTC)
+    issued = await tokens.issue("user-1", now)
+    assert issued.expires_at == now + timedelta(days=30)
+    with pytest.raises(InvalidRefreshTokenError):
+        await tokens.rotate(issued.token, now + timedelta(days=30))
+    rotated = await tokens.rotate(issued.token, now + timedelta(days=29))
+    assert rotated.family_id == issued.family_id
+
+
+async def test_mongodb_stays_the_authority_when_redis_forgets(db: Db, redis: Redis) -> None:
+    """With Redis flushed, tokens are found and reuse and revocation still enforced (MongoDB)."""
+    await ensure_auth_indexes(db)
+    tokens = RefreshTokens(db, redis, ttl_seconds=3600)
+    now = datetime.now(UTC)
+    first = await tokens.issue("user-1", now)
+    stored = await db[names.REFRESH_TOKENS].find_one({})
+    assert stored is not None
+    assert first.token not in str(stored)  # only the hash is kept
+    await redis.flushdb()
+    second = await tokens.rotate(first.token, now)
+    await redis.flushdb()
+    with pytest.raises(RefreshTokenReusedError):
+        await tokens.rotate(first.token, now)
+    await redis.flushdb()
+    with pytest.raises(InvalidRefreshTokenError):
+        await tokens.rotate(second.token, now)

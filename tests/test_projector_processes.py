@@ -1,0 +1,174 @@
+"""Projector worker processes under kill -9 and takeover, on the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from taskflow import names
+from taskflow.commands.task import Status
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.projections.mongo_views import MongoTaskViews
+from taskflow.projections.redis_keys import RedisViewKeys
+from taskflow.projections.verify import compare, fold_all_tasks, mongo_views, redis_views
+from taskflow.settings import Settings
+from tests.workload import write_workload
+
+LEASE_TTL = 1.5
+
+
+@pytest.fixture
+def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `taskflow project` processes on the test's database; all are killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+    env = {
+        **os.environ,
+        "MONGODB_URI": settings.mongodb_uri,
+        "MONGODB_DB": settings.mongodb_db,
+        "REDIS_URL": settings.redis_url,
+        "LEASE_TTL_SECONDS": str(LEASE_TTL),
+        "PROJECTOR_POLL_SECONDS": "0.1",
+        "GAP_TIMEOUT_SECONDS": "0.3",
+        "EVENT_LOG_HMAC_KEY": settings.event_log_hmac_key.get_secret_value(),
+        "LOG_LEVEL": "INFO",
+    }
+
+    def start(lease_ttl: float = LEASE_TTL) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"projector-{len(started)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "taskflow", "project"],
+                env={**env, "LEASE_TTL_SECONDS": str(lease_ttl)},
+                stdout=log,
+                stderr=log,
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def lease_acquisitions(logs: Path) -> list[tuple[str, int]]:
+    """(projection, term) of every `lease_acquired` line the projector processes logged."""
+    found = []
+    for path in logs.glob("projector-*.log"):
+        for text in path.read_text().splitlines():
+            line = json.loads(text) if text.startswith("{") else {}
+            if line.get("event") == "lease_acquired":
+                found.append((line["projection"], line["term"]))
+    return found
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def caught_up(
+    store: MongoEventStore, redis: Redis, db: AsyncDatabase[dict[str, Any]]
+) -> bool:
+    head = await store.head_position()
+    redis_at = int(await redis.get(RedisViewKeys(1).checkpoint) or 0)
+    mongo_at = await MongoTaskViews(db).position()
+    return head > 0 and redis_at >= head and mongo_at >= head
+
+
+async def assert_models_equal_the_log(
+    store: MongoEventStore, redis: Redis, db: AsyncDatabase[dict[str, Any]]
+) -> None:
+    """Both read models equal a fold of the log, and the counters count each task once."""
+    folded = await fold_all_tasks(store)
+    keys = RedisViewKeys(1)
+    assert await compare("redis", folded, redis_views(redis, keys)) == []
+    assert await compare("mongo", folded, mongo_views(MongoTaskViews(db).views)) == []
+    for owner in {state.owner_id for state in folded.values()}:
+        live = [s for s in folded.values() if s.owner_id == owner and not s.deleted]
+        expected = {st.value: sum(s.status is st for s in live) for st in Status}
+        counts = await redis.hgetall(keys.counts(owner))
+        assert {st.value: int(counts.get(st.value.encode(), 0)) for st in Status} == expected
+
+
+@pytest.mark.timeout(300)
+async def test_kill_9_during_a_backlog_loses_nothing_and_applies_nothing_twice(
+    store: MongoEventStore,
+    redis: Redis,
+    db: AsyncDatabase[dict[str, Any]],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """Projectors killed -9 mid-backlog, repeatedly, leave read models equal to the log."""
+    await write_workload(store, tasks=300, changes=2700)
+    head = await store.head_position()
+    killed_mid_backlog = 0
+    for delay in (0.8, 1.1, 1.4, 1.7):
+        projector = spawn()
+        await asyncio.sleep(delay)
+        projector.send_signal(signal.SIGKILL)
+        projector.wait()
+        at = int(await redis.get(RedisViewKeys(1).checkpoint) or 0)
+        killed_mid_backlog += 0 < at < head
+        await asyncio.sleep(LEASE_TTL)  # the dead holder's lease must lapse
+    assert killed_mid_backlog > 0
+    spawn()
+    await until(lambda: caught_up(store, redis, db), 120, "the projector to catch up")
+    await assert_models_equal_the_log(store, redis, db)
+
+
+@pytest.mark.timeout(300)
+async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
+    store: MongoEventStore,
+    redis: Redis,
+    db: AsyncDatabase[dict[str, Any]],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """Of 8 processes exactly one holds each lease term; killing it hands over and catches up."""
+    # A longer lease than elsewhere: 8 interpreters starting on 2 cores delay renewals.
+    processes = {p.pid: p for p in (spawn(lease_ttl=6.0) for _ in range(8))}
+    leases = db[names.LEASES]
+
+    async def both_held() -> bool:
+        return len(await leases.distinct("name")) == 2
+
+    await until(both_held, 60, "both leases to be taken")
+    await write_workload(store, tasks=50, changes=200)
+    await until(lambda: caught_up(store, redis, db), 60, "catch-up")
+    terms = await leases.find({}).to_list()
+    assert sorted((t["name"], t["term"]) for t in terms) == sorted(
+        (name, 1) for name in ("task_views_redis_v1", "task_views_mongo_v1")
+    )
+    holder_pid = int(terms[0]["holder"].split(":")[1])
+    processes[holder_pid].send_signal(signal.SIGKILL)
+
+    async def taken_over() -> bool:
+        doc = await leases.find_one({"_id": f"{terms[0]['name']}:2"})
+        return doc is not None
+
+    await until(taken_over, 30, "a standby to take the lease over")
+    second = await leases.find({"name": terms[0]["name"]}).to_list()
+    assert sorted(t["term"] for t in second) == [1, 2]  # exactly one winner of term 2
+    successor = next(t["holder"] for t in second if t["term"] == 2)
+    assert successor != terms[0]["holder"]
+    await write_workload(store, tasks=20, changes=80, seed=11)
+    await until(lambda: caught_up(store, redis, db), 60, "catch-up after takeover")
+    await assert_models_equal_the_log(store, redis, db)
+    acquired = lease_acquisitions(tmp_path)
+    held = sorted((t["name"], t["term"]) for t in await leases.find({}).to_list())
+    assert sorted(acquired) == held  # every term was acquired by exactly one process
