@@ -10,7 +10,7 @@ from typing import Any
 from pymongo import AsyncMongoClient, ReadPreference
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_preferences import SecondaryPreferred
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from taskflow.auth.indexes import ensure_auth_indexes
 from taskflow.events.chain import HashChain
@@ -37,6 +37,19 @@ def read_preference(settings: Settings) -> SecondaryPreferred:
     return SecondaryPreferred(max_staleness=settings.read_max_staleness_seconds or -1)
 
 
+def redis_client(url: str, timeout: float, max_connections: int = 64) -> Redis:
+    """A Redis client whose pool makes callers wait for a free connection instead of failing."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)  # closing the client closes its pool
+
+
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open the clients (lazily connecting) and close them on exit, whatever happened."""
@@ -48,12 +61,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         socketTimeoutMS=settings.mongodb_timeout_ms * 2,
         appname="taskflow",
     )
-    redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        health_check_interval=30,
-    )
+    redis = redis_client(settings.redis_url, settings.redis_timeout_seconds)
     try:
         db = mongo.get_database(settings.mongodb_db, read_preference=ReadPreference.PRIMARY)
         store = MongoEventStore(

@@ -51,6 +51,9 @@ class PositionCounter:
         highest = int(last[0]["position"]) if last else 0
         await self._seed(keys=[names.POSITION_COUNTER, names.POSITION_SEEDED], args=[highest])
 
+    async def allocated_or_zero(self) -> int:
+        return await self.allocated() or 0
+
     async def allocated(self) -> int | None:
         """The highest position handed out, or None when Redis lost the counter."""
         raw = await self._redis.get(names.POSITION_COUNTER)

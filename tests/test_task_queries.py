@@ -1,0 +1,243 @@
+"""The read side: filters, sorts, search, pagination, stats and caches, on both read models."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from taskflow.api.app import create_app
+from taskflow.api.keys import SERVICES
+from taskflow.bootstrap import redis_client
+from taskflow.commands.task import TaskState
+from taskflow.projections.task_queries import TaskQuery, TaskReads, matches, sort_value
+from taskflow.settings import Settings
+from tests.api_support import (
+    Client,
+    ClientFactory,
+    bearer,
+    create_task,
+    live_projector,
+    project,
+    wait_ready,
+)
+from tests.conftest import closed_port
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
+    client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)
+    return client
+
+
+async def seed(client: Client, auth: dict[str, str]) -> None:
+    """Twelve tasks with varied fields, some changed, one deleted."""
+    specs: list[dict[str, Any]] = [
+        {"title": "Quarterly budget review", "tags": ["finance"], "priority": "high"},
+        {"title": "Fix login bug", "description": "Users cannot log in", "tags": ["bug", "auth"]},
+        {"title": "Write launch blog post", "tags": ["marketing"], "priority": "low"},
+        {"title": "Budget for launch party", "tags": ["finance", "marketing"]},
+        {"title": "Renew certificates", "due_at": (NOW - timedelta(days=1)).isoformat()},
+        {"title": "Plan offsite", "due_at": (NOW + timedelta(days=10)).isoformat()},
+        {"title": "Review pull requests", "priority": "urgent", "status": "in_progress"},
+        {"title": "Update résumé", "description": "Add the TaskFlow project"},
+        {
+            "title": "Old overdue but done",
+            "due_at": (NOW - timedelta(days=3)).isoformat(),
+            "status": "done",
+        },
+        {"title": "Call the bank", "due_at": (NOW + timedelta(hours=2)).isoformat()},
+        {"title": "Deleted budget task", "tags": ["finance"]},
+        {"title": "Inbox zero", "priority": "low"},
+    ]
+    created = [await create_task(client, auth, **spec) for spec in specs]
+    await client.patch(
+        f"/api/tasks/{created[1]['id']}",
+        json={"status": "done"},
+        headers={**auth, "If-Match": '"1"'},
+    )
+    await client.delete(f"/api/tasks/{created[10]['id']}", headers={**auth, "If-Match": '"1"'})
+    await asyncio.sleep(0.002)  # distinct updated_at for the changed task
+    await project(client)
+
+
+def expected(views: list[TaskState], query: TaskQuery) -> list[str]:
+    """A plain model of the list semantics: filter, then order by (value, id), nulls first."""
+    hits = [v for v in views if matches(v, query, NOW)]
+    terms = query.terms()
+    if terms:
+        hits = [v for v in hits if all(t in _words(v) for t in terms)]
+
+    def key(v: TaskState) -> tuple[int, int, str]:
+        value = sort_value(v, query.sort)
+        return (0, 0, v.task_id) if value is None else (1, value, v.task_id)
+
+    return [v.task_id for v in sorted(hits, key=key, reverse=query.order == "desc")]
+
+
+def _words(view: TaskState) -> set[str]:
+    from taskflow.projections.views import search_terms
+
+    return set(search_terms(view))
+
+
+QUERIES: list[dict[str, Any]] = [
+    {},
+    {"status": ["todo"]},
+    {"status": ["todo", "in_progress"], "sort": "priority"},
+    {"priority": "low", "order": "asc"},
+    {"tags": ["finance"]},
+    {"tags": ["finance", "marketing"]},
+    {"q": "budget"},
+    {"q": "BUDGET launch"},
+    {"q": "résumé"},
+    {"q": "log"},
+    {"overdue": True},
+    {"overdue": False, "sort": "due", "order": "asc"},
+    {"due_before": (NOW + timedelta(days=1)).isoformat(), "sort": "due"},
+    {"due_after": NOW.isoformat(), "sort": "due", "order": "asc"},
+    {"sort": "updated"},
+    {"sort": "created", "order": "asc"},
+    {"sort": "due", "order": "desc"},
+]
+
+
+async def walk(reads: TaskReads, owner: str, raw: dict[str, Any], limit: int) -> list[str]:
+    """Every page of a query, following `next` cursors."""
+    ids: list[str] = []
+    cursor = None
+    for _ in range(50):
+        query = TaskQuery.model_validate({**raw, "limit": limit, "cursor": cursor})
+        page = await reads.list_tasks(owner, query, NOW)
+        ids += [v.task_id for v in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            return ids
+    raise AssertionError("pagination did not end")
+
+
+async def test_every_query_gives_the_same_pages_from_redis_and_from_mongodb(
+    client: Client, settings: Settings
+) -> None:
+    """Both read models (Redis first, MongoDB as fallback) answer every query as the model does."""
+    owner = uuid.uuid4().hex
+    auth = bearer(client, owner)
+    await seed(client, auth)
+    services = client.app[SERVICES]
+    live = TaskReads(services.redis, services.read_db)
+    dead_redis = redis_client(f"redis://127.0.0.1:{closed_port()}/0", timeout=0.2)
+    fallback = TaskReads(dead_redis, services.read_db)
+    views = [v async for v in _all_views(live, owner)]
+    assert len(views) == 11  # the deleted task is not listed
+    try:
+        for raw in QUERIES:
+            want = expected(views, TaskQuery.model_validate(raw))
+            for limit in (3, 100):
+                assert await walk(live, owner, raw, limit) == want, (raw, limit)
+                assert await walk(fallback, owner, raw, limit) == want, (raw, limit)
+        assert (await live.stats(owner, NOW)) == (await fallback.stats(owner, NOW))
+        stats = await live.stats(owner, NOW)
+        assert stats.by_status == {"todo": 8, "in_progress": 1, "done": 2}
+        assert stats.overdue == 1
+        one = views[0]
+        assert await fallback.get(owner, one.task_id) == one
+        assert await fallback.get(uuid.uuid4().hex, one.task_id) is None
+    finally:
+        await dead_redis.aclose()
+
+
+async def _all_views(reads: TaskReads, owner: str) -> Any:
+    page = await reads.list_tasks(owner, TaskQuery(limit=100), NOW)
+    for view in page.items:
+        yield view
+
+
+async def test_pages_are_stable_while_tasks_are_inserted(client: Client) -> None:
+    """Walking pages while new tasks arrive shows every earlier task exactly once."""
+    auth = bearer(client)
+    before = {(await create_task(client, auth, title=f"t{i}"))["id"] for i in range(15)}
+    await project(client)
+    seen: list[str] = []
+    url: str | None = "/api/tasks?limit=4&sort=created&order=desc"
+    async with live_projector(client):
+        while url is not None:
+            page = await (await client.get(url, headers=auth)).json()
+            seen += [t["id"] for t in page["items"]]
+            await create_task(client, auth, title="newcomer")
+            await create_task(client, auth, title="newcomer")
+            url = (
+                f"/api/tasks?limit=4&sort=created&order=desc&next={page['next']}"
+                if page["next"]
+                else None
+            )
+    assert len(seen) == len(set(seen))
+    assert before <= set(seen)
+
+
+async def test_list_pages_are_never_stale_once_projected(client: Client) -> None:
+    """A cached list page is retired by the owner's generation as soon as a change is projected."""
+    auth = bearer(client)
+    task = await create_task(client, auth, title="first title")
+    await project(client)
+    first = await (await client.get("/api/tasks", headers=auth)).json()
+    assert [t["title"] for t in first["items"]] == ["first title"]
+    await client.patch(
+        f"/api/tasks/{task['id']}",
+        json={"title": "second title"},
+        headers={**auth, "If-Match": '"1"'},
+    )
+    await project(client)
+    second = await (await client.get("/api/tasks", headers=auth)).json()
+    assert [t["title"] for t in second["items"]] == ["second title"]
+    found = await (await client.get("/api/tasks?q=second", headers=auth)).json()
+    assert [t["id"] for t in found["items"]] == [task["id"]]
+    gone = await (await client.get("/api/tasks?q=first", headers=auth)).json()
+    assert gone["items"] == []
+
+
+async def test_stats_endpoint_counts_by_status_and_overdue(client: Client) -> None:
+    """GET /api/tasks/stats reflects the projected counts of the caller's tasks only."""
+    auth, other = bearer(client), bearer(client)
+    await create_task(client, auth, due_at=(NOW - timedelta(hours=1)).isoformat())
+    await create_task(client, auth, status="done")
+    await create_task(client, other)
+    await project(client)
+    stats = await (await client.get("/api/tasks/stats", headers=auth)).json()
+    assert stats == {"by_status": {"todo": 1, "in_progress": 0, "done": 1}, "overdue": 1}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "status[$ne]=done",
+        "status=archived",
+        "sort=$where",
+        "order=sideways",
+        "limit=1000",
+        "limit=0",
+        "tags=" + ",".join(f"t{i}" for i in range(21)),
+        "q=" + "x" * 201,
+        "due_before=tomorrow",
+        "owner_id=someone",
+        "priority=high&priority=low",
+    ],
+)
+async def test_hostile_or_malformed_query_parameters_are_422(client: Client, params: str) -> None:
+    """Operators, unknown fields, bad values and over-long lists never reach a query."""
+    response = await client.get(f"/api/tasks?{params}", headers=bearer(client))
+    assert response.status == 422, await response.text()
+    assert response.content_type == "application/problem+json"
+
+
+async def test_a_forged_cursor_is_400(client: Client) -> None:
+    """A cursor that this API did not issue, or issued for another order, is refused."""
+    auth = bearer(client)
+    for cursor in ("not-base64!", "WyJ4Il0", "WyJkdWUiLCJhc2MiLG51bGwsIngiXQ"):
+        response = await client.get(f"/api/tasks?next={cursor}", headers=auth)
+        assert response.status == 400, cursor
