@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import types
-import typing
 from datetime import UTC, datetime, timedelta, timezone
-from enum import Enum
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import AwareDatetime, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 import taskflow.events.user_events  # noqa: F401  (registers the user events for the round trip)
 from taskflow.commands.errors import (
@@ -36,9 +33,10 @@ from taskflow.commands.task import (
     fold,
     normalize_tag,
 )
-from taskflow.events.base import DomainEvent, registered_events
+from taskflow.events.base import registered_events
 from taskflow.events.task_events import TaskEvent, TaskRenamed
 from taskflow.events.task_values import DESCRIPTION_MAX, TAG_MAX, TAGS_MAX, TITLE_MAX
+from tests.strategies import events_of
 
 TASK_ID = "task-1"
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -250,31 +248,10 @@ def test_tags_are_normalised_deduplicated_and_capped(raw: list[str]) -> None:
     assert adapter.validate_python(tags) == tags
 
 
-def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
-    """Valid values for an event field, by its annotation (tz-aware datetimes for every time)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return _strategy_for(args[0])
-    if origin in (typing.Union, types.UnionType):
-        return st.one_of([_strategy_for(arg) for arg in args])
-    if origin is tuple:
-        return st.lists(_strategy_for(args[0]), max_size=5).map(tuple)
-    if annotation in (datetime, AwareDatetime):
-        return aware_datetimes
-    if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return st.sampled_from(annotation)
-    return st.from_type(annotation)
-
-
-def _events_of(cls: type[DomainEvent]) -> st.SearchStrategy[DomainEvent]:
-    fields = {name: _strategy_for(f.annotation) for name, f in cls.model_fields.items()}
-    return st.fixed_dictionaries(fields).map(lambda kwargs: cls(**kwargs))
-
-
 @pytest.mark.parametrize("event_type", sorted(registered_events()))
 @given(data=st.data())
 def test_every_event_round_trips_through_json(event_type: str, data: st.DataObject) -> None:
     """Every registered event validates back from its JSON dump to an equal event."""
     cls = registered_events()[event_type]
-    event = data.draw(_events_of(cls))
+    event = data.draw(events_of(cls))
     assert cls.model_validate(event.model_dump(mode="json")) == event
