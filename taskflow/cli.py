@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from aiohttp import web
 
+from taskflow import operations
 from taskflow.logs import configure_logging
 from taskflow.settings import Settings, SettingsError, load_settings
 
@@ -38,7 +40,37 @@ def _parser() -> argparse.ArgumentParser:
     project.set_defaults(run=_project)
     dev = commands.add_parser("dev", help="run the API and one projector (development)")
     dev.set_defaults(run=_dev)
+    _operations(commands)
     return parser
+
+
+def _operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands for operators and auditors (taskflow/operations.py)."""
+    users = commands.add_parser("users", help="manage users").add_subparsers(required=True)
+    grant = users.add_parser("grant-role", help="grant a role, e.g. auditor")
+    grant.add_argument("email")
+    grant.add_argument("role", choices=["auditor"])
+    grant.set_defaults(run=lambda s, a: _async(operations.grant_role(s, a.email, a.role)))
+    audit = commands.add_parser("audit", help="audit the log").add_subparsers(required=True)
+    audit.add_parser("verify", help="hash chains and read models against the log").set_defaults(
+        run=lambda s, a: _async(operations.audit_verify(s))
+    )
+    export = audit.add_parser("export", help="NDJSON of the global feed")
+    export.add_argument("--after", type=int, default=0, help="resume after this position")
+    export.set_defaults(run=lambda s, a: _async(operations.audit_export(s, a.after, sys.stdout)))
+    proj = commands.add_parser("projections", help="projection operations").add_subparsers(
+        required=True
+    )
+    proj.add_parser("status", help="positions, lag and lease holders").set_defaults(
+        run=lambda s, a: _async(operations.projections_status(s))
+    )
+    rebuild = proj.add_parser("rebuild", help="rebuild a projection without downtime")
+    rebuild.add_argument("name", help="task_views")
+    rebuild.set_defaults(run=lambda s, a: _async(operations.projections_rebuild(s, a.name)))
+
+
+def _async(work: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(work)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

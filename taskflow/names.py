@@ -69,3 +69,6 @@ def revoked_family_key(family_id: str) -> str:
 def email_user_key(email: str) -> str:
     """The user id registered under a normalised e-mail address (a cache of the reservation)."""
     return f"{PREFIX}auth:email:{email}"
+
+
+READ_MODEL_NEXT = PREFIX + "rm:next"

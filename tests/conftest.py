@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from taskflow.bootstrap import redis_client
@@ -33,7 +34,13 @@ def _service_url(name: str) -> str:
 
 @pytest.fixture
 def settings() -> Settings:
-    """Settings pointing at the test servers, with a database of the test's own."""
+    """Settings pointing at the test servers, with a database of the test's own.
+
+    The Redis logical database is flushed first: a deployment owns its Redis database (the
+    counter, log hints and read models are not prefixed by the MongoDB database name).
+    """
+    with SyncRedis.from_url(_service_url("REDIS_URL")) as sync_redis:
+        sync_redis.flushdb()
     return Settings(
         mongodb_uri=_service_url("MONGODB_URI"),
         redis_url=_service_url("REDIS_URL"),

@@ -13,6 +13,7 @@ from taskflow.api import (
     command_problems,  # noqa: F401 - registers the problem mappers
     health,
 )
+from taskflow.api.audit_routes import setup_audit_routes
 from taskflow.api.auth_routes import setup_auth_routes
 from taskflow.api.keys import INDEXES_READY, SERVICES, SETTINGS, TASK_READS
 from taskflow.api.middlewares import problems, request_context
@@ -44,6 +45,7 @@ def setup_routes(app: web.Application) -> None:
     setup_auth_routes(app)
     setup_task_write_routes(app)
     setup_task_read_routes(app)
+    setup_audit_routes(app)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from taskflow.api import keys
+from taskflow.api.audit_routes import get_task_as_of
 from taskflow.api.json_io import json_response
 from taskflow.api.middlewares import validation_problem
 from taskflow.api.principal import require_user
@@ -30,6 +31,8 @@ def setup_task_read_routes(app: web.Application) -> None:
 async def get_task(request: web.Request) -> web.Response:
     user = await require_user(request)
     task_id = valid_task_id(request.match_info["task_id"])
+    if "as_of" in request.query or "version" in request.query:
+        return await get_task_as_of(request, user, task_id)
     headers = await _read_your_writes(request)
     view = await _reads(request).get(user.user_id, task_id)
     if view is None:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from taskflow import names
 from taskflow.events.base import DomainEvent
-from taskflow.events.chain import HashChain
+from taskflow.events.chain import HashChain, StreamChecker
 from taskflow.events.codec import (
     commit_from_document,
     commit_to_document,
@@ -336,11 +336,38 @@ class MongoEventStore:
             if limit is not None and count >= limit:
                 return
 
+    async def scan(self, after_position: int = 0) -> AsyncIterator[Commit]:
+        """Every stored document after a position, straight from MongoDB in one streamed pass.
+
+        For auditors: it reads what MongoDB holds (not the Redis hints) and does not wait at
+        holes; `read_all` is the gap-safe reader for anything that keeps a checkpoint.
+        """
+        query = {"position": {"$gt": after_position}}
+        async with self.commits.find(query).sort("position", ASCENDING).batch_size(1000) as docs:
+            async for doc in docs:
+                yield commit_from_document(doc)
+
     async def head_position(self) -> int:
         return await self.reader.head()
 
     async def verify(self, stream_id: str) -> BrokenLink | None:
         return self._chain.verify_stream(await self.read_stream(stream_id))
+
+    async def verify_all(
+        self, progress: Callable[[int], None] = lambda position: None
+    ) -> list[BrokenLink]:
+        """The first broken link of every stream, checking the whole log in one streamed pass."""
+        checkers: dict[str, StreamChecker] = {}
+        broken: dict[str, BrokenLink] = {}
+        async for commit in self.scan():
+            progress(commit.position)
+            if commit.is_gap or commit.stream_id in broken:
+                continue
+            checker = checkers.setdefault(commit.stream_id, StreamChecker(self._chain))
+            link = checker.check(commit)
+            if link is not None:
+                broken[commit.stream_id] = link
+        return list(broken.values())
 
 
 def _idempotency(actor: str, key: str | None) -> str | None:

@@ -63,6 +63,10 @@ class EventStore(Protocol):
         """Every settled commit after `after_position` in global order, gaps included."""
         ...
 
+    def scan(self, after_position: int = 0) -> AsyncIterator[Commit]:
+        """Every stored document after a position, read straight from the database."""
+        ...
+
     async def head_position(self) -> int:
         """The highest position up to which every position is settled (commit or gap)."""
         ...

@@ -9,9 +9,14 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
+from taskflow.bootstrap import Services
+from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
+from taskflow.events.records import Commit
 from taskflow.events.store import EventStore
+from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
+from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.views import apply_commit, view_from_document
 
 
@@ -25,10 +30,12 @@ class ViewMismatch:
     found_version: int | None
 
 
-async def fold_all_tasks(store: EventStore, up_to: int | None = None) -> dict[str, TaskState]:
+async def fold_all_tasks(
+    store: EventStore, up_to: int | None = None, commits: AsyncIterator[Commit] | None = None
+) -> dict[str, TaskState]:
     """Every task's state folded from the log in one streamed pass (up to a position)."""
     states: dict[str, TaskState] = {}
-    async for commit in store.read_all(0):
+    async for commit in commits if commits is not None else store.read_all(0):
         if up_to is not None and commit.position > up_to:
             break
         if commit.is_gap or not commit.stream_id.startswith("task-"):
@@ -54,14 +61,24 @@ async def mongo_views(views: AsyncCollection[dict[str, Any]]) -> AsyncIterator[T
 
 
 async def compare(
-    model: str, expected: dict[str, TaskState], found: AsyncIterator[TaskState]
+    model: str,
+    expected: dict[str, TaskState],
+    found: AsyncIterator[TaskState],
+    store: EventStore | None = None,
 ) -> list[ViewMismatch]:
-    """Mismatches between folded states and a read model's views (missing and extra included)."""
+    """Mismatches between folded states and a read model's views (missing and extra included).
+
+    With `store`, a view that is newer than the fold (the log moved on while checking) is
+    compared with its own stream folded up to the view's version instead.
+    """
     mismatches: list[ViewMismatch] = []
     seen: set[str] = set()
     async for view in found:
         seen.add(view.task_id)
         want = expected.get(view.task_id)
+        if store is not None and (want is None or view.version > want.version):
+            commits = await store.read_stream(TASK.stream_id(view.task_id), to_version=view.version)
+            want = TASK.fold(commits)
         if want != view:
             mismatches.append(
                 ViewMismatch(model, view.task_id, want.version if want else None, view.version)
@@ -73,3 +90,17 @@ async def compare(
 
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
+
+
+async def verify_read_models(services: Services, version: int) -> list[ViewMismatch]:
+    """Both task read models of `version` against the log, as of their own checkpoints."""
+    redis_model = RedisTaskViews(services.redis, version)
+    mongo_model = MongoTaskViews(services.db, version)
+    up_to = min(await redis_model.position(), await mongo_model.position())
+    folded = await fold_all_tasks(services.store, up_to, services.store.scan())
+    return [
+        *await compare(
+            "redis", folded, redis_views(services.redis, redis_model.keys), services.store
+        ),
+        *await compare("mongodb", folded, mongo_views(mongo_model.views), services.store),
+    ]

@@ -8,13 +8,14 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskflow import names
-from taskflow.bootstrap import open_services
+from taskflow.bootstrap import Services, open_services
 from taskflow.events.store import EventStore
 from taskflow.projections.catalog import projections
 from taskflow.projections.lease import Lease
@@ -43,13 +44,13 @@ class ProjectionDriver:
         self.wake = asyncio.Event()
         self._ttl = lease_ttl
         self._poll = poll_interval
-        self._stopping = stopping
+        self.stopping = stopping
         self._lost = False
 
     async def run(self) -> None:
         await self.projection.setup()
         try:
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 if self.lease.term is None and not await self._acquire():
                     await self._pause(self._ttl / 3)
                     continue
@@ -71,7 +72,7 @@ class ProjectionDriver:
         """Apply while the lease lasts; a renewal task runs beside the batches."""
         renewer = asyncio.create_task(self._renew_forever())
         try:
-            while not (self._stopping.is_set() or self._lost):
+            while not (self.stopping.is_set() or self._lost):
                 self.wake.clear()
                 await run_until_caught_up(
                     self.store, self.projection, term=self.lease.term or 0, keep_going=self._holding
@@ -90,7 +91,7 @@ class ProjectionDriver:
             self.lease.term = None
 
     def _holding(self) -> bool:
-        return not (self._stopping.is_set() or self._lost)
+        return not (self.stopping.is_set() or self._lost)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -124,35 +125,101 @@ async def listen_for_appends(redis: Redis, drivers: list[ProjectionDriver]) -> N
             await asyncio.sleep(1)
 
 
+async def read_model_versions(redis: Redis) -> set[int]:
+    """The read-model versions to maintain: the active one, and one being rebuilt, if any."""
+    active, building = await redis.mget([names.READ_MODEL_ACTIVE, names.READ_MODEL_NEXT])
+    versions = {int(active) if active else 1}
+    if building:
+        versions.add(int(building))
+    return versions
+
+
+class Supervisor:
+    """Runs one group of drivers per read-model version it should maintain; follows switches."""
+
+    def __init__(
+        self,
+        services: Services,
+        holder: str,
+        stopping: asyncio.Event,
+        versions: Callable[[], Awaitable[set[int]]] | None = None,
+    ) -> None:
+        self._services = services
+        self._versions = versions or (lambda: read_model_versions(services.redis))
+        self._holder = holder
+        self._stopping = stopping
+        self.drivers: list[ProjectionDriver] = []
+        self._groups: dict[int, tuple[asyncio.Event, list[asyncio.Task[None]]]] = {}
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                with contextlib.suppress(RedisError):
+                    self._follow(await self._versions())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._stopping.wait()
+        finally:
+            for version in list(self._groups):
+                await self._retire(version)
+
+    def _follow(self, wanted: set[int]) -> None:
+        for version in wanted - self._groups.keys():
+            self._start(version)
+        for version in self._groups.keys() - wanted:
+            asyncio.create_task(self._retire(version))  # noqa: RUF006 - awaited via its drivers
+
+    def _start(self, version: int) -> None:
+        settings = self._services.settings
+        retired = asyncio.Event()
+        drivers = [
+            ProjectionDriver(
+                self._services.store,
+                projection,
+                Lease(
+                    self._services.db[names.LEASES],
+                    projection.name,
+                    self._holder,
+                    ttl=settings.lease_ttl_seconds,
+                ),
+                lease_ttl=settings.lease_ttl_seconds,
+                poll_interval=settings.projector_poll_seconds,
+                stopping=retired,
+            )
+            for projection in projections(self._services, version)
+        ]
+        self.drivers.extend(drivers)
+        self._groups[version] = (retired, [asyncio.create_task(d.run()) for d in drivers])
+        log.info("read_model_version_started", version=version)
+
+    async def _retire(self, version: int) -> None:
+        """Stop a version's drivers after their current batch; they release their leases."""
+        group = self._groups.pop(version, None)
+        if group is None:
+            return
+        retired, tasks = group
+        retired.set()
+        for driver in [d for d in self.drivers if d.stopping is retired]:
+            driver.wake.set()
+            self.drivers.remove(driver)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("read_model_version_stopped", version=version)
+
+
 async def run_worker(settings: Settings) -> None:
-    """Run every projection's driver until SIGTERM/SIGINT, then finish the batch and release."""
+    """Run the projections until SIGTERM/SIGINT, then finish the batch and release the leases."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     async with open_services(settings) as services:
-        drivers = [
-            ProjectionDriver(
-                services.store,
-                projection,
-                Lease(
-                    services.db[names.LEASES],
-                    projection.name,
-                    holder,
-                    ttl=settings.lease_ttl_seconds,
-                ),
-                lease_ttl=settings.lease_ttl_seconds,
-                poll_interval=settings.projector_poll_seconds,
-                stopping=stopping,
-            )
-            for projection in projections(services)
-        ]
         await services.store.ensure_indexes()
-        listener = asyncio.create_task(listen_for_appends(services.redis, drivers))
+        supervisor = Supervisor(services, holder, stopping)
+        listener = asyncio.create_task(listen_for_appends(services.redis, supervisor.drivers))
         log.info("projector_started", holder=holder)
         try:
-            await asyncio.gather(*(driver.run() for driver in drivers))
+            await supervisor.run()
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

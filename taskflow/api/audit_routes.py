@@ -1,0 +1,143 @@
+"""Auditor endpoints: task history, time travel, the global feed and whole streams."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, TypeVar
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from taskflow.api import keys
+from taskflow.api.json_io import json_response
+from taskflow.api.middlewares import validation_problem
+from taskflow.api.principal import Principal, require_user
+from taskflow.api.problems import Problem
+from taskflow.api.task_schemas import TaskOut
+from taskflow.api.task_writes import valid_task_id
+from taskflow.commands.task import TaskState
+from taskflow.events.codec import commit_to_json
+from taskflow.events.records import Commit
+from taskflow.events.store import EventStore
+from taskflow.projections.history import task_as_of, task_history
+
+AUDITOR = "auditor"
+_STREAM_ID = re.compile(r"^(task|user)-[0-9a-f]{32}$")
+
+
+class HistoryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    after_version: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+
+
+class AsOfQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    as_of: AwareDatetime | None = None
+    version: Annotated[int, Field(ge=1)] | None = None
+
+
+class FeedQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    after: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+def setup_audit_routes(app: web.Application) -> None:
+    app.router.add_get("/api/tasks/{task_id}/history", get_history)
+    app.router.add_get("/api/audit/events", get_feed)
+    app.router.add_get("/api/audit/streams/{stream_id}", get_stream)
+
+
+async def get_history(request: web.Request) -> web.Response:
+    """The owner's view of who changed their task, when, and how (from the log)."""
+    user = await require_user(request)
+    task_id = valid_task_id(request.match_info["task_id"])
+    query = _parse(HistoryQuery, request)
+    entries = await task_history(_store(request), task_id)
+    if not entries or entries[0].changes.get("owner_id") != user.user_id:
+        raise _task_not_found()
+    page = [e for e in entries if e.version > query.after_version][: query.limit]
+    more = bool(page) and page[-1].version < entries[-1].version
+    body = {
+        "items": [entry.as_json() for entry in page],
+        "next": str(page[-1].version) if more else None,
+    }
+    return json_response(body, headers={"Cache-Control": "private, no-cache"})
+
+
+async def get_task_as_of(request: web.Request, user: Principal, task_id: str) -> web.Response:
+    """A task as it was at `as_of` or at `version`, folded from the log."""
+    query = _parse(AsOfQuery, request)
+    state = await task_as_of(_store(request), task_id, moment=query.as_of, version=query.version)
+    if state is None or state.owner_id != user.user_id:
+        raise _task_not_found()
+    return _state_response(state, deleted=state.deleted)
+
+
+async def get_feed(request: web.Request) -> web.Response:
+    """The global log in order, for auditors: every commit with its metadata."""
+    await require_auditor(request)
+    query = _parse(FeedQuery, request)
+    commits: list[Commit] = []
+    last = query.after
+    async for commit in _store(request).read_all(query.after, query.limit):
+        last = commit.position
+        if not commit.is_gap:
+            commits.append(commit)
+    return _commits_response(commits, next_after=last)
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    await require_auditor(request)
+    stream_id = request.match_info["stream_id"]
+    if not _STREAM_ID.match(stream_id):
+        raise Problem(404, "stream-not-found", "Stream not found", "No such stream.")
+    commits = await _store(request).read_stream(stream_id)
+    if not commits:
+        raise Problem(404, "stream-not-found", "Stream not found", "No such stream.")
+    return _commits_response(commits, next_after=None)
+
+
+async def require_auditor(request: web.Request) -> Principal:
+    """The caller, who must hold the auditor role; 403 otherwise (the feed is no secret)."""
+    user = await require_user(request)
+    if AUDITOR not in user.roles:
+        raise Problem(403, "forbidden", "Forbidden", "This endpoint is for auditors.")
+    return user
+
+
+def _commits_response(commits: list[Commit], next_after: int | None) -> web.Response:
+    # Commits are already JSON-shaped by the codec; splice them in without re-encoding.
+    items = b",".join(commit_to_json(c) for c in commits)
+    after = b"null" if next_after is None else str(next_after).encode()
+    body = b'{"items":[' + items + b'],"next_after":' + after + b"}"
+    return web.Response(
+        body=body, content_type="application/json", headers={"Cache-Control": "private, no-cache"}
+    )
+
+
+def _state_response(state: TaskState, *, deleted: bool) -> web.Response:
+    body: dict[str, Any] = {**TaskOut.of(state).model_dump(mode="json"), "deleted": deleted}
+    return json_response(
+        body, headers={"ETag": f'"{state.version}"', "Cache-Control": "private, no-cache"}
+    )
+
+
+Q = TypeVar("Q", bound=BaseModel)
+
+
+def _parse(model: type[Q], request: web.Request) -> Q:
+    raw = {name: request.query.getone(name) for name in request.query}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+
+
+def _task_not_found() -> Problem:
+    return Problem(404, "task-not-found", "Task not found", "No such task.")
+
+
+def _store(request: web.Request) -> EventStore:
+    return request.app[keys.SERVICES].store

@@ -1,0 +1,144 @@
+"""Operator and auditor commands behind the `taskflow` CLI: each returns a process exit code."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Never, TextIO
+
+from tqdm import tqdm
+
+from taskflow import names
+from taskflow.bootstrap import Services, open_services
+from taskflow.commands.aggregates import USER
+from taskflow.commands.runner import Context, execute
+from taskflow.commands.user import GrantRole
+from taskflow.commands.user_handlers import find_user_by_email
+from taskflow.events.codec import commit_to_json
+from taskflow.projections.catalog import projections
+from taskflow.projections.rebuild import RebuildVerificationError, rebuild
+from taskflow.projections.verify import verify_read_models
+from taskflow.projections.worker import read_model_versions
+from taskflow.settings import Settings
+
+
+def _bar(total: int, what: str) -> tqdm[Never]:
+    """A progress bar with rate and ETA, on stderr so stdout stays machine-readable."""
+    return tqdm(total=total, desc=what, unit=" commits", file=sys.stderr, dynamic_ncols=True)
+
+
+def _tick(bar: tqdm[Never]) -> None:
+    bar.update(1)
+
+
+async def grant_role(settings: Settings, email: str, role: str) -> int:
+    """Grant a role (recorded as a UserRoleGranted event); it reaches tokens at the next login."""
+    async with open_services(settings) as services:
+        user = await find_user_by_email(services.store, services.db, services.redis, email)
+        if user is None:
+            print(f"no user registered as {email!r}", file=sys.stderr)
+            return 1
+        context = Context(actor="operator", request_id=uuid.uuid4().hex, correlation_id="cli")
+        command = GrantRole.model_validate({"user_id": user.user_id, "role": role})
+        outcome = await execute(
+            services.store, USER, user.user_id, command, context, datetime.now(UTC)
+        )
+        print(f"{email}: role {role} {'granted' if outcome.changed else 'already held'}")
+        return 0
+
+
+async def audit_verify(settings: Settings) -> int:
+    """Check every stream's hash chain and every task view against the log; 1 on any mismatch."""
+    async with open_services(settings) as services:
+        head = await services.store.head_position()
+        with _bar(head, "hash chains") as bar:
+            broken = await services.store.verify_all(lambda position: _tick(bar))
+        mismatches = []
+        for version in sorted(await read_model_versions(services.redis)):
+            mismatches += await verify_read_models(services, version)
+    for link in broken:
+        print(
+            f"BROKEN stream {link.stream_id} at version {link.version} "
+            f"(position {link.position}): {link.reason}"
+        )
+    for mismatch in mismatches:
+        print(
+            f"MISMATCH {mismatch.model} task {mismatch.task_id}: log says version "
+            f"{mismatch.expected_version}, read model has {mismatch.found_version}"
+        )
+    ok = not broken and not mismatches
+    print(
+        f"audit verify: {'OK' if ok else 'FAILED'} — {head} positions, "
+        f"{len(broken)} broken chains, {len(mismatches)} read-model mismatches"
+    )
+    return 0 if ok else 1
+
+
+async def audit_export(settings: Settings, after: int, out: TextIO) -> int:
+    """NDJSON of the global feed after a position; resume with --after <last position>."""
+    async with open_services(settings) as services:
+        head = await services.store.head_position()
+        with _bar(max(head - after, 0), "export") as bar:
+            async for commit in services.store.read_all(after):
+                out.write(commit_to_json(commit).decode() + "\n")
+                bar.update(1)
+    out.flush()
+    return 0
+
+
+async def projections_status(settings: Settings) -> int:
+    """Each projection's position, the head, the lag and the lease holder."""
+    async with open_services(settings) as services:
+        head = await services.store.head_position()
+        rows = [("projection", "position", "head", "lag", "lease holder", "lease expires")]
+        for version in sorted(await read_model_versions(services.redis)):
+            for projection in projections(services, version):
+                position = await projection.position()
+                lease = await _latest_lease(services, projection.name)
+                rows.append(
+                    (
+                        projection.name,
+                        str(position),
+                        str(head),
+                        str(head - position),
+                        str(lease.get("holder", "-")),
+                        str(lease.get("expires_at", "-")),
+                    )
+                )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
+async def projections_rebuild(settings: Settings, name: str) -> int:
+    """Rebuild the task read models without downtime (see taskflow/projections/rebuild.py)."""
+    if name not in {"task_views", "all"}:
+        print(f"unknown projection {name!r}: try task_views", file=sys.stderr)
+        return 2
+    async with open_services(settings) as services:
+        bar = _bar(await services.store.head_position(), "rebuild")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        try:
+            result = await rebuild(services, progress)
+        except RebuildVerificationError as exc:
+            bar.close()
+            print(f"rebuild verification failed, reads stay on the current version: {exc}")
+            return 1
+        bar.close()
+    print(
+        f"read models rebuilt: version {result.old_version} → {result.new_version} "
+        f"at position {result.position}"
+    )
+    return 0
+
+
+async def _latest_lease(services: Services, name: str) -> dict[str, object]:
+    docs = await services.db[names.LEASES].find({"name": name}).sort("term", -1).limit(1).to_list()
+    return docs[0] if docs else {}

@@ -1,0 +1,76 @@
+"""Audit queries answered from the log itself: a task's history, its state at a past point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from taskflow.commands.aggregates import TASK
+from taskflow.commands.task import TaskState
+from taskflow.events.codec import decode_event
+from taskflow.events.records import Commit
+from taskflow.events.store import EventStore
+
+_NOT_CHANGES = {"task_id", "occurred_at"}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One event of a task as an auditor reads it."""
+
+    version: int
+    type: str
+    occurred_at: datetime
+    recorded_at: datetime
+    actor: str
+    request_id: str
+    correlation_id: str
+    changes: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "type": self.type,
+            "occurred_at": self.occurred_at.isoformat().replace("+00:00", "Z"),
+            "recorded_at": self.recorded_at.isoformat().replace("+00:00", "Z"),
+            "actor": self.actor,
+            "request_id": self.request_id,
+            "correlation_id": self.correlation_id,
+            "changes": self.changes,
+        }
+
+
+def history_of(commits: list[Commit]) -> list[HistoryEntry]:
+    """Every event of the commits, in version order, with who caused it and what it changed."""
+    entries = []
+    for commit in commits:
+        meta = commit.metadata
+        for stored in commit.events:
+            event = decode_event(stored)
+            payload = event.model_dump(mode="json")
+            entries.append(
+                HistoryEntry(
+                    version=stored.version,
+                    type=stored.type,
+                    occurred_at=getattr(event, "occurred_at", commit.recorded_at),
+                    recorded_at=commit.recorded_at,
+                    actor=meta.actor if meta else "",
+                    request_id=meta.request_id if meta else "",
+                    correlation_id=meta.correlation_id if meta else "",
+                    changes={k: v for k, v in payload.items() if k not in _NOT_CHANGES},
+                )
+            )
+    return entries
+
+
+async def task_history(store: EventStore, task_id: str) -> list[HistoryEntry]:
+    return history_of(await store.read_stream(TASK.stream_id(task_id)))
+
+
+async def task_as_of(
+    store: EventStore, task_id: str, *, moment: datetime | None = None, version: int | None = None
+) -> TaskState | None:
+    """The task folded from the log up to a moment or a version (never from a read model)."""
+    commits = await store.read_stream(TASK.stream_id(task_id), to_version=version, as_of=moment)
+    return TASK.fold(commits)

@@ -1,0 +1,238 @@
+"""Auditors: history, time travel, the global feed, verification and zero-downtime rebuilds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from taskflow import names, operations
+from taskflow.api.app import create_app
+from taskflow.api.keys import SERVICES
+from taskflow.auth.tokens import issue_access_token
+from taskflow.commands.aggregates import TASK
+from taskflow.commands.errors import DomainError
+from taskflow.commands.runner import Context, execute
+from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, Priority, RestoreTask, Status
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.projections.history import task_as_of, task_history
+from taskflow.projections.rebuild import rebuild
+from taskflow.projections.verify import verify_read_models
+from taskflow.settings import Settings
+from tests.api_support import Client, ClientFactory, bearer, create_task, project, wait_ready
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
+    client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)
+    return client
+
+
+def auditor(client: Client) -> dict[str, str]:
+    token = issue_access_token(
+        client.app[SERVICES].settings, uuid.uuid4().hex, ["auditor"], datetime.now(UTC)
+    )
+    return {"Authorization": f"Bearer {token.token}"}
+
+
+changes = st.one_of(
+    st.builds(lambda s: ChangeTask(task_id="x", status=s), st.sampled_from(list(Status))),
+    st.builds(lambda p: ChangeTask(task_id="x", priority=p), st.sampled_from(list(Priority))),
+    st.builds(lambda t: ChangeTask(task_id="x", title=t), st.sampled_from(["a", "b", "c d"])),
+    st.just(DeleteTask(task_id="x")),
+    st.just(RestoreTask(task_id="x")),
+)
+
+
+@hsettings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(commands=st.lists(changes, max_size=8))
+async def test_as_of_version_k_is_the_fold_of_the_first_k_events(
+    store: MongoEventStore, commands: list[Any]
+) -> None:
+    """For any command sequence: state at version k = fold of k events; history = the events."""
+    task_id = uuid.uuid4().hex
+    ctx = Context(actor="owner", request_id="r", correlation_id="c")
+    now = datetime.now(UTC)
+    await execute(
+        store, TASK, task_id, CreateTask(task_id=task_id, owner_id="owner", title="t"), ctx, now
+    )
+    for command in commands:
+        try:
+            await execute(
+                store, TASK, task_id, command.model_copy(update={"task_id": task_id}), ctx, now
+            )
+        except DomainError:  # a refused command (e.g. restore of a live task) appends nothing
+            continue
+    commits = await store.read_stream(TASK.stream_id(task_id))
+    events = [e for c in commits for e in c.events]
+    history = await task_history(store, task_id)
+    assert [(h.version, h.type) for h in history] == [(e.version, e.type) for e in events]
+    for k in range(1, len(events) + 1):
+        state = await task_as_of(store, task_id, version=k)
+        partial = await store.read_stream(TASK.stream_id(task_id), to_version=k)
+        assert state == TASK.fold(partial)
+        assert state is not None
+        assert state.version == k
+
+
+async def test_history_and_time_travel_over_http(client: Client) -> None:
+    """The owner reads every change with its actor, and the task at any version or moment."""
+    owner = uuid.uuid4().hex
+    auth = bearer(client, owner)
+    task = await create_task(client, auth, title="v1")
+    url = f"/api/tasks/{task['id']}"
+    await asyncio.sleep(0.01)
+    moment = datetime.now(UTC).isoformat()
+    await asyncio.sleep(0.01)
+    await client.patch(
+        url, json={"title": "v2", "status": "done"}, headers={**auth, "If-Match": '"1"'}
+    )
+    history = await (await client.get(f"{url}/history?limit=2", headers=auth)).json()
+    assert [(h["version"], h["type"]) for h in history["items"]] == [
+        (1, "TaskCreated"),
+        (2, "TaskRenamed"),
+    ]
+    assert history["items"][1]["changes"] == {"title": "v2"}
+    assert history["items"][0]["actor"] == owner
+    rest = await (
+        await client.get(f"{url}/history?after_version={history['next']}", headers=auth)
+    ).json()
+    assert [h["type"] for h in rest["items"]] == ["TaskStatusChanged"]
+    assert rest["next"] is None
+    old = await client.get(f"{url}?version=1", headers=auth)
+    assert (await old.json())["title"] == "v1"
+    then = await client.get(f"{url}", params={"as_of": moment}, headers=auth)
+    assert (await then.json())["title"] == "v1"
+    assert (await client.get(f"{url}?version=0", headers=auth)).status == 422
+    assert (await client.get(f"{url}?as_of=yesterday", headers=auth)).status == 422
+    intruder = bearer(client)
+    assert (await client.get(f"{url}/history", headers=intruder)).status == 404
+    assert (await client.get(f"{url}?version=1", headers=intruder)).status == 404
+
+
+async def test_audit_endpoints_are_for_auditors_and_read_only(client: Client) -> None:
+    """Auditors read the ordered feed and whole streams; others get 403; nothing can be written."""
+    auth = bearer(client)
+    first = await create_task(client, auth, title="one")
+    second = await create_task(client, auth, title="two")
+    assert (await client.get("/api/audit/events", headers=auth)).status == 403
+    assert (await client.get(f"/api/audit/streams/task-{first['id']}", headers=auth)).status == 403
+    audit = auditor(client)
+    feed = await (await client.get("/api/audit/events?after=0&limit=10", headers=audit)).json()
+    assert [c["stream_id"] for c in feed["items"]] == [
+        f"task-{first['id']}",
+        f"task-{second['id']}",
+    ]
+    assert feed["items"][0]["metadata"]["actor"]
+    page = await (
+        await client.get(f"/api/audit/events?after={feed['items'][0]['position']}", headers=audit)
+    ).json()
+    assert [c["stream_id"] for c in page["items"]] == [f"task-{second['id']}"]
+    stream = await (
+        await client.get(f"/api/audit/streams/task-{first['id']}", headers=audit)
+    ).json()
+    assert [c["first_version"] for c in stream["items"]] == [1]
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        response = await client.request(method, "/api/audit/events", headers=audit, json={})
+        assert response.status == 405
+
+
+async def test_audit_verify_names_a_tampered_event_and_a_tampered_view(
+    client: Client, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`taskflow audit verify` passes on a clean log and names each kind of tampering."""
+    auth = bearer(client)
+    tasks = [await create_task(client, auth, title=f"t{i}") for i in range(3)]
+    await project(client)
+    assert await operations.audit_verify(settings) == 0
+    services = client.app[SERVICES]
+    await services.store.commits.update_one(
+        {"stream_id": f"task-{tasks[1]['id']}"}, {"$set": {"events.0.data.title": "forged"}}
+    )
+    await services.db[names.task_views_collection(1)].update_one(
+        {"_id": tasks[2]["id"]}, {"$set": {"status": "done"}}
+    )
+    capsys.readouterr()
+    assert await operations.audit_verify(settings) == 1
+    report = capsys.readouterr().out
+    assert f"BROKEN stream task-{tasks[1]['id']} at version 1" in report
+    assert f"MISMATCH mongodb task {tasks[2]['id']}" in report
+
+
+@pytest.fixture
+def projector(settings: Settings, tmp_path: Path) -> Iterator[None]:
+    """One real projector process on the test's database."""
+    env = {
+        **os.environ,
+        "MONGODB_URI": settings.mongodb_uri,
+        "MONGODB_DB": settings.mongodb_db,
+        "REDIS_URL": settings.redis_url,
+        "LEASE_TTL_SECONDS": "2",
+        "PROJECTOR_POLL_SECONDS": "0.1",
+        "EVENT_LOG_HMAC_KEY": settings.event_log_hmac_key.get_secret_value(),
+    }
+    with (tmp_path / "projector.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "taskflow", "project"], env=env, stdout=log, stderr=log
+        )
+    yield
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("projector")
+async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Client) -> None:
+    """Reads keep finding every task during a rebuild; afterwards the new version equals the log."""
+    auth = bearer(client)
+    existing = [await create_task(client, auth, title=f"before {i}") for i in range(30)]
+    services = client.app[SERVICES]
+    for task in existing:  # wait until the projector process has them
+        await _until_visible(client, auth, task)
+    failures: list[str] = []
+    running = True
+
+    async def keep_writing() -> None:
+        while running:
+            await create_task(client, auth, title="during")
+
+    async def keep_reading() -> None:
+        while running:
+            for task in existing:
+                response = await client.get(f"/api/tasks/{task['id']}", headers=auth)
+                if response.status != 200:
+                    failures.append(f"{task['id']}: {response.status}")
+
+    load = [asyncio.create_task(keep_writing()), asyncio.create_task(keep_reading())]
+    result = await rebuild(services)
+    running = False
+    await asyncio.gather(*load)
+    assert (result.old_version, result.new_version) == (1, 2)
+    assert failures == []
+    assert await services.redis.get(names.READ_MODEL_ACTIVE) == b"2"
+    assert await verify_read_models(services, 2) == []
+    assert await services.redis.exists(names.read_model_prefix(1) + "checkpoint") == 0
+    assert names.task_views_collection(1) not in await services.db.list_collection_names()
+
+
+async def _until_visible(client: Client, auth: dict[str, str], task: dict[str, Any]) -> None:
+    headers = {**auth, "X-TaskFlow-Position": str(task["_position"])}
+    for _ in range(100):
+        response = await client.get(f"/api/tasks/{task['id']}", headers=headers)
+        if response.status == 200 and "X-TaskFlow-Stale" not in response.headers:
+            return
+    raise AssertionError("the projector never showed the task")
