@@ -15,9 +15,11 @@ def projections(services: Services, version: int = 1) -> list[Projection]:
 
 
 async def catch_up(store: EventStore, targets: list[Projection]) -> int:
-    """Bring every projection up to the log's settled head now (tests, the `--burst` mode)."""
+    """Bring every projection up to the log's settled head now (tests, one-shot runs).
+
+    Indexes are the start-up's job (`bootstrap.ensure_indexes`), not repeated here.
+    """
     total = 0
     for projection in targets:
-        await projection.setup()
         total += await run_until_caught_up(store, projection)
     return total

@@ -1,0 +1,1 @@
+"""Benchmarks of TaskFlow next to raw PyMongo and Redis baselines (`make bench`)."""

@@ -1,0 +1,196 @@
+"""Group 4: write-to-visible latency under a steady load, real projector vs a raw echo process."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pymongo.asynchronous.collection import AsyncCollection
+from redis.asyncio import Redis
+
+from bench.harness import Group
+from bench.processes import ECHO_CHANNEL, echo, projector
+from bench.samples import commit_document
+from bench.servers import Servers
+from bench.sizes import Sizes
+from bench.stats import Comparison, Trial, alternate, percentile
+from taskflow.commands.runner import Context, Outcome
+from taskflow.commands.task import ChangeTask, CreateTask, Status, TaskState
+from taskflow.commands.task_handlers import handle_change_task, handle_create_task
+from taskflow.events.store import EventStore
+from taskflow.projections.redis_keys import RedisViewKeys
+from tests.workload import WORDS
+
+POLL_SECONDS = 0.001
+VISIBLE_TIMEOUT_SECONDS = 30.0
+RAW_LABEL = "`insert_one` + `PUBLISH`, a subscriber process `HSET`s, same rate"
+RAW_KEY = "bench:raw:tasks"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One command: how long the handler (or raw write) took, then until it was visible."""
+
+    command: float
+    visible: float
+
+
+def comparisons(sizes: Sizes) -> list[Comparison]:
+    load = f"{sizes.latency_rate:g} changes/s for {sizes.latency_seconds:g} s"
+    what = f"handler returned → Redis view shows the version, {load}"
+    return [
+        Comparison(f"p{p}, {what}", "ms", f"taskflow_p{p}", f"raw_p{p}", RAW_LABEL)
+        for p in (50, 99)
+    ]
+
+
+async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
+    figures: Trial = {}
+    for variant in alternate(["taskflow", "raw"], repetition):
+        run = _taskflow if variant == "taskflow" else _raw
+        samples, rate = await run(servers, sizes)
+        figures.update(_summary(variant, samples, rate))
+    return figures
+
+
+def _summary(variant: str, samples: Sequence[Sample], rate: float) -> Trial:
+    visible = [s.visible * 1000 for s in samples]
+    return {
+        f"{variant}_p50": percentile(visible, 50),
+        f"{variant}_p99": percentile(visible, 99),
+        f"{variant}_max": max(visible),
+        f"{variant}_command_p50": percentile([s.command * 1000 for s in samples], 50),
+        f"{variant}_rate": rate,
+    }
+
+
+async def _taskflow(servers: Servers, sizes: Sizes) -> tuple[list[Sample], float]:
+    """Warm-up creates the tasks; the measured load changes them, one command per task at once."""
+    async with servers.fresh_store() as store, projector(servers, store.commits.database.name):
+        load = TaskLoad(store, servers.redis)
+        await steady(load.create, sizes.latency_rate, sizes.latency_warmup_seconds)
+        return await steady(load.change, sizes.latency_rate, sizes.latency_seconds)
+
+
+async def _raw(servers: Servers, sizes: Sizes) -> tuple[list[Sample], float]:
+    async with servers.fresh_db() as db, servers.flushed_redis() as redis:
+        commits = (await servers.store_on(db)).commits
+        async with echo(servers):
+            load = RawLoad(commits, redis)
+            await steady(load.send, sizes.latency_rate, sizes.latency_warmup_seconds)
+            return await steady(load.send, sizes.latency_rate, sizes.latency_seconds)
+
+
+async def steady(
+    send: Callable[[], Coroutine[Any, Any, Sample]], rate: float, seconds: float
+) -> tuple[list[Sample], float]:
+    """Start `send` `rate` times a second, open-loop (a slow command delays no other); the
+    samples and the rate achieved."""
+    loop = asyncio.get_running_loop()
+    count, start = max(1, round(rate * seconds)), loop.time()
+    pending: list[asyncio.Task[Sample]] = []
+    for i in range(count):
+        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+        pending.append(asyncio.create_task(send()))
+    achieved = count / (loop.time() - start + 1 / rate)
+    return list(await asyncio.gather(*pending)), achieved
+
+
+async def wait_visible(redis: Redis, key: str, field: str, version: int) -> None:
+    """Poll `HGET key field` about every millisecond until its JSON `version` reaches `version`."""
+    deadline = time.perf_counter() + VISIBLE_TIMEOUT_SECONDS
+    while True:
+        raw = await redis.hget(key, field)
+        if raw is not None and orjson.loads(raw)["version"] >= version:
+            return
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{key} {field} never showed version {version}")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+class TaskLoad:
+    """Creates tasks and changes them through the command handlers, timing each to visibility."""
+
+    def __init__(self, store: EventStore, redis: Redis, owners: int = 10) -> None:
+        self._store = store
+        self._redis = redis
+        self._rng = random.Random(7)  # noqa: S311 - a reproducible load, not a secret
+        self._owners = [uuid.uuid4().hex for _ in range(owners)]
+        self._idle: deque[TaskState] = deque()  # tasks no command is changing right now
+        self._titles = itertools.count()
+        self._keys = RedisViewKeys(1)
+
+    async def create(self) -> Sample:
+        owner = self._rng.choice(self._owners)
+        command = CreateTask(task_id=uuid.uuid4().hex, owner_id=owner, title=self._title())
+        return await self._timed(handle_create_task(self._store, command, _as(owner), _now()))
+
+    async def change(self) -> Sample:
+        """Rename an idle task, half the time also moving it to another status."""
+        if not self._idle:
+            return await self.create()
+        state = self._idle.popleft()
+        fields: dict[str, Any] = {"title": self._title()}
+        if self._rng.random() < 0.5:
+            fields["status"] = self._rng.choice([s for s in Status if s is not state.status])
+        command = ChangeTask(task_id=state.task_id, **fields)
+        context = _as(state.owner_id)
+        return await self._timed(
+            handle_change_task(self._store, command, context, _now(), state.version)
+        )
+
+    async def _timed(self, command: Awaitable[Outcome[TaskState]]) -> Sample:
+        start = time.perf_counter()
+        outcome = await command
+        returned = time.perf_counter()
+        state = outcome.state
+        assert state is not None
+        key = self._keys.tasks(state.owner_id)
+        await wait_visible(self._redis, key, state.task_id, state.version)
+        self._idle.append(state)
+        return Sample(returned - start, time.perf_counter() - returned)
+
+    def _title(self) -> str:
+        return f"{' '.join(self._rng.sample(WORDS, 2))} #{next(self._titles)}"
+
+
+class RawLoad:
+    """Inserts a commit-sized document, publishes a view, and waits for the echo's `HSET`."""
+
+    def __init__(self, commits: AsyncCollection[dict[str, Any]], redis: Redis) -> None:
+        self._commits = commits
+        self._redis = redis
+        self._positions = itertools.count(1)
+
+    async def send(self) -> Sample:
+        position = next(self._positions)
+        doc = commit_document("raw", position, position)
+        field = f"task-{position % 100}"
+        view = orjson.dumps({"version": position, "title": "Review the quarterly budget"})
+        message = orjson.dumps({"key": RAW_KEY, "field": field, "value": view.decode()})
+        start = time.perf_counter()
+        await self._commits.insert_one(doc)
+        await self._redis.publish(ECHO_CHANNEL, message)
+        returned = time.perf_counter()
+        await wait_visible(self._redis, RAW_KEY, field, position)
+        return Sample(returned - start, time.perf_counter() - returned)
+
+
+def _as(owner: str) -> Context:
+    return Context(actor=owner, request_id=uuid.uuid4().hex, correlation_id="bench")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+GROUP = Group("4. Write-to-visible latency", comparisons, trial, warm_up=False)

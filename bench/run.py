@@ -1,0 +1,73 @@
+"""`python -m bench.run`: every benchmark group next to its raw baselines, into bench-results/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvloop
+
+from bench import appends, latency, projections, reads
+from bench.harness import Group, Progress, run_group
+from bench.report import Report, write_report
+from bench.servers import describe_backend, open_servers
+from bench.sizes import FULL, QUICK
+from bench.stats import Row, Trial
+from taskflow.logs import configure_logging
+
+GROUPS: dict[str, Group] = {
+    "appends": appends.GROUP,
+    "reads": reads.GROUP,
+    "projections": projections.GROUP,
+    "latency": latency.GROUP,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    mongodb_uri, redis_url = os.environ.get("MONGODB_URI"), os.environ.get("REDIS_URL")
+    if not mongodb_uri or not redis_url:
+        print("bench: MONGODB_URI and REDIS_URL must be set (make bench does)", file=sys.stderr)
+        return 2
+    configure_logging("WARNING", json=False)
+    report = uvloop.run(_run(args, mongodb_uri, redis_url))
+    for path in write_report(report, args.out):
+        print(f"[bench] wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a ~1 minute smoke run")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(GROUPS), default=list(GROUPS), help="groups to run"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    return parser
+
+
+async def _run(args: argparse.Namespace, mongodb_uri: str, redis_url: str) -> Report:
+    progress, started_at, start = Progress(), datetime.now(UTC), time.monotonic()
+    sizes = QUICK if args.quick else FULL
+    rows: list[Row] = []
+    trials: dict[str, list[Trial]] = {}
+    async with open_servers(mongodb_uri, redis_url) as servers:
+        backend = await describe_backend(servers)
+        progress.step(f"{'quick' if args.quick else 'full'} run on {backend}")
+        for name in args.only:
+            group_rows, trials[GROUPS[name].name] = await run_group(
+                GROUPS[name], servers, sizes, progress
+            )
+            rows.extend(group_rows)
+    progress.step("done")
+    command = " ".join(["scripts/bench.sh", *sys.argv[1:]]) if sys.argv[1:] else "make bench"
+    return Report(command, backend, started_at, time.monotonic() - start, sizes, rows, trials)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""How much work each benchmark does: the full run, the quick smoke run, and the warm-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Workload sizes; every group runs `repetitions` measured trials after one warm-up trial."""
+
+    repetitions: int = 3
+    serial_appends: int = 400  # appends of the single writer
+    writers: int = 16  # concurrent writers, each on its own stream
+    appends_per_writer: int = 40
+    read_commits: int = 3200  # written by `writers` streams at once
+    projection_tasks: int = 100  # task creates scan the log (see docs/benchmarks.md): keep few
+    projection_changes: int = 1400
+    latency_rate: float = 50.0  # commands per second, sent open-loop
+    latency_seconds: float = 20.0
+    latency_warmup_seconds: float = 2.0  # creates the tasks the measured changes then touch
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(value) for name, value in vars(self).items()}
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    serial_appends=100,
+    appends_per_writer=10,
+    read_commits=640,
+    projection_tasks=30,
+    projection_changes=270,
+    latency_seconds=3.0,
+    latency_warmup_seconds=1.0,
+)
+WARMUP = Sizes(
+    serial_appends=50,
+    appends_per_writer=4,
+    read_commits=160,
+    projection_tasks=10,
+    projection_changes=90,
+)

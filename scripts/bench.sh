@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The benchmark (docs/benchmarks.md): TaskFlow next to raw PyMongo/Redis baselines, side by side,
+# writing bench-results/latest.md and latest.json. Runs on the local servers (profile `bench`)
+# unless MONGODB_URI and REDIS_URL point at running ones; the Redis database there is flushed.
+#
+#   scripts/bench.sh             the full run (make bench), about 5 minutes on 2 cores
+#   scripts/bench.sh --quick     a smoke run of about a minute; see `--help` for more
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+
+if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+  scripts/services.sh start bench
+  trap 'scripts/services.sh stop bench' EXIT
+  set -a; . .state/bench/services.env; set +a
+  export BENCH_BACKEND_DETAIL="SQLite backend (scripts/services.sh)"
+fi
+.venv/bin/python -m bench.run "$@"
