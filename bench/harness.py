@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,7 +14,8 @@ from bench.stats import Comparison, Row, Trial, summarize
 
 
 class Progress:
-    """One line per step on stderr, stamped with the time since the run started."""
+    """One line per step on stderr, stamped with the time since the start and the load average
+    (other processes on the machine skew the figures)."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -24,7 +26,8 @@ class Progress:
 
     def step(self, text: str) -> None:
         minutes, seconds = divmod(int(self.elapsed), 60)
-        print(f"[bench {minutes:02d}:{seconds:02d}] {text}", file=sys.stderr, flush=True)
+        stamp = f"{minutes:02d}:{seconds:02d} load {os.getloadavg()[0]:.1f}"
+        print(f"[bench {stamp}] {text}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

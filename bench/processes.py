@@ -79,6 +79,7 @@ async def projector(servers: Servers, database: str) -> AsyncIterator[Child]:
         "MONGODB_DB": database,
         "REDIS_URL": servers.settings.redis_url,
         "LOG_LEVEL": "WARNING",
+        "METRICS_PORT": "0",  # no metrics listener: a fixed port would clash with other runs
     }
     fence = RedisViewKeys(1).fence  # set when a worker takes the lease (fencing older terms)
 

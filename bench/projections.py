@@ -30,7 +30,7 @@ RAW_PREFIX = "bench:raw:"
 
 
 def comparisons(sizes: Sizes) -> list[Comparison]:
-    backlog = f"{sizes.projection_tasks + sizes.projection_changes:,} task commits"
+    backlog = f"backlog of {sizes.projection_tasks} creates + {sizes.projection_changes:,} changes"
     redis, mongo = f"`RedisTaskViews`, {backlog}", f"`MongoTaskViews`, {backlog}"
     return [
         Comparison(redis, "commits/s", "redis_views", "raw_hset", HSET),

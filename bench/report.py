@@ -32,6 +32,7 @@ class Report:
     sizes: Sizes
     rows: list[Row]
     trials: dict[str, list[Trial]]
+    load: tuple[float, float]  # the machine's 1-minute load average at the start and the end
     machine: str = field(default_factory=lambda: describe_machine())
 
 
@@ -56,7 +57,8 @@ def to_markdown(report: Report) -> str:
         f"# TaskFlow benchmark, {report.started_at:%Y-%m-%d %H:%M} UTC",
         "",
         f"- Backend: {report.backend}",
-        f"- Machine: {report.machine}",
+        f"- Machine: {report.machine}; 1-minute load average {report.load[0]:.1f} at the start, "
+        f"{report.load[1]:.1f} at the end",
         f"- Command: `{report.command}`; {report.sizes.repetitions} repetitions after a warm-up, "
         f"a fresh database for each measurement; total {minutes} min {seconds:02d} s",
         "- TaskFlow ÷ raw is taken within each repetition (side by side), then summarised: "

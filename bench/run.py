@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace, mongodb_uri: str, redis_url: str) -> Report:
     progress, started_at, start = Progress(), datetime.now(UTC), time.monotonic()
+    load_at_start = os.getloadavg()[0]
     sizes = QUICK if args.quick else FULL
     rows: list[Row] = []
     trials: dict[str, list[Trial]] = {}
@@ -66,7 +67,8 @@ async def _run(args: argparse.Namespace, mongodb_uri: str, redis_url: str) -> Re
             rows.extend(group_rows)
     progress.step("done")
     command = " ".join(["scripts/bench.sh", *sys.argv[1:]]) if sys.argv[1:] else "make bench"
-    return Report(command, backend, started_at, time.monotonic() - start, sizes, rows, trials)
+    seconds, load = time.monotonic() - start, (load_at_start, os.getloadavg()[0])
+    return Report(command, backend, started_at, seconds, sizes, rows, trials, load)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ QUICK = Sizes(
     read_commits=640,
     projection_tasks=30,
     projection_changes=270,
-    latency_seconds=3.0,
+    latency_seconds=2.0,
     latency_warmup_seconds=1.0,
 )
 WARMUP = Sizes(

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     ready_timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
 
+    # Rate limits, in the `limits` notation ("10/minute", "600 per 1 minute").
+    rate_limit_enabled: bool = True
+    rate_limit_auth: str = "20/minute"
+    rate_limit_api: str = "1200/minute"
+    # Behind a reverse proxy that appends the client's address to X-Forwarded-For (nginx).
+    trust_forwarded_for: bool = False
+
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     sentry_dsn: SecretStr | None = None
 
@@ -67,6 +74,14 @@ class Settings(BaseSettings):
         if not keys:
             raise ValueError("at least one kid:secret pair is required")
         return keys
+
+    @field_validator("rate_limit_auth", "rate_limit_api")
+    @classmethod
+    def _parse_limit(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)  # raises ValueError naming the problem
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -184,6 +184,7 @@ def projector(settings: Settings, tmp_path: Path) -> Iterator[None]:
         "LEASE_TTL_SECONDS": "2",
         "PROJECTOR_POLL_SECONDS": "0.1",
         "EVENT_LOG_HMAC_KEY": settings.event_log_hmac_key.get_secret_value(),
+        "METRICS_PORT": "0",
     }
     with (tmp_path / "projector.log").open("wb") as log:
         process = subprocess.Popen(

@@ -43,6 +43,7 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subproce
         "GAP_TIMEOUT_SECONDS": "0.3",
         "EVENT_LOG_HMAC_KEY": settings.event_log_hmac_key.get_secret_value(),
         "LOG_LEVEL": "INFO",
+        "METRICS_PORT": "0",
     }
 
     def start(lease_ttl: float = LEASE_TTL) -> subprocess.Popen[bytes]:

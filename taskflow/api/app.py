@@ -15,8 +15,12 @@ from taskflow.api import (
 )
 from taskflow.api.audit_routes import setup_audit_routes
 from taskflow.api.auth_routes import setup_auth_routes
-from taskflow.api.keys import INDEXES_READY, SERVICES, SETTINGS, TASK_READS
+from taskflow.api.cors import setup_cors, vary_origin
+from taskflow.api.keys import INDEXES_READY, RATE_LIMITS, SERVICES, SETTINGS, TASK_READS
 from taskflow.api.middlewares import problems, request_context
+from taskflow.api.observability import http_metrics, security_headers, setup_metrics_route
+from taskflow.api.openapi import setup_openapi_routes
+from taskflow.api.rate_limits import RateLimits, rate_limit
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.bootstrap import Services, ensure_indexes, open_services
@@ -29,29 +33,45 @@ log = structlog.get_logger(__name__)
 def create_app(settings: Settings) -> web.Application:
     """The API with every client opened and closed in `cleanup_ctx`."""
     app = web.Application(
-        middlewares=[request_context, problems], client_max_size=settings.max_body_bytes
+        middlewares=[
+            request_context,
+            http_metrics,
+            security_headers,
+            vary_origin,
+            problems,
+            rate_limit,
+        ],
+        client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[INDEXES_READY] = asyncio.Event()
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_indexes)
     setup_routes(app)
+    setup_cors(app, settings)
     return app
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/health", health.health)
     app.router.add_get("/api/ready", health.ready)
+    setup_metrics_route(app)
     setup_auth_routes(app)
     setup_task_write_routes(app)
     setup_task_read_routes(app)
     setup_audit_routes(app)
+    setup_openapi_routes(app)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     async with open_services(app[SETTINGS]) as services:
         app[SERVICES] = services
         app[TASK_READS] = TaskReads(services.redis, services.read_db)
+        app[RATE_LIMITS] = (
+            RateLimits.create(services.settings, services.redis)
+            if services.settings.rate_limit_enabled
+            else None
+        )
         yield
 
 

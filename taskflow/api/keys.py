@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -13,6 +14,10 @@ from taskflow.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 TASK_READS = web.AppKey("task_reads", TaskReads)
+RATE_LIMITS: web.AppKey[RateLimits | None] = web.AppKey("rate_limits")
 INDEXES_READY = web.AppKey("indexes_ready", asyncio.Event)
 REQUEST_ID = web.RequestKey("request_id", str)
 CORRELATION_ID = web.RequestKey("correlation_id", str)
+
+if TYPE_CHECKING:
+    from taskflow.api.rate_limits import RateLimits

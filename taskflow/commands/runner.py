@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -19,6 +19,7 @@ from taskflow.events.base import DomainEvent
 from taskflow.events.codec import decode_events, to_millis
 from taskflow.events.records import AppendResult, Commit, Metadata
 from taskflow.events.store import ConcurrencyError, EventStore
+from taskflow.metrics import COMMANDS
 
 S = TypeVar("S", bound=BaseModel)
 C = TypeVar("C")
@@ -124,6 +125,41 @@ async def execute(
     `expected_version` (If-Match) a stale version is PreconditionFailedError, checked against the
     log itself before it is reported, since the cache may lag.
     """
+    name = type(command).__name__
+    try:
+        outcome = await _execute(
+            store, aggregate, entity_id, command, context, now, expected_version, authorize
+        )
+    except Exception as exc:
+        COMMANDS.labels(name, _failure(exc)).inc()
+        raise
+    COMMANDS.labels(name, _success(outcome)).inc()
+    return outcome
+
+
+def _success(outcome: Outcome[Any]) -> str:
+    return "replayed" if outcome.replayed else "applied" if outcome.changed else "unchanged"
+
+
+def _failure(exc: Exception) -> str:
+    kinds: list[tuple[type[Exception], str]] = [
+        (DomainError, "refused"),
+        (PreconditionFailedError, "precondition_failed"),
+        (ConcurrencyError, "conflict"),
+    ]
+    return next((label for kind, label in kinds if isinstance(exc, kind)), "error")
+
+
+async def _execute(
+    store: EventStore,
+    aggregate: Aggregate[S, C, E],
+    entity_id: str,
+    command: C,
+    context: Context,
+    now: datetime,
+    expected_version: int | None,
+    authorize: Callable[[S | None], None] | None,
+) -> Outcome[S]:
     earlier = await _replayed(store, context, thorough=False)
     if earlier is not None:
         return await _replay(store, aggregate, earlier)

@@ -35,6 +35,7 @@ from taskflow.events.log_reader import LogReader, make_gap
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
+from taskflow.metrics import APPENDS, CONFLICTS
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +130,7 @@ class MongoEventStore:
                 stream_id, expected_version, events, metadata, idempotency_key, prev_hash, snapshot
             )
         except ConcurrencyError:
+            CONFLICTS.inc()
             if idempotency_key is None:
                 raise
             earlier = await self.replayed(
@@ -181,6 +183,7 @@ class MongoEventStore:
                     return _replay_of(other, metadata.fingerprint)
                 head, _ = await self.load_head(stream_id)
                 raise ConcurrencyError(stream_id, expected_version, head.version) from None
+            APPENDS.inc()
             await self._announce(commit, snapshot, idempotency_key)
             return _result_of(commit)
         raise PositionUnavailableError(f"no free position after {POSITION_ATTEMPTS} attempts")

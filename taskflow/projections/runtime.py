@@ -7,11 +7,18 @@ batch applied twice (a crash between effect and checkpoint) changes nothing the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Protocol
 
 from taskflow.events.records import Commit
 from taskflow.events.store import EventStore
+from taskflow.metrics import (
+    PROJECTION_BATCH,
+    PROJECTION_LAG_SECONDS,
+    PROJECTION_POSITION,
+)
 
 DEFAULT_BATCH = 500
 
@@ -60,12 +67,21 @@ async def run_until_caught_up(
     async for commit in store.read_all(await projection.position()):
         batch.append(commit)
         if len(batch) >= batch_size:
-            await projection.apply(batch, term)
+            await _apply(projection, batch, term)
             applied += len(batch)
             batch = []
             if not keep_going():
                 return applied
     if batch:
-        await projection.apply(batch, term)
+        await _apply(projection, batch, term)
         applied += len(batch)
     return applied
+
+
+async def _apply(projection: Projection, batch: list[Commit], term: int) -> None:
+    started = time.perf_counter()
+    await projection.apply(batch, term)
+    PROJECTION_BATCH.labels(projection.name).observe(time.perf_counter() - started)
+    PROJECTION_POSITION.labels(projection.name).set(batch[-1].position)
+    age = (datetime.now(UTC) - batch[-1].recorded_at).total_seconds()
+    PROJECTION_LAG_SECONDS.labels(projection.name).set(max(age, 0.0))

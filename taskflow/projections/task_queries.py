@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from taskflow import names
 from taskflow.commands.task import Priority, Status, Tag, TaskState
+from taskflow.metrics import CACHE
 from taskflow.projections.mongo_views import NAME as MONGO_NAME
 from taskflow.projections.mongo_views import PRIORITY_RANK
 from taskflow.projections.redis_keys import RedisViewKeys
@@ -152,6 +153,7 @@ class TaskReads:
         generation = int(await self._redis.get(keys.generation(owner)) or 0)
         cache_key = keys.list_page(owner, generation, query.fingerprint())
         cached = await self._redis.get(cache_key)
+        CACHE.labels("hit" if cached is not None else "miss").inc()
         if cached is not None:
             return _page_from_json(cached)
         page = paginate(await self._candidates(keys, owner, query), query, now)

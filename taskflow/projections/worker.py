@@ -11,12 +11,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
+from prometheus_async.aio.web import start_http_server
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskflow import names
 from taskflow.bootstrap import Services, open_services
 from taskflow.events.store import EventStore
+from taskflow.metrics import PROJECTION_HEAD, PROJECTION_LAG_EVENTS
 from taskflow.projections.catalog import projections
 from taskflow.projections.lease import Lease
 from taskflow.projections.runtime import LeaseLostError, Projection, run_until_caught_up
@@ -77,6 +79,7 @@ class ProjectionDriver:
                 await run_until_caught_up(
                     self.store, self.projection, term=self.lease.term or 0, keep_going=self._holding
                 )
+                await self._report_lag()
                 await self._pause(self._poll)
         except LeaseLostError:
             log.warning("lease_lost", projection=self.projection.name)
@@ -89,6 +92,11 @@ class ProjectionDriver:
                 await renewer
         if self._lost or self.lease.term is None:
             self.lease.term = None
+
+    async def _report_lag(self) -> None:
+        head, position = await self.store.head_position(), await self.projection.position()
+        PROJECTION_HEAD.set(head)
+        PROJECTION_LAG_EVENTS.labels(self.projection.name).set(max(head - position, 0))
 
     def _holding(self) -> bool:
         return not (self.stopping.is_set() or self._lost)
@@ -213,6 +221,8 @@ async def run_worker(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if settings.metrics_port:
+        await start_http_server(addr=settings.http_host, port=settings.metrics_port)
     async with open_services(settings) as services:
         await services.store.ensure_indexes()
         supervisor = Supervisor(services, holder, stopping)

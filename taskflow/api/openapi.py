@@ -1,0 +1,973 @@
+"""The OpenAPI 3.1 document of the API, generated from its models, and an offline docs page."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import functools
+import hashlib
+import html
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, SkipJsonSchema
+from pydantic.json_schema import models_json_schema as pydantic_models_json_schema
+
+import taskflow
+from taskflow.api.audit_routes import _STREAM_ID, AsOfQuery, FeedQuery, HistoryQuery
+from taskflow.api.auth_routes import REFRESH_COOKIE, LoginBody, RegisterBody
+from taskflow.api.middlewares import CORRELATION_ID, REQUEST_ID
+from taskflow.api.problems import PROBLEM_TYPE_BASE
+from taskflow.api.task_reads import STALE_HEADER
+from taskflow.api.task_schemas import CreateTaskBody, PatchTaskBody, TaskOut
+from taskflow.api.task_writes import _ETAG, _IDEMPOTENCY_KEY, _TASK_ID, POSITION_HEADER
+from taskflow.commands.task import Status
+from taskflow.events.records import Commit
+from taskflow.projections.task_queries import TaskQuery
+
+OPENAPI_PATH = "/api/openapi.json"
+DOCS_PATH = "/api/docs"
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+
+
+# -- response shapes the views build as plain dicts (kept here, so the views stay as they are) ----
+
+
+def _no_default(schema: JsonSchemaValue) -> None:
+    schema.pop("default", None)
+
+
+def _absent(description: str) -> Any:
+    """An optional response field: left out rather than null, so no null and no default."""
+    return Field(default=None, description=description, json_schema_extra=_no_default)
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Health(_Shape):
+    """Liveness."""
+
+    status: Literal["ok"]
+
+
+class Readiness(_Shape):
+    """Readiness: every dependency answered."""
+
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(description='each dependency ("mongodb", "redis") and "ok"')
+
+
+class RegisteredUser(_Shape):
+    """The public profile of a new account."""
+
+    user_id: str
+    email: str
+    display_name: str
+
+
+class Profile(_Shape):
+    """The caller's profile."""
+
+    user_id: str
+    email: str
+    display_name: str
+    roles: list[str]
+
+
+class AccessToken(_Shape):
+    """A new access token (RFC 6749 §5.1); the refresh token travels in a cookie."""
+
+    access_token: str = Field(description="a JWT for `Authorization: Bearer`")
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="seconds until the access token expires")
+
+
+class TaskPage(_Shape):
+    """One page of the caller's tasks."""
+
+    items: list[TaskOut]
+    next: str | None = Field(description="pass as `next` for the following page; null at the end")
+
+
+class TaskSnapshot(TaskOut):
+    """A task as it was at `as_of` or at `version`, folded from the event log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deleted: bool
+
+
+class TaskStats(_Shape):
+    """The caller's live tasks counted by status, and how many are overdue."""
+
+    by_status: dict[Status, int]
+    overdue: int
+
+
+class TaskHistoryEntry(_Shape):
+    """One event of a task: who caused it, when, and what it changed."""
+
+    version: int
+    type: str = Field(description="the event's stable type name")
+    occurred_at: datetime
+    recorded_at: datetime
+    actor: str
+    request_id: str
+    correlation_id: str
+    changes: dict[str, Any]
+
+
+class TaskHistoryPage(_Shape):
+    """A page of a task's history, oldest first."""
+
+    items: list[TaskHistoryEntry]
+    next: str | None = Field(description="pass as `after_version` for the following page")
+
+
+class CommitPage(_Shape):
+    """Commits of the event log, in log order."""
+
+    items: list[Commit]
+    next_after: int | None = Field(description="pass as `after` for the following page")
+
+
+class FieldError(_Shape):
+    """One failing field of a request."""
+
+    field: str = Field(description="dotted path of the field, or `body`")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error response."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str = Field(pattern=f"^{PROBLEM_TYPE_BASE}[a-z0-9]+(-[a-z0-9]+)*$")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str | SkipJsonSchema[None] = _absent("what went wrong, for a person")
+    instance: str | SkipJsonSchema[None] = _absent("the request path")
+    errors: list[FieldError] | SkipJsonSchema[None] = _absent("422: each failing field")
+    field: str | SkipJsonSchema[None] = _absent("422 of a refused command: the field at fault")
+    current_version: int | SkipJsonSchema[None] = _absent("409, 412: the task's version now")
+    checks: dict[str, str] | SkipJsonSchema[None] = _absent("503 of /api/ready: each dependency")
+
+
+# -- what each operation takes and answers --------------------------------------------------------
+
+Body = type[BaseModel] | tuple[type[BaseModel], ...] | None  # a tuple documents anyOf
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A documented success (or 304) response."""
+
+    status: int
+    description: str
+    body: Body = None
+    headers: tuple[str, ...] = ()
+    media_type: str = JSON
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route: its method, path, parameters, body, replies and the problems it can answer."""
+
+    method: str
+    path: str
+    operation_id: str
+    tag: str
+    summary: str
+    replies: tuple[Reply, ...]
+    # status -> why this route answers it; 429 is added to every rate-limited route
+    problems: dict[int, str] = dataclasses.field(default_factory=dict)
+    parameters: tuple[str, ...] = ()  # names in components.parameters
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    body_media_types: tuple[str, ...] = (JSON,)
+    security: tuple[dict[str, list[str]], ...] = ({"bearerAuth": []},)
+    rate_limited: bool = True
+    description: str = ""
+
+
+PUBLIC: tuple[dict[str, list[str]], ...] = ({},)
+WRITE_HEADERS = ("ETag", POSITION_HEADER, "Idempotent-Replayed")
+BODY_PROBLEMS = {
+    400: "the body is not valid JSON",
+    413: "the body is larger than MAX_BODY_BYTES",
+    415: "the body is not application/json",
+}
+TOKEN = {401: "no valid access token"}
+UNAVAILABLE = {503: "MongoDB or Redis is unavailable, or tokens cannot be checked"}
+TARGET_PROBLEMS = {
+    400: "If-Match is not an ETag, or Idempotency-Key is malformed",
+    **TOKEN,
+    404: "no such task (or another user's)",
+    412: "If-Match names an older version; ETag gives the current one",
+    422: "this Idempotency-Key was used with another request",
+    428: "If-Match is missing",
+    **UNAVAILABLE,
+}
+AUDITOR = {**TOKEN, 403: "the caller lacks the auditor role"}
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get",
+        "/api/health",
+        "health",
+        "operations",
+        "Liveness (no I/O)",
+        (Reply(200, "The process answers", Health),),
+        security=PUBLIC,
+        rate_limited=False,
+    ),
+    Operation(
+        "get",
+        "/api/ready",
+        "ready",
+        "operations",
+        "Readiness: MongoDB primary and Redis pinged, indexes created",
+        (Reply(200, "Ready", Readiness),),
+        {503: "a dependency did not answer; `checks` names it"},
+        security=PUBLIC,
+        rate_limited=False,
+    ),
+    Operation(
+        "get",
+        "/metrics",
+        "metrics",
+        "operations",
+        "Prometheus metrics of this process",
+        (Reply(200, "Metrics in the Prometheus text format", media_type="text/plain"),),
+        security=PUBLIC,
+        rate_limited=False,
+    ),
+    Operation(
+        "get",
+        OPENAPI_PATH,
+        "openapi",
+        "documentation",
+        "This OpenAPI 3.1 document",
+        (Reply(200, "The document"),),
+        security=PUBLIC,
+    ),
+    Operation(
+        "get",
+        DOCS_PATH,
+        "docs",
+        "documentation",
+        "This document as an HTML page (no scripts, works offline)",
+        (Reply(200, "The page", media_type="text/html"),),
+        security=PUBLIC,
+    ),
+    Operation(
+        "post",
+        "/api/auth/register",
+        "register",
+        "auth",
+        "Create an account",
+        (
+            Reply(
+                201,
+                "Registered; Location is the profile",
+                RegisteredUser,
+                ("ETag", "Location", POSITION_HEADER),
+            ),
+        ),
+        {
+            **BODY_PROBLEMS,
+            409: "the e-mail address is taken",
+            422: "a field is invalid (each is named)",
+            **UNAVAILABLE,
+        },
+        body=RegisterBody,
+        security=PUBLIC,
+    ),
+    Operation(
+        "post",
+        "/api/auth/login",
+        "login",
+        "auth",
+        "Exchange e-mail and password for an access token and a refresh cookie",
+        (Reply(200, "Signed in", AccessToken, ("Set-Cookie",)),),
+        {**BODY_PROBLEMS, 401: "wrong e-mail or password", 422: "a field is invalid"} | UNAVAILABLE,
+        body=LoginBody,
+        security=PUBLIC,
+    ),
+    Operation(
+        "post",
+        "/api/auth/refresh",
+        "refresh",
+        "auth",
+        "Rotate the refresh cookie and get a new access token",
+        (
+            Reply(
+                200,
+                "A new access token and the family's next refresh token",
+                AccessToken,
+                ("Set-Cookie",),
+            ),
+        ),
+        {401: "no, an expired, or a reused refresh token (reuse revokes the family)"} | UNAVAILABLE,
+        security=({"refreshCookie": []},),
+        description="A refresh token presented twice revokes its whole family.",
+    ),
+    Operation(
+        "post",
+        "/api/auth/logout",
+        "logout",
+        "auth",
+        "Deny-list the access token and revoke the refresh family",
+        (Reply(204, "Signed out; the refresh cookie is cleared", headers=("Set-Cookie",)),),
+        TOKEN | UNAVAILABLE,
+        security=({"bearerAuth": [], "refreshCookie": []}, {"bearerAuth": []}),
+    ),
+    Operation(
+        "get",
+        "/api/auth/me",
+        "me",
+        "auth",
+        "The caller's profile",
+        (Reply(200, "The profile", Profile),),
+        {401: "no valid access token, or its user does not exist"} | UNAVAILABLE,
+    ),
+    Operation(
+        "post",
+        "/api/tasks",
+        "createTask",
+        "tasks",
+        "Create a task",
+        (
+            Reply(
+                201,
+                "Created; Location names the task",
+                TaskOut,
+                ("Location", *WRITE_HEADERS),
+            ),
+        ),
+        {
+            **BODY_PROBLEMS,
+            400: "the body is not valid JSON, or Idempotency-Key is malformed",
+            **TOKEN,
+            409: "a concurrent write to the same task landed first",
+            422: "a field is invalid, or the Idempotency-Key was used with another request",
+            **UNAVAILABLE,
+        },
+        parameters=("Idempotency-Key", "X-Causation-ID"),
+        body=CreateTaskBody,
+        description="A retry with the same Idempotency-Key and body answers the first result.",
+    ),
+    Operation(
+        "patch",
+        "/api/tasks/{task_id}",
+        "changeTask",
+        "tasks",
+        "Change a task (JSON merge patch)",
+        (Reply(200, "Changed", TaskOut, WRITE_HEADERS),),
+        {
+            **TARGET_PROBLEMS,
+            400: "malformed JSON, If-Match not an ETag, or Idempotency-Key malformed",
+            409: "the task is deleted, or a concurrent change landed first",
+            413: BODY_PROBLEMS[413],
+            415: "the body is not application/json or application/merge-patch+json",
+            422: "a field is invalid, or the Idempotency-Key was used with another request",
+        },
+        parameters=("task_id", "If-Match", "Idempotency-Key", "X-Causation-ID"),
+        body=PatchTaskBody,
+        body_media_types=("application/merge-patch+json", JSON),
+    ),
+    Operation(
+        "delete",
+        "/api/tasks/{task_id}",
+        "deleteTask",
+        "tasks",
+        "Delete a task (it can be restored)",
+        (Reply(204, "Deleted", headers=WRITE_HEADERS),),
+        {
+            **TARGET_PROBLEMS,
+            409: "the task is already deleted, or a concurrent change landed first",
+            413: BODY_PROBLEMS[413],
+        },
+        parameters=("task_id", "If-Match", "Idempotency-Key", "X-Causation-ID"),
+    ),
+    Operation(
+        "post",
+        "/api/tasks/{task_id}/restore",
+        "restoreTask",
+        "tasks",
+        "Restore a deleted task",
+        (Reply(200, "Restored", TaskOut, WRITE_HEADERS),),
+        {
+            **TARGET_PROBLEMS,
+            409: "the task is not deleted, or a concurrent change landed first",
+            413: BODY_PROBLEMS[413],
+        },
+        parameters=("task_id", "If-Match", "Idempotency-Key", "X-Causation-ID"),
+    ),
+    Operation(
+        "get",
+        "/api/tasks/{task_id}",
+        "getTask",
+        "tasks",
+        "One task; with `as_of` or `version`, as it was then (from the log)",
+        (
+            Reply(
+                200,
+                "The task (a TaskSnapshot with `as_of`/`version`)",
+                (TaskOut, TaskSnapshot),
+                ("ETag", STALE_HEADER),
+            ),
+            Reply(304, "If-None-Match holds the current ETag", headers=("ETag",)),
+        ),
+        {
+            400: "X-TaskFlow-Position is not a number",
+            **TOKEN,
+            404: "no such task (or another user's, or it did not exist then)",
+            422: "`as_of` or `version` is invalid, or other parameters come with them",
+            **UNAVAILABLE,
+        },
+        parameters=("task_id", "If-None-Match", "X-TaskFlow-Position"),
+        query=AsOfQuery,
+    ),
+    Operation(
+        "get",
+        "/api/tasks",
+        "listTasks",
+        "tasks",
+        "The caller's tasks: filtered, searched, sorted, a page at a time",
+        (Reply(200, "A page", TaskPage, (STALE_HEADER,)),),
+        {
+            400: "`next` is not a cursor of this sort order, or X-TaskFlow-Position is invalid",
+            **TOKEN,
+            422: "a parameter is unknown, malformed or (when not a list) repeated",
+            **UNAVAILABLE,
+        },
+        parameters=("X-TaskFlow-Position",),
+        query=TaskQuery,
+    ),
+    Operation(
+        "get",
+        "/api/tasks/stats",
+        "taskStats",
+        "tasks",
+        "Counts of the caller's tasks by status, and overdue",
+        (Reply(200, "The counts", TaskStats, (STALE_HEADER,)),),
+        {400: "X-TaskFlow-Position is not a number", **TOKEN, **UNAVAILABLE},
+        parameters=("X-TaskFlow-Position",),
+    ),
+    Operation(
+        "get",
+        "/api/tasks/{task_id}/history",
+        "taskHistory",
+        "audit",
+        "Who changed the caller's task, when, and how (from the log)",
+        (Reply(200, "A page of the history", TaskHistoryPage),),
+        {
+            **TOKEN,
+            404: "no such task (or another user's)",
+            422: "a parameter is unknown or invalid",
+            **UNAVAILABLE,
+        },
+        parameters=("task_id",),
+        query=HistoryQuery,
+    ),
+    Operation(
+        "get",
+        "/api/audit/events",
+        "auditEvents",
+        "audit",
+        "The global event log in order, for auditors",
+        (Reply(200, "A page of commits", CommitPage),),
+        {**AUDITOR, 422: "a parameter is unknown or invalid", **UNAVAILABLE},
+        query=FeedQuery,
+    ),
+    Operation(
+        "get",
+        "/api/audit/streams/{stream_id}",
+        "auditStream",
+        "audit",
+        "Every commit of one stream (task-… or user-…), for auditors",
+        (Reply(200, "The stream's commits; `next_after` is null", CommitPage),),
+        {**AUDITOR, 404: "no such stream", **UNAVAILABLE},
+        parameters=("stream_id",),
+    ),
+)
+
+_QUERY_NOTES = {
+    "status": "repeat it or separate values by commas",
+    "tags": "every tag must be on the task; repeat it or separate values by commas",
+    "q": "whole words (case-folded) of title, description and tags; all must match",
+    "overdue": "due in the past and not done (or, false: the opposite)",
+    "next": "the `next` of the previous page, with the same sort and order",
+    "as_of": "the task as it was at this moment (with a time zone)",
+    "version": "the task as it was at this version",
+    "after_version": "only events after this version",
+    "after": "only commits after this global position",
+}
+_QUERY_NAMES = {"cursor": "next"}  # TaskQuery field -> query parameter
+
+
+# -- reusable pieces: parameters, headers, problem responses, security schemes --------------------
+
+
+def _pattern(regex: str) -> dict[str, str]:
+    return {"type": "string", "pattern": regex}
+
+
+def _header_param(name: str, schema: dict[str, Any], why: str, *, required: bool = False) -> Any:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "schema": schema,
+        "description": why,
+    }
+
+
+PARAMETERS: dict[str, Any] = {
+    "task_id": {
+        "name": "task_id",
+        "in": "path",
+        "required": True,
+        "schema": _pattern(_TASK_ID.pattern),
+        "description": "32 hex digits; anything else is a 404",
+    },
+    "stream_id": {
+        "name": "stream_id",
+        "in": "path",
+        "required": True,
+        "schema": _pattern(_STREAM_ID.pattern),
+        "description": "`task-<id>` or `user-<id>`",
+    },
+    "If-Match": _header_param(
+        "If-Match", _pattern(_ETAG.pattern), "the ETag the change is based on", required=True
+    ),
+    "If-None-Match": _header_param(
+        "If-None-Match", {"type": "string"}, "ETags the client has; a match answers 304"
+    ),
+    "Idempotency-Key": _header_param(
+        "Idempotency-Key",
+        _pattern(_IDEMPOTENCY_KEY.pattern),
+        "a retry with the same key and request is answered with the first result",
+    ),
+    "X-Causation-ID": _header_param(
+        "X-Causation-ID",
+        _pattern(r"^[A-Za-z0-9._:-]{1,128}$"),
+        "the message that caused this request; recorded in the event metadata",
+    ),
+    POSITION_HEADER: _header_param(
+        POSITION_HEADER,
+        _pattern(r"^[0-9]{1,18}$"),
+        "a position an earlier write returned: wait (bounded) until reads reflect it",
+    ),
+}
+
+_ID = _pattern(r"^[A-Za-z0-9._:-]{1,128}$")
+HEADERS: dict[str, Any] = {
+    "ETag": {"description": "the task's version", "schema": _pattern(r'^"[0-9]+"$')},
+    "Location": {"description": "the new resource", "schema": {"type": "string"}},
+    POSITION_HEADER: {
+        "description": "the commit's place in the global log (when the write appended one)",
+        "schema": _pattern(r"^[0-9]+$"),
+    },
+    STALE_HEADER: {
+        "description": "the read model did not reach X-TaskFlow-Position in time",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "Idempotent-Replayed": {
+        "description": "the answer to an earlier request with this Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "Set-Cookie": {
+        "description": f"the refresh token: `{REFRESH_COOKIE}`, HttpOnly, SameSite=Strict",
+        "required": True,
+        "schema": _pattern(f"^{REFRESH_COOKIE}="),
+    },
+    REQUEST_ID: {"description": "this request's id", "required": True, "schema": _ID},
+    CORRELATION_ID: {"description": "the correlation id", "required": True, "schema": _ID},
+    "WWW-Authenticate": {
+        "description": "the Bearer challenge (RFC 6750)",
+        "required": True,
+        "schema": _pattern("^Bearer "),
+    },
+    "Retry-After": {"description": "seconds", "required": True, "schema": _pattern("^[0-9]+$")},
+    **{
+        name: {"description": "RFC draft rate-limit fields", "schema": _pattern("^[0-9]+$")}
+        for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+    },
+}
+ALWAYS_HEADERS = (REQUEST_ID, CORRELATION_ID)
+
+# status -> (components.responses name, description, headers beyond ALWAYS_HEADERS)
+PROBLEM_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
+    400: ("BadRequest", "The request is malformed", ()),
+    401: ("Unauthorized", "Authentication failed", ("WWW-Authenticate",)),
+    403: ("Forbidden", "The caller may not do this", ()),
+    404: ("NotFound", "No such resource", ()),
+    409: ("Conflict", "The resource's state does not allow this", ()),
+    412: ("PreconditionFailed", "If-Match is stale", ("ETag",)),
+    413: ("ContentTooLarge", "The body is too large", ()),
+    415: ("UnsupportedMediaType", "The body's media type is not accepted", ()),
+    422: ("UnprocessableContent", "The request is not valid", ()),
+    428: ("PreconditionRequired", "If-Match is required", ()),
+    429: (
+        "TooManyRequests",
+        "Rate limit exceeded (per IP on /api/auth, per user elsewhere)",
+        ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
+    ),
+    503: ("ServiceUnavailable", "A backing service is unavailable", ("Retry-After",)),
+}
+
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "refreshCookie": {"type": "apiKey", "in": "cookie", "name": REFRESH_COOKIE},
+}
+
+DESCRIPTION = f"""\
+An async, event-sourced task backend. Every error is `{PROBLEM_JSON}` (RFC 9457) with a stable
+`type` (`{PROBLEM_TYPE_BASE}<kind>`). Every response carries `{REQUEST_ID}` and `{CORRELATION_ID}`
+(taken from the request when well-formed). Every write answers with `{POSITION_HEADER}`; send it
+back on a read to read your writes (`{STALE_HEADER}: true` if that could not happen in time).
+Rate-limited responses carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+CORS preflight (`OPTIONS`) and `HEAD` of every `GET` are answered as well.
+"""
+
+
+# -- building the document ------------------------------------------------------------------------
+
+
+def build_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every operation, schemas generated from the pydantic models."""
+    refs, schemas = _component_schemas()
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "TaskFlow API",
+            "version": taskflow.__version__,
+            "description": DESCRIPTION,
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "tags": [{"name": tag} for tag in dict.fromkeys(op.tag for op in OPERATIONS)],
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(refs, schemas),
+        "components": {
+            "schemas": schemas,
+            "parameters": PARAMETERS,
+            "headers": HEADERS,
+            "responses": {
+                name: _problem_response(status)
+                for status, (name, _, _) in PROBLEM_RESPONSES.items()
+            },
+            "securitySchemes": SECURITY_SCHEMES,
+        },
+    }
+    return copy.deepcopy(document)  # shares nothing with the module's constants
+
+
+Refs = dict[type[BaseModel], dict[str, Any]]
+
+
+def _component_schemas() -> tuple[Refs, dict[str, Any]]:
+    """Every model's schema under components/schemas: requests as validated, replies as sent."""
+    requests: list[type[BaseModel]] = [
+        model for op in OPERATIONS for model in (op.body, op.query) if model is not None
+    ]
+    replies: list[type[BaseModel]] = [Problem]
+    replies += [model for op in OPERATIONS for model in _reply_models(op)]
+    wanted: dict[type[BaseModel], JsonSchemaMode] = {model: "serialization" for model in replies}
+    wanted |= {model: "validation" for model in requests}
+    mapping, defs = pydantic_models_json_schema(list(wanted.items()), ref_template=REF)
+    refs = {model: mapping[(model, mode)] for model, mode in wanted.items()}
+    return refs, defs.get("$defs", {})
+
+
+def _reply_models(op: Operation) -> list[type[BaseModel]]:
+    models: list[type[BaseModel]] = []
+    for reply in op.replies:
+        if isinstance(reply.body, tuple):
+            models.extend(reply.body)
+        elif reply.body is not None:
+            models.append(reply.body)
+    return models
+
+
+def _paths(refs: Refs, schemas: dict[str, Any]) -> dict[str, Any]:
+    queries = {
+        op.query: _query_parameters(_take(refs[op.query], schemas)) for op in OPERATIONS if op.query
+    }
+    paths: dict[str, Any] = {}
+    for op in OPERATIONS:
+        query = queries[op.query] if op.query else []
+        paths.setdefault(op.path, {})[op.method] = _operation(op, refs, query)
+    return paths
+
+
+def _take(ref: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """A query model's schema, removed from the components: it is documented as parameters."""
+    schema: dict[str, Any] = schemas.pop(ref["$ref"].rsplit("/", 1)[1])
+    return schema
+
+
+def _query_parameters(model_schema: dict[str, Any]) -> list[dict[str, Any]]:
+    required = set(model_schema.get("required", ()))
+    return [
+        _query_parameter(_QUERY_NAMES.get(name, name), _non_null(schema), name in required)
+        for name, schema in model_schema["properties"].items()
+    ]
+
+
+def _query_parameter(name: str, schema: dict[str, Any], required: bool) -> dict[str, Any]:
+    parameter: dict[str, Any] = {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "schema": schema,
+    }
+    if schema.get("type") == "array":
+        parameter |= {"style": "form", "explode": True}
+    if name in _QUERY_NOTES:
+        parameter["description"] = _QUERY_NOTES[name]
+    return parameter
+
+
+def _non_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """`X | None = None` as a query parameter is just X, left out when not wanted."""
+    branches = [b for b in schema.get("anyOf", ()) if b != {"type": "null"}]
+    if len(branches) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k not in {"anyOf", "default"}}
+    return {**rest, **branches[0]}
+
+
+def _operation(op: Operation, refs: Refs, query: list[dict[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "tags": [op.tag],
+        "summary": op.summary,
+        "parameters": [{"$ref": f"#/components/parameters/{p}"} for p in op.parameters] + query,
+        "responses": _responses(op, refs),
+        "security": list(op.security),
+    }
+    if op.description:
+        document["description"] = op.description
+    if op.body is not None:
+        content = {media: {"schema": refs[op.body]} for media in op.body_media_types}
+        document["requestBody"] = {"required": True, "content": content}
+    return document
+
+
+def _responses(op: Operation, refs: Refs) -> dict[str, Any]:
+    responses = {str(reply.status): _reply(reply, refs) for reply in op.replies}
+    problems = op.problems | ({429: ""} if op.rate_limited else {})
+    for status in sorted(problems):
+        ref: dict[str, str] = {"$ref": f"#/components/responses/{PROBLEM_RESPONSES[status][0]}"}
+        if problems[status]:
+            ref["description"] = problems[status]
+        responses[str(status)] = ref
+    return responses
+
+
+def _reply(reply: Reply, refs: Refs) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "description": reply.description,
+        "headers": _header_refs((*reply.headers, *ALWAYS_HEADERS)),
+    }
+    if reply.status in {204, 304}:
+        return document
+    if isinstance(reply.body, tuple):
+        schema: dict[str, Any] = {"anyOf": [refs[model] for model in reply.body]}
+    elif reply.body is not None:
+        schema = refs[reply.body]
+    else:
+        schema = {"type": "object"} if reply.media_type == JSON else {"type": "string"}
+    document["content"] = {reply.media_type: {"schema": schema}}
+    return document
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    _, description, headers = PROBLEM_RESPONSES[status]
+    return {
+        "description": description,
+        "headers": _header_refs((*headers, *ALWAYS_HEADERS)),
+        "content": {PROBLEM_JSON: {"schema": {"$ref": REF.format(model="Problem")}}},
+    }
+
+
+def _header_refs(names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+# -- the HTML page --------------------------------------------------------------------------------
+
+STYLE = """
+body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+code,pre{font:13px ui-monospace,monospace}pre{background:#f6f6f6;padding:.6rem;overflow:auto}
+table{border-collapse:collapse;margin:.4rem 0}td,th{border:1px solid #ddd;padding:.2rem .5rem;
+text-align:left;vertical-align:top}section{border-top:1px solid #ccc;margin-top:1.5rem}
+.m{font-weight:bold;text-transform:uppercase}
+"""
+CSP = (
+    "default-src 'none'; frame-ancestors 'none'; style-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+    + "'"
+)
+
+
+def render_html(document: dict[str, Any]) -> str:
+    """The document as one server-rendered page: every operation, then every schema."""
+    e = html.escape
+    parts = [
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>{e(document['info']['title'])}"
+        f"</title><style>{STYLE}</style><h1>{e(document['info']['title'])} "
+        f"{e(document['info']['version'])}</h1><p>{e(document['info']['description'])}</p>"
+        f'<p>Machine-readable: <a href="{OPENAPI_PATH}">{OPENAPI_PATH}</a></p><ul>'
+    ]
+    operations = [
+        (path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()
+    ]
+    parts += [
+        f'<li><a href="#{e(op["operationId"])}"><span class=m>{method}</span> {e(path)}</a>'
+        f" — {e(op['summary'])}</li>"
+        for path, method, op in operations
+    ]
+    parts.append("</ul>")
+    parts += [_html_operation(path, method, op, document) for path, method, op in operations]
+    parts.append("<h2>Schemas</h2>")
+    parts += [
+        f'<section id="schema-{e(name)}"><h3>{e(name)}</h3>'
+        f"<pre>{e(_pretty(schema))}</pre></section>"
+        for name, schema in document["components"]["schemas"].items()
+    ]
+    return "".join(parts) + "</html>"
+
+
+def _html_operation(path: str, method: str, op: dict[str, Any], document: dict[str, Any]) -> str:
+    e = html.escape
+    components = document["components"]
+    security = " or ".join(" + ".join(s) or "none" for s in op["security"])
+    out = [
+        f'<section id="{e(op["operationId"])}"><h2><span class=m>{method}</span> <code>{e(path)}'
+        f"</code></h2><p>{e(op['summary'])}. {e(op.get('description', ''))}</p>"
+        f"<p>Authentication: {e(security)}</p>"
+    ]
+    parameters = [_resolve(p, components) for p in op["parameters"]]
+    if parameters:
+        out.append("<h3>Parameters</h3><table><tr><th>name<th>in<th>required<th>schema<th>")
+        out += [
+            f"<tr><td><code>{e(p['name'])}</code><td>{e(p['in'])}"
+            f"<td>{'yes' if p['required'] else ''}"
+            f"<td>{_label(p['schema'])}<td>{e(p.get('description', ''))}"
+            for p in parameters
+        ]
+        out.append("</table>")
+    if "requestBody" in op:
+        out.append("<h3>Request body</h3><table>")
+        out += [
+            f"<tr><td><code>{e(media)}</code><td>{_label(c['schema'])}"
+            for media, c in op["requestBody"]["content"].items()
+        ]
+        out.append("</table>")
+    out.append("<h3>Responses</h3><table><tr><th>status<th>description<th>body<th>headers")
+    for status, response in op["responses"].items():
+        out.append(_html_response(status, response, components))
+    out.append("</table></section>")
+    return "".join(out)
+
+
+def _html_response(status: str, response: dict[str, Any], components: dict[str, Any]) -> str:
+    e = html.escape
+    resolved = _resolve(response, components)
+    description = response.get("description") or resolved["description"]
+    bodies = ", ".join(
+        f"<code>{e(media)}</code> {_label(c['schema'])}"
+        for media, c in resolved.get("content", {}).items()
+    )
+    headers = ", ".join(
+        f"<code>{e(h)}</code>" for h in resolved.get("headers", {}) if h not in ALWAYS_HEADERS
+    )
+    return f"<tr><td>{e(status)}<td>{e(description)}<td>{bodies}<td>{headers}"
+
+
+def _resolve(item: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" not in item:
+        return item
+    _, _, kind, name = item["$ref"].split("/")
+    resolved: dict[str, Any] = components[kind][name]
+    return resolved
+
+
+def _label(schema: dict[str, Any]) -> str:
+    """A short, linked description of a schema: a name, a type, an enum, a pattern."""
+    e = html.escape
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        return f'<a href="#schema-{e(name)}">{e(name)}</a>'
+    if "anyOf" in schema:
+        return " | ".join(_label(branch) for branch in schema["anyOf"])
+    if schema.get("type") == "array":
+        return f"array of {_label(schema.get('items', {}))}"
+    facts = [str(schema.get("type", "any"))]
+    facts += [
+        f"{key} {schema[key]}"
+        for key in ("format", "enum", "pattern", "minimum", "maximum", "maxLength", "default")
+        if key in schema
+    ]
+    return e(", ".join(facts))
+
+
+def _pretty(schema: dict[str, Any]) -> str:
+    return orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode()
+
+
+# -- serving --------------------------------------------------------------------------------------
+
+
+class OpenApiDocs:
+    """The document and its page, built on first use and kept for the application's life."""
+
+    @functools.cached_property
+    def document(self) -> dict[str, Any]:
+        return build_document()
+
+    @functools.cached_property
+    def json(self) -> bytes:
+        return orjson.dumps(self.document)
+
+    @functools.cached_property
+    def html(self) -> str:
+        return render_html(self.document)
+
+
+OPENAPI = web.AppKey("openapi", OpenApiDocs)
+
+
+def setup_openapi_routes(app: web.Application) -> None:
+    app[OPENAPI] = OpenApiDocs()
+    app.router.add_get(OPENAPI_PATH, openapi_json)
+    app.router.add_get(DOCS_PATH, api_docs)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[OPENAPI].json, content_type=JSON, headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def api_docs(request: web.Request) -> web.Response:
+    # Its own CSP: the page's one inline <style> is allowed by hash; no script may run.
+    return web.Response(
+        text=request.app[OPENAPI].html,
+        content_type="text/html",
+        headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP},
+    )

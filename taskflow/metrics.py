@@ -1,0 +1,35 @@
+"""Prometheus metrics, declared once; API and projector processes each export their own."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_DURATION = Histogram(
+    "taskflow_http_request_duration_seconds",
+    "HTTP request duration by route template, method and status",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+COMMANDS = Counter(
+    "taskflow_commands_total", "Commands handled, by type and outcome", ["command", "outcome"]
+)
+APPENDS = Counter("taskflow_appends_total", "Commits appended to the event log")
+CONFLICTS = Counter("taskflow_append_conflicts_total", "Appends refused by a version conflict")
+CACHE = Counter("taskflow_cache_requests_total", "List-page cache lookups", ["result"])
+RATE_LIMITED = Counter("taskflow_rate_limited_total", "Requests refused by a rate limit", ["scope"])
+
+PROJECTION_POSITION = Gauge(
+    "taskflow_projection_position", "Last log position applied", ["projection"]
+)
+PROJECTION_HEAD = Gauge("taskflow_log_head_position", "Highest settled log position")
+PROJECTION_LAG_EVENTS = Gauge(
+    "taskflow_projection_lag_events", "Positions not yet applied", ["projection"]
+)
+PROJECTION_LAG_SECONDS = Gauge(
+    "taskflow_projection_lag_seconds",
+    "Age of the newest applied commit when it was applied",
+    ["projection"],
+)
+PROJECTION_BATCH = Histogram(
+    "taskflow_projection_batch_seconds", "Time to apply one batch", ["projection"]
+)
