@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from taskflow import operations
-from taskflow.logs import configure_logging
+from taskflow import __version__, operations
+from taskflow.logs import configure_logging, configure_sentry
 from taskflow.settings import Settings, SettingsError, load_settings
 
 
@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskflow: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, json=settings.log_json)
+    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
+    configure_sentry(dsn, release=f"taskflow@{__version__}")
     code: int = args.run(settings, args)
     return code
 

@@ -31,3 +31,24 @@ def configure_logging(level: str, *, json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def configure_sentry(dsn: str | None, *, release: str) -> bool:
+    """Report errors to Sentry when SENTRY_DSN is set (needs the `sentry` extra installed)."""
+    if not dsn:
+        return False
+    try:
+        import sentry_sdk
+        from sentry_sdk.integrations.aiohttp import AioHttpIntegration
+    except ImportError as exc:
+        raise RuntimeError(
+            "SENTRY_DSN is set but sentry-sdk is not installed: pip install 'taskflow[sentry]'"
+        ) from exc
+    sentry_sdk.init(
+        dsn=dsn,
+        release=release,
+        integrations=[AioHttpIntegration()],
+        send_default_pii=False,
+        traces_sample_rate=0.0,
+    )
+    return True
