@@ -133,7 +133,7 @@ def test_compose_file_passes_docker_compose_config() -> None:
     if docker_compose is None:
         pytest.skip("docker-compose (v1) is not installed; cannot validate docker-compose.yml")
     # Fixed argument list, no shell, executable resolved by shutil.which: nothing untrusted.
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [docker_compose, "-f", str(COMPOSE_FILE), "config", "-q"],
         cwd=ROOT,
         capture_output=True,
