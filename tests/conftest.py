@@ -99,3 +99,14 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings) -> Any:
+    """The real app on the test servers, ready (its indexes exist)."""
+    from taskflow.api.app import create_app
+    from tests.api_support import wait_ready
+
+    client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)
+    return client

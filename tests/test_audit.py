@@ -18,7 +18,6 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from taskflow import names, operations
-from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.auth.tokens import issue_access_token
 from taskflow.commands.aggregates import TASK
@@ -30,14 +29,7 @@ from taskflow.projections.history import task_as_of, task_history
 from taskflow.projections.rebuild import rebuild
 from taskflow.projections.verify import verify_read_models
 from taskflow.settings import Settings
-from tests.api_support import Client, ClientFactory, bearer, create_task, project, wait_ready
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
-    client = await aiohttp_client(create_app(settings))
-    await wait_ready(client)
-    return client
+from tests.api_support import Client, bearer, create_task, project
 
 
 def auditor(client: Client) -> dict[str, str]:

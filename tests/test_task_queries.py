@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.bootstrap import redis_client
 from taskflow.commands.task import TaskState
@@ -17,23 +16,14 @@ from taskflow.projections.task_queries import TaskQuery, TaskReads, matches, sor
 from taskflow.settings import Settings
 from tests.api_support import (
     Client,
-    ClientFactory,
     bearer,
     create_task,
     live_projector,
     project,
-    wait_ready,
 )
 from tests.conftest import closed_port
 
 NOW = datetime.now(UTC)
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
-    client = await aiohttp_client(create_app(settings))
-    await wait_ready(client)
-    return client
 
 
 async def seed(client: Client, auth: dict[str, str]) -> None:

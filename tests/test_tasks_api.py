@@ -7,26 +7,16 @@ from typing import Any
 
 import pytest
 
-from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.events.codec import decode_events
 from taskflow.settings import Settings
 from tests.api_support import (
     Client,
-    ClientFactory,
     bearer,
     create_task,
     live_projector,
     project,
-    wait_ready,
 )
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
-    client = await aiohttp_client(create_app(settings))
-    await wait_ready(client)
-    return client
 
 
 async def commit_count(client: Client) -> int:

@@ -57,27 +57,21 @@ async def change_task(request: web.Request) -> web.Response:
 
 
 async def delete_task(request: web.Request) -> web.Response:
-    user, task_id, expected = await _target(request)
-    outcome = await handle_change_task(
-        _store(request),
-        DeleteTask(task_id=task_id),
-        await _context(request, user),
-        _now(),
-        expected,
-    )
-    return _written(outcome, status=204)
+    return await _lifecycle(request, DeleteTask, status=204)
 
 
 async def restore_task(request: web.Request) -> web.Response:
+    return await _lifecycle(request, RestoreTask, status=200)
+
+
+async def _lifecycle(
+    request: web.Request, command: type[DeleteTask | RestoreTask], status: int
+) -> web.Response:
     user, task_id, expected = await _target(request)
     outcome = await handle_change_task(
-        _store(request),
-        RestoreTask(task_id=task_id),
-        await _context(request, user),
-        _now(),
-        expected,
+        _store(request), command(task_id=task_id), await _context(request, user), _now(), expected
     )
-    return _written(outcome)
+    return _written(outcome, status=status)
 
 
 async def _target(request: web.Request) -> tuple[Principal, str, int]:

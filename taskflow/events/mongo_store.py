@@ -36,6 +36,7 @@ from taskflow.events.positions import PositionCounter
 from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
 from taskflow.metrics import APPENDS, CONFLICTS
+from taskflow.text import as_text
 
 log = structlog.get_logger(__name__)
 
@@ -294,7 +295,7 @@ class MongoEventStore:
             return None
         return StreamHead(
             version=int(version),
-            hash=hash_.decode() if isinstance(hash_, bytes) else hash_,
+            hash=as_text(hash_),
             snapshot=snapshot or None,
         )
 

@@ -19,6 +19,7 @@ from taskflow.events.records import Commit
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.views import apply_commit, search_terms
+from taskflow.text import as_text
 
 NAME = "task_views_redis"
 
@@ -77,7 +78,7 @@ class RedisTaskViews:
         )
         changes: dict[str, _Change] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
-            known = [(tid, _text(o)) for tid, o in owners.items() if o is not None]
+            known = [(tid, as_text(o)) for tid, o in owners.items() if o is not None]
             for task_id, owner in known:
                 pipe.hget(self.keys.tasks(owner), task_id)
             for (task_id, owner), raw in zip(known, await pipe.execute(), strict=True):
@@ -112,10 +113,6 @@ class RedisTaskViews:
             pipe.zadd(self.keys.due(owner), {task_id: after.due_at.timestamp()})
         else:
             pipe.zrem(self.keys.due(owner), task_id)
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _live_terms(view: TaskState | None) -> set[str]:

@@ -18,6 +18,7 @@ from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.views import apply_commit, view_from_document
+from taskflow.text import as_text
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ async def fold_all_tasks(
 async def redis_views(redis: Redis, keys: RedisViewKeys) -> AsyncIterator[TaskState]:
     owners = await redis.hgetall(keys.owners)
     for task_id, owner in owners.items():
-        raw = await redis.hget(keys.tasks(_text(owner)), _text(task_id))
+        raw = await redis.hget(keys.tasks(as_text(owner)), as_text(task_id))
         if raw:
             yield TaskState.model_validate_json(raw)
 
@@ -86,10 +87,6 @@ async def compare(
     for task_id in expected.keys() - seen:
         mismatches.append(ViewMismatch(model, task_id, expected[task_id].version, None))
     return mismatches
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 async def verify_read_models(services: Services, version: int) -> list[ViewMismatch]:
