@@ -23,6 +23,7 @@ from bench.samples import commit_document
 from bench.servers import Servers
 from bench.sizes import Sizes
 from bench.stats import Comparison, Trial, alternate, percentile
+from bench.watch import ViewWatch
 from taskflow.commands.runner import Context, Outcome
 from taskflow.commands.task import ChangeTask, CreateTask, Status, TaskState
 from taskflow.commands.task_handlers import handle_change_task, handle_create_task
@@ -30,8 +31,6 @@ from taskflow.events.store import EventStore
 from taskflow.projections.redis_keys import RedisViewKeys
 from tests.workload import WORDS
 
-POLL_SECONDS = 0.001
-VISIBLE_TIMEOUT_SECONDS = 30.0
 RAW_LABEL = "`insert_one` + `PUBLISH`, a subscriber process `HSET`s, same rate"
 RAW_KEY = "bench:raw:tasks"
 
@@ -75,8 +74,12 @@ def _summary(variant: str, samples: Sequence[Sample], rate: float) -> Trial:
 
 async def _taskflow(servers: Servers, sizes: Sizes) -> tuple[list[Sample], float]:
     """Warm-up creates the tasks; the measured load changes them, one command per task at once."""
-    async with servers.fresh_store() as store, projector(servers, store.commits.database.name):
-        load = TaskLoad(store, servers.redis)
+    async with (
+        servers.fresh_store() as store,
+        projector(servers, store.commits.database.name),
+        ViewWatch(servers.redis) as watch,
+    ):
+        load = TaskLoad(store, watch)
         await steady(load.create, sizes.latency_rate, sizes.latency_warmup_seconds)
         return await steady(load.change, sizes.latency_rate, sizes.latency_seconds)
 
@@ -84,8 +87,8 @@ async def _taskflow(servers: Servers, sizes: Sizes) -> tuple[list[Sample], float
 async def _raw(servers: Servers, sizes: Sizes) -> tuple[list[Sample], float]:
     async with servers.fresh_db() as db, servers.flushed_redis() as redis:
         commits = (await servers.store_on(db)).commits
-        async with echo(servers):
-            load = RawLoad(commits, redis)
+        async with echo(servers), ViewWatch(redis) as watch:
+            load = RawLoad(commits, redis, watch)
             await steady(load.send, sizes.latency_rate, sizes.latency_warmup_seconds)
             return await steady(load.send, sizes.latency_rate, sizes.latency_seconds)
 
@@ -105,24 +108,12 @@ async def steady(
     return list(await asyncio.gather(*pending)), achieved
 
 
-async def wait_visible(redis: Redis, key: str, field: str, version: int) -> None:
-    """Poll `HGET key field` about every millisecond until its JSON `version` reaches `version`."""
-    deadline = time.perf_counter() + VISIBLE_TIMEOUT_SECONDS
-    while True:
-        raw = await redis.hget(key, field)
-        if raw is not None and orjson.loads(raw)["version"] >= version:
-            return
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"{key} {field} never showed version {version}")
-        await asyncio.sleep(POLL_SECONDS)
-
-
 class TaskLoad:
     """Creates tasks and changes them through the command handlers, timing each to visibility."""
 
-    def __init__(self, store: EventStore, redis: Redis, owners: int = 10) -> None:
+    def __init__(self, store: EventStore, watch: ViewWatch, owners: int = 10) -> None:
         self._store = store
-        self._redis = redis
+        self._watch = watch
         self._rng = random.Random(7)  # noqa: S311 - a reproducible load, not a secret
         self._owners = [uuid.uuid4().hex for _ in range(owners)]
         self._idle: deque[TaskState] = deque()  # tasks no command is changing right now
@@ -155,9 +146,9 @@ class TaskLoad:
         state = outcome.state
         assert state is not None
         key = self._keys.tasks(state.owner_id)
-        await wait_visible(self._redis, key, state.task_id, state.version)
+        seen = await self._watch.visible(key, state.task_id, state.version)
         self._idle.append(state)
-        return Sample(returned - start, time.perf_counter() - returned)
+        return Sample(returned - start, seen - returned)
 
     def _title(self) -> str:
         return f"{' '.join(self._rng.sample(WORDS, 2))} #{next(self._titles)}"
@@ -166,9 +157,12 @@ class TaskLoad:
 class RawLoad:
     """Inserts a commit-sized document, publishes a view, and waits for the echo's `HSET`."""
 
-    def __init__(self, commits: AsyncCollection[dict[str, Any]], redis: Redis) -> None:
+    def __init__(
+        self, commits: AsyncCollection[dict[str, Any]], redis: Redis, watch: ViewWatch
+    ) -> None:
         self._commits = commits
         self._redis = redis
+        self._watch = watch
         self._positions = itertools.count(1)
 
     async def send(self) -> Sample:
@@ -181,8 +175,8 @@ class RawLoad:
         await self._commits.insert_one(doc)
         await self._redis.publish(ECHO_CHANNEL, message)
         returned = time.perf_counter()
-        await wait_visible(self._redis, RAW_KEY, field, position)
-        return Sample(returned - start, time.perf_counter() - returned)
+        seen = await self._watch.visible(RAW_KEY, field, position)
+        return Sample(returned - start, seen - returned)
 
 
 def _as(owner: str) -> Context:

@@ -30,7 +30,8 @@ RAW_PREFIX = "bench:raw:"
 
 
 def comparisons(sizes: Sizes) -> list[Comparison]:
-    backlog = f"backlog of {sizes.projection_tasks} creates + {sizes.projection_changes:,} changes"
+    tasks, changes = sizes.projection_tasks, sizes.projection_changes
+    backlog = f"backlog of {tasks} creates + {changes:,} change commands"
     redis, mongo = f"`RedisTaskViews`, {backlog}", f"`MongoTaskViews`, {backlog}"
     return [
         Comparison(redis, "commits/s", "redis_views", "raw_hset", HSET),

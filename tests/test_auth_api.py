@@ -295,7 +295,7 @@ async def test_missing_or_bad_bearer_tokens_get_the_same_401_with_a_challenge(
 
 
 async def test_deny_list_unreachable_fails_closed_with_503(
-    aiohttp_client: ClientFactory, settings: Settings
+    aiohttp_client: ClientFactory, settings: Settings, db: Db
 ) -> None:
     """With Redis down, a validly signed token is not trusted: 503 auth-unavailable, Retry-After."""
     dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})

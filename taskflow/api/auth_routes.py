@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from taskflow.api import keys
+from taskflow.api.headers import POSITION_HEADER
 from taskflow.api.json_io import json_response, read_model
 from taskflow.api.middlewares import register_problem_mapper
 from taskflow.api.principal import REALM, require_user
@@ -30,7 +31,6 @@ from taskflow.commands.user_handlers import (
 
 REFRESH_COOKIE = "taskflow_refresh"
 COOKIE_PATH = "/api/auth"  # the refresh token travels to the auth endpoints only
-POSITION_HEADER = "X-TaskFlow-Position"  # the same header task writes answer with
 
 
 class _Body(BaseModel):

@@ -10,15 +10,16 @@ from pydantic import ValidationError
 
 from taskflow.api import keys
 from taskflow.api.audit_routes import get_task_as_of
+from taskflow.api.headers import POSITION_HEADER
+from taskflow.api.headers import STALE_HEADER as STALE_HEADER
 from taskflow.api.json_io import json_response
 from taskflow.api.middlewares import validation_problem
 from taskflow.api.principal import require_user
 from taskflow.api.problems import Problem
 from taskflow.api.task_schemas import TaskOut
-from taskflow.api.task_writes import POSITION_HEADER, valid_task_id
+from taskflow.api.task_writes import valid_task_id
 from taskflow.projections.task_queries import CursorError, TaskQuery, TaskReads
 
-STALE_HEADER = "X-TaskFlow-Stale"
 _LIST_PARAMS = {"status", "tags"}  # may repeat, or be comma-separated
 
 

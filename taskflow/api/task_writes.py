@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from taskflow.api import keys
+from taskflow.api.headers import POSITION_HEADER as POSITION_HEADER
 from taskflow.api.json_io import json_response, read_model
 from taskflow.api.middlewares import client_id
 from taskflow.api.principal import Principal, require_user
@@ -20,7 +21,6 @@ from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, RestoreTa
 from taskflow.commands.task_handlers import handle_change_task, handle_create_task
 from taskflow.events.store import EventStore
 
-POSITION_HEADER = "X-TaskFlow-Position"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ETAG = re.compile(r'^(?:W/)?"(\d{1,18})"$')
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")

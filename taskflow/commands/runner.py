@@ -102,7 +102,10 @@ async def load(
         if head is not None and head.snapshot is not None:
             return aggregate.state_type.model_validate_json(head.snapshot), head.version
     head, commits = await store.load_head(stream_id)
-    return aggregate.fold(commits), head.version
+    state = aggregate.fold(commits)
+    if state is not None:  # the next command (or read) then starts from the snapshot again
+        await store.cache_snapshot(stream_id, head, state.model_dump_json().encode())
+    return state, head.version
 
 
 async def execute(

@@ -315,6 +315,14 @@ class MongoEventStore:
             )
         return head, commits
 
+    async def cache_snapshot(self, stream_id: str, head: StreamHead, snapshot: bytes) -> None:
+        await self._best_effort(
+            self._set_head(
+                keys=[names.stream_head_key(stream_id)],
+                args=[head.version, head.hash, snapshot, self._head_ttl],
+            )
+        )
+
     async def replayed(
         self, actor: str, key: str, fingerprint: str, *, thorough: bool = False
     ) -> AppendResult | None:

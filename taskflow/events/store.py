@@ -53,6 +53,10 @@ class EventStore(Protocol):
         """The head read from the log itself, with the commits it was built from."""
         ...
 
+    async def cache_snapshot(self, stream_id: str, head: StreamHead, snapshot: bytes) -> None:
+        """Remember the state at `head` (folded from the log) beside the cached head."""
+        ...
+
     async def replayed(
         self, actor: str, key: str, fingerprint: str, *, thorough: bool = False
     ) -> AppendResult | None:
