@@ -195,12 +195,14 @@ class Operation:
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     body_media_types: tuple[str, ...] = (JSON,)
+    example: dict[str, Any] | None = None  # a typical body
     security: tuple[dict[str, list[str]], ...] = ({"bearerAuth": []},)
     rate_limited: bool = True
     description: str = ""
 
 
 PUBLIC: tuple[dict[str, list[str]], ...] = ({},)
+EMAIL, PASSWORD = "ada@example.com", "correct horse battery"  # the examples' account
 WRITE_HEADERS = ("ETag", POSITION_HEADER, "Idempotent-Replayed")
 BODY_PROBLEMS = {
     400: "the body is not valid JSON",
@@ -292,6 +294,7 @@ OPERATIONS: tuple[Operation, ...] = (
             **UNAVAILABLE,
         },
         body=RegisterBody,
+        example={"email": EMAIL, "password": PASSWORD, "display_name": "Ada"},
         security=PUBLIC,
     ),
     Operation(
@@ -303,6 +306,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (Reply(200, "Signed in", AccessToken, ("Set-Cookie",)),),
         {**BODY_PROBLEMS, 401: "wrong e-mail or password", 422: "a field is invalid"} | UNAVAILABLE,
         body=LoginBody,
+        example={"email": EMAIL, "password": PASSWORD},
         security=PUBLIC,
     ),
     Operation(
@@ -366,7 +370,49 @@ OPERATIONS: tuple[Operation, ...] = (
         },
         parameters=("Idempotency-Key", "X-Causation-ID"),
         body=CreateTaskBody,
+        example={"title": "Write the report", "tags": ["work"], "due_at": "2030-01-31T17:00:00Z"},
         description="A retry with the same Idempotency-Key and body answers the first result.",
+    ),
+    Operation(
+        "get",
+        "/api/tasks",
+        "listTasks",
+        "tasks",
+        "The caller's tasks: filtered, searched, sorted, a page at a time",
+        (Reply(200, "A page", TaskPage, (STALE_HEADER,)),),
+        {
+            400: "`next` is not a cursor of this sort order, or X-TaskFlow-Position is invalid",
+            **TOKEN,
+            422: "a parameter is unknown, malformed or (when not a list) repeated",
+            **UNAVAILABLE,
+        },
+        parameters=("X-TaskFlow-Position",),
+        query=TaskQuery,
+    ),
+    Operation(
+        "get",
+        "/api/tasks/{task_id}",
+        "getTask",
+        "tasks",
+        "One task; with `as_of` or `version`, as it was then (from the log)",
+        (
+            Reply(
+                200,
+                "The task (a TaskSnapshot with `as_of`/`version`)",
+                (TaskOut, TaskSnapshot),
+                ("ETag", STALE_HEADER),
+            ),
+            Reply(304, "If-None-Match holds the current ETag", headers=("ETag",)),
+        ),
+        {
+            400: "X-TaskFlow-Position is not a number",
+            **TOKEN,
+            404: "no such task (or another user's, or it did not exist then)",
+            422: "`as_of` or `version` is invalid, or other parameters come with them",
+            **UNAVAILABLE,
+        },
+        parameters=("task_id", "If-None-Match", "X-TaskFlow-Position"),
+        query=AsOfQuery,
     ),
     Operation(
         "patch",
@@ -385,6 +431,7 @@ OPERATIONS: tuple[Operation, ...] = (
         },
         parameters=("task_id", "If-Match", "Idempotency-Key", "X-Causation-ID"),
         body=PatchTaskBody,
+        example={"status": "done", "due_at": None},
         body_media_types=("application/merge-patch+json", JSON),
     ),
     Operation(
@@ -414,47 +461,6 @@ OPERATIONS: tuple[Operation, ...] = (
             413: BODY_PROBLEMS[413],
         },
         parameters=("task_id", "If-Match", "Idempotency-Key", "X-Causation-ID"),
-    ),
-    Operation(
-        "get",
-        "/api/tasks/{task_id}",
-        "getTask",
-        "tasks",
-        "One task; with `as_of` or `version`, as it was then (from the log)",
-        (
-            Reply(
-                200,
-                "The task (a TaskSnapshot with `as_of`/`version`)",
-                (TaskOut, TaskSnapshot),
-                ("ETag", STALE_HEADER),
-            ),
-            Reply(304, "If-None-Match holds the current ETag", headers=("ETag",)),
-        ),
-        {
-            400: "X-TaskFlow-Position is not a number",
-            **TOKEN,
-            404: "no such task (or another user's, or it did not exist then)",
-            422: "`as_of` or `version` is invalid, or other parameters come with them",
-            **UNAVAILABLE,
-        },
-        parameters=("task_id", "If-None-Match", "X-TaskFlow-Position"),
-        query=AsOfQuery,
-    ),
-    Operation(
-        "get",
-        "/api/tasks",
-        "listTasks",
-        "tasks",
-        "The caller's tasks: filtered, searched, sorted, a page at a time",
-        (Reply(200, "A page", TaskPage, (STALE_HEADER,)),),
-        {
-            400: "`next` is not a cursor of this sort order, or X-TaskFlow-Position is invalid",
-            **TOKEN,
-            422: "a parameter is unknown, malformed or (when not a list) repeated",
-            **UNAVAILABLE,
-        },
-        parameters=("X-TaskFlow-Position",),
-        query=TaskQuery,
     ),
     Operation(
         "get",
@@ -640,7 +646,9 @@ An async, event-sourced task backend. Every error is `{PROBLEM_JSON}` (RFC 9457)
 (taken from the request when well-formed). Every write answers with `{POSITION_HEADER}`; send it
 back on a read to read your writes (`{STALE_HEADER}: true` if that could not happen in time).
 Rate-limited responses carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
-CORS preflight (`OPTIONS`) and `HEAD` of every `GET` are answered as well.
+CORS preflight (`OPTIONS`) and `HEAD` of every `GET` are answered as well. A request the HTTP
+server cannot parse (a request line or a header over 8190 bytes, malformed HTTP) is refused with
+a plain-text 400 before it reaches the API.
 """
 
 
@@ -762,7 +770,8 @@ def _operation(op: Operation, refs: Refs, query: list[dict[str, Any]]) -> dict[s
     if op.description:
         document["description"] = op.description
     if op.body is not None:
-        content = {media: {"schema": refs[op.body]} for media in op.body_media_types}
+        example = {} if op.example is None else {"example": op.example}
+        content = {media: {"schema": refs[op.body], **example} for media in op.body_media_types}
         document["requestBody"] = {"required": True, "content": content}
     return document
 
@@ -875,6 +884,7 @@ def _html_operation(path: str, method: str, op: dict[str, Any], document: dict[s
         out.append("<h3>Request body</h3><table>")
         out += [
             f"<tr><td><code>{e(media)}</code><td>{_label(c['schema'])}"
+            + (f"<td>example:<pre>{e(_pretty(c['example']))}</pre>" if "example" in c else "")
             for media, c in op["requestBody"]["content"].items()
         ]
         out.append("</table>")
@@ -926,8 +936,8 @@ def _label(schema: dict[str, Any]) -> str:
     return e(", ".join(facts))
 
 
-def _pretty(schema: dict[str, Any]) -> str:
-    return orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode()
+def _pretty(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
 # -- serving --------------------------------------------------------------------------------------

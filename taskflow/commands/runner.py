@@ -118,9 +118,12 @@ async def execute(
     *,
     expected_version: int | None = None,
     authorize: Callable[[S | None], None] | None = None,
+    new_stream: bool = False,
 ) -> Outcome[S]:
     """Decide `command` on the aggregate's current state and append what it causes.
 
+    `new_stream` (a freshly generated id) skips loading: the stream is taken to be empty, and
+    the unique version key refutes that at the append if it is not.
     `authorize` sees the loaded state first and raises to refuse (before any version check, so
     a refusal such as "not found" never leaks the version of someone else's aggregate).
 
@@ -131,7 +134,15 @@ async def execute(
     name = type(command).__name__
     try:
         outcome = await _execute(
-            store, aggregate, entity_id, command, context, now, expected_version, authorize
+            store,
+            aggregate,
+            entity_id,
+            command,
+            context,
+            now,
+            expected_version,
+            authorize,
+            new_stream,
         )
     except Exception as exc:
         COMMANDS.labels(name, _failure(exc)).inc()
@@ -162,6 +173,7 @@ async def _execute(
     now: datetime,
     expected_version: int | None,
     authorize: Callable[[S | None], None] | None,
+    new_stream: bool,
 ) -> Outcome[S]:
     earlier = await _replayed(store, context, thorough=False)
     if earlier is not None:
@@ -177,6 +189,7 @@ async def _execute(
             now,
             expected_version,
             authorize,
+            new_stream,
         )
     except (DomainError, PreconditionFailedError, ConcurrencyError):
         # A retry whose first outcome Redis forgot: the log's unique key index remembers it.
@@ -195,10 +208,14 @@ async def _attempt(
     now: datetime,
     expected_version: int | None,
     authorize: Callable[[S | None], None] | None,
+    new_stream: bool,
 ) -> Outcome[S]:
     fresh = False
     for _ in range(CONFLICT_RETRIES + 1):
-        state, version = await load(store, aggregate, stream_id, fresh=fresh)
+        if new_stream and not fresh:
+            state, version = None, 0
+        else:
+            state, version = await load(store, aggregate, stream_id, fresh=fresh)
         if authorize is not None:
             authorize(state)
         if expected_version is not None and expected_version != version:

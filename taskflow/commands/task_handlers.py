@@ -33,6 +33,7 @@ async def handle_create_task(
         context,
         now,
         authorize=owned_by(command.owner_id, command.task_id),
+        new_stream=True,  # the API generates task ids; a collision is caught at the append
     )
 
 

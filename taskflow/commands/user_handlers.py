@@ -117,6 +117,7 @@ async def handle_register_user(
             trace.context(reservation.user_id),
             clock(),
             expected_version=0,
+            new_stream=True,  # no log read: the unique version key decides between registrations
         )
     except (PreconditionFailedError, UserAlreadyRegisteredError, ConcurrencyError):
         raise EmailTakenError(command.email) from None  # another registration won the user id

@@ -197,6 +197,8 @@ class MongoEventStore:
         head = await self.stream_head(stream_id)
         if head is not None and head.version > expected_version:
             raise ConcurrencyError(stream_id, expected_version, head.version)
+        if head is None and expected_version == 0:
+            return ""  # a new stream needs no read: the unique `_id` refutes it if it is not new
         if head is None or head.version != expected_version:
             head, _ = await self.load_head(stream_id)
             if head.version != expected_version:

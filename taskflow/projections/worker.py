@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -48,6 +49,7 @@ class ProjectionDriver:
         self._poll = poll_interval
         self.stopping = stopping
         self._lost = False
+        self._lag_reported = 0.0
 
     async def run(self) -> None:
         await self.projection.setup()
@@ -94,6 +96,10 @@ class ProjectionDriver:
             self.lease.term = None
 
     async def _report_lag(self) -> None:
+        """Refresh the lag gauges, at most once a second (it costs an MGET of hints)."""
+        if time.monotonic() - self._lag_reported < 1.0:
+            return
+        self._lag_reported = time.monotonic()
         head, position = await self.store.head_position(), await self.projection.position()
         PROJECTION_HEAD.set(head)
         PROJECTION_LAG_EVENTS.labels(self.projection.name).set(max(head - position, 0))
