@@ -30,8 +30,7 @@ RAW_PREFIX = "bench:raw:"
 
 
 def comparisons(sizes: Sizes) -> list[Comparison]:
-    tasks, changes = sizes.projection_tasks, sizes.projection_changes
-    backlog = f"backlog of {tasks} creates + {changes:,} change commands"
+    backlog = f"backlog of {sizes.projection_tasks} creates + {sizes.projection_changes:,} changes"
     redis, mongo = f"`RedisTaskViews`, {backlog}", f"`MongoTaskViews`, {backlog}"
     return [
         Comparison(redis, "commits/s", "redis_views", "raw_hset", HSET),

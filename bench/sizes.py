@@ -14,11 +14,11 @@ class Sizes:
     writers: int = 16  # concurrent writers, each on its own stream
     appends_per_writer: int = 40
     read_commits: int = 3200  # written by `writers` streams at once
-    projection_tasks: int = 100  # task creates scan the log (see docs/benchmarks.md): keep few
+    projection_tasks: int = 100  # write_workload's creates read their stream (a log scan here)
     projection_changes: int = 1400
     latency_rate: float = 50.0  # commands per second, sent open-loop
     latency_seconds: float = 20.0
-    latency_warmup_seconds: float = 2.0  # creates the tasks the measured changes then touch
+    latency_warmup_seconds: float = 2.0  # creates the tasks the measured load then changes
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(value) for name, value in vars(self).items()}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
@@ -38,7 +41,7 @@ from tests.api_support import (
     ClientFactory,
     bearer,
     create_task,
-    live_projector,
+    project,
     wait_ready,
 )
 
@@ -50,6 +53,8 @@ CHECKS = [
     response_schema_conformance,
 ]
 PASSWORD = "correct horse battery"
+JSON = "application/json"
+Case = schemathesis.Case[Any]
 SKIPPED_METHODS = {"HEAD", "OPTIONS"}  # HEAD mirrors each GET; OPTIONS is the CORS preflight
 
 
@@ -67,7 +72,7 @@ async def client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
 async def fetch_document(client: Client) -> dict[str, Any]:
     response = await client.get("/api/openapi.json")
     assert response.status == 200
-    assert response.content_type == "application/json"
+    assert response.content_type == JSON
     document: dict[str, Any] = await response.json()
     return document
 
@@ -108,7 +113,7 @@ async def test_docs_page_lists_every_operation_and_runs_no_script(client: Client
 
 @dataclass
 class Fuzzer:
-    """Sends schemathesis cases to the live app, with real credentials in half the cases."""
+    """Sends schemathesis cases to the live app, with real credentials in most of them."""
 
     base_url: str
     user: dict[str, str]
@@ -117,33 +122,34 @@ class Fuzzer:
     email: str
     tasks: dict[str, int]  # the user's seeded tasks and their current versions
     session: requests.Session = field(default_factory=requests.Session)
+    reproducible: bool = True  # the same cases every run (derandomized); a long fuzz is random
+    refresh_token: str | None = None  # the latest of the user's rotating refresh tokens
     failures: dict[str, str] = field(default_factory=dict)
-    sent: int = 0
+    statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
 
-    def run(self, operation: Any, mode: schemathesis.GenerationMode, examples: int) -> None:
+    def run(self, cases: st.SearchStrategy[Case], examples: int) -> None:
+        """Send `examples` cases; an operation with nothing to vary may have fewer, or none."""
+
         @hsettings(
             max_examples=examples,
             deadline=None,
             database=None,
-            derandomize=examples <= 50,  # the default budget is reproducible; the fuzz is not
+            derandomize=self.reproducible,
             phases=[Phase.generate],  # failures are collected, not shrunk: the server has state
             suppress_health_check=list(HealthCheck),
         )
         @given(
-            case=operation.as_strategy(generation_mode=mode),
-            credentials=st.booleans(),
+            case=cases,
+            credentials=st.sampled_from((True, True, True, False)),
             task=st.none() | st.sampled_from(sorted(self.tasks)),
         )
-        def send(case: schemathesis.Case, credentials: bool, task: str | None) -> None:
+        def send(case: Case, credentials: bool, task: str | None) -> None:
             self.send(case, credentials, task)
 
-        try:
+        with contextlib.suppress(Unsatisfiable):  # e.g. negative cases of a parameterless GET
             send()
-        except Unsatisfiable:  # an operation without parameters or body has no negative case
-            if mode is not schemathesis.GenerationMode.NEGATIVE:
-                raise
 
-    def send(self, case: schemathesis.Case, credentials: bool, task: str | None) -> None:
+    def send(self, case: Case, credentials: bool, task: str | None) -> None:
         if task is not None:
             self.aim_at(case, task)
         headers, cookies = self.credentials(case) if credentials else ({}, {})
@@ -155,17 +161,20 @@ class Fuzzer:
             timeout=30,
         )
         self.session.cookies.clear()  # a login's refresh cookie must not leak into later cases
-        self.sent += 1
-        print("STATUS", case.operation.label, response.status_code, credentials, response.request.headers.get("Authorization", "")[:20], response.text[:150] if response.status_code in (401, 422) else "", flush=True)
+        self.statuses[case.operation.label, response.status_code] += 1
         if task is not None:
             self.remember_version(case, task, response)
+        if case.operation.path == "/api/auth/refresh":
+            self.refresh_token = rotated(response)
+        if refused_by_http_parser(response):
+            return
         try:
             case.validate_response(response, checks=CHECKS, headers=headers)
         except FailureGroup as group:
-            for failure in group.exceptions:
-                self.failures.setdefault(f"{case.operation.label}: {failure.title}", str(group))
+            titles = ", ".join(sorted({failure.title for failure in group.exceptions}))
+            self.failures.setdefault(f"{case.operation.label}: {titles}", str(group))
 
-    def aim_at(self, case: schemathesis.Case, task: str) -> None:
+    def aim_at(self, case: Case, task: str) -> None:
         """Point the case at one of the user's tasks, at its current version when it names one."""
         if "task_id" in case.path_parameters:
             case.path_parameters["task_id"] = task
@@ -174,12 +183,12 @@ class Fuzzer:
         if case.headers is not None and "If-Match" in case.headers:
             case.headers["If-Match"] = f'"{self.tasks[task]}"'
 
-    def credentials(self, case: schemathesis.Case) -> tuple[dict[str, str], dict[str, str]]:
+    def credentials(self, case: Case) -> tuple[dict[str, str], dict[str, str]]:
         path = case.operation.path
         if path == "/api/auth/logout":
             return self.stranger(), {}
         if path == "/api/auth/refresh":
-            return {}, {REFRESH_COOKIE: self.login()}
+            return {}, {REFRESH_COOKIE: self.refresh_token or self.login()}
         return (self.auditor if path.startswith("/api/audit/") else self.user), {}
 
     def login(self) -> str:
@@ -190,13 +199,14 @@ class Fuzzer:
             timeout=30,
         )
         assert response.status_code == 200, response.text
-        token: str = response.cookies[REFRESH_COOKIE]
+        token = response.cookies.get(REFRESH_COOKIE)
+        assert token is not None
         return token
 
-    def remember_version(self, case: schemathesis.Case, task: str, response: Any) -> None:
-        etag = response.headers.get("ETag", "")
-        if case.method != "GET" and etag.strip('"').isdecimal():
-            self.tasks[task] = int(etag.strip('"'))
+    def remember_version(self, case: Case, task: str, response: schemathesis.Response) -> None:
+        etag = response.headers.get("etag", [""])[0].strip('"')  # names are lower-cased here
+        if case.method != "GET" and etag.isdecimal():
+            self.tasks[task] = int(etag)
 
 
 async def fuzzer(client: Client) -> Fuzzer:
@@ -231,37 +241,69 @@ def auditor(client: Client) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.token}"}
 
 
-async def fuzz(client: Client, examples: int) -> Fuzzer:
-    """Every operation, positive then negative cases, `examples` of each, against the live app."""
+def rotated(response: schemathesis.Response) -> str | None:
+    """The refresh token a successful refresh set; None when it failed (the family may be gone)."""
+    cookies = SimpleCookie()
+    for header in response.headers.get("set-cookie", []) if response.status_code == 200 else []:
+        cookies.load(header)
+    morsel = cookies.get(REFRESH_COOKIE)
+    return morsel.value if morsel else None
+
+
+def refused_by_http_parser(response: schemathesis.Response) -> bool:
+    """aiohttp's own plain-text 400 for a request it cannot parse (e.g. a URL over 8190 bytes).
+
+    Such a request never reaches the app (no middleware ran: no X-Request-ID), so it is outside
+    what the document describes; the document's description says so.
+    """
+    content_type = response.headers.get("content-type", [""])[0]
+    return (
+        response.status_code == 400
+        and "x-request-id" not in response.headers
+        and content_type.startswith("text/plain")
+    )
+
+
+def body_example(operation: dict[str, Any]) -> tuple[str, Any] | None:
+    """The operation's documented request body example and its media type, if it has one."""
+    content = operation.get("requestBody", {}).get("content", {})
+    examples = [(media, body["example"]) for media, body in content.items() if "example" in body]
+    return examples[0] if examples else None
+
+
+async def fuzz(client: Client, examples: int, *, reproducible: bool = True) -> Fuzzer:
+    """Every operation: its body example, then positive and negative cases, against the live app."""
     document = await fetch_document(client)
     schema = schemathesis.openapi.from_dict(document)
     target = await fuzzer(client)
+    target.reproducible = reproducible
+    loop = asyncio.get_running_loop()
 
     def run_all() -> None:
-        for result in schema.get_all_operations():
-            operation = result.ok()
-            for mode in (
-                schemathesis.GenerationMode.POSITIVE,
-                schemathesis.GenerationMode.NEGATIVE,
-            ):
-                import time; t0 = time.monotonic(); n0 = target.sent
-                target.run(operation, mode, examples)
-                print("TIMING", operation.label, mode, target.sent - n0, round(time.monotonic() - t0, 2), flush=True)
+        for path, item in document["paths"].items():
+            for method, definition in item.items():
+                # Read models catch up with earlier writes, so reads find the seeded tasks.
+                asyncio.run_coroutine_threadsafe(project(client), loop).result(timeout=60)
+                run_operation(schema[path][method], body_example(definition))
 
-    async def dump() -> None:
-        await asyncio.sleep(90)
-        import sys
-        for t in asyncio.all_tasks():
-            print("TASK", t, file=sys.stderr)
-            t.print_stack(file=sys.stderr)
-    dumper = asyncio.create_task(dump())
-    async with live_projector(client):
-        await asyncio.to_thread(run_all)  # the app keeps serving on this loop meanwhile
-        print("FUZZ DONE", flush=True)
-    print("PROJECTOR DONE", flush=True)
-    dumper.cancel()
+    def run_operation(operation: Any, example: tuple[str, Any] | None) -> None:
+        if example is not None:
+            media_type, body = example
+            # The body is fixed, so fewer cases suffice (and register and login hash with argon2).
+            cases = operation.as_strategy(body=body, media_type=media_type)
+            target.run(cases, max(5, examples // 5))
+        for mode in schemathesis.GenerationMode:
+            target.run(operation.as_strategy(generation_mode=mode), examples)
+
+    await asyncio.to_thread(run_all)  # the app keeps serving on this loop meanwhile
     target.session.close()
     return target
+
+
+def never_succeeded(target: Fuzzer) -> set[str]:
+    """Operations the fuzz never got past a refusal with: their success path went untested."""
+    succeeded = {label for label, status in target.statuses if status < 400}
+    return {label for label, _ in target.statuses} - succeeded
 
 
 def report(target: Fuzzer) -> str:
@@ -269,16 +311,36 @@ def report(target: Fuzzer) -> str:
 
 
 async def test_live_api_conforms_to_its_document(client: Client) -> None:
-    """25 cases per operation and mode: no 5xx, every status, media type, header, body documented."""
+    """25 cases per operation and kind: no 5xx; status, media type, headers, body as documented."""
     target = await fuzz(client, examples=25)
-    assert target.sent > 0
     assert not target.failures, report(target)
+    assert not never_succeeded(target), target.statuses
+
+
+async def test_responses_random_cases_seldom_reach_are_as_documented(client: Client) -> None:
+    """304 (If-None-Match), 413 (a large body) and 415 (not JSON) conform to the document."""
+    schema = schemathesis.openapi.from_dict(await fetch_document(client))
+    target = await fuzzer(client)
+    await project(client)
+    task, version = next(iter(target.tasks.items()))
+    get, create = schema["/api/tasks/{task_id}"]["GET"], schema["/api/tasks"]["POST"]
+    cases = [
+        get.Case(path_parameters={"task_id": task}, headers={"If-None-Match": f'"{version}"'}),
+        create.Case(body={"title": "big", "description": "x" * 70_000}, media_type=JSON),
+        create.Case(body="a task", media_type="text/plain"),
+    ]
+    for case in cases:
+        await asyncio.to_thread(target.send, case, True, None)
+    target.session.close()
+    assert not target.failures, report(target)
+    assert sorted(status for _, status in target.statuses) == [304, 413, 415]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.skipif(os.environ.get("TASKFLOW_FUZZ") != "1", reason="set TASKFLOW_FUZZ=1")
 async def test_live_api_conforms_to_its_document_under_a_long_fuzz(client: Client) -> None:
-    """The same checks with 500 random cases per operation and mode (`make fuzz`)."""
-    target = await fuzz(client, examples=int(os.environ.get("TASKFLOW_FUZZ_EXAMPLES", "500")))
+    """The same checks with 500 random cases per operation and kind (`make fuzz`)."""
+    examples = int(os.environ.get("TASKFLOW_FUZZ_EXAMPLES", "500"))
+    target = await fuzz(client, examples, reproducible=False)
     assert not target.failures, report(target)

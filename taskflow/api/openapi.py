@@ -15,17 +15,23 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, SkipJsonSchema
-from pydantic.json_schema import models_json_schema as pydantic_models_json_schema
+from pydantic.json_schema import (
+    JsonSchemaMode,
+    JsonSchemaValue,
+    SkipJsonSchema,
+    models_json_schema,
+)
 
 import taskflow
+
+# The views' own patterns (private there) are reused so that the document cannot drift from them.
 from taskflow.api.audit_routes import _STREAM_ID, AsOfQuery, FeedQuery, HistoryQuery
 from taskflow.api.auth_routes import REFRESH_COOKIE, LoginBody, RegisterBody
+from taskflow.api.headers import POSITION_HEADER, STALE_HEADER
 from taskflow.api.middlewares import CORRELATION_ID, REQUEST_ID
 from taskflow.api.problems import PROBLEM_TYPE_BASE
-from taskflow.api.task_reads import STALE_HEADER
 from taskflow.api.task_schemas import CreateTaskBody, PatchTaskBody, TaskOut
-from taskflow.api.task_writes import _ETAG, _IDEMPOTENCY_KEY, _TASK_ID, POSITION_HEADER
+from taskflow.api.task_writes import _ETAG, _IDEMPOTENCY_KEY, _TASK_ID
 from taskflow.commands.task import Status
 from taskflow.events.records import Commit
 from taskflow.projections.task_queries import TaskQuery
@@ -77,7 +83,7 @@ class RegisteredUser(_Shape):
 class Profile(_Shape):
     """The caller's profile."""
 
-    user_id: str
+    user_id: int
     email: str
     display_name: str
     roles: list[str]
@@ -581,7 +587,7 @@ PARAMETERS: dict[str, Any] = {
 
 _ID = _pattern(r"^[A-Za-z0-9._:-]{1,128}$")
 HEADERS: dict[str, Any] = {
-    "ETag": {"description": "the task's version", "schema": _pattern(r'^"[0-9]+"$')},
+    "ETag": {"description": "the task's version", "schema": _pattern(r'^W/"[0-9]+"$')},
     "Location": {"description": "the new resource", "schema": {"type": "string"}},
     POSITION_HEADER: {
         "description": "the commit's place in the global log (when the write appended one)",
@@ -695,7 +701,7 @@ def _component_schemas() -> tuple[Refs, dict[str, Any]]:
     replies += [model for op in OPERATIONS for model in _reply_models(op)]
     wanted: dict[type[BaseModel], JsonSchemaMode] = {model: "serialization" for model in replies}
     wanted |= {model: "validation" for model in requests}
-    mapping, defs = pydantic_models_json_schema(list(wanted.items()), ref_template=REF)
+    mapping, defs = models_json_schema(list(wanted.items()), ref_template=REF)
     refs = {model: mapping[(model, mode)] for model, mode in wanted.items()}
     return refs, defs.get("$defs", {})
 
@@ -730,7 +736,9 @@ def _take(ref: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
 def _query_parameters(model_schema: dict[str, Any]) -> list[dict[str, Any]]:
     required = set(model_schema.get("required", ()))
     return [
-        _query_parameter(_QUERY_NAMES.get(name, name), _non_null(schema), name in required)
+        _query_parameter(
+            _QUERY_NAMES.get(name, name), _untitled(_non_null(schema)), name in required
+        )
         for name, schema in model_schema["properties"].items()
     ]
 
@@ -747,6 +755,11 @@ def _query_parameter(name: str, schema: dict[str, Any], required: bool) -> dict[
     if name in _QUERY_NOTES:
         parameter["description"] = _QUERY_NOTES[name]
     return parameter
+
+
+def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's name says what the model field's title ("Q", "Cursor") would."""
+    return {key: value for key, value in schema.items() if key != "title"}
 
 
 def _non_null(schema: dict[str, Any]) -> dict[str, Any]:
