@@ -46,18 +46,23 @@ async def project(client: Client) -> int:
 async def live_projector(client: Client, every: float = 0.01) -> AsyncIterator[None]:
     """Keep projecting in the background for the duration of the block."""
 
+    stop = asyncio.Event()
+
     async def loop() -> None:
-        while True:
+        while not stop.is_set():
             await project(client)
-            await asyncio.sleep(every)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every):
+                    await stop.wait()
 
     task = asyncio.create_task(loop())
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Stop between passes rather than cancelling one mid-read: cancelling a pending PyMongo
+        # read on the local server was seen to hang.
+        stop.set()
+        await task
 
 
 async def create_task(client: Client, auth: dict[str, str], **fields: Any) -> dict[str, Any]:

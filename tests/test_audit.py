@@ -111,6 +111,9 @@ async def test_history_and_time_travel_over_http(client: Client) -> None:
     assert (await then.json())["title"] == "v1"
     assert (await client.get(f"{url}?version=0", headers=auth)).status == 422
     assert (await client.get(f"{url}?as_of=yesterday", headers=auth)).status == 422
+    assert (await client.get(f"{url}?version=99999999999999999999", headers=auth)).status == 422
+    overflow = {"as_of": "9999-12-31T23:59:59-23:59"}
+    assert (await client.get(url, params=overflow, headers=auth)).status == 422
     intruder = bearer(client)
     assert (await client.get(f"{url}/history", headers=intruder)).status == 404
     assert (await client.get(f"{url}?version=1", headers=intruder)).status == 404

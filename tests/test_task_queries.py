@@ -214,6 +214,7 @@ async def test_stats_endpoint_counts_by_status_and_overdue(client: Client) -> No
         "tags=" + ",".join(f"t{i}" for i in range(21)),
         "q=" + "x" * 201,
         "due_before=tomorrow",
+        "due_before=2030-01-01T00:00:00",
         "owner_id=someone",
         "priority=high&priority=low",
     ],

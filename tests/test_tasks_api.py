@@ -232,3 +232,5 @@ async def test_a_position_not_reached_in_time_is_flagged_stale(
     )
     assert read.status == 200
     assert read.headers["X-TaskFlow-Stale"] == "true"
+    superscript = {**auth, "X-TaskFlow-Position": "²"}  # a digit to str.isdigit(), not to us
+    assert (await client.get("/api/tasks", headers=superscript)).status == 400

@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from taskflow.api import keys
 from taskflow.api.json_io import json_response
@@ -19,6 +19,7 @@ from taskflow.commands.task import TaskState
 from taskflow.events.codec import commit_to_json
 from taskflow.events.records import Commit
 from taskflow.events.store import EventStore
+from taskflow.events.task_values import UtcDatetime
 from taskflow.projections.history import task_as_of, task_history
 
 AUDITOR = "auditor"
@@ -33,8 +34,8 @@ class HistoryQuery(BaseModel):
 
 class AsOfQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    as_of: AwareDatetime | None = None
-    version: Annotated[int, Field(ge=1)] | None = None
+    as_of: UtcDatetime | None = None  # an instant that exists in UTC, else 422 (not a 500)
+    version: Annotated[int, Field(ge=1, le=2**62)] | None = None
 
 
 class FeedQuery(BaseModel):

@@ -83,7 +83,7 @@ class RegisteredUser(_Shape):
 class Profile(_Shape):
     """The caller's profile."""
 
-    user_id: int
+    user_id: str
     email: str
     display_name: str
     roles: list[str]
@@ -587,7 +587,7 @@ PARAMETERS: dict[str, Any] = {
 
 _ID = _pattern(r"^[A-Za-z0-9._:-]{1,128}$")
 HEADERS: dict[str, Any] = {
-    "ETag": {"description": "the task's version", "schema": _pattern(r'^W/"[0-9]+"$')},
+    "ETag": {"description": "the task's version", "schema": _pattern(r'^"[0-9]+"$')},
     "Location": {"description": "the new resource", "schema": {"type": "string"}},
     POSITION_HEADER: {
         "description": "the commit's place in the global log (when the write appended one)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from taskflow.api.task_schemas import TaskOut
 from taskflow.api.task_writes import valid_task_id
 from taskflow.projections.task_queries import CursorError, TaskQuery, TaskReads
 
+_POSITION = re.compile(r"^[0-9]{1,18}$")
 _LIST_PARAMS = {"status", "tags"}  # may repeat, or be comma-separated
 
 
@@ -96,7 +98,7 @@ async def _read_your_writes(request: web.Request) -> dict[str, str]:
     raw = request.headers.get(POSITION_HEADER)
     if raw is None:
         return {}
-    if not raw.isdigit() or len(raw) > 18:
+    if not _POSITION.match(raw):  # ASCII digits only: str.isdigit() also accepts "²"
         raise Problem(
             400, "invalid-position", "Invalid position", f"{POSITION_HEADER} must be a number."
         )

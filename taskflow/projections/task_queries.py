@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from taskflow import names
 from taskflow.commands.task import Priority, Status, Tag, TaskState
+from taskflow.events.task_values import UtcDatetime
 from taskflow.metrics import CACHE
 from taskflow.projections.mongo_views import NAME as MONGO_NAME
 from taskflow.projections.mongo_views import PRIORITY_RANK
@@ -47,8 +48,8 @@ class TaskQuery(BaseModel):
     status: tuple[Status, ...] = ()
     priority: Priority | None = None
     tags: tuple[Tag, ...] = Field(default=(), max_length=20)
-    due_before: datetime | None = None
-    due_after: datetime | None = None
+    due_before: UtcDatetime | None = None  # tz-aware only: naive times are refused (422)
+    due_after: UtcDatetime | None = None
     overdue: bool | None = None
     q: str | None = Field(default=None, max_length=200)
     sort: SortField = "created"
