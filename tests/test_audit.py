@@ -190,7 +190,7 @@ def projector(settings: Settings, tmp_path: Path) -> Iterator[None]:
     process.wait(timeout=30)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)  # generous: on a loaded 2-core machine catch-up slows a lot
 @pytest.mark.usefixtures("projector")
 async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Client) -> None:
     """Reads keep finding every task during a rebuild; afterwards the new version equals the log."""
@@ -203,9 +203,9 @@ async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Cli
     running = True
 
     async def keep_writing() -> None:
-        while running:  # a steady 20 writes/s: live traffic, not a flood the rebuild can't outrun
+        while running:  # steady live traffic (≤ 5 writes/s), not a flood the rebuild can't outrun
             await create_task(client, auth, title="during")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
 
     async def keep_reading() -> None:
         while running:
