@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from redis import Redis as SyncRedis
@@ -23,6 +24,11 @@ from taskflow.events.mongo_store import MongoEventStore
 from taskflow.settings import Settings
 
 TEST_HMAC_KEY = b"test-event-log-key"
+
+# No per-example deadline: on a loaded 2-core machine a first example can take seconds, and a
+# property test must fail on properties, not on timing (the suite has a per-test timeout).
+hypothesis_settings.register_profile("taskflow", deadline=None)
+hypothesis_settings.load_profile("taskflow")
 
 
 def _service_url(name: str) -> str:
