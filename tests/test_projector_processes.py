@@ -107,7 +107,7 @@ async def assert_models_equal_the_log(
         assert {st.value: int(counts.get(st.value.encode(), 0)) for st in Status} == expected
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_kill_9_during_a_backlog_loses_nothing_and_applies_nothing_twice(
     store: MongoEventStore,
     redis: Redis,
@@ -128,11 +128,11 @@ async def test_kill_9_during_a_backlog_loses_nothing_and_applies_nothing_twice(
         await asyncio.sleep(LEASE_TTL)  # the dead holder's lease must lapse
     assert killed_mid_backlog > 0
     spawn()
-    await until(lambda: caught_up(store, redis, db), 120, "the projector to catch up")
+    await until(lambda: caught_up(store, redis, db), 400, "the projector to catch up")
     await assert_models_equal_the_log(store, redis, db)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
     store: MongoEventStore,
     redis: Redis,
