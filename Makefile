@@ -1,5 +1,5 @@
 # One command per habit (STYLE.md): make dev, make test, make lint, make bench.
-.PHONY: dev test lint bench services-stop
+.PHONY: dev test lint bench bench-scale services-stop
 
 dev:            ## run TaskFlow (local services + API + projector)
 	scripts/dev.sh
@@ -14,5 +14,8 @@ lint:           ## ruff and mypy only
 bench:          ## benchmarks against the local servers (docs/benchmarks.md)
 	scripts/bench.sh
 
+bench-scale:    ## does request cost grow with the log? 1k/10k/100k commits (docs/benchmarks.md)
+	scripts/bench-scale.sh
+
 services-stop:  ## stop local services left running by an interrupted run
-	scripts/services.sh stop dev; scripts/services.sh stop test
+	scripts/services.sh stop dev; scripts/services.sh stop test; scripts/services.sh stop scale

@@ -1,0 +1,405 @@
+"""`python -m bench.scale`: does a request's cost grow with the log's size? (issue #11)
+
+For each size: a fresh database is bulk-seeded (`bench/seeder.py`) and verified, then measured
+side by side in the same run: a raw streamed read of `event_commits`; the real projector
+catching up from zero; HTTP latency of 8 concurrent clients through the real API process
+(`bench/scale_load.py`); write-to-visible lag at a steady rate; and a rebuild. Writes
+bench-results/scale.md and scale.json (docs/benchmarks.md, "Scale").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import uvloop
+from pymongo.asynchronous.database import AsyncDatabase
+from tqdm import tqdm
+
+from bench.harness import Progress
+from bench.latency import TaskLoad, steady
+from bench.processes import Child, ChildFailedError, child, projector
+from bench.report import describe_machine
+from bench.scale_report import Measured, write_scale_report
+from bench.seeder import BulkSeeder, PlannedCommit, Shape, plan, verify_seeded
+from bench.servers import Servers, describe_backend, open_servers
+from bench.stats import percentile
+from bench.watch import ViewWatch
+from taskflow import names
+from taskflow.auth.tokens import issue_access_token
+from taskflow.bootstrap import open_services
+from taskflow.events.chain import HashChain
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.logs import configure_logging
+from taskflow.projections.mongo_views import MongoTaskViews
+from taskflow.projections.rebuild import rebuild
+from taskflow.projections.redis_views import RedisTaskViews
+
+FULL_SIZES = (1_000, 10_000, 100_000)
+QUICK_SIZES = (300, 1_000)
+CLIENTS = 8
+
+
+@dataclass(frozen=True)
+class Options:
+    sizes: tuple[int, ...]
+    http_seconds: float
+    http_warmup: float
+    lag_rate: float
+    lag_seconds: float
+    mongo_wait: float  # how long to wait for the MongoDB views to catch up before moving on
+    hints: bool
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    mongodb_uri, redis_url = os.environ.get("MONGODB_URI"), os.environ.get("REDIS_URL")
+    if not mongodb_uri or not redis_url:
+        print(
+            "bench: MONGODB_URI and REDIS_URL must be set (make bench-scale does)", file=sys.stderr
+        )
+        return 2
+    configure_logging("WARNING", json=False)
+    sizes: tuple[int, ...] = QUICK_SIZES if args.quick else FULL_SIZES
+    if args.sizes:
+        sizes = tuple(int(s) for s in args.sizes.split(","))
+    options = Options(
+        sizes=sizes,
+        http_seconds=5.0 if args.quick else args.http_seconds,
+        http_warmup=1.0 if args.quick else 2.0,
+        lag_rate=args.lag_rate,
+        lag_seconds=5.0 if args.quick else args.lag_seconds,
+        mongo_wait=5.0 if args.quick else args.mongo_wait,
+        hints=not args.no_hints,
+    )
+    measured = uvloop.run(_run(options, mongodb_uri, redis_url))
+    for path in write_scale_report(measured, args.out):
+        print(f"[bench] wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
+    parser.add_argument("--sizes", help="commits to seed, comma-separated (1000,10000,100000)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and short phases")
+    parser.add_argument("--http-seconds", type=float, default=20.0, help="measured HTTP load")
+    parser.add_argument("--lag-rate", type=float, default=20.0, help="commands/s for the lag")
+    parser.add_argument("--lag-seconds", type=float, default=15.0, help="measured lag load")
+    parser.add_argument(
+        "--mongo-wait", type=float, default=30.0, help="cap on waiting for the MongoDB views"
+    )
+    parser.add_argument(
+        "--no-hints",
+        action="store_true",
+        help="seed without Redis hints (expired: catch-up reads MongoDB)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    return parser
+
+
+async def _run(options: Options, mongodb_uri: str, redis_url: str) -> Measured:
+    progress, started_at, start = Progress(), datetime.now(UTC), time.monotonic()
+    load_at_start = os.getloadavg()[0]
+    results: list[dict[str, Any]] = []
+    async with open_servers(mongodb_uri, redis_url) as servers:
+        backend = await describe_backend(servers)
+        progress.step(f"scale run on {backend}, sizes {', '.join(map(str, options.sizes))}")
+        for size in options.sizes:
+            results.append(await _measure_size(servers, size, options, progress))
+            progress.step(f"{size:,} commits done: {_brief(results[-1])}")
+    command = (
+        " ".join(["scripts/bench-scale.sh", *sys.argv[1:]])
+        if sys.argv[1:]
+        else ("make bench-scale")
+    )
+    return Measured(
+        command=command,
+        backend=backend,
+        machine=describe_machine(),
+        started_at=started_at.isoformat(timespec="seconds"),
+        seconds=time.monotonic() - start,
+        load=(load_at_start, os.getloadavg()[0]),
+        options=asdict(options),
+        sizes=results,
+    )
+
+
+def _brief(result: dict[str, Any]) -> str:
+    keys = ["change_p50", "get_p50", "list_p50", "lag_p99", "catchup_ratio", "rebuild_ratio"]
+    return ", ".join(f"{k} {result[k]:.2f}" for k in keys if result.get(k) is not None)
+
+
+async def _measure_size(
+    servers: Servers, size: int, options: Options, progress: Progress
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {"commits": size, "load_start": os.getloadavg()[0]}
+    async with servers.fresh_store() as store:
+        shape = Shape(size)
+        figures.update(tasks=shape.tasks, users=shape.users)
+        planned = await _seed(servers, store, shape, options, progress, figures)
+        figures.update(await _raw_read(store))
+        progress.step(f"{size:,}: raw streamed read {figures['raw_read_per_s']:,.0f} commits/s")
+        database = store.commits.database
+        async with projector(servers, database.name) as worker:
+            figures.update(await _catch_up(servers, database, size, options, worker))
+            progress.step(
+                f"{size:,}: catch-up {figures['catchup_per_s']:,.0f} commits/s "
+                f"(MongoDB views {figures['mongo_catchup_per_s']:,.0f}/s)"
+            )
+            figures.update(await _http(servers, database.name, planned, options))
+            progress.step(f"{size:,}: HTTP {_brief(figures)}")
+            figures.update(await _lag(servers, store, options))
+            progress.step(f"{size:,}: lag p50 {figures['lag_p50']:.1f} ms")
+            figures["mongo_views_behind_at_end"] = (
+                await store.head_position() - await MongoTaskViews(database).position()
+            )
+        figures.update(await _rebuild(servers, database.name, options, progress))
+    figures["catchup_ratio"] = figures["catchup_per_s"] / figures["raw_read_per_s"]
+    figures["rebuild_ratio"] = figures["rebuild_per_s"] / figures["raw_read_per_s"]
+    figures["load_end"] = os.getloadavg()[0]
+    return figures
+
+
+# -- seeding ------------------------------------------------------------------------------------
+
+
+async def _seed(
+    servers: Servers,
+    store: MongoEventStore,
+    shape: Shape,
+    options: Options,
+    progress: Progress,
+    figures: dict[str, Any],
+) -> list[PlannedCommit]:
+    progress.step(f"{shape.commits:,}: seeding ({shape.tasks:,} tasks, {shape.users:,} users)")
+    key = servers.settings.event_log_hmac_key.get_secret_value().encode()
+    chain = HashChain(key)
+    seeder = BulkSeeder(store, servers.redis, chain, hints=options.hints)
+    planned: list[PlannedCommit] = []
+    with tqdm(total=shape.commits, desc="seeding", unit="commit", file=sys.stderr) as bar:
+        start = time.perf_counter()
+        written = await seeder.seed(_kept(plan(shape), planned), lambda n: _advance(bar, n))
+        seconds = time.perf_counter() - start
+    figures["seed_per_s"] = written / seconds
+    figures["events"] = sum(len(p.events) for p in planned)
+    progress.step(f"{shape.commits:,}: seeded at {written / seconds:,.0f} commits/s; verifying")
+    start = time.perf_counter()
+    broken = await verify_seeded(store, written)
+    figures["verify_seconds"] = time.perf_counter() - start
+    if broken:
+        raise AssertionError(f"verify_all found {len(broken)} broken streams: {broken[:3]}")
+    figures["verified"] = True
+    return planned
+
+
+def _advance(bar: tqdm[Any], n: int) -> None:
+    bar.update(n)
+
+
+def _kept(items: Any, into: list[PlannedCommit]) -> Any:
+    for item in items:
+        into.append(item)
+        yield item
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+async def _raw_read(store: MongoEventStore) -> dict[str, float]:
+    """The baseline: one streamed pass over the log in position order, not decoded."""
+    count, start = 0, time.perf_counter()
+    cursor = store.commits.find({}).sort("position").batch_size(1000)
+    async with cursor as docs:
+        async for _ in docs:
+            count += 1
+    seconds = time.perf_counter() - start
+    return {"raw_read_seconds": seconds, "raw_read_per_s": count / seconds}
+
+
+async def _catch_up(
+    servers: Servers, db: AsyncDatabase[dict[str, Any]], head: int, options: Options, worker: Child
+) -> dict[str, float]:
+    """From the moment the real projector holds its lease: until each view reaches `head`."""
+    redis_views, mongo_views = RedisTaskViews(servers.redis), MongoTaskViews(db)
+    start = time.perf_counter()
+    await worker.wait_until(lambda: _reached(redis_views.position, head), seconds=3600)
+    redis_seconds = time.perf_counter() - start
+    try:
+        await worker.wait_until(lambda: _reached(mongo_views.position, head), options.mongo_wait)
+    except ChildFailedError:
+        if worker.process.returncode is not None:
+            raise  # capped on purpose otherwise: the rate below says how far it got
+    mongo_seconds = time.perf_counter() - start
+    mongo_position = await mongo_views.position()
+    return {
+        "catchup_seconds": redis_seconds,
+        "catchup_per_s": head / redis_seconds,
+        "mongo_catchup_per_s": mongo_position / mongo_seconds,
+        "mongo_caught_up": float(mongo_position >= head),
+    }
+
+
+async def _reached(position: Callable[[], Awaitable[int]], head: int) -> bool:
+    return await position() >= head
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+async def _http(
+    servers: Servers, database: str, planned: list[PlannedCommit], options: Options
+) -> dict[str, Any]:
+    """Latencies of 8 clients, each a seeded owner with its seeded tasks, via the real API."""
+    async with api(servers, database) as base_url:
+        load_plan = {
+            "base_url": base_url,
+            "clients": _clients(servers, planned),
+            "seconds": options.http_seconds,
+            "warmup_seconds": options.http_warmup,
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            plan_path, out_path = Path(folder, "plan.json"), Path(folder, "out.json")
+            await asyncio.to_thread(plan_path.write_bytes, orjson.dumps(load_plan))
+            args = [sys.executable, "-m", "bench.scale_load", str(plan_path), str(out_path)]
+            process = await asyncio.create_subprocess_exec(*args)
+            if await process.wait() != 0:
+                raise RuntimeError("bench.scale_load failed")
+            out = orjson.loads(await asyncio.to_thread(out_path.read_bytes))
+    figures: dict[str, Any] = {"http_failures": out["failures"]}
+    for kind, values in out["ms"].items():
+        figures[f"{kind}_n"] = len(values)
+        figures[f"{kind}_p50"] = percentile(values, 50)
+        figures[f"{kind}_p99"] = percentile(values, 99)
+    return figures
+
+
+def _clients(servers: Servers, planned: list[PlannedCommit]) -> list[dict[str, Any]]:
+    """The owners of the first seeded commits, each with a token and its tasks' last state."""
+    latest: dict[str, dict[str, Any]] = {}
+    for item in planned:
+        state = orjson.loads(item.snapshot)
+        latest[state["task_id"]] = state
+    owners = list(dict.fromkeys(item.metadata.actor for item in planned))[:CLIENTS]
+    now = datetime.now(UTC)
+    return [
+        {
+            "token": issue_access_token(servers.settings, owner, (), now).token,
+            "tasks": [
+                {"task_id": s["task_id"], "version": s["version"], "status": s["status"]}
+                for s in latest.values()
+                if s["owner_id"] == owner
+            ],
+        }
+        for owner in owners
+    ]
+
+
+@asynccontextmanager
+async def api(servers: Servers, database: str) -> AsyncIterator[str]:
+    """`python -m taskflow serve` on `database` and a free port, once `/api/ready` answers."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MONGODB_URI": servers.settings.mongodb_uri,
+        "MONGODB_DB": database,
+        "REDIS_URL": servers.settings.redis_url,
+        "HTTP_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "METRICS_PORT": "0",
+        "RATE_LIMIT_ENABLED": "false",  # 8 clients from one address would hit the per-IP limit
+    }
+    base = f"http://127.0.0.1:{port}"
+    async with (
+        child("api", [sys.executable, "-m", "taskflow", "serve"], env) as proc,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def ready() -> bool:
+            try:
+                async with session.get(f"{base}/api/ready") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await proc.wait_until(ready, seconds=60)
+        yield base
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- lag and rebuild ----------------------------------------------------------------------------
+
+
+async def _lag(servers: Servers, store: MongoEventStore, options: Options) -> dict[str, float]:
+    """bench/latency.py's open-loop load (20 % creates) on the seeded log, projector running."""
+    async with ViewWatch(servers.redis) as watch:
+        load = TaskLoad(store, watch)
+        await steady(load.create, options.lag_rate, 2.0)
+        samples, rate = await steady(load.mixed, options.lag_rate, options.lag_seconds)
+    visible = [s.visible * 1000 for s in samples]
+    return {
+        "lag_p50": percentile(visible, 50),
+        "lag_p99": percentile(visible, 99),
+        "lag_rate": rate,
+        "lag_command_p50": percentile([s.command * 1000 for s in samples], 50),
+    }
+
+
+async def _rebuild(
+    servers: Servers, database: str, options: Options, progress: Progress
+) -> dict[str, Any]:
+    """`rebuild` in this process, no projector running: until the Redis views of the next
+    version reach the head (the read path), then capped for the MongoDB views."""
+    settings = servers.settings.model_copy(update={"mongodb_db": database})
+    async with open_services(settings) as services:
+        head = await services.store.head_position()
+        active = int(await services.redis.get(names.READ_MODEL_ACTIVE) or 1)
+        redis_views, mongo_views = (
+            RedisTaskViews(services.redis, active + 1),
+            MongoTaskViews(services.db, active + 1),
+        )
+        start = time.perf_counter()
+        task = asyncio.create_task(rebuild(services))
+        while await redis_views.position() < head:
+            if task.done():
+                task.result()  # raises what failed
+            await asyncio.sleep(0.05)
+        redis_seconds = time.perf_counter() - start
+        progress.step(f"rebuild: Redis views at the head after {redis_seconds:.1f} s")
+        done, _ = await asyncio.wait({task}, timeout=options.mongo_wait)
+        mongo_position = await mongo_views.position()
+        mongo_seconds = time.perf_counter() - start
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            task.result()
+    return {
+        "rebuild_head": head,
+        "rebuild_seconds": redis_seconds,
+        "rebuild_per_s": head / redis_seconds,
+        "rebuild_mongo_per_s": mongo_position / mongo_seconds,
+        "rebuild_completed": bool(done),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
