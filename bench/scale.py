@@ -194,6 +194,8 @@ async def _seed(
         written = await seeder.seed(_kept(plan(shape), planned), lambda n: _advance(bar, n))
         seconds = time.perf_counter() - start
     figures["seed_per_s"] = written / seconds
+    figures["seed_insert_many_per_s"] = written / seeder.seconds["insert_many"]
+    figures["seed_redis_seconds"] = seeder.seconds["redis"]
     figures["events"] = sum(len(p.events) for p in planned)
     progress.step(f"{shape.commits:,}: seeded at {written / seconds:,.0f} commits/s; verifying")
     start = time.perf_counter()
