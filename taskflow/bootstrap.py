@@ -51,8 +51,19 @@ def redis_client(url: str, timeout: float, max_connections: int = 64) -> Redis:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Open the clients (lazily connecting) and close them on exit, whatever happened."""
+async def open_services(
+    settings: Settings, *, operation_deadline: bool = False
+) -> AsyncIterator[Services]:
+    """Open the clients (lazily connecting) and close them on exit, whatever happened.
+
+    `operation_deadline` bounds every MongoDB operation as a whole (`timeoutMS`: server
+    selection, pool wait, the round trip and its retry) by `MONGODB_TIMEOUT_MS`. The API wants
+    that: without it a request caught by a stalled server waits for the driver's next heartbeat
+    (10-15 s, docs/reliability.md D1). Workers and the CLI do not: a catch-up or a rebuild's first
+    batch of a large log can legitimately take longer on FerretDB, which sorts before it streams,
+    and the per-socket timeout still bounds a dead connection.
+    """
+    deadline = {"timeoutMS": settings.mongodb_timeout_ms} if operation_deadline else {}
     mongo: AsyncMongoClient[Document] = AsyncMongoClient(
         settings.mongodb_uri,
         tz_aware=True,
@@ -60,6 +71,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         connectTimeoutMS=settings.mongodb_timeout_ms,
         socketTimeoutMS=settings.mongodb_timeout_ms * 2,
         appname="taskflow",
+        **deadline,
     )
     redis = redis_client(settings.redis_url, settings.redis_timeout_seconds)
     try:

@@ -56,6 +56,10 @@ def settings() -> Settings:
         # themselves are tested with their own low settings (tests/test_operations_api.py).
         rate_limit_auth="10000/minute",
         rate_limit_api="100000/minute",
+        # The API bounds each MongoDB operation by this deadline. 50-client races on a shared
+        # 2-core machine can make an honest insert wait longer than production's 5 s; the
+        # deadline itself is tested with its own short setting (tests/test_faults.py).
+        mongodb_timeout_ms=30_000,
         log_json=False,
         cookie_secure=False,
     )
@@ -108,8 +112,8 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, settings: Settings) -> Any:
-    """The real app on the test servers, ready (its indexes exist)."""
+async def client(aiohttp_client: Any, settings: Settings, mongo: Any) -> Any:
+    """The real app on the test servers, ready (its indexes exist); its database dropped after."""
     from taskflow.api.app import create_app
     from tests.api_support import wait_ready
 

@@ -64,7 +64,7 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
-    async with open_services(app[SETTINGS]) as services:
+    async with open_services(app[SETTINGS], operation_deadline=True) as services:
         app[SERVICES] = services
         app[TASK_READS] = TaskReads(services.redis, services.read_db)
         app[RATE_LIMITS] = (

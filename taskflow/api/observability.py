@@ -46,6 +46,8 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     response = await handler(request)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    # aiohttp would announce "Python/3.x aiohttp/3.x": versions tell an attacker what to try.
+    response.headers["Server"] = "TaskFlow"
     return response
 
 

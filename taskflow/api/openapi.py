@@ -519,7 +519,8 @@ OPERATIONS: tuple[Operation, ...] = (
 _QUERY_NOTES = {
     "status": "repeat it or separate values by commas",
     "tags": "every tag must be on the task; repeat it or separate values by commas",
-    "q": "whole words (case-folded) of title, description and tags; all must match",
+    "q": "whole words (case-folded) of title, description and tags; all must match "
+    "(a `q` with no word in it, such as `.*`, narrows nothing)",
     "overdue": "due in the past and not done (or, false: the opposite)",
     "next": "the `next` of the previous page, with the same sort and order",
     "as_of": "the task as it was at this moment (with a time zone)",

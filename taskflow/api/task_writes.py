@@ -23,7 +23,7 @@ from taskflow.events.store import EventStore
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ETAG = re.compile(r'^(?:W/)?"(\d{1,18})"$')
-_TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+_TASK_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def setup_task_write_routes(app: web.Application) -> None:
@@ -94,7 +94,7 @@ async def _target(request: web.Request) -> tuple[Principal, str, int]:
 
 def valid_task_id(task_id: str) -> str:
     """Ids are 32 hex digits; anything else cannot name a task (and never reaches a query)."""
-    if not _TASK_ID.match(task_id):
+    if not _TASK_ID.fullmatch(task_id):
         raise Problem(404, "task-not-found", "Task not found", "No such task.")
     return task_id
 

@@ -129,26 +129,40 @@ async def execute(
 
     With an Idempotency-Key, a command seen before returns its first outcome. With
     `expected_version` (If-Match) a stale version is PreconditionFailedError, checked against the
-    log itself before it is reported, since the cache may lag.
+    log itself before it is reported when the cached head is behind it (the cache may lag).
     """
+    call = _Call(
+        aggregate=aggregate,
+        stream_id=aggregate.stream_id(entity_id),
+        command=command,
+        context=context,
+        now=to_millis(now),  # what BSON dates keep: every read model then agrees to the instant
+        expected_version=expected_version,
+        authorize=authorize,
+        new_stream=new_stream,
+    )
     name = type(command).__name__
     try:
-        outcome = await _execute(
-            store,
-            aggregate,
-            entity_id,
-            command,
-            context,
-            now,
-            expected_version,
-            authorize,
-            new_stream,
-        )
+        outcome = await _execute(store, call)
     except Exception as exc:
         COMMANDS.labels(name, _failure(exc)).inc()
         raise
     COMMANDS.labels(name, _success(outcome)).inc()
     return outcome
+
+
+@dataclass(frozen=True)
+class _Call(Generic[S, C, E]):
+    """One command on its way through the runner: what `execute` was asked to do."""
+
+    aggregate: Aggregate[S, C, E]
+    stream_id: str
+    command: C
+    context: Context
+    now: datetime
+    expected_version: int | None
+    authorize: Callable[[S | None], None] | None
+    new_stream: bool
 
 
 def _success(outcome: Outcome[Any]) -> str:
@@ -164,85 +178,50 @@ def _failure(exc: Exception) -> str:
     return next((label for kind, label in kinds if isinstance(exc, kind)), "error")
 
 
-async def _execute(
-    store: EventStore,
-    aggregate: Aggregate[S, C, E],
-    entity_id: str,
-    command: C,
-    context: Context,
-    now: datetime,
-    expected_version: int | None,
-    authorize: Callable[[S | None], None] | None,
-    new_stream: bool,
-) -> Outcome[S]:
-    earlier = await _replayed(store, context, thorough=False)
+async def _execute(store: EventStore, call: _Call[S, C, E]) -> Outcome[S]:
+    earlier = await _replayed(store, call.context, thorough=False)
     if earlier is not None:
-        return await _replay(store, aggregate, earlier)
-    now = to_millis(now)  # what BSON dates keep: every read model then agrees to the instant
+        return await _replay(store, call.aggregate, earlier)
     try:
-        return await _attempt(
-            store,
-            aggregate,
-            aggregate.stream_id(entity_id),
-            command,
-            context,
-            now,
-            expected_version,
-            authorize,
-            new_stream,
-        )
+        return await _attempt(store, call)
     except (DomainError, PreconditionFailedError, ConcurrencyError):
         # A retry whose first outcome Redis forgot: the log's unique key index remembers it.
-        earlier = await _replayed(store, context, thorough=True)
+        earlier = await _replayed(store, call.context, thorough=True)
         if earlier is None:
             raise
-        return await _replay(store, aggregate, earlier)
+        return await _replay(store, call.aggregate, earlier)
 
 
-async def _attempt(
-    store: EventStore,
-    aggregate: Aggregate[S, C, E],
-    stream_id: str,
-    command: C,
-    context: Context,
-    now: datetime,
-    expected_version: int | None,
-    authorize: Callable[[S | None], None] | None,
-    new_stream: bool,
-) -> Outcome[S]:
+async def _attempt(store: EventStore, call: _Call[S, C, E]) -> Outcome[S]:
     fresh = False
     for _ in range(CONFLICT_RETRIES + 1):
-        if new_stream and not fresh:
+        if call.new_stream and not fresh:
             state, version = None, 0
         else:
-            state, version = await load(store, aggregate, stream_id, fresh=fresh)
-        if authorize is not None:
-            authorize(state)
-        if expected_version is not None and expected_version != version:
-            if fresh:
-                raise PreconditionFailedError(stream_id, expected_version, version)
+            state, version = await load(store, call.aggregate, call.stream_id, fresh=fresh)
+        if call.authorize is not None:
+            call.authorize(state)
+        expected = call.expected_version
+        if expected is not None and expected != version:
+            # The cached head may lag the log but never leads it, and versions only grow: a
+            # head already past the If-Match proves it stale without reading the log (D3).
+            # Only a head behind it needs the log's word.
+            if fresh or expected < version:
+                raise PreconditionFailedError(call.stream_id, expected, version)
             fresh = True
             continue
         try:
-            return await _decide_and_append(
-                store, aggregate, stream_id, state, version, command, context, now
-            )
+            return await _decide_and_append(store, call, state, version)
         except ConcurrencyError:
             fresh = True
-    raise ConcurrencyError(stream_id, version, version + 1)
+    raise ConcurrencyError(call.stream_id, version, version + 1)
 
 
 async def _decide_and_append(
-    store: EventStore,
-    aggregate: Aggregate[S, C, E],
-    stream_id: str,
-    state: S | None,
-    version: int,
-    command: C,
-    context: Context,
-    now: datetime,
+    store: EventStore, call: _Call[S, C, E], state: S | None, version: int
 ) -> Outcome[S]:
-    events = list(aggregate.decide(state, command, now))
+    aggregate = call.aggregate
+    events = list(aggregate.decide(state, call.command, call.now))
     if not events:
         return Outcome(state=state, version=version, position=None)
     new_state = state
@@ -250,11 +229,11 @@ async def _decide_and_append(
         new_state = aggregate.evolve(new_state, event)
     assert new_state is not None  # at least one event was folded
     result = await store.append(
-        stream_id,
+        call.stream_id,
         version,
         events,
-        context.metadata(),
-        idempotency_key=context.idempotency_key,
+        call.context.metadata(),
+        idempotency_key=call.context.idempotency_key,
         snapshot=new_state.model_dump_json().encode(),
     )
     if result.replayed:

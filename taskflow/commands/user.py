@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -42,9 +43,19 @@ EMAIL_MAX = 254  # RFC 5321's limit on a forward path
 DISPLAY_NAME_MAX = 100
 
 
+# Control, format (zero-width space, soft hyphen, bidi marks), surrogate, private-use and
+# unassigned code points: invisible or unstable, they would make look-alikes of an address.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+
+
 def normalize_email(raw: str) -> str:
-    """`raw` trimmed and lower-cased; InvalidCommandError(field="email") unless it looks sane."""
-    email = raw.strip().lower()
+    """`raw` in NFKC, trimmed and lower-cased; InvalidCommandError(field="email") unless sane.
+
+    NFKC folds compatibility look-alikes (full-width letters, ligatures) into one spelling, and
+    invisible characters are refused rather than stripped, so `a@b.c` plus a zero-width space
+    can be neither a second account nor a way into the first (docs/reliability.md D4).
+    """
+    email = unicodedata.normalize("NFKC", raw).strip().lower()
     local, _, domain = email.partition("@")
     labels = domain.split(".")
     if (
@@ -53,7 +64,7 @@ def normalize_email(raw: str) -> str:
         or not local
         or len(labels) < 2
         or not all(labels)
-        or any(ch.isspace() for ch in email)
+        or any(ch.isspace() or unicodedata.category(ch) in _INVISIBLE_CATEGORIES for ch in email)
     ):
         raise InvalidCommandError("email", "is not a valid e-mail address")
     return email

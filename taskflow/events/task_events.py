@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from taskflow.events.base import DomainEvent, register_event
-from taskflow.events.task_values import Priority, Status, UtcDatetime
+from taskflow.events.task_values import DueAt, Priority, Status, UtcDatetime
 
 # Payload text fields are plain `str`, not the command-side `Title`/`Tag` types: an event is a fact
 # already accepted, and tightening an input rule later must not make stored history unreadable or
@@ -28,7 +28,7 @@ class TaskCreated(TaskEvent):
     description: str
     status: Status
     priority: Priority
-    due_at: UtcDatetime | None
+    due_at: DueAt | None
     tags: tuple[str, ...]
 
 
@@ -75,7 +75,7 @@ class TaskDueDateSet(TaskEvent):
 
     event_type = "TaskDueDateSet"
 
-    due_at: UtcDatetime
+    due_at: DueAt
 
 
 @register_event

@@ -98,5 +98,15 @@ Tag = Annotated[str, AfterValidator(normalize_tag)]
 Tags = Annotated[tuple[Tag, ...], AfterValidator(normalize_tags)]
 """Up to 20 normalised tags, duplicates dropped, order of first appearance kept."""
 
-DueAt = UtcDatetime
-"""A due date: tz-aware, normalised to UTC."""
+
+def to_milliseconds(value: datetime) -> datetime:
+    """The instant truncated to the millisecond, the finest a BSON date (and so a view) holds."""
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+DueAt = Annotated[UtcDatetime, AfterValidator(to_milliseconds)]
+"""A due date: tz-aware, UTC, whole milliseconds, so the log, Redis and MongoDB agree on it.
+
+Events decode through this type too, so an old event with microseconds folds to the same value
+the read models store (an upcast on read; the stored event and its hash are untouched).
+"""

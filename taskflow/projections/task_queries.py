@@ -313,8 +313,8 @@ def mongo_filter(owner: str, query: TaskQuery, now: datetime) -> dict[str, Any]:
         flt["priority"] = query.priority.value
     if query.tags:
         flt["tags"] = {"$all": list(query.tags)}
-    if query.q:
-        flt["terms"] = {"$all": query.terms() or [""]}
+    if terms := query.terms():  # a `q` without words narrows nothing, as in Redis (D5)
+        flt["terms"] = {"$all": terms}
     due: dict[str, Any] = {}
     if query.due_before is not None:
         due["$lt"] = query.due_before
