@@ -63,7 +63,6 @@ async def open_services(
     batch of a large log can legitimately take longer on FerretDB, which sorts before it streams,
     and the per-socket timeout still bounds a dead connection.
     """
-    deadline = {"timeoutMS": settings.mongodb_timeout_ms} if operation_deadline else {}
     mongo: AsyncMongoClient[Document] = AsyncMongoClient(
         settings.mongodb_uri,
         tz_aware=True,
@@ -71,7 +70,7 @@ async def open_services(
         connectTimeoutMS=settings.mongodb_timeout_ms,
         socketTimeoutMS=settings.mongodb_timeout_ms * 2,
         appname="taskflow",
-        **deadline,
+        timeoutMS=settings.mongodb_timeout_ms if operation_deadline else None,
     )
     redis = redis_client(settings.redis_url, settings.redis_timeout_seconds)
     try:
