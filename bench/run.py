@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import appends, latency, projections, reads
+from bench import appends, http_reads, http_writes, latency, projections, reads, rebuilds
 from bench.harness import Group, Progress, run_group
 from bench.report import Report, write_report
 from bench.servers import describe_backend, open_servers
@@ -25,6 +25,9 @@ GROUPS: dict[str, Group] = {
     "reads": reads.GROUP,
     "projections": projections.GROUP,
     "latency": latency.GROUP,
+    "http_writes": http_writes.GROUP,
+    "http_reads": http_reads.GROUP,
+    "rebuild": rebuilds.GROUP,
 }
 
 

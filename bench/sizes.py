@@ -19,6 +19,10 @@ class Sizes:
     latency_rate: float = 50.0  # commands per second, sent open-loop
     latency_seconds: float = 20.0
     latency_warmup_seconds: float = 2.0  # creates the tasks the measured load then changes
+    http_concurrency: int = 16  # the load generator's connections, each closed-loop
+    http_seconds: float = 5.0  # measured, per server and route
+    http_warmup_seconds: float = 2.0  # of load before each measurement, discarded
+    read_tasks: int = 100  # tasks of the one owner the read groups read
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(value) for name, value in vars(self).items()}
@@ -33,6 +37,9 @@ QUICK = Sizes(
     projection_changes=270,
     latency_seconds=2.0,
     latency_warmup_seconds=1.0,
+    http_seconds=2.0,
+    http_warmup_seconds=1.0,
+    read_tasks=30,
 )
 WARMUP = Sizes(
     serial_appends=50,
@@ -40,4 +47,7 @@ WARMUP = Sizes(
     read_commits=160,
     projection_tasks=10,
     projection_changes=90,
+    http_seconds=1.0,
+    http_warmup_seconds=0.5,
+    read_tasks=10,
 )
