@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    # A projector takes the first free port of METRICS_PORT .. METRICS_PORT + this - 1, so
+    # several projectors on one host need no per-process setting (each logs the port it took).
+    metrics_port_attempts: Annotated[int, Field(ge=1, le=1000)] = 10
     log_level: LogLevel = "INFO"
     log_json: bool = True
 

@@ -6,19 +6,25 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from taskflow import names
-from taskflow.commands.task import Status
+from taskflow.commands.aggregates import TASK
+from taskflow.commands.runner import Context, execute
+from taskflow.commands.task import CreateTask, Status
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
@@ -46,11 +52,11 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subproce
         "METRICS_PORT": "0",
     }
 
-    def start(lease_ttl: float = LEASE_TTL) -> subprocess.Popen[bytes]:
+    def start(lease_ttl: float = LEASE_TTL, **more_env: str) -> subprocess.Popen[bytes]:
         with (tmp_path / f"projector-{len(started)}.log").open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "taskflow", "project"],
-                env={**env, "LEASE_TTL_SECONDS": str(lease_ttl)},
+                env={**env, "LEASE_TTL_SECONDS": str(lease_ttl), **more_env},
                 stdout=log,
                 stderr=log,
             )
@@ -64,15 +70,20 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subproce
         process.wait()
 
 
-def lease_acquisitions(logs: Path) -> list[tuple[str, int]]:
-    """(projection, term) of every `lease_acquired` line the projector processes logged."""
+def log_lines(logs: Path, event: str) -> list[dict[str, Any]]:
+    """Every JSON line named `event` that the projector processes logged."""
     found = []
-    for path in logs.glob("projector-*.log"):
+    for path in sorted(logs.glob("projector-*.log")):
         for text in path.read_text().splitlines():
             line = json.loads(text) if text.startswith("{") else {}
-            if line.get("event") == "lease_acquired":
-                found.append((line["projection"], line["term"]))
+            if line.get("event") == event:
+                found.append(line)
     return found
+
+
+def lease_acquisitions(logs: Path) -> list[tuple[str, int]]:
+    """(projection, term) of every `lease_acquired` line the projector processes logged."""
+    return [(line["projection"], line["term"]) for line in log_lines(logs, "lease_acquired")]
 
 
 async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
@@ -170,3 +181,50 @@ async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
     acquired = lease_acquisitions(tmp_path)
     held = sorted((t["name"], t["term"]) for t in await leases.find({}).to_list())
     assert sorted(acquired) == held  # every term was acquired by exactly one process
+
+
+@pytest.mark.timeout(300)
+async def test_two_projectors_on_one_host_share_the_metrics_port_setting_and_log_correlation_ids(
+    store: MongoEventStore,
+    redis: Redis,
+    db: AsyncDatabase[dict[str, Any]],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """One METRICS_PORT for both: each serves /metrics on its own port; batches name requests."""
+    base = free_port()
+    for _ in range(2):
+        spawn(METRICS_PORT=str(base))
+
+    async def both_listening() -> bool:
+        return len(log_lines(tmp_path, "metrics_listening")) == 2
+
+    await until(both_listening, 60, "both projectors to serve metrics")
+    ports = sorted(line["port"] for line in log_lines(tmp_path, "metrics_listening"))
+    assert len(set(ports)) == 2
+    assert ports[0] == base
+    correlation = f"corr-{uuid.uuid4().hex}"
+    context = Context(actor="owner", request_id="req", correlation_id=correlation)
+    create = CreateTask(task_id=uuid.uuid4().hex, owner_id="owner", title="followed")
+    await execute(store, TASK, create.task_id, create, context, datetime.now(UTC), new_stream=True)
+    await until(lambda: caught_up(store, redis, db), 60, "catch-up")
+
+    async def logged_for_both_projections() -> bool:
+        lines = log_lines(tmp_path, "batch_applied")
+        return {line["projection"] for line in lines if correlation in line["correlation_ids"]} == {
+            "task_views_redis_v1",
+            "task_views_mongo_v1",
+        }
+
+    await until(logged_for_both_projections, 30, "batch lines naming the correlation id")
+    async with aiohttp.ClientSession() as session:
+        for port in ports:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
+                assert "taskflow_projection_batch_seconds" in await response.text()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

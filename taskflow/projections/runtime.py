@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+import structlog
+
 from taskflow.events.records import Commit
 from taskflow.events.store import EventStore
 from taskflow.metrics import (
@@ -21,6 +23,9 @@ from taskflow.metrics import (
 )
 
 DEFAULT_BATCH = 500
+LOGGED_CORRELATION_IDS = 20  # per batch line: enough to follow requests, bounded in size
+
+log = structlog.get_logger(__name__)
 
 
 class LeaseLostError(Exception):
@@ -78,10 +83,30 @@ async def run_until_caught_up(
     return applied
 
 
+def correlation_ids(batch: Sequence[Commit]) -> list[str]:
+    """The distinct correlation ids of a batch's commits (gaps have none), the first few."""
+    ids = (commit.metadata.correlation_id for commit in batch if commit.metadata is not None)
+    return list(dict.fromkeys(ids))[:LOGGED_CORRELATION_IDS]
+
+
 async def _apply(projection: Projection, batch: list[Commit], term: int) -> None:
+    # The batch's correlation ids go on every line logged while it is applied, so an operator
+    # can follow a request from the API's log into the projector's (DESIGN.md §7).
+    context = {
+        "projection": projection.name,
+        "positions": f"{batch[0].position}-{batch[-1].position}",
+        "correlation_ids": correlation_ids(batch),
+    }
     started = time.perf_counter()
-    await projection.apply(batch, term)
-    PROJECTION_BATCH.labels(projection.name).observe(time.perf_counter() - started)
+    with structlog.contextvars.bound_contextvars(**context):
+        try:
+            await projection.apply(batch, term)
+        except Exception as exc:
+            log.warning("batch_failed", commits=len(batch), error=repr(exc))
+            raise
+        seconds = time.perf_counter() - started
+        log.info("batch_applied", commits=len(batch), seconds=round(seconds, 4))
+    PROJECTION_BATCH.labels(projection.name).observe(seconds)
     PROJECTION_POSITION.labels(projection.name).set(batch[-1].position)
     age = (datetime.now(UTC) - batch[-1].recorded_at).total_seconds()
     PROJECTION_LAG_SECONDS.labels(projection.name).set(max(age, 0.0))

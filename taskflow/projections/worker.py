@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -220,6 +221,29 @@ class Supervisor:
         log.info("read_model_version_stopped", version=version)
 
 
+async def serve_metrics(settings: Settings) -> int:
+    """Serve /metrics on the first free port from METRICS_PORT on; the port taken.
+
+    Two projectors on one host would otherwise collide on the default port, and the second
+    would die at start. No free port in the range is an error naming the range.
+    """
+    first = settings.metrics_port
+    last = min(first + settings.metrics_port_attempts - 1, 65535)
+    for port in range(first, last + 1):
+        try:
+            await start_http_server(addr=settings.http_host, port=port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        log.info("metrics_listening", host=settings.http_host, port=port)
+        return port
+    raise RuntimeError(
+        f"no free metrics port in {first}-{last} on {settings.http_host}: set METRICS_PORT "
+        "(0 disables the metrics listener) or METRICS_PORT_ATTEMPTS"
+    )
+
+
 async def run_worker(settings: Settings) -> None:
     """Run the projections until SIGTERM/SIGINT, then finish the batch and release the leases."""
     stopping = asyncio.Event()
@@ -228,7 +252,7 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(sig, stopping.set)
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if settings.metrics_port:
-        await start_http_server(addr=settings.http_host, port=settings.metrics_port)
+        await serve_metrics(settings)
     async with open_services(settings) as services:
         await services.store.ensure_indexes()
         supervisor = Supervisor(services, holder, stopping)
