@@ -36,6 +36,7 @@ LINES = [
     Line("bulk seeding, all of it (plan, sign, insert, Redis)", "commits/s", "seed_per_s"),
     Line("bulk seeding, `insert_many` of 1,000 alone", "commits/s", "seed_insert_many_per_s"),
     Line("`verify_all` of the seeded log", "s", "verify_seconds"),
+    Line("`PositionCounter.reseed` (recovery: a sorted read)", "s", "reseed_seconds"),
     Line("HTTP create `POST /api/tasks`, p50", "ms", "create_p50"),
     Line("HTTP create, p99", "ms", "create_p99"),
     Line("HTTP change status `PATCH` + `If-Match`, p50", "ms", "change_p50"),
