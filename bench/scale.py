@@ -47,6 +47,7 @@ from taskflow.logs import configure_logging
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.rebuild import rebuild
 from taskflow.projections.redis_views import RedisTaskViews
+from taskflow.projections.runtime import run_until_caught_up
 from taskflow.settings import Settings
 
 FULL_SIZES = (1_000, 10_000, 100_000)
@@ -175,8 +176,11 @@ async def _measure_size(
                 await store.head_position() - await MongoTaskViews(database).position()
             )
         figures.update(await _rebuild(servers, database.name, options, progress))
+        figures.update(await _redis_views_alone(servers, store, progress))
     figures["catchup_ratio"] = figures["catchup_per_s"] / figures["raw_read_per_s"]
     figures["rebuild_ratio"] = figures["rebuild_per_s"] / figures["raw_read_per_s"]
+    for key in ("alone_hints", "alone_mongo"):
+        figures[f"{key}_ratio"] = figures[f"{key}_per_s"] / figures["raw_read_per_s"]
     figures["load_end"] = os.getloadavg()[0]
     return figures
 
@@ -419,6 +423,38 @@ async def _rebuild(
         "rebuild_mongo_per_s": mongo_position / mongo_seconds,
         "rebuild_completed": bool(done),
     }
+
+
+async def _redis_views_alone(
+    servers: Servers, store: MongoEventStore, progress: Progress
+) -> dict[str, float]:
+    """The Redis views caught up from zero in this process by `run_until_caught_up`, nothing
+    else running: first with the log's Redis hints, then with them deleted (as after their
+    24 h TTL), when the log reader streams `event_commits` from MongoDB in one pass."""
+    figures: dict[str, float] = {}
+    head = await store.head_position()
+    for key, version in (("alone_hints", 7), ("alone_mongo", 8)):
+        if key == "alone_mongo":
+            async for batch in _hint_batches(servers):
+                await servers.redis.unlink(*batch)
+        start = time.perf_counter()
+        applied = await run_until_caught_up(store, RedisTaskViews(servers.redis, version))
+        seconds = time.perf_counter() - start
+        figures[f"{key}_per_s"] = applied / seconds
+        progress.step(f"Redis views alone ({key}): {applied:,} positions in {seconds:.1f} s")
+    figures["alone_head"] = head
+    return figures
+
+
+async def _hint_batches(servers: Servers) -> AsyncIterator[list[bytes]]:
+    batch: list[bytes] = []
+    async for key in servers.redis.scan_iter(match=names.commit_hint_key(0)[:-1] + "*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 if __name__ == "__main__":

@@ -54,6 +54,14 @@ LINES = [
     Line("rebuild, Redis views of the next version", "commits/s", "rebuild_per_s"),
     Line("rebuild ÷ raw read", "ratio", "rebuild_ratio"),
     Line("rebuild, MongoDB views (capped wait)", "commits/s", "rebuild_mongo_per_s"),
+    Line("Redis views alone from zero, hints present", "commits/s", "alone_hints_per_s"),
+    Line("  ÷ raw read", "ratio", "alone_hints_ratio"),
+    Line(
+        "Redis views alone from zero, hints expired (reads MongoDB)",
+        "commits/s",
+        "alone_mongo_per_s",
+    ),
+    Line("  ÷ raw read", "ratio", "alone_mongo_ratio"),
     Line("MongoDB views behind the head after the load", "commits", "mongo_views_behind_at_end"),
     Line("1-minute load average at the start of the size", "", "load_start", growth=False),
 ]
@@ -155,7 +163,8 @@ def targets(m: Measured) -> list[dict[str, str]]:
             f"{last['lag_p99']:.0f} ms",
             last["lag_p99"] <= 100,
         ),
-        ratio_at("catchup_ratio", "catch-up (Redis views)"),
+        ratio_at("catchup_ratio", "catch-up (real projector, Redis views)"),
+        ratio_at("alone_mongo_ratio", "catch-up from MongoDB (hints expired, Redis views alone)"),
         ratio_at("rebuild_ratio", "rebuild (Redis views)"),
     ]
 
