@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -302,7 +303,8 @@ async def _http(
             if await process.wait() != 0:
                 raise RuntimeError("bench.scale_load failed")
             out = orjson.loads(await asyncio.to_thread(out_path.read_bytes))
-    figures: dict[str, Any] = {"http_failures": out["failures"]}
+        cold = await _cold_changes(servers, base_url, planned)
+    figures: dict[str, Any] = {"http_failures": out["failures"], **cold}
     for kind, values in out["ms"].items():
         figures[f"{kind}_n"] = len(values)
         figures[f"{kind}_p50"] = percentile(values, 50)
@@ -310,13 +312,51 @@ async def _http(
     return figures
 
 
-def _clients(servers: Servers, planned: list[PlannedCommit]) -> list[dict[str, Any]]:
-    """The owners of the first seeded commits, each with a token and its tasks' last state."""
+COLD_CHANGES = 3
+
+
+async def _cold_changes(
+    servers: Servers, base_url: str, planned: list[PlannedCommit]
+) -> dict[str, Any]:
+    """A change to a task whose cached head is gone (Redis lost it, or its 7-day TTL ran out):
+    the command side then reads the stream from MongoDB (`load_head`). One at a time, on the
+    tasks of an owner none of the load's clients is."""
+    owner = _owners(planned)[CLIENTS]
+    tasks = [s for s in _latest(planned).values() if s["owner_id"] == owner][:COLD_CHANGES]
+    token = issue_access_token(servers.settings, owner, (), datetime.now(UTC)).token
+    timings, statuses = [], []
+    async with aiohttp.ClientSession() as session:
+        for task in tasks:
+            await servers.redis.delete(names.stream_head_key(f"task-{task['task_id']}"))
+            headers = {"Authorization": f"Bearer {token}", "If-Match": f'"{task["version"]}"'}
+            body = {"title": f"cold {task['task_id'][:8]}"}
+            start = time.perf_counter()
+            url = f"{base_url}/api/tasks/{task['task_id']}"
+            async with session.patch(url, json=body, headers=headers) as resp:
+                await resp.read()
+                statuses.append(resp.status)
+            timings.append((time.perf_counter() - start) * 1000)
+    return {"cold_change_ms": statistics.median(timings), "cold_change_statuses": statuses}
+
+
+def _owners(planned: list[PlannedCommit]) -> list[str]:
+    """Owners in the order of their first commit."""
+    return list(dict.fromkeys(item.metadata.actor for item in planned))
+
+
+def _latest(planned: list[PlannedCommit]) -> dict[str, dict[str, Any]]:
+    """Each seeded task's last state (the snapshot of its last commit), by task id."""
     latest: dict[str, dict[str, Any]] = {}
     for item in planned:
         state = orjson.loads(item.snapshot)
         latest[state["task_id"]] = state
-    owners = list(dict.fromkeys(item.metadata.actor for item in planned))[:CLIENTS]
+    return latest
+
+
+def _clients(servers: Servers, planned: list[PlannedCommit]) -> list[dict[str, Any]]:
+    """The owners of the first seeded commits, each with a token and its tasks' last state."""
+    latest = _latest(planned)
+    owners = _owners(planned)[:CLIENTS]
     now = datetime.now(UTC)
     return [
         {

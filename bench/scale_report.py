@@ -45,6 +45,7 @@ LINES = [
     Line("HTTP get task, p99", "ms", "get_p99"),
     Line("HTTP list page (20), p50", "ms", "list_p50"),
     Line("HTTP list page, p99", "ms", "list_p99"),
+    Line("HTTP change of a task whose cached head is gone, median of 3", "ms", "cold_change_ms"),
     Line("write-to-visible lag, p50", "ms", "lag_p50"),
     Line("write-to-visible lag, p99", "ms", "lag_p99"),
     Line("raw streamed read of `event_commits`", "commits/s", "raw_read_per_s"),
@@ -97,6 +98,11 @@ def to_markdown(m: Measured) -> str:
         "| " + " | ".join(head) + " |",
         "| --- | --- |" + " ---: |" * (len(sizes) + 1),
         *(_row(line, sizes) for line in LINES),
+        "",
+        "- HTTP answers to the changes with a lost head: "
+        + "; ".join(f"{s['commits']:,}: {s.get('cold_change_statuses')}" for s in sizes),
+        "- HTTP requests that failed under load, by kind: "
+        + "; ".join(f"{s['commits']:,}: {s.get('http_failures') or 'none'}" for s in sizes),
         "",
         "## Targets (issue #11)",
         "",
