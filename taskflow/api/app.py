@@ -77,16 +77,21 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 async def _indexes(app: web.Application) -> AsyncIterator[None]:
     """Create indexes in the background so the API starts (not ready) while MongoDB is down."""
-    task = asyncio.create_task(_create_indexes(app[SERVICES], app[INDEXES_READY]))
+    stopping = asyncio.Event()
+    task = asyncio.create_task(_create_indexes(app[SERVICES], app[INDEXES_READY], stopping))
     yield
+    stopping.set()
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # A driver call caught mid-selection may outlive the first cancel (seen with timeoutMS),
+    # so the loop also checks `stopping`, and shutdown waits for it only so long.
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        async with asyncio.timeout(2):
+            await task
 
 
-async def _create_indexes(services: Services, done: asyncio.Event) -> None:
+async def _create_indexes(services: Services, done: asyncio.Event, stopping: asyncio.Event) -> None:
     delay = 0.5
-    while True:
+    while not stopping.is_set():
         try:
             await ensure_indexes(services)
         except Exception as exc:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from taskflow.api import keys
-from taskflow.api.json_io import json_response
-from taskflow.api.middlewares import validation_problem
+from taskflow.api.json_io import json_response, query_model
 from taskflow.api.principal import Principal, require_user
 from taskflow.api.problems import Problem
 from taskflow.api.task_schemas import TaskOut
@@ -54,7 +53,7 @@ async def get_history(request: web.Request) -> web.Response:
     """The owner's view of who changed their task, when, and how (from the log)."""
     user = await require_user(request)
     task_id = valid_task_id(request.match_info["task_id"])
-    query = _parse(HistoryQuery, request)
+    query = query_model(request, HistoryQuery)
     entries = await task_history(_store(request), task_id)
     if not entries or entries[0].changes.get("owner_id") != user.user_id:
         raise _task_not_found()
@@ -69,7 +68,7 @@ async def get_history(request: web.Request) -> web.Response:
 
 async def get_task_as_of(request: web.Request, user: Principal, task_id: str) -> web.Response:
     """A task as it was at `as_of` or at `version`, folded from the log."""
-    query = _parse(AsOfQuery, request)
+    query = query_model(request, AsOfQuery)
     state = await task_as_of(_store(request), task_id, moment=query.as_of, version=query.version)
     if state is None or state.owner_id != user.user_id:
         raise _task_not_found()
@@ -79,7 +78,7 @@ async def get_task_as_of(request: web.Request, user: Principal, task_id: str) ->
 async def get_feed(request: web.Request) -> web.Response:
     """The global log in order, for auditors: every commit with its metadata."""
     await require_auditor(request)
-    query = _parse(FeedQuery, request)
+    query = query_model(request, FeedQuery)
     commits: list[Commit] = []
     last = query.after
     async for commit in _store(request).read_all(query.after, query.limit):
@@ -123,17 +122,6 @@ def _state_response(state: TaskState, *, deleted: bool) -> web.Response:
     return json_response(
         body, headers={"ETag": f'"{state.version}"', "Cache-Control": "private, no-cache"}
     )
-
-
-Q = TypeVar("Q", bound=BaseModel)
-
-
-def _parse(model: type[Q], request: web.Request) -> Q:
-    raw = {name: request.query.getone(name) for name in request.query}
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
 
 
 def _task_not_found() -> Problem:

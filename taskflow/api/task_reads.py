@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from taskflow.api import keys
 from taskflow.api.audit_routes import get_task_as_of
 from taskflow.api.headers import POSITION_HEADER
 from taskflow.api.headers import STALE_HEADER as STALE_HEADER
-from taskflow.api.json_io import json_response
-from taskflow.api.middlewares import validation_problem
+from taskflow.api.json_io import json_response, query_model
 from taskflow.api.principal import require_user
 from taskflow.api.problems import Problem
 from taskflow.api.task_schemas import TaskOut
@@ -73,24 +70,7 @@ async def task_stats(request: web.Request) -> web.Response:
 
 def _query(request: web.Request) -> TaskQuery:
     """Query parameters as a typed TaskQuery; unknown or malformed ones are a 422."""
-    raw: dict[str, Any] = {}
-    for name in set(request.query.keys()):
-        values = request.query.getall(name)
-        if name in _LIST_PARAMS:
-            raw[name] = [part for value in values for part in value.split(",") if part]
-        elif len(values) > 1:
-            raise Problem(
-                422,
-                "validation-error",
-                "The request is not valid",
-                f"Invalid: {name} (given more than once)",
-            )
-        else:
-            raw["cursor" if name == "next" else name] = values[0]
-    try:
-        return TaskQuery.model_validate(raw)
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+    return query_model(request, TaskQuery, lists=_LIST_PARAMS, renamed={"next": "cursor"})
 
 
 async def _read_your_writes(request: web.Request) -> dict[str, str]:

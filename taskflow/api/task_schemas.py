@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from taskflow.commands.task import Description, DueAt, Priority, Status, Tags, TaskState, Title
+from taskflow.commands.task import Priority, Status, TaskChanges, TaskFields, TaskState
 
 
 class _Body(BaseModel):
@@ -14,24 +14,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CreateTaskBody(_Body):
-    title: Title
-    description: Description = ""
-    status: Status = Status.TODO
-    priority: Priority = Priority.MEDIUM
-    due_at: DueAt | None = None
-    tags: Tags = ()
+class CreateTaskBody(_Body, TaskFields):
+    """A new task: only these fields; the server sets its id, owner and times."""
 
 
-class PatchTaskBody(_Body):
+class PatchTaskBody(_Body, TaskChanges):
     """A JSON merge patch (RFC 7396): fields left out stay; `due_at: null` clears the due date."""
-
-    title: Title | None = None
-    description: Description | None = None
-    status: Status | None = None
-    priority: Priority | None = None
-    due_at: DueAt | None = None
-    tags: Tags | None = None
 
 
 class TaskOut(BaseModel):

@@ -53,7 +53,9 @@ __all__ = [
     "Status",
     "Tag",
     "Tags",
+    "TaskChanges",
     "TaskCommand",
+    "TaskFields",
     "TaskState",
     "Title",
     "decide",
@@ -90,10 +92,9 @@ class _TaskCommand(BaseModel):
     task_id: EntityId
 
 
-class CreateTask(_TaskCommand):
-    """Create a task owned by `owner_id`."""
+class TaskFields(BaseModel):
+    """What a client sets on a new task; the one list shared by the command and the API body."""
 
-    owner_id: EntityId
     title: Title
     description: Description = ""
     status: Status = Status.TODO
@@ -102,8 +103,8 @@ class CreateTask(_TaskCommand):
     tags: Tags = ()
 
 
-class ChangeTask(_TaskCommand):
-    """Change the fields that are given; a field not given stays as it is.
+class TaskChanges(BaseModel):
+    """The fields a change may give; a field not given stays as it is.
 
     "Given" means present in `model_fields_set`, so `due_at=None` clears the due date while
     leaving `due_at` out keeps it. `tags`, when given, is the complete new set of tags.
@@ -122,6 +123,16 @@ class ChangeTask(_TaskCommand):
         if nulls:
             raise ValueError(f"{', '.join(nulls)} cannot be null")
         return self
+
+
+class CreateTask(_TaskCommand, TaskFields):
+    """Create a task owned by `owner_id`."""
+
+    owner_id: EntityId
+
+
+class ChangeTask(_TaskCommand, TaskChanges):
+    """Change the fields that are given (TaskChanges) of one task."""
 
 
 class DeleteTask(_TaskCommand):

@@ -12,11 +12,13 @@ from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, RestoreTa
 from taskflow.events.store import EventStore
 
 
-def owned_by(owner_id: str, task_id: str) -> Callable[[TaskState | None], None]:
+def owned_by(
+    owner_id: str, task_id: str, *, must_exist: bool
+) -> Callable[[TaskState | None], None]:
     """Refuse another owner's task exactly as a missing one, so ids leak nothing (DESIGN.md §7)."""
 
     def check(state: TaskState | None) -> None:
-        if state is not None and state.owner_id != owner_id:
+        if (state is None and must_exist) or (state is not None and state.owner_id != owner_id):
             raise TaskNotFoundError(task_id)
 
     return check
@@ -32,7 +34,7 @@ async def handle_create_task(
         command,
         context,
         now,
-        authorize=owned_by(command.owner_id, command.task_id),
+        authorize=owned_by(command.owner_id, command.task_id, must_exist=False),
         new_stream=True,  # the API generates task ids; a collision is caught at the append
     )
 
@@ -53,16 +55,5 @@ async def handle_change_task(
         context,
         now,
         expected_version=expected_version,
-        authorize=_existing_and_owned_by(context.actor, command.task_id),
+        authorize=owned_by(context.actor, command.task_id, must_exist=True),
     )
-
-
-def _existing_and_owned_by(owner_id: str, task_id: str) -> Callable[[TaskState | None], None]:
-    ownership = owned_by(owner_id, task_id)
-
-    def check(state: TaskState | None) -> None:
-        if state is None:
-            raise TaskNotFoundError(task_id)
-        ownership(state)
-
-    return check
