@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mongo_wait=5.0 if args.quick else args.mongo_wait,
         hints=not args.no_hints,
     )
-    measured = uvloop.run(_run(options, mongodb_uri, redis_url))
+    measured = uvloop.run(_run(options, mongodb_uri, redis_url, args.out))
     for path in write_scale_report(measured, args.out):
         print(f"[bench] wrote {path}", file=sys.stderr)
     return 0
@@ -113,10 +113,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(options: Options, mongodb_uri: str, redis_url: str) -> Measured:
+async def _run(options: Options, mongodb_uri: str, redis_url: str, out: Path) -> Measured:
+    """Every size in turn; the report is rewritten after each, so a failure keeps the rest."""
     progress, started_at, start = Progress(), datetime.now(UTC), time.monotonic()
     load_at_start = os.getloadavg()[0]
     results: list[dict[str, Any]] = []
+    command = (
+        " ".join(["scripts/bench-scale.sh", *sys.argv[1:]])
+        if sys.argv[1:]
+        else ("make bench-scale")
+    )
+
+    def measured() -> Measured:
+        return Measured(
+            command=command,
+            backend=backend,
+            machine=describe_machine(),
+            started_at=f"{started_at:%Y-%m-%d %H:%M}",
+            seconds=time.monotonic() - start,
+            load=(load_at_start, os.getloadavg()[0]),
+            options=asdict(options),
+            sizes=results,
+        )
+
     # The bench's own clients wait up to 2 min on a socket: FerretDB sorts a whole collection
     # before it returns a sorted read's first batch (DESIGN.md §9), which at 100,000 commits on
     # a loaded machine exceeds TaskFlow's default of 10 s. The API and projector keep defaults.
@@ -130,21 +149,8 @@ async def _run(options: Options, mongodb_uri: str, redis_url: str) -> Measured:
         for size in options.sizes:
             results.append(await _measure_size(servers, size, options, progress))
             progress.step(f"{size:,} commits done: {_brief(results[-1])}")
-    command = (
-        " ".join(["scripts/bench-scale.sh", *sys.argv[1:]])
-        if sys.argv[1:]
-        else ("make bench-scale")
-    )
-    return Measured(
-        command=command,
-        backend=backend,
-        machine=describe_machine(),
-        started_at=f"{started_at:%Y-%m-%d %H:%M}",
-        seconds=time.monotonic() - start,
-        load=(load_at_start, os.getloadavg()[0]),
-        options=asdict(options),
-        sizes=results,
-    )
+            write_scale_report(measured(), out)
+    return measured()
 
 
 def _brief(result: dict[str, Any]) -> str:
