@@ -1,11 +1,14 @@
 # One command per habit (STYLE.md): make dev, make test, make lint, make bench.
-.PHONY: dev test lint bench bench-scale services-stop
+.PHONY: dev test fuzz lint bench bench-scale services-stop
 
 dev:            ## run TaskFlow (local services + API + projector)
 	scripts/dev.sh
 
 test:           ## the whole suite: ruff, mypy --strict, pytest on real local servers
 	scripts/test.sh
+
+fuzz:           ## the long schemathesis run: 500 random cases per operation (docs/reliability.md)
+	TASKFLOW_FUZZ=1 scripts/test.sh tests/test_openapi.py -k long_fuzz
 
 lint:           ## ruff and mypy only
 	scripts/bootstrap.sh
