@@ -242,3 +242,16 @@ async def test_appends_and_reads_survive_redis_losing_everything(
     log = await drain(store)
     assert [c.position for c in log] == [1, 2, 3, 4]
     assert [c.is_gap for c in log] == [False] * 4
+
+
+async def test_an_append_after_redis_forgot_its_scripts_still_caches_the_head(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """The announce runs the head script by its SHA; after SCRIPT FLUSH it loads it again."""
+    await store.append("s-1", 0, [NoteWritten(text="a")], meta())
+    await redis.script_flush()
+    result = await store.append("s-1", 1, [NoteWritten(text="b")], meta())
+    head = await store.stream_head("s-1")
+    assert head is not None
+    assert head.version == result.version == 2
+    assert [c.position async for c in store.read_all(0)] == [1, result.position]

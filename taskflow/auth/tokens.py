@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -93,14 +94,29 @@ def issue_access_token(
 
 def verify_access_token(settings: Settings, token: str, now: datetime) -> AccessClaims:
     """The claims of a genuine, current access token for this API; InvalidTokenError otherwise."""
+    keys = tuple((kid, secret.get_secret_value()) for kid, secret in settings.jwt_keys.items())
+    claims = _verified(token, keys, settings.jwt_audience, settings.jwt_issuer)
+    _check_times(claims, int(now.timestamp()))  # every time: only the times change with `now`
+    return _claims(claims)
+
+
+# A client sends the same token with every request until it expires. Everything but the time
+# checks is a pure function of the token string and the keys, so its result is remembered (the
+# signature check and parsing were about a tenth of a request's CPU, docs/benchmarks.md).
+# Failures are not remembered: lru_cache does not cache an exception.
+@functools.lru_cache(maxsize=4096)
+def _verified(
+    token: str, keys: tuple[tuple[str, str], ...], audience: str, issuer: str
+) -> _Payload:
+    secrets = dict(keys)
     try:
         payload = jwt.decode(
             token,
-            _key(settings, _kid(token, settings)),
+            secrets[_kid(token, secrets)].encode(),
             algorithms=ALGORITHMS,
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-            # Time claims are checked below against the caller's `now`, not PyJWT's own clock.
+            audience=audience,
+            issuer=issuer,
+            # Time claims are checked by the caller against its `now`, not PyJWT's own clock.
             options={
                 "require": _REQUIRED,
                 "verify_exp": False,
@@ -108,20 +124,18 @@ def verify_access_token(settings: Settings, token: str, now: datetime) -> Access
                 "verify_iat": False,
             },
         )
-        claims = _Payload.model_validate(payload)
+        return _Payload.model_validate(payload)
     except (jwt.PyJWTError, ValidationError) as exc:
         raise InvalidTokenError("invalid or expired token") from exc
-    _check_times(claims, int(now.timestamp()))
-    return _claims(claims)
 
 
-def _kid(token: str, settings: Settings) -> str:
+def _kid(token: str, keys: Mapping[str, str]) -> str:
     """The header's key id, if it names one of our keys (anything else is not our token)."""
     try:
         kid = jwt.get_unverified_header(token).get("kid")
     except jwt.PyJWTError as exc:
         raise InvalidTokenError("invalid or expired token") from exc
-    if not isinstance(kid, str) or kid not in settings.jwt_keys:
+    if not isinstance(kid, str) or kid not in keys:
         raise InvalidTokenError("invalid or expired token")
     return kid
 

@@ -19,7 +19,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, RedisError
 
 from taskflow import names
 from taskflow.events.base import DomainEvent
@@ -194,11 +195,14 @@ class MongoEventStore:
         await self.commits.insert_one(commit_to_document(commit))
 
     async def _prev_hash(self, stream_id: str, expected_version: int) -> str:
+        if expected_version == 0:
+            # A new stream needs no read, not even of the cached head: the unique `_id` of its
+            # first commit refutes it if it is not new (then `_moved_past` or
+            # `_explain_duplicate` reports the conflict and the position is filled).
+            return ""
         head = await self.stream_head(stream_id)
         if head is not None and head.version > expected_version:
             raise ConcurrencyError(stream_id, expected_version, head.version)
-        if head is None and expected_version == 0:
-            return ""  # a new stream needs no read: the unique `_id` refutes it if it is not new
         if head is None or head.version != expected_version:
             head, _ = await self.load_head(stream_id)
             if head.version != expected_version:
@@ -241,15 +245,20 @@ class MongoEventStore:
 
     async def _announce(self, commit: Commit, snapshot: bytes | None, key: str | None) -> None:
         """Tell Redis what was committed: hint, new head, idempotent outcome, wake-up."""
+        head_key = names.stream_head_key(commit.stream_id)
+        head_args: list[bytes | str | int] = [
+            commit.last_version,
+            commit.hash,
+            snapshot or b"",
+            self._head_ttl,
+        ]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(
                 names.commit_hint_key(commit.position), commit_to_json(commit), ex=self._idem_ttl
             )
-            await self._set_head(
-                keys=[names.stream_head_key(commit.stream_id)],
-                args=[commit.last_version, commit.hash, snapshot or b"", self._head_ttl],
-                client=pipe,
-            )
+            # EVALSHA by hand: a script registered on a pipeline makes redis-py send a
+            # SCRIPT EXISTS round trip before every execute (docs/benchmarks.md).
+            pipe.evalsha(self._set_head.sha, 1, head_key, *head_args)
             if key is not None and commit.metadata is not None:
                 outcome = {
                     "result": _result_of(commit).model_dump(),
@@ -261,7 +270,18 @@ class MongoEventStore:
                     ex=self._idem_ttl,
                 )
             pipe.publish(names.WAKE_CHANNEL, str(commit.position))
-            await self._best_effort(pipe.execute())
+            await self._best_effort(self._execute_announce(pipe, head_key, head_args))
+
+    async def _execute_announce(
+        self, pipe: Pipeline, head_key: str, head_args: list[bytes | str | int]
+    ) -> None:
+        """Run the announce pipeline; if Redis lost the head script (a restart, SCRIPT FLUSH),
+        the rest has run, and the head is set once more through the script object, which
+        loads it."""
+        try:
+            await pipe.execute()
+        except NoScriptError:
+            await self._set_head(keys=[head_key], args=head_args)
 
     async def _best_effort(self, awaitable: Any) -> None:
         """Redis here only accelerates: the commit is durable, readers fall back to MongoDB."""

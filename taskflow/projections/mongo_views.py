@@ -88,8 +88,7 @@ class MongoTaskViews:
 
     async def _fold(self, commits: Sequence[Commit]) -> list[TaskState]:
         task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
-        ids = list(dict.fromkeys(c.stream_id.removeprefix("task-") for c in task_commits))
-        await self._load([task_id for task_id in ids if task_id not in self._cache])
+        await self._load(_to_look_up(task_commits, self._cache))
         changed: dict[str, TaskState] = {}
         for commit in task_commits:
             task_id = commit.stream_id.removeprefix("task-")
@@ -110,6 +109,18 @@ class MongoTaskViews:
         self._cache.move_to_end(view.task_id)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+
+
+def _to_look_up(task_commits: Sequence[Commit], cache: OrderedDict[str, TaskState]) -> list[str]:
+    """Tasks whose stored view the batch needs: not cached, and not created in this batch.
+
+    A stream whose first commit here starts at version 1 is a creation; there is nothing to
+    read yet, and on FerretDB the `$in` lookup scans the whole collection (DESIGN.md §9).
+    """
+    first: dict[str, int] = {}
+    for commit in task_commits:
+        first.setdefault(commit.stream_id.removeprefix("task-"), commit.first_version)
+    return [task_id for task_id, version in first.items() if version > 1 and task_id not in cache]
 
 
 def _document(view: TaskState) -> dict[str, Any]:
