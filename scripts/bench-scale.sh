@@ -14,7 +14,7 @@ scripts/bootstrap.sh
 if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   scripts/services.sh start scale
   trap 'scripts/services.sh stop scale' EXIT
-  set -a; . .state/scale/services.env; set +a
+  set -a; . "${TASKFLOW_STATE_DIR:-.state}/scale/services.env"; set +a
   export BENCH_BACKEND_DETAIL="SQLite backend (scripts/services.sh)"
 fi
 .venv/bin/python -m bench.scale "$@"
