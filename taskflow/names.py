@@ -51,6 +51,10 @@ REFRESH_TOKENS_USED = "refresh_tokens_used"
 REFRESH_FAMILIES_REVOKED = "refresh_families_revoked"
 
 
+# Every denied jti, scored by its token's expiry: what each API process copies (auth/denylist.py).
+DENIED_JTI_INDEX = f"{PREFIX}auth:denied"
+
+
 def denied_jti_key(jti: str) -> str:
     """A logged-out access token's id, kept until the token would have expired anyway."""
     return f"{PREFIX}auth:deny:{jti}"

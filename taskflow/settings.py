@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     jwt_issuer: str = "taskflow"
     jwt_audience: str = "taskflow-api"
     access_token_ttl_seconds: Annotated[int, Field(ge=30, le=3600)] = 900
+    # While Redis is down, an API process checks tokens against its copy of the deny list for
+    # this long after the copy's last refresh, then fails closed (503). 0: fail closed at once.
+    auth_deny_copy_max_age_seconds: Annotated[float, Field(ge=0, le=3600)] = 300.0
     refresh_token_ttl_seconds: Annotated[int, Field(ge=300)] = 30 * 24 * 3600
     cookie_secure: bool = True
 

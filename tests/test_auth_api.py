@@ -297,7 +297,7 @@ async def test_missing_or_bad_bearer_tokens_get_the_same_401_with_a_challenge(
 async def test_deny_list_unreachable_fails_closed_with_503(
     aiohttp_client: ClientFactory, settings: Settings, db: Db
 ) -> None:
-    """With Redis down, a validly signed token is not trusted: 503 auth-unavailable, Retry-After."""
+    """Redis down and no copy of the deny list yet: a signed token is not trusted (503)."""
     dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})
     client = await aiohttp_client(create_app(dead))
     token = issue_access_token(dead, "user-1", [], datetime.now(UTC)).token

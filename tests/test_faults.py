@@ -278,11 +278,18 @@ async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_rec
     tmp_path: Path,
     taskflow_processes: list[TaskflowProcess],
 ) -> None:
-    """Redis killed under load: reads fall back, auth 503, limits open; all recovers by itself."""
+    """Redis killed under load: reads served from MongoDB, writes 503, limits open; recovery.
+
+    Tokens are checked against the API process's copy of the deny list while Redis is down: a
+    token logged out before the outage stays refused, and a process whose copy is too old (or
+    that never had one) fails closed.
+    """
     on_private = settings.model_copy(
         update={"redis_url": private_redis.url, "redis_timeout_seconds": 0.5}
     )
     client = await aiohttp_client(create_app(on_private))
+    no_copy = on_private.model_copy(update={"auth_deny_copy_max_age_seconds": 0})
+    strict = await aiohttp_client(create_app(no_copy))
     limited = await aiohttp_client(
         create_app(on_private.model_copy(update={"rate_limit_api": "2/minute"}))
     )
@@ -293,6 +300,8 @@ async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_rec
     owner = uuid.uuid4().hex
     auth = token(on_private, owner)
     before = [await create_task(client, auth, title=f"before {i}") for i in range(5)]
+    logged_out = token(on_private, owner)
+    assert (await client.post("/api/auth/logout", headers=logged_out)).status == 204
     load = Load()
     created: list[str] = []
 
@@ -321,19 +330,32 @@ async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_rec
             page = await reads.list_tasks(owner, TaskQuery(limit=100), now)
             assert {t["id"] for t in before} <= {view.task_id for view in page.items}
             assert (await reads.stats(owner, now)).by_status["todo"] >= len(before)
-            assert time.monotonic() - started < 5.0  # seven reads, none waiting on Redis
-            # ...but over HTTP every authenticated request fails closed: the deny list is down.
+            # Seven reads, none hanging on Redis (each gives up on it within its timeout); the
+            # bound is loose because MongoDB now serves every reader, the traffic's included.
+            assert time.monotonic() - started < 20.0
+            # ...and so does HTTP: tokens are checked against this process's copy of the deny
+            # list (refreshed every second until the outage), which still holds the logout.
             url = f"/api/tasks/{before[0]['id']}"
-            for answer in [
-                await client.get("/api/tasks", headers=auth),
-                await client.get(url, headers=auth),
-                await client.get("/api/auth/me", headers=auth),
+            over_http = await client.get("/api/tasks?limit=100", headers=auth)
+            assert over_http.status == 200
+            items = (await over_http.json())["items"]
+            assert {t["id"] for t in before} <= {t["id"] for t in items}
+            one = await client.get(url, headers=auth)
+            assert one.status == 200
+            assert (await one.json())["title"] == before[0]["title"]
+            assert (await client.get("/api/tasks", headers=logged_out)).status == 401
+            # Writes need Redis (positions, heads): 503, never a partial commit.
+            for write in [
                 await client.post("/api/tasks", json={"title": "x"}, headers=auth),
                 await client.patch(url, json={"title": "y"}, headers={**auth, "If-Match": '"1"'}),
             ]:
-                assert answer.status == 503
-                assert (await answer.json())["type"].endswith(":auth-unavailable")
-                assert answer.headers["Retry-After"] == "1"
+                assert write.status == 503
+                assert write.headers["Retry-After"]
+            # A process without a recent enough copy fails closed.
+            refused = await strict.get("/api/tasks", headers=auth)
+            assert refused.status == 503
+            assert (await refused.json())["type"].endswith(":auth-unavailable")
+            assert refused.headers["Retry-After"] == "1"
             # Rate limiting fails open: far past the limit, and still served.
             assert [(await limited.get("/api/openapi.json")).status for _ in range(5)] == [200] * 5
             await private_redis.start()  # empty: no counter, hints, heads, read model or limits
@@ -341,7 +363,9 @@ async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_rec
         assert load.errors == []
         assert set(load.statuses) <= {200, 201, 503}
         assert load.missing_retry_after == 0
-        assert load.slowest < 5.0
+        # Nothing hangs: the bound is loose since, with Redis gone, every read (the traffic's
+        # and the checks above) queues on the one MongoDB-protocol server of a loaded machine.
+        assert load.slowest < 15.0
         await wait_ready(client)
         after = await create_task(client, auth, title="after")
         assert after["_position"] > cut_at  # the counter re-seeded from the log

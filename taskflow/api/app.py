@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -16,13 +17,21 @@ from taskflow.api import (
 from taskflow.api.audit_routes import setup_audit_routes
 from taskflow.api.auth_routes import setup_auth_routes
 from taskflow.api.cors import setup_cors, vary_origin
-from taskflow.api.keys import INDEXES_READY, RATE_LIMITS, SERVICES, SETTINGS, TASK_READS
+from taskflow.api.keys import (
+    DENY_LIST,
+    INDEXES_READY,
+    RATE_LIMITS,
+    SERVICES,
+    SETTINGS,
+    TASK_READS,
+)
 from taskflow.api.middlewares import problems, request_context
 from taskflow.api.observability import http_metrics, security_headers, setup_metrics_route
 from taskflow.api.openapi import setup_openapi_routes
 from taskflow.api.rate_limits import RateLimits, rate_limit
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
+from taskflow.auth.denylist import DenyList
 from taskflow.bootstrap import Services, ensure_indexes, open_services
 from taskflow.projections.task_queries import TaskReads
 from taskflow.settings import Settings
@@ -47,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     app[INDEXES_READY] = asyncio.Event()
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_indexes)
+    app.cleanup_ctx.append(_deny_list_copy)
     setup_routes(app)
     setup_cors(app, settings)
     return app
@@ -67,12 +77,24 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     async with open_services(app[SETTINGS], operation_deadline=True) as services:
         app[SERVICES] = services
         app[TASK_READS] = TaskReads(services.redis, services.read_db)
+        app[DENY_LIST] = DenyList(
+            services.redis, stale_limit=services.settings.auth_deny_copy_max_age_seconds
+        )
         app[RATE_LIMITS] = (
             RateLimits.create(services.settings, services.redis)
             if services.settings.rate_limit_enabled
             else None
         )
         yield
+
+
+async def _deny_list_copy(app: web.Application) -> AsyncIterator[None]:
+    """Keep this process's copy of the deny list, for checking tokens while Redis is down."""
+    task = asyncio.create_task(app[DENY_LIST].keep_copy(lambda: datetime.now(UTC)))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _indexes(app: web.Application) -> AsyncIterator[None]:

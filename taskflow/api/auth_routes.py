@@ -14,7 +14,6 @@ from taskflow.api.json_io import json_response, read_model
 from taskflow.api.middlewares import register_problem_mapper
 from taskflow.api.principal import REALM, require_user
 from taskflow.api.problems import Problem
-from taskflow.auth.denylist import deny_access_token
 from taskflow.auth.passwords import PASSWORD_MAX, Password
 from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshToken, RefreshTokens
 from taskflow.auth.tokens import InvalidTokenError, issue_access_token
@@ -112,7 +111,7 @@ async def logout(request: web.Request) -> web.Response:
     principal = await require_user(request)
     services = _services(request)
     now = _now()
-    await deny_access_token(services.redis, principal.jti, principal.expires_at, now)
+    await request.app[keys.DENY_LIST].deny(principal.jti, principal.expires_at, now)
     presented = request.cookies.get(REFRESH_COOKIE)
     if presented:
         await _refresh_tokens(services).revoke_family_of(presented, now, reason="logout")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from taskflow.auth.denylist import DenyList
 from taskflow.bootstrap import Services
 from taskflow.projections.task_queries import TaskReads
 from taskflow.settings import Settings
@@ -14,6 +15,7 @@ from taskflow.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 TASK_READS = web.AppKey("task_reads", TaskReads)
+DENY_LIST = web.AppKey("deny_list", DenyList)
 RATE_LIMITS: web.AppKey[RateLimits | None] = web.AppKey("rate_limits")
 INDEXES_READY = web.AppKey("indexes_ready", asyncio.Event)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from taskflow.api.keys import SERVICES
+from taskflow.api.keys import DENY_LIST, SERVICES
 from taskflow.api.middlewares import register_problem_mapper
 from taskflow.api.problems import Problem
-from taskflow.auth.denylist import AuthUnavailableError, is_access_token_denied
+from taskflow.auth.denylist import AuthUnavailableError
 from taskflow.auth.tokens import InvalidTokenError, verify_access_token
 
 REALM = 'Bearer realm="taskflow"'
@@ -34,7 +34,7 @@ async def require_user(request: web.Request) -> Principal:
     """The caller named by `Authorization: Bearer`; 401 for any token problem, 503 fail-closed."""
     services = request.app[SERVICES]
     claims = verify_access_token(services.settings, _bearer(request), datetime.now(UTC))
-    if await is_access_token_denied(services.redis, claims.jti):
+    if await request.app[DENY_LIST].is_denied(claims.jti):
         raise InvalidTokenError("logged out")
     return Principal(
         user_id=claims.user_id, roles=claims.roles, jti=claims.jti, expires_at=claims.expires_at

@@ -1,39 +1,111 @@
-"""The Redis deny list of logged-out access tokens; a check Redis cannot answer fails closed."""
+"""The deny list of logged-out access tokens: Redis is its authority, each API process a mirror.
+
+Every check asks Redis (`EXISTS`), so a logout takes effect at once everywhere. Each API process
+also copies the whole list (an index sorted by expiry) about once a second. When Redis cannot
+answer, the check uses that copy, so authenticated reads keep being served from MongoDB during
+a Redis outage (DESIGN.md §6) while nothing that needs Redis works: logins, refreshes, logouts
+and writes fail with 503. A copy is trusted only for `stale_limit` seconds after its last
+refresh; a process that never had one, or whose copy is older, fails closed (503). A logout
+made during an outage cannot be recorded anyway (it answers 503), so the copy misses at most
+the logouts of its last refresh interval, or those another process recorded while this one
+could not reach Redis: the documented price of serving reads (docs/operations.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 
+import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskflow import names
 
-# Upper bound for one deny-list round trip, retries included: past it the request is refused.
+log = structlog.get_logger(__name__)
+
+# Upper bound for one deny-list round trip, retries included: past it Redis counts as down.
 CHECK_TIMEOUT_SECONDS = 2.0
+# After Redis failed, checks go straight to the copy for this long instead of waiting on Redis.
+RETRY_AFTER_FAILURE_SECONDS = 1.0
 
 
 class AuthUnavailableError(Exception):
     """The deny list could not be read or written, so no token can be trusted right now."""
 
 
-async def deny_access_token(redis: Redis, jti: str, expires_at: datetime, now: datetime) -> None:
-    """Refuse the token `jti` from now until it expires by itself."""
-    remaining = math.ceil((expires_at - now).total_seconds())
-    if remaining <= 0:
-        return  # already refused by its own expiry
-    async with _guard():
-        await redis.set(names.denied_jti_key(jti), b"1", ex=remaining)
+class DenyList:
+    """Logged-out access tokens (their `jti`), until each token would have expired anyway."""
 
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        stale_limit: float,
+        refresh_every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._stale_limit = stale_limit
+        self._refresh_every = refresh_every
+        self._clock = clock
+        self._copy: frozenset[str] = frozenset()
+        self._copied_at: float | None = None  # never copied: no copy to fall back on
+        self._redis_down_until = 0.0
 
-async def is_access_token_denied(redis: Redis, jti: str) -> bool:
-    """Whether `jti` was logged out; AuthUnavailableError (never False) if Redis cannot say."""
-    async with _guard():
-        return bool(await redis.exists(names.denied_jti_key(jti)))
+    async def deny(self, jti: str, expires_at: datetime, now: datetime) -> None:
+        """Refuse the token `jti` from now until it expires by itself."""
+        remaining = math.ceil((expires_at - now).total_seconds())
+        if remaining <= 0:
+            return  # already refused by its own expiry
+        async with _guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(names.denied_jti_key(jti), b"1", ex=remaining)
+            pipe.zadd(names.DENIED_JTI_INDEX, {jti: expires_at.timestamp()})
+            await pipe.execute()
+
+    async def is_denied(self, jti: str) -> bool:
+        """Whether `jti` was logged out: Redis, else a recent copy, else AuthUnavailableError."""
+        if self._clock() >= self._redis_down_until:
+            try:
+                async with _guard():
+                    return bool(await self._redis.exists(names.denied_jti_key(jti)))
+            except AuthUnavailableError:
+                self._redis_down_until = self._clock() + RETRY_AFTER_FAILURE_SECONDS
+                if not self._copy_usable():
+                    raise
+                log.warning("deny_list_from_copy", age_seconds=self._copy_age())
+        elif not self._copy_usable():
+            raise AuthUnavailableError("the deny list cannot answer")
+        return jti in self._copy
+
+    async def refresh(self, now: datetime) -> None:
+        """Copy the list from Redis (and prune what has expired); raises if Redis cannot."""
+        cutoff = now.timestamp()
+        async with _guard(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(names.DENIED_JTI_INDEX, "-inf", cutoff)
+            pipe.zrangebyscore(names.DENIED_JTI_INDEX, cutoff, "+inf")
+            _, members = await pipe.execute()
+        self._copy = frozenset(m.decode() if isinstance(m, bytes) else m for m in members)
+        self._copied_at = self._clock()
+
+    async def keep_copy(self, now: Callable[[], datetime]) -> None:
+        """Refresh the copy forever (a background task of the API process)."""
+        while True:
+            with contextlib.suppress(AuthUnavailableError):
+                await self.refresh(now())
+            await asyncio.sleep(self._refresh_every)
+
+    def _copy_age(self) -> float | None:
+        return None if self._copied_at is None else self._clock() - self._copied_at
+
+    def _copy_usable(self) -> bool:
+        age = self._copy_age()
+        return age is not None and age <= self._stale_limit
 
 
 @asynccontextmanager
