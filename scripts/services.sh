@@ -67,6 +67,9 @@ start() {
   stop "$profile" 2>/dev/null || true
   install_redis
   install_ferretdb
+  # The test profile's data is disposable: start it empty, so a damaged leftover (a run killed
+  # mid-write) can never block the suite.
+  [ "$profile" != test ] || rm -rf "$dir/ferretdb"
   mkdir -p "$dir/ferretdb" "$dir/redis"
   local redis_port mongo_port debug_port
   redis_port="$(free_port)"; mongo_port="$(free_port)"; debug_port="$(free_port)"
@@ -78,7 +81,12 @@ start() {
     >"$dir/ferretdb.log" 2>&1 &
   echo $! > "$dir/ferretdb.pid"
   wait_for "Redis" 20 redis-cli -p "$redis_port" ping
-  wait_for "FerretDB" 30 python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$debug_port/debug/readyz', timeout=1)"
+  wait_for "FerretDB" 30 python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$debug_port/debug/readyz', timeout=1)" || {
+    grep -v "probe failed" "$dir/ferretdb.log" | tail -5 >&2
+    log "see $dir/ferretdb.log; if the data is damaged, remove $dir/ferretdb (it holds $profile's data)"
+    stop "$profile"
+    return 1
+  }
   cat > "$dir/services.env" <<ENV
 MONGODB_URI=mongodb://127.0.0.1:$mongo_port/?replicaSet=rs0
 REDIS_URL=redis://127.0.0.1:$redis_port/0
