@@ -80,15 +80,28 @@ async def _versions(version: int) -> set[int]:
 
 
 async def _caught_up(services: Services, version: int, progress: Progress) -> int:
-    """Wait until every projection of `version` has reached the log's head; that position."""
+    """Wait until every projection of `version` has reached the log's head; that position.
+
+    The head is at least the highest position MongoDB holds: Redis's settled head and hints are
+    gone after a Redis restart, and a rebuild trusting them would take the log for empty, verify
+    nothing and switch reads to an empty version (docs/benchmarks.md, Rebuild).
+    """
     targets = projections(services, version)
+    stored = await _highest_stored(services)
     while True:
-        head = await services.store.head_position()
+        head = max(await services.store.head_position(), stored)
         positions = [await target.position() for target in targets]
         progress(min(positions), head)
         if min(positions) >= head:
             return head
         await asyncio.sleep(0.2)
+
+
+async def _highest_stored(services: Services) -> int:
+    """The highest position in the log (one sorted read: a scan on FerretDB, fine for a rebuild)."""
+    cursor = services.store.commits.find({}, {"position": 1}).sort("position", -1).limit(1)
+    last = await cursor.to_list()
+    return int(last[0]["position"]) if last else 0
 
 
 async def drop_version(services: Services, version: int) -> None:
