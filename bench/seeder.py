@@ -33,7 +33,7 @@ WORDS = ["alpha", "beta", "gamma", "delta", "report", "budget", "launch", "revie
 BATCH = 1000  # documents per insert_many (about 0.8 MB; far below the 48 MB message limit)
 # What `MongoEventStore` uses by default (its `hint_ttl` and `head_ttl`).
 HINT_TTL = 24 * 3600
-HEAD_TTL = 7 * 24 * 3600
+HEAD_TTL = 0  # heads never expire
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,8 @@ class BulkSeeder:
                 key = names.stream_head_key(stream_id)
                 pipe.hset(key, mapping={"v": c.last_version, "h": c.hash})
                 pipe.hset(key, "s", self._snapshots[stream_id])
-                pipe.expire(key, HEAD_TTL)
+                if HEAD_TTL:
+                    pipe.expire(key, HEAD_TTL)
             await pipe.execute()
 
 

@@ -80,6 +80,7 @@ async def open_services(
             redis,
             HashChain(settings.event_log_hmac_key.get_secret_value().encode()),
             gap_timeout=settings.gap_timeout_seconds,
+            head_ttl=settings.stream_head_ttl_seconds,
         )
         yield Services(
             settings=settings,

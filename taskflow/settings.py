@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # A projector takes the first free port of METRICS_PORT .. METRICS_PORT + this - 1, so
     # several projectors on one host need no per-process setting (each logs the port it took).
     metrics_port_attempts: Annotated[int, Field(ge=1, le=1000)] = 10
+    # How long Redis keeps a stream's cached head (version, hash, state) after its last command;
+    # 0 keeps it for good. Losing one costs a read of the stream: on FerretDB, of the whole log.
+    stream_head_ttl_seconds: Annotated[int, Field(ge=0)] = 0
     log_level: LogLevel = "INFO"
     log_json: bool = True
 

@@ -34,9 +34,10 @@ async def _redis_state(redis: Redis, planned: list[PlannedCommit]) -> dict[str, 
         "hints": [await redis.get(names.commit_hint_key(p)) for p in positions],
         "heads": {s: await redis.hgetall(names.stream_head_key(s)) for s in streams},
     }
-    ttls = [await redis.ttl(names.commit_hint_key(p)) for p in positions]
-    ttls += [await redis.ttl(names.stream_head_key(s)) for s in streams]
-    state["all_expire"] = all(ttl > 0 for ttl in ttls)
+    hint_ttls = [await redis.ttl(names.commit_hint_key(p)) for p in positions]
+    head_ttls = [await redis.ttl(names.stream_head_key(s)) for s in streams]
+    state["hints_expire"] = all(ttl > 0 for ttl in hint_ttls)
+    state["heads_kept"] = all(ttl == -1 for ttl in head_ttls)  # heads never expire
     return state
 
 
@@ -76,7 +77,8 @@ async def test_seeded_log_and_redis_equal_what_appends_write(
         assert len(seeded) == len(appended) == SHAPE.commits
         assert seeded == appended
         assert seeded_redis == appended_redis
-        assert seeded_redis["all_expire"]
+        assert seeded_redis["hints_expire"]
+        assert seeded_redis["heads_kept"]
         assert await verify_seeded(seeded_store, len(planned)) == []
     finally:
         await mongo.drop_database(seeded_db.name)

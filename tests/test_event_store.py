@@ -8,10 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 
+from taskflow import names
+from taskflow.events.chain import HashChain
 from taskflow.events.codec import decode_events
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit, Metadata
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
+from tests.conftest import TEST_HMAC_KEY
 from tests.sample_events import NoteTagged, NoteWritten
 
 
@@ -255,3 +258,16 @@ async def test_an_append_after_redis_forgot_its_scripts_still_caches_the_head(
     assert head is not None
     assert head.version == result.version == 2
     assert [c.position async for c in store.read_all(0)] == [1, result.position]
+
+
+async def test_a_stream_head_is_kept_until_told_otherwise(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """Heads never expire by default (a lost head costs a read of the log); a TTL is opt-in."""
+    await store.append("kept", 0, [NoteWritten(text="a")], meta(), snapshot=b"{}")
+    assert await redis.ttl(names.stream_head_key("kept")) == -1  # exists, no expiry
+    expiring = MongoEventStore(store.commits.database, redis, HashChain(TEST_HMAC_KEY), head_ttl=60)
+    await expiring.append("kept", 1, [NoteWritten(text="b")], meta(), snapshot=b"{}")
+    assert 0 < await redis.ttl(names.stream_head_key("kept")) <= 60
+    await store.append("kept", 2, [NoteWritten(text="c")], meta(), snapshot=b"{}")
+    assert await redis.ttl(names.stream_head_key("kept")) == -1  # the default persists it again

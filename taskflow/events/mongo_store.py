@@ -55,7 +55,11 @@ if ARGV[3] == '' then
 else
   redis.call('HSET', KEYS[1], 's', ARGV[3])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[4] == '0' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
 return 1
 """
 
@@ -81,7 +85,7 @@ class MongoEventStore:
         *,
         gap_timeout: float = 2.0,
         hint_ttl: int = 24 * 3600,
-        head_ttl: int = 7 * 24 * 3600,
+        head_ttl: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.commits: AsyncCollection[dict[str, Any]] = db.get_collection(
@@ -92,6 +96,9 @@ class MongoEventStore:
         self._redis = redis
         self._chain = chain
         self._clock = clock
+        # 0: heads never expire. A command on a stream without a head reads the stream from
+        # MongoDB, which on FerretDB scans the whole log (seconds at 10,000 commits), so an
+        # idle task must not lose its head just for being idle (docs/benchmarks.md, Scale).
         self._head_ttl = head_ttl
         self._idem_ttl = hint_ttl
         self._set_head = redis.register_script(_SET_HEAD)
