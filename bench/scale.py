@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +29,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from tqdm import tqdm
 
 from bench.harness import Progress
+from bench.http_processes import api_server
 from bench.latency import TaskLoad, steady
-from bench.processes import Child, ChildFailedError, child, projector
+from bench.processes import Child, ChildFailedError, projector
 from bench.report import describe_machine
 from bench.scale_report import Measured, write_scale_report
 from bench.seeder import BulkSeeder, PlannedCommit, Shape, plan, verify_seeded
@@ -302,9 +301,9 @@ async def _http(
     servers: Servers, database: str, planned: list[PlannedCommit], options: Options
 ) -> dict[str, Any]:
     """Latencies of 8 clients, each a seeded owner with its seeded tasks, via the real API."""
-    async with api(servers, database) as base_url:
+    async with api_server(servers, database) as server:
         load_plan = {
-            "base_url": base_url,
+            "base_url": server.base,
             "clients": _clients(servers, planned),
             "seconds": options.http_seconds,
             "warmup_seconds": options.http_warmup,
@@ -317,7 +316,7 @@ async def _http(
             if await process.wait() != 0:
                 raise RuntimeError("bench.scale_load failed")
             out = orjson.loads(await asyncio.to_thread(out_path.read_bytes))
-        cold = await _cold_changes(servers, base_url, planned)
+        cold = await _cold_changes(servers, server.base, planned)
     figures: dict[str, Any] = {"http_failures": out["failures"], **cold}
     for kind, values in out["ms"].items():
         figures[f"{kind}_n"] = len(values)
@@ -383,44 +382,6 @@ def _clients(servers: Servers, planned: list[PlannedCommit]) -> list[dict[str, A
         }
         for owner in owners
     ]
-
-
-@asynccontextmanager
-async def api(servers: Servers, database: str) -> AsyncIterator[str]:
-    """`python -m taskflow serve` on `database` and a free port, once `/api/ready` answers."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MONGODB_URI": servers.settings.mongodb_uri,
-        "MONGODB_DB": database,
-        "REDIS_URL": servers.settings.redis_url,
-        "HTTP_PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        "METRICS_PORT": "0",
-        "RATE_LIMIT_ENABLED": "false",  # 8 clients from one address would hit the per-IP limit
-    }
-    base = f"http://127.0.0.1:{port}"
-    async with (
-        child("api", [sys.executable, "-m", "taskflow", "serve"], env) as proc,
-        aiohttp.ClientSession() as session,
-    ):
-
-        async def ready() -> bool:
-            try:
-                async with session.get(f"{base}/api/ready") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await proc.wait_until(ready, seconds=60)
-        yield base
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # -- lag and rebuild ----------------------------------------------------------------------------
