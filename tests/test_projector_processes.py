@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.verify import compare, fold_all_tasks, mongo_views, redis_views
 from taskflow.settings import Settings
+from tests.fault_tools import free_port
 from tests.workload import write_workload
 
 LEASE_TTL = 1.5
@@ -223,12 +223,6 @@ async def test_two_projectors_on_one_host_share_the_metrics_port_setting_and_log
             async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                 assert response.status == 200
                 assert "taskflow_projection_batch_seconds" in await response.text()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 EVENTS_UNDER_FIRE = 20_000
