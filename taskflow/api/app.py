@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -90,25 +91,33 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 async def _deny_list_copy(app: web.Application) -> AsyncIterator[None]:
     """Keep this process's copy of the deny list, for checking tokens while Redis is down."""
-    task = asyncio.create_task(app[DENY_LIST].keep_copy(lambda: datetime.now(UTC)))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _in_background(app[DENY_LIST].keep_copy(lambda: datetime.now(UTC))):
+        yield
 
 
 async def _indexes(app: web.Application) -> AsyncIterator[None]:
     """Create indexes in the background so the API starts (not ready) while MongoDB is down."""
     stopping = asyncio.Event()
-    task = asyncio.create_task(_create_indexes(app[SERVICES], app[INDEXES_READY], stopping))
-    yield
-    stopping.set()
-    task.cancel()
-    # A driver call caught mid-selection may outlive the first cancel (seen with timeoutMS),
-    # so the loop also checks `stopping`, and shutdown waits for it only so long.
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        async with asyncio.timeout(2):
-            await task
+    async with _in_background(_create_indexes(app[SERVICES], app[INDEXES_READY], stopping)):
+        yield
+        stopping.set()
+
+
+@contextlib.asynccontextmanager
+async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `work` as a task for the app's lifetime; at shutdown cancel it, waiting 2 s at most.
+
+    A driver call caught mid-selection may outlive the first cancel (seen with timeoutMS), so
+    shutdown never waits for it long (and loops should also check a stop flag of their own).
+    """
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(2):
+                await task
 
 
 async def _create_indexes(services: Services, done: asyncio.Event, stopping: asyncio.Event) -> None:
