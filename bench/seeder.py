@@ -4,8 +4,8 @@ The append path costs an insert per commit plus Redis round trips (≈4 ms on Fe
 100,000 commits that way takes minutes. The seeder builds the same commits with the store's own
 pieces (`encode_event`, `HashChain.sign`, `commit_to_document`, `commit_to_json`, the key names
 of `taskflow.names`) and writes them with `insert_many`, then leaves Redis as a run of appends
-would: a hint per position, each stream's head with its state snapshot, and a seeded position
-counter (with `PositionCounter`'s own seeding script). `tests/test_bulk_seeder.py`
+would: a hint per position, each stream's head with its state snapshot, the reserved position
+blocks and the counter (`PositionCounter.seed_bulk_load`). `tests/test_bulk_seeder.py`
 proves the documents and the Redis state equal what `append` writes for the same commits.
 """
 
@@ -26,7 +26,6 @@ from taskflow.events.base import DomainEvent
 from taskflow.events.chain import HashChain
 from taskflow.events.codec import commit_to_document, commit_to_json, encode_event, to_millis
 from taskflow.events.mongo_store import MongoEventStore
-from taskflow.events.positions import _SEED as SEED_COUNTER  # the counter's own seeding script
 from taskflow.events.records import BrokenLink, Commit, Metadata
 
 WORDS = ["alpha", "beta", "gamma", "delta", "report", "budget", "launch", "review", "bug"]
@@ -175,10 +174,9 @@ class BulkSeeder:
         if batch:
             written += await self._write(batch)
             progress(len(batch))
-        # The counter at the highest position, marked seeded, as `PositionCounter.reseed` leaves
-        # it; without its sorted read of the whole log (a full sort on FerretDB: seconds at 10k).
-        seed_counter = self._redis.register_script(SEED_COUNTER)
-        await seed_counter(keys=[names.POSITION_COUNTER, names.POSITION_SEEDED], args=[written])
+        # The position blocks reserved and the counter at the highest position, as the appends
+        # would leave them.
+        await self._store.positions.seed_bulk_load(written)
         return written
 
     def commit(self, item: PlannedCommit, position: int) -> Commit:

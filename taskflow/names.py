@@ -8,11 +8,14 @@ EMAIL_RESERVATIONS = "email_reservations"
 REFRESH_TOKENS = "refresh_tokens"
 LEASES = "projection_leases"
 CHECKPOINTS = "projection_checkpoints"
+# One document per block of global positions, inserted before any position of the block is used.
+POSITION_BLOCKS = "position_blocks"
 
 # Redis keys. One prefix so a shared Redis can host several deployments side by side.
 PREFIX = "tf:"
 POSITION_COUNTER = PREFIX + "log:position"
-POSITION_SEEDED = PREFIX + "log:position:seeded"
+# The highest position whose block is reserved in MongoDB; absent until seeded since Redis started.
+POSITION_RESERVED = PREFIX + "log:position:reserved"
 SETTLED_HEAD = PREFIX + "log:settled"
 WAKE_CHANNEL = PREFIX + "log:wake"
 

@@ -21,7 +21,9 @@ SHAPE = Shape(commits=80, per_task=5, tasks_per_user=4)
 
 
 async def _log(db: AsyncDatabase[dict[str, Any]]) -> list[dict[str, Any]]:
-    return await db[names.COMMITS].find({}).sort("position").to_list()
+    """The log's documents in order, then the reserved position blocks."""
+    commits = await db[names.COMMITS].find({}).sort("position").to_list()
+    return commits + await db[names.POSITION_BLOCKS].find({}).sort("_id").to_list()
 
 
 async def _redis_state(redis: Redis, planned: list[PlannedCommit]) -> dict[str, Any]:
@@ -30,7 +32,7 @@ async def _redis_state(redis: Redis, planned: list[PlannedCommit]) -> dict[str, 
     positions = range(1, len(planned) + 1)
     state: dict[str, Any] = {
         "counter": await redis.get(names.POSITION_COUNTER),
-        "seeded": await redis.get(names.POSITION_SEEDED),
+        "reserved": await redis.get(names.POSITION_RESERVED),
         "hints": [await redis.get(names.commit_hint_key(p)) for p in positions],
         "heads": {s: await redis.hgetall(names.stream_head_key(s)) for s in streams},
     }
@@ -74,7 +76,7 @@ async def test_seeded_log_and_redis_equal_what_appends_write(
         assert await seeder.seed(planned) == len(planned)
         seeded, seeded_redis = await _log(seeded_db), await _redis_state(redis, planned)
 
-        assert len(seeded) == len(appended) == SHAPE.commits
+        assert len(seeded) == len(appended) == SHAPE.commits + 1  # one block of positions
         assert seeded == appended
         assert seeded_redis == appended_redis
         assert seeded_redis["hints_expire"]

@@ -9,9 +9,11 @@ import pytest
 from redis.asyncio import Redis
 
 from taskflow import names
+from taskflow.events import log_reader
 from taskflow.events.chain import HashChain
 from taskflow.events.codec import decode_events
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.events.positions import BLOCK
 from taskflow.events.records import Commit, Metadata
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
 from tests.conftest import TEST_HMAC_KEY
@@ -226,6 +228,9 @@ async def test_a_late_writer_whose_position_was_sealed_retries_with_a_new_one(
     release.set()
     result = await writer
     assert result.position == 3
+    # It just took the next position: one collision is no reason to re-seed the counter
+    # (which would have moved it to the end of the reserved block).
+    assert await store.positions.allocated() == 3
     log = await drain(store)
     assert [c.stream_id for c in log] == ["~gap", "fast", "slow"]
 
@@ -233,18 +238,49 @@ async def test_a_late_writer_whose_position_was_sealed_retries_with_a_new_one(
 async def test_appends_and_reads_survive_redis_losing_everything(
     store: MongoEventStore, redis: Redis
 ) -> None:
-    """With Redis flushed, positions are re-seeded from the log and readers fall back to it."""
+    """With Redis flushed, positions are re-seeded from MongoDB and readers fall back to it.
+
+    The counter resumes after the last reserved block (one small read, not the log's highest
+    position), and that block's unused positions are sealed, so readers never wait for them.
+    """
     for version in range(3):
         await store.append("s-1", version, [NoteWritten(text=str(version))], meta())
     await redis.flushdb()
     result = await store.append("s-1", 3, [NoteWritten(text="after")], meta())
-    assert result.position == 4
-    await redis.delete("tf:log:at:4")  # a hint that never arrived
+    assert result.position == BLOCK + 1
+    await redis.delete(names.commit_hint_key(result.position))  # a hint that never arrived
     assert await drain(store) == []  # unknown holes get the grace period first
     await asyncio.sleep(0.35)
     log = await drain(store)
-    assert [c.position for c in log] == [1, 2, 3, 4]
-    assert [c.is_gap for c in log] == [False] * 4
+    assert [c.position for c in log] == list(range(1, BLOCK + 2))
+    assert [c.position for c in log if not c.is_gap] == [1, 2, 3, BLOCK + 1]
+
+
+async def test_a_log_from_before_position_blocks_is_reseeded_from_its_highest_position(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """A log written before blocks were reserved is read once for its highest position."""
+    for version in range(3):
+        await store.append("s-1", version, [NoteWritten(text=str(version))], meta())
+    await store.commits.database[names.POSITION_BLOCKS].drop()
+    await redis.flushdb()
+    result = await store.append("s-1", 3, [NoteWritten(text="after")], meta())
+    assert result.position == BLOCK + 1
+    blocks = await store.commits.database[names.POSITION_BLOCKS].find({}).to_list()
+    assert [block["_id"] for block in blocks] == [0, 1]
+
+
+async def test_positions_of_every_block_are_reserved_before_they_are_used(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """Crossing into a new block inserts its reservation; the mark in Redis follows it."""
+    await store.append("s-0", 0, [NoteWritten(text="first")], meta())
+    await redis.set(names.POSITION_COUNTER, BLOCK - 1)  # as if BLOCK - 2 more had been taken
+    await store.append("s-1", 0, [NoteWritten(text="last of block 0")], meta())
+    await store.append("s-2", 0, [NoteWritten(text="first of block 1")], meta())
+    blocks = await store.commits.database[names.POSITION_BLOCKS].find({}).to_list()
+    assert sorted(block["_id"] for block in blocks) == [0, 1]
+    assert int(await redis.get(names.POSITION_RESERVED) or 0) == 2 * BLOCK
 
 
 async def test_an_append_after_redis_forgot_its_scripts_still_caches_the_head(
@@ -271,3 +307,27 @@ async def test_a_stream_head_is_kept_until_told_otherwise(
     assert 0 < await redis.ttl(names.stream_head_key("kept")) <= 60
     await store.append("kept", 2, [NoteWritten(text="c")], meta(), snapshot=b"{}")
     assert await redis.ttl(names.stream_head_key("kept")) == -1  # the default persists it again
+
+
+@pytest.mark.parametrize("reorder_limit", [10_000, 2])
+async def test_the_log_is_read_in_position_order_whatever_order_it_is_stored_in(
+    store: MongoEventStore, redis: Redis, monkeypatch: pytest.MonkeyPatch, reorder_limit: int
+) -> None:
+    """Without hints the reader streams MongoDB unsorted and puts documents back in order.
+
+    Position 2 is stored last (as a gap sealed late would be). With a reorder buffer too small
+    to hold what comes before it, the reader finishes the run with a sorted read instead.
+    """
+    monkeypatch.setattr(log_reader, "REORDER_LIMIT", reorder_limit)
+    for i in range(6):
+        await store.append(f"s-{i}", 0, [NoteWritten(text=str(i))], meta())
+    assert len(await drain(store)) == 6  # read once: the settled head is at 6
+    second = await store.commits.find_one_and_delete({"position": 2})
+    assert second is not None
+    await store.commits.insert_one(second)
+    stored = [doc["position"] async for doc in store.commits.find({})]
+    await redis.delete(*[names.commit_hint_key(p) for p in range(1, 7)])
+    log = await drain(store)
+    assert [c.position for c in log] == [1, 2, 3, 4, 5, 6]
+    assert [c.stream_id for c in log] == [f"s-{i}" for i in range(6)]
+    assert stored[-1] == 2  # the server did hand it over last (storage order)

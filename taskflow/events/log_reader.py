@@ -5,19 +5,23 @@ Scheme (docs/event-log.md): every position is settled by exactly one document un
 the document to Redis as a hint keyed by position, so the tail of the log is read with one MGET
 instead of a range query (a range query scans the whole collection on the local server). A
 position without a hint is waited for; once it has been missing for `gap_timeout`, the reader
-asks MongoDB, the authority: it streams the log from there in one pass, and seals a position
-nobody wrote by inserting a gap under the unique index, so a late writer loses and retries with a
-new position. Either the late commit or the seal wins, never both, so nothing is skipped.
+seals it by inserting a gap under the unique index (a duplicate key means its writer got there
+first), so a late writer loses and retries with a new position. Either the late commit or the
+seal wins, never both, so nothing is skipped. MongoDB stays the authority: without hints (they
+expire, Redis can lose them) the reader streams the log from there in one pass.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
@@ -27,16 +31,21 @@ from taskflow.events.codec import (
     commit_from_json,
     commit_to_document,
     commit_to_json,
-    to_millis,
 )
+from taskflow.events.gaps import make_gap
 from taskflow.events.positions import PositionCounter
-from taskflow.events.records import GAP_STREAM, Commit
+from taskflow.events.records import Commit
 
 HINT_CHUNK = 256
 # A pass starts with an MGET this small and quadruples it while each comes back full: a
 # projector woken for one or two new commits asks for a few keys, not 256 (an MGET of 256
 # mostly absent keys costs about 2 ms of client and server time, docs/benchmarks.md).
 FIRST_HINT_CHUNK = 4
+# Reading MongoDB: documents per batch, batches fetched ahead of the consumer, and how many
+# out-of-order documents a pass keeps before it gives up at a hole.
+READ_BATCH = 1000
+READ_AHEAD_BATCHES = 2
+REORDER_LIMIT = 10_000
 _RAISE_SETTLED = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
@@ -66,7 +75,7 @@ class LogReader:
         self._missing_since: dict[int, float] = {}
         self._raise_settled = redis.register_script(_RAISE_SETTLED)
 
-    async def read(self, after: int) -> AsyncIterator[Commit]:
+    async def read(self, after: int) -> AsyncGenerator[Commit, None]:
         """Every settled commit (gaps included) after `after`, in order, up to the first hole."""
         position, chunk = after, FIRST_HINT_CHUNK
         while True:
@@ -80,10 +89,13 @@ class LogReader:
                     chunk = min(chunk * 4, HINT_CHUNK)
                     continue
             found = 0
-            async for commit in self._missing(position + 1):
-                found += 1
-                yield commit
-                position = commit.position
+            # Closed at once when the caller stops early: a cursor left reading a collection
+            # that is then dropped crashes FerretDB (SIGBUS in SQLite), besides holding it.
+            async with contextlib.aclosing(self._missing(position + 1)) as missing:
+                async for commit in missing:
+                    found += 1
+                    yield commit
+                    position = commit.position
             if not found:
                 return
             await self._settled(position)
@@ -119,63 +131,120 @@ class LogReader:
             del self._missing_since[stale]
         await self._raise_settled(keys=[names.SETTLED_HEAD], args=[position])
 
-    async def _missing(self, position: int) -> AsyncIterator[Commit]:
+    async def _missing(self, position: int) -> AsyncGenerator[Commit, None]:
         """What to do about a position with no hint; yields what the log settles there."""
-        settled_raw, allocated = await self._redis.get(names.SETTLED_HEAD), None
-        settled = int(settled_raw) if settled_raw else 0
-        if settled < position:
+        settled_raw = await self._redis.get(names.SETTLED_HEAD)
+        if (int(settled_raw) if settled_raw else 0) < position:
             allocated = await self._counter.allocated()
-            if allocated is not None and allocated < position:
+            if allocated is None:
+                # Redis lost the counter: re-seeding finds the positions that may be in use
+                # (and seals its last block's unused ones) from MongoDB's small blocks list.
+                await self._counter.reseed()
+                allocated = await self._counter.allocated_or_zero()
+            if allocated < position:
                 return  # nobody has taken this position yet: we are at the end
             since = self._missing_since.setdefault(position, self._monotonic())
             if self._monotonic() - since < self._gap_timeout:
                 return  # probably in flight: a writer between taking it and writing it
-        async for commit in self._from_log(position, allocated):
-            yield commit
-
-    async def _from_log(self, position: int, allocated: int | None) -> AsyncIterator[Commit]:
-        """One streamed pass over the log from `position`, sealing `position` if nobody wrote it."""
-        expected = position
-        cursor = self._commits.find({"position": {"$gte": position}}).sort("position", 1)
-        async with cursor.batch_size(1000) as docs:
-            async for doc in docs:
-                commit = commit_from_document(doc)
-                if commit.position != expected:
-                    if expected != position:
-                        return  # a later hole: it gets its own grace period
-                    yield await self._seal(position)
-                    expected += 1
-                    if commit.position != expected:
-                        return
+            gap = await self._seal(position)
+            if gap is not None:
+                yield gap
+                position += 1
+        async with contextlib.aclosing(self._from_log(position)) as commits:
+            async for commit in commits:
                 yield commit
-                expected += 1
-        if expected == position and allocated is not None and position <= allocated:
-            yield await self._seal(position)
 
-    async def _seal(self, position: int) -> Commit:
-        """Fill `position` with a gap, unless its writer got there first (the index decides)."""
+    async def _from_log(self, position: int) -> AsyncGenerator[Commit, None]:
+        """The settled run of the log from `position`, from MongoDB in one streamed pass.
+
+        No server-side sort: FerretDB sorts a whole collection in Go before sending the first
+        document, so the documents come in storage order (insertion order there, index order on
+        MongoDB) and a small buffer puts them back in position order. A later hole ends the run
+        (it gets its own grace period). Storage order strays from position order only by what
+        is written while a position waits for its writer or its seal, a few hundred documents;
+        if the buffer still outgrows `REORDER_LIMIT`, the rest of the run is read sorted.
+        """
+        expected = position
+        waiting: dict[int, dict[str, Any]] = {}
+        cursor = self._commits.find({"position": {"$gte": position}}).batch_size(READ_BATCH)
+        async with contextlib.aclosing(read_ahead(cursor)) as docs:
+            async for doc in docs:
+                found = int(doc["position"])
+                if found != expected:
+                    waiting[found] = doc
+                    if len(waiting) > REORDER_LIMIT:
+                        break
+                    continue
+                yield commit_from_document(doc)
+                expected += 1
+                while expected in waiting:
+                    yield commit_from_document(waiting.pop(expected))
+                    expected += 1
+        if len(waiting) > REORDER_LIMIT:
+            waiting.clear()
+            async with contextlib.aclosing(self._sorted_from(expected)) as commits:
+                async for commit in commits:
+                    yield commit
+
+    async def _sorted_from(self, position: int) -> AsyncGenerator[Commit, None]:
+        """The settled run from `position`, sorted by the server (a full sort on FerretDB)."""
+        expected = position
+        query = {"position": {"$gte": position}}
+        cursor = self._commits.find(query).sort("position", 1).batch_size(READ_BATCH)
+        async with contextlib.aclosing(read_ahead(cursor)) as docs:
+            async for doc in docs:
+                if int(doc["position"]) != expected:
+                    return
+                yield commit_from_document(doc)
+                expected += 1
+
+    async def _seal(self, position: int) -> Commit | None:
+        """Fill `position` with a gap, unless its writer got there first (the index decides).
+
+        The gap, or None when the position is held (the stream from MongoDB brings its holder).
+        """
         gap = make_gap(position, datetime.now(UTC))
         try:
             await self._commits.insert_one(commit_to_document(gap))
         except DuplicateKeyError:
-            doc = await self._commits.find_one({"position": position})
-            if doc is None:
-                raise
-            gap = commit_from_document(doc)
+            return None
         await self.hint(gap)
         return gap
 
 
-def make_gap(position: int, now: datetime) -> Commit:
-    """The no-op document that settles a position no commit will ever use."""
-    commit_id = f"~gap:{position}"
-    return Commit(
-        kind="gap",
-        commit_id=commit_id,
-        stream_id=GAP_STREAM,
-        first_version=position,
-        last_version=position,
-        position=position,
-        recorded_at=to_millis(now),
-        idempotency=commit_id,
-    )
+async def read_ahead(
+    cursor: AsyncCursor[dict[str, Any]], batches: int = READ_AHEAD_BATCHES
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The cursor's documents, fetched up to `batches` batches ahead of the consumer.
+
+    A cursor asks for its next batch only when the last one is used up, so a reader that
+    decodes and applies each batch leaves the server idle meanwhile, and then waits for it.
+    Fetching from a task overlaps the two (the server and Python run on different cores).
+    """
+    queue: asyncio.Queue[list[dict[str, Any]] | Exception | None] = asyncio.Queue(batches)
+
+    async def fetch() -> None:
+        try:
+            async with cursor as docs:
+                chunk: list[dict[str, Any]] = []
+                async for doc in docs:
+                    chunk.append(doc)
+                    if len(chunk) >= READ_BATCH:
+                        await queue.put(chunk)
+                        chunk = []
+            await queue.put(chunk)
+            await queue.put(None)
+        except Exception as exc:  # handed to the consumer, which raises it
+            await queue.put(exc)
+
+    fetching = asyncio.create_task(fetch())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            for doc in item:
+                yield doc
+    finally:
+        fetching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetching

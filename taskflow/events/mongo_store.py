@@ -7,7 +7,8 @@ the retried command. Redis only speeds the common case up; MongoDB stays the aut
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -27,12 +28,14 @@ from taskflow.events.base import DomainEvent
 from taskflow.events.chain import HashChain, StreamChecker
 from taskflow.events.codec import (
     commit_from_document,
+    commit_from_json,
     commit_to_document,
     commit_to_json,
     encode_event,
     to_millis,
 )
-from taskflow.events.log_reader import LogReader, make_gap
+from taskflow.events.gaps import make_gap
+from taskflow.events.log_reader import LogReader, read_ahead
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
@@ -41,8 +44,10 @@ from taskflow.text import as_text
 
 log = structlog.get_logger(__name__)
 
-# How often one append may find its position already settled by a sealer before giving up.
+# How often one append may find its position already settled by a sealer before giving up, and
+# after how many such collisions in a row it suspects a counter behind the log and re-seeds it.
 POSITION_ATTEMPTS = 8
+RESEED_AFTER = 3
 
 # Keep a head only if it is newer than the cached one (Redis scripts run atomically).
 _SET_HEAD = """
@@ -102,7 +107,7 @@ class MongoEventStore:
         self._head_ttl = head_ttl
         self._idem_ttl = hint_ttl
         self._set_head = redis.register_script(_SET_HEAD)
-        self.positions = PositionCounter(redis, self.commits)
+        self.positions = PositionCounter(redis, self.commits, db[names.POSITION_BLOCKS], clock)
         self.reader = LogReader(
             self.commits, redis, self.positions, gap_timeout=gap_timeout, hint_ttl=hint_ttl
         )
@@ -163,7 +168,7 @@ class MongoEventStore:
         commit_id = f"{stream_id}:{first}"
         stored = tuple(encode_event(event, first + i) for i, event in enumerate(events))
         idempotency = _idempotency(metadata.actor, idempotency_key) or f"~{commit_id}"
-        for _ in range(POSITION_ATTEMPTS):
+        for attempt in range(1, POSITION_ATTEMPTS + 1):
             unsigned = Commit(
                 commit_id=commit_id,
                 stream_id=stream_id,
@@ -185,7 +190,10 @@ class MongoEventStore:
                     raise ConcurrencyError(stream_id, expected_version, head.version) from None
                 outcome, other = await self._explain_duplicate(commit)
                 if outcome is _Duplicate.POSITION:
-                    await self.positions.reseed()
+                    # Usually a reader sealed a position this writer held too long: the next
+                    # one is free. Only repeated collisions suggest a counter behind the log.
+                    if attempt >= RESEED_AFTER:
+                        await self.positions.reseed()
                     continue
                 await self._fill(commit.position)
                 if outcome is _Duplicate.REPLAY and other is not None:
@@ -225,7 +233,15 @@ class MongoEventStore:
         return head if head is not None and head.version >= commit.first_version else None
 
     async def _explain_duplicate(self, commit: Commit) -> tuple[_Duplicate, Commit | None]:
-        """Which unique index refused `commit` (the server's error does not say), by reading."""
+        """Which unique index refused `commit` (the server's error does not say), by reading.
+
+        The position's hint answers the common case with one Redis GET: another document holds
+        the position. Otherwise one read of the log (a scan on FerretDB) decides.
+        """
+        with contextlib.suppress(RedisError):
+            held = await self._redis.get(names.commit_hint_key(commit.position))
+            if held is not None and commit_from_json(held).commit_id != commit.commit_id:
+                return _Duplicate.POSITION, None
         query = {
             "$or": [
                 {"_id": commit.commit_id},
@@ -369,22 +385,24 @@ class MongoEventStore:
 
     async def read_all(
         self, after_position: int, limit: int | None = None
-    ) -> AsyncIterator[Commit]:
+    ) -> AsyncGenerator[Commit, None]:
         count = 0
-        async for commit in self.reader.read(after_position):
-            yield commit
-            count += 1
-            if limit is not None and count >= limit:
-                return
+        async with contextlib.aclosing(self.reader.read(after_position)) as commits:
+            async for commit in commits:
+                yield commit
+                count += 1
+                if limit is not None and count >= limit:
+                    return
 
-    async def scan(self, after_position: int = 0) -> AsyncIterator[Commit]:
+    async def scan(self, after_position: int = 0) -> AsyncGenerator[Commit, None]:
         """Every stored document after a position, straight from MongoDB in one streamed pass.
 
         For auditors: it reads what MongoDB holds (not the Redis hints) and does not wait at
         holes; `read_all` is the gap-safe reader for anything that keeps a checkpoint.
         """
         query = {"position": {"$gt": after_position}}
-        async with self.commits.find(query).sort("position", ASCENDING).batch_size(1000) as docs:
+        cursor = self.commits.find(query).sort("position", ASCENDING).batch_size(1000)
+        async with contextlib.aclosing(read_ahead(cursor)) as docs:
             async for doc in docs:
                 yield commit_from_document(doc)
 
