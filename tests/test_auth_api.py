@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from taskflow import names
 from taskflow.api.app import create_app
 from taskflow.api.auth_routes import REFRESH_COOKIE
+from taskflow.api.keys import SERVICES
 from taskflow.auth.indexes import ensure_auth_indexes
 from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshTokenReusedError, RefreshTokens
 from taskflow.auth.tokens import issue_access_token
@@ -35,6 +36,7 @@ from taskflow.commands.user_handlers import (
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
+from taskflow.projections.catalog import catch_up, projections
 from taskflow.settings import Settings
 from tests.conftest import TEST_HMAC_KEY, closed_port
 
@@ -474,3 +476,42 @@ async def test_mongodb_stays_the_authority_when_redis_forgets(db: Db, redis: Red
     await redis.flushdb()
     with pytest.raises(InvalidRefreshTokenError):
         await tokens.rotate(second.token, now)
+
+
+async def test_reads_refuse_a_logged_out_token_as_soon_as_the_logout_answered(
+    client: Client,
+) -> None:
+    """One task and list pages check the deny list in their own Redis round trip: a token is
+    401 there right after its logout's 204, cached page, new query and read-your-writes alike."""
+    await register(client)
+    access, _ = await login(client)
+    created = await client.post("/api/tasks", json={"title": "t"}, headers=bearer(access))
+    assert created.status == 201
+    task = await created.json()
+    position = created.headers["X-TaskFlow-Position"]
+    await catch_up(client.app[SERVICES].store, projections(client.app[SERVICES]))
+    reads = [f"/api/tasks/{task['id']}", "/api/tasks", "/api/tasks?limit=5"]
+    for path in reads:  # the pages are cached now
+        assert (await client.get(path, headers=bearer(access))).status == 200
+    assert (await client.post("/api/auth/logout", headers=bearer(access))).status == 204
+    for path in [*reads, "/api/tasks?priority=low"]:
+        for extra in [{}, {"X-TaskFlow-Position": position}]:
+            response = await client.get(path, headers={**bearer(access), **extra})
+            assert response.status == 401, path
+            assert (await response.json())["detail"] == "invalid or expired token"
+
+
+async def test_guarded_reads_survive_redis_forgetting_their_scripts(
+    client: Client, redis: Redis
+) -> None:
+    """After SCRIPT FLUSH (as after a Redis restart) the read scripts are loaded again."""
+    await register(client)
+    access, _ = await login(client)
+    created = await client.post("/api/tasks", json={"title": "t"}, headers=bearer(access))
+    task = await created.json()
+    await catch_up(client.app[SERVICES].store, projections(client.app[SERVICES]))
+    await redis.script_flush()
+    one = await client.get(f"/api/tasks/{task['id']}", headers=bearer(access))
+    assert (one.status, (await one.json())["title"]) == (200, "t")
+    page = await client.get("/api/tasks", headers=bearer(access))
+    assert [item["id"] for item in (await page.json())["items"]] == [task["id"]]

@@ -344,6 +344,7 @@ async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_rec
             assert one.status == 200
             assert (await one.json())["title"] == before[0]["title"]
             assert (await client.get("/api/tasks", headers=logged_out)).status == 401
+            assert (await client.get(url, headers=logged_out)).status == 401
             # Writes need Redis (positions, heads): 503, never a partial commit.
             for write in [
                 await client.post("/api/tasks", json={"title": "x"}, headers=auth),
@@ -352,10 +353,11 @@ async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_rec
                 assert write.status == 503
                 assert write.headers["Retry-After"]
             # A process without a recent enough copy fails closed.
-            refused = await strict.get("/api/tasks", headers=auth)
-            assert refused.status == 503
-            assert (await refused.json())["type"].endswith(":auth-unavailable")
-            assert refused.headers["Retry-After"] == "1"
+            for path in ["/api/tasks", url]:
+                refused = await strict.get(path, headers=auth)
+                assert refused.status == 503
+                assert (await refused.json())["type"].endswith(":auth-unavailable")
+                assert refused.headers["Retry-After"] == "1"
             # Rate limiting fails open: far past the limit, and still served.
             assert [(await limited.get("/api/openapi.json")).status for _ in range(5)] == [200] * 5
             await private_redis.start()  # empty: no counter, hints, heads, read model or limits

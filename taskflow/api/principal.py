@@ -10,7 +10,7 @@ from aiohttp import web
 from taskflow.api.keys import DENY_LIST, SERVICES
 from taskflow.api.middlewares import register_problem_mapper
 from taskflow.api.problems import Problem
-from taskflow.auth.denylist import AuthUnavailableError
+from taskflow.auth.denylist import AuthUnavailableError, DenyGuard
 from taskflow.auth.tokens import InvalidTokenError, verify_access_token
 
 REALM = 'Bearer realm="taskflow"'
@@ -39,6 +39,23 @@ async def require_user(request: web.Request) -> Principal:
     return Principal(
         user_id=claims.user_id, roles=claims.roles, jti=claims.jti, expires_at=claims.expires_at
     )
+
+
+@dataclass(frozen=True)
+class GuardedCaller:
+    """A caller whose token is verified but not yet checked against the deny list: `guard`
+    must go with the read (taskflow.projections.task_queries.ReadGuard), which checks it in its
+    own Redis round trip and refuses a logged-out token as `require_user` would."""
+
+    user_id: str
+    guard: DenyGuard
+
+
+def guarded_caller(request: web.Request) -> GuardedCaller:
+    """The caller named by `Authorization: Bearer`, its deny-list check left to the read."""
+    services = request.app[SERVICES]
+    claims = verify_access_token(services.settings, _bearer(request), datetime.now(UTC))
+    return GuardedCaller(claims.user_id, request.app[DENY_LIST].guard(claims.jti))
 
 
 def _bearer(request: web.Request) -> str:

@@ -15,7 +15,7 @@ from taskflow.api.json_io import json_response, read_model
 from taskflow.api.middlewares import client_id
 from taskflow.api.principal import Principal, require_user
 from taskflow.api.problems import Problem
-from taskflow.api.task_schemas import CreateTaskBody, PatchTaskBody, TaskOut
+from taskflow.api.task_schemas import CreateTaskBody, PatchTaskBody, task_out_json
 from taskflow.commands.runner import Context, Outcome
 from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, RestoreTask, TaskState
 from taskflow.commands.task_handlers import handle_change_task, handle_create_task
@@ -129,9 +129,8 @@ def _written(outcome: Outcome[TaskState], status: int = 200) -> web.Response:
         headers["Idempotent-Replayed"] = "true"
     if status == 204 or outcome.state is None:
         return web.Response(status=status, headers=headers)
-    return json_response(
-        TaskOut.of(outcome.state).model_dump(mode="json"), status=status, headers=headers
-    )
+    view = outcome.state.model_dump(mode="json")
+    return json_response(task_out_json(view), status=status, headers=headers)
 
 
 def _store(request: web.Request) -> EventStore:

@@ -9,6 +9,10 @@ refresh; a process that never had one, or whose copy is older, fails closed (503
 made during an outage cannot be recorded anyway (it answers 503), so the copy misses at most
 the logouts of its last refresh interval, or those another process recorded while this one
 could not reach Redis: the documented price of serving reads (docs/operations.md).
+
+A read can carry the check in its own Redis round trip (`DenyGuard`, taskflow.projections.
+task_queries.ReadGuard): the same `EXISTS`, answered by Redis in the same script as the read,
+so a logout is just as immediate and the read costs one round trip instead of two.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -26,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskflow import names
+from taskflow.auth.tokens import InvalidTokenError
 
 log = structlog.get_logger(__name__)
 
@@ -70,17 +76,33 @@ class DenyList:
 
     async def is_denied(self, jti: str) -> bool:
         """Whether `jti` was logged out: Redis, else a recent copy, else AuthUnavailableError."""
-        if self._clock() >= self._redis_down_until:
-            try:
-                async with _guard():
-                    return bool(await self._redis.exists(names.denied_jti_key(jti)))
-            except AuthUnavailableError:
-                self._redis_down_until = self._clock() + RETRY_AFTER_FAILURE_SECONDS
-                if not self._copy_usable():
-                    raise
-                log.warning("deny_list_from_copy", age_seconds=self._copy_age())
-        elif not self._copy_usable():
+        if not self.redis_answering():
+            return self.denied_by_copy(jti)
+        try:
+            async with _guard():
+                return bool(await self._redis.exists(names.denied_jti_key(jti)))
+        except AuthUnavailableError:
+            return self.denied_by_copy(jti, redis_failed=True)
+
+    def guard(self, jti: str) -> DenyGuard:
+        """The check of `jti`, for a read to make in its own Redis round trip."""
+        return DenyGuard(self, jti)
+
+    def redis_answering(self) -> bool:
+        """False for a while after Redis failed: checks then go straight to the copy."""
+        return self._clock() >= self._redis_down_until
+
+    def denied_by_copy(self, jti: str, *, redis_failed: bool = False) -> bool:
+        """Whether the copy holds `jti`; AuthUnavailableError when it is too old to trust.
+
+        `redis_failed`: the caller just saw Redis fail, so later checks skip it for a while.
+        """
+        if redis_failed:
+            self._redis_down_until = self._clock() + RETRY_AFTER_FAILURE_SECONDS
+        if not self._copy_usable():
             raise AuthUnavailableError("the deny list cannot answer")
+        if redis_failed:
+            log.warning("deny_list_from_copy", age_seconds=self._copy_age())
         return jti in self._copy
 
     async def refresh(self, now: datetime) -> None:
@@ -106,6 +128,35 @@ class DenyList:
     def _copy_usable(self) -> bool:
         age = self._copy_age()
         return age is not None and age <= self._stale_limit
+
+
+@dataclass(frozen=True)
+class DenyGuard:
+    """One token's deny-list check riding on a read's Redis round trip (a `ReadGuard`).
+
+    The read runs `EXISTS key` in the same Lua script as its own commands and refuses when the
+    key exists; when Redis cannot answer (or failed less than a second ago) the check falls
+    back to the copy exactly as `DenyList.is_denied` does.
+    """
+
+    deny_list: DenyList
+    jti: str
+    timeout: float = CHECK_TIMEOUT_SECONDS
+
+    @property
+    def key(self) -> str:
+        return names.denied_jti_key(self.jti)
+
+    def redis_answering(self) -> bool:
+        return self.deny_list.redis_answering()
+
+    def check_without_redis(self, *, redis_failed: bool) -> None:
+        """Refuse a logged-out token from the copy; AuthUnavailableError when it is too old."""
+        if self.deny_list.denied_by_copy(self.jti, redis_failed=redis_failed):
+            raise self.refused()
+
+    def refused(self) -> InvalidTokenError:
+        return InvalidTokenError("logged out")
 
 
 @asynccontextmanager

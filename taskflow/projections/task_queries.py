@@ -9,13 +9,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from taskflow import names
@@ -26,6 +27,7 @@ from taskflow.projections.mongo_views import NAME as MONGO_NAME
 from taskflow.projections.mongo_views import PRIORITY_RANK
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.views import tokenize, view_from_document
+from taskflow.text import as_text
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -34,6 +36,52 @@ SortField = Literal["created", "updated", "due", "priority"]
 MAX_PAGE = 100
 PAGE_CACHE_TTL = 300
 ACTIVE_VERSION_TTL = 1.0  # how long a process trusts its copy of the active read-model version
+
+
+ViewJson = dict[str, Any]
+"""A task view in its stored JSON form (`TaskState.model_dump(mode="json")`), parsed only."""
+
+# The guarded reads: the guard's key is checked in the same script as the read, so both take
+# one round trip (on this API each Redis command costs about 150 us of CPU in redis-py, a pipeline
+# of two about 210 us, a script about the same as one command; docs/benchmarks.md). -1 means
+# the guard refused, nil (None) that there is nothing stored.
+_GUARDED_HGET = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+return redis.call('HGET', KEYS[2], ARGV[1])
+"""
+# The cached page's key holds the owner's generation, so the script reads the generation and
+# then the page it names: ARGV are the key's parts before and after the generation. (A key
+# built inside a script is not declared in KEYS; fine on one Redis, not on a Redis Cluster,
+# where none of a user's read-model keys share a hash slot anyway.)
+_GUARDED_PAGE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local generation = redis.call('GET', KEYS[2]) or '0'
+local page = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
+if page then return {generation, page} end
+return {generation}
+"""
+_REFUSED = -1
+
+
+class ReadGuard(Protocol):
+    """A condition a read must pass, checked in the read's own Redis round trip.
+
+    The API's guard is the caller's deny-list entry (taskflow.auth.denylist.DenyGuard): the
+    read is refused when `key` exists in Redis; when Redis cannot answer, `check_without_redis`
+    decides (it raises to refuse) before the read goes to MongoDB.
+    """
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    def redis_answering(self) -> bool: ...
+
+    def check_without_redis(self, *, redis_failed: bool) -> None: ...
+
+    def refused(self) -> Exception: ...
 
 
 class CursorError(ValueError):
@@ -83,6 +131,8 @@ class TaskReads:
         self._redis = redis
         self._db = read_db
         self._active: tuple[float, int] = (0.0, 1)
+        self._guarded_hget: AsyncScript = redis.register_script(_GUARDED_HGET)
+        self._guarded_page: AsyncScript = redis.register_script(_GUARDED_PAGE)
 
     async def get(self, owner: str, task_id: str) -> TaskState | None:
         async def from_redis() -> TaskState | None:
@@ -96,6 +146,39 @@ class TaskReads:
 
         view = await self._either(from_redis, from_mongo)
         return None if view is None or view.deleted else view
+
+    async def get_json(self, owner: str, task_id: str, guard: ReadGuard) -> ViewJson | None:
+        """One live view in its stored JSON form, `guard` checked in the same round trip.
+
+        The stored JSON is parsed, not validated: the projector wrote it from a `TaskState`.
+        """
+
+        async def from_redis() -> ViewJson | None:
+            keys = await self._keys()
+            raw = self._allowed(
+                guard, await self._guarded_hget(keys=[guard.key, keys.tasks(owner)], args=[task_id])
+            )
+            return orjson.loads(raw) if raw else None
+
+        async def from_mongo() -> ViewJson | None:
+            doc = await self._views().find_one({"_id": task_id, "owner_id": owner})
+            return view_from_document(doc).model_dump(mode="json") if doc else None
+
+        view = await self._guarded_either(guard, from_redis, from_mongo)
+        return None if view is None or view["deleted"] else view
+
+    async def list_json(
+        self, owner: str, query: TaskQuery, now: datetime, guard: ReadGuard
+    ) -> ViewJson:
+        """One page (`items`: views in their stored JSON form, `next`), `guard` checked in the
+        round trip that reads the page cache."""
+
+        async def from_mongo() -> ViewJson:
+            return _page_json(await _list_mongo(self._views(), owner, query, now))
+
+        return await self._guarded_either(
+            guard, lambda: self._list_redis_json(owner, query, now, guard), from_mongo
+        )
 
     async def list_tasks(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
         return await self._either(
@@ -160,6 +243,51 @@ class TaskReads:
         page = paginate(await self._candidates(keys, owner, query), query, now)
         await self._redis.set(cache_key, _page_to_json(page), ex=PAGE_CACHE_TTL)
         return page
+
+    async def _list_redis_json(
+        self, owner: str, query: TaskQuery, now: datetime, guard: ReadGuard
+    ) -> ViewJson:
+        keys = await self._keys()
+        head, tail = _around_generation(keys, owner, query.fingerprint())
+        answer = self._allowed(
+            guard,
+            await self._guarded_page(keys=[guard.key, keys.generation(owner)], args=[head, tail]),
+        )
+        generation, *cached = answer
+        CACHE.labels("hit" if cached else "miss").inc()
+        if cached:
+            page: ViewJson = orjson.loads(cached[0])
+            return page
+        page = _page_json(paginate(await self._candidates(keys, owner, query), query, now))
+        cache_key = head + as_text(generation) + tail
+        await self._redis.set(cache_key, orjson.dumps(page), ex=PAGE_CACHE_TTL)
+        return page
+
+    @staticmethod
+    def _allowed(guard: ReadGuard, answer: Any) -> Any:
+        """A guarded script's answer, unless the guard refused."""
+        if answer == _REFUSED:
+            raise guard.refused()
+        return answer
+
+    async def _guarded_either(
+        self,
+        guard: ReadGuard,
+        primary: Callable[[], Awaitable[T]],
+        fallback: Callable[[], Awaitable[T]],
+    ) -> T:
+        """`primary` (which checks `guard` in Redis) when Redis answers in time; otherwise the
+        guard decides without Redis, then `fallback` reads MongoDB."""
+        if guard.redis_answering():
+            try:
+                async with asyncio.timeout(guard.timeout):
+                    return await primary()
+            except (RedisError, OSError) as exc:  # OSError: TimeoutError, refused connections
+                log.warning("redis_read_failed_using_mongodb", error=repr(exc))
+                guard.check_without_redis(redis_failed=True)
+        else:
+            guard.check_without_redis(redis_failed=False)
+        return await fallback()
 
     async def _candidates(
         self, keys: RedisViewKeys, owner: str, query: TaskQuery
@@ -271,9 +399,18 @@ def decode_cursor(query: TaskQuery) -> tuple[int | None, str]:
 
 
 def _page_to_json(page: TaskPage) -> bytes:
-    return orjson.dumps(
-        {"items": [v.model_dump(mode="json") for v in page.items], "next": page.next_cursor}
-    )
+    return orjson.dumps(_page_json(page))
+
+
+def _page_json(page: TaskPage) -> ViewJson:
+    return {"items": [v.model_dump(mode="json") for v in page.items], "next": page.next_cursor}
+
+
+def _around_generation(keys: RedisViewKeys, owner: str, fingerprint: str) -> tuple[str, str]:
+    """A cached page's key split where its generation goes (for _GUARDED_PAGE to join)."""
+    at_zero, at_one = keys.list_page(owner, 0, fingerprint), keys.list_page(owner, 1, fingerprint)
+    cut = next(i for i, (a, b) in enumerate(zip(at_zero, at_one, strict=True)) if a != b)
+    return at_zero[:cut], at_zero[cut + 1 :]
 
 
 def _page_from_json(raw: bytes | str) -> TaskPage:
