@@ -15,6 +15,9 @@ if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   scripts/services.sh start scale
   trap 'scripts/services.sh stop scale' EXIT
   set -a; . "${TASKFLOW_STATE_DIR:-.state}/scale/services.env"; set +a
-  export BENCH_BACKEND_DETAIL="SQLite backend (scripts/services.sh)"
+  case "${FERRETDB_BACKEND:-sqlite}" in
+    postgresql) export BENCH_BACKEND_DETAIL="PostgreSQL backend (scripts/services.sh, FERRETDB_BACKEND=postgresql)" ;;
+    *) export BENCH_BACKEND_DETAIL="SQLite backend (scripts/services.sh)" ;;
+  esac
 fi
 .venv/bin/python -m bench.scale "$@"

