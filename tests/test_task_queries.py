@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from taskflow.api.keys import SERVICES
+from taskflow.api.task_reads import LIST_PAGE
 from taskflow.bootstrap import redis_client
 from taskflow.commands.task import TaskState
 from taskflow.projections.task_queries import TaskQuery, TaskReads, matches, sort_value
@@ -140,6 +143,55 @@ async def test_every_query_gives_the_same_pages_from_redis_and_from_mongodb(
         assert await fallback.get(uuid.uuid4().hex, one.task_id) is None
     finally:
         await dead_redis.aclose()
+
+
+@dataclass(frozen=True)
+class OpenGuard:
+    """A ReadGuard whose key is never set: the read always goes on (with or without Redis)."""
+
+    key: str = "test:guard:never-set"
+    timeout: float = 2.0
+
+    def redis_answering(self) -> bool:
+        return True
+
+    def check_without_redis(self, *, redis_failed: bool) -> None:
+        return None
+
+    def refused(self) -> Exception:
+        return AssertionError("an open guard never refuses")
+
+
+async def test_a_rendered_page_is_the_same_cached_uncached_and_from_mongodb(
+    client: Client,
+) -> None:
+    """The page cache keeps the API's rendered page: a hit gives the miss's bytes, which are
+    MongoDB's; list_tasks' own cache (TaskState pages) and the rendered pages never mix."""
+    owner = uuid.uuid4().hex
+    auth = bearer(client, owner)
+    await seed(client, auth)
+    services = client.app[SERVICES]
+    live = TaskReads(services.redis, services.read_db)
+    dead_redis = redis_client(f"redis://127.0.0.1:{closed_port()}/0", timeout=0.2)
+    fallback = TaskReads(dead_redis, services.read_db)
+    try:
+        for raw in QUERIES:
+            query = TaskQuery.model_validate({**raw, "limit": 3})
+            listed = await live.list_tasks(owner, query, NOW)  # cached first, in its own form
+            miss = await live.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
+            hit = await live.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
+            from_mongo = await fallback.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
+            assert miss == hit == from_mongo, raw
+            page = orjson.loads(hit)
+            assert [item["id"] for item in page["items"]] == [v.task_id for v in listed.items]
+            assert page["next"] == listed.next_cursor
+            assert await live.list_tasks(owner, query, NOW) == listed
+    finally:
+        await dead_redis.aclose()
+    first = await client.get("/api/tasks?limit=3", headers=auth)
+    again = await client.get("/api/tasks?limit=3", headers=auth)
+    assert (first.status, again.status) == (200, 200)
+    assert await first.read() == await again.read()
 
 
 async def _all_views(reads: TaskReads, owner: str) -> Any:

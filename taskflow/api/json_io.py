@@ -18,9 +18,14 @@ M = TypeVar("M", bound=BaseModel)
 def json_response(
     data: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
+    return json_body_response(orjson.dumps(data), status=status, headers=headers)
+
+
+def json_body_response(
+    body: bytes, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A response whose JSON body is already serialised (a cached page, say)."""
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:

@@ -5,18 +5,25 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import orjson
 from aiohttp import web
 
 from taskflow.api import keys
 from taskflow.api.audit_routes import get_task_as_of
 from taskflow.api.headers import POSITION_HEADER
 from taskflow.api.headers import STALE_HEADER as STALE_HEADER
-from taskflow.api.json_io import json_response, query_model
+from taskflow.api.json_io import json_body_response, json_response, query_model
 from taskflow.api.principal import GuardedCaller, guarded_caller, require_user
 from taskflow.api.problems import Problem
 from taskflow.api.task_schemas import task_out_json
 from taskflow.api.task_writes import valid_task_id
-from taskflow.projections.task_queries import CursorError, TaskQuery, TaskReads
+from taskflow.projections.task_queries import (
+    CursorError,
+    PageRenderer,
+    TaskQuery,
+    TaskReads,
+    ViewJson,
+)
 
 _POSITION = re.compile(r"^[0-9]{1,18}$")
 _LIST_PARAMS = {"status", "tags"}  # may repeat, or be comma-separated
@@ -50,14 +57,22 @@ async def list_tasks(request: web.Request) -> web.Response:
     query = _query(request)
     headers = await _read_your_writes(request)
     try:
-        page = await _reads(request).list_json(
-            caller.user_id, query, datetime.now(UTC), caller.guard
+        body = await _reads(request).list_rendered(
+            caller.user_id, query, datetime.now(UTC), caller.guard, LIST_PAGE
         )
     except CursorError as exc:
         raise Problem(400, "invalid-cursor", "Invalid cursor", str(exc)) from None
-    body = {"items": [task_out_json(view) for view in page["items"]], "next": page["next"]}
     headers["Cache-Control"] = "private, no-cache"
-    return json_response(body, headers=headers)
+    return json_body_response(body, headers=headers)
+
+
+def _render_page(page: ViewJson) -> bytes:
+    items = [task_out_json(view) for view in page["items"]]
+    return orjson.dumps({"items": items, "next": page["next"]})
+
+
+# Bump the name whenever the rendering changes: cached pages of the old one are then not read.
+LIST_PAGE = PageRenderer("out1", _render_page)
 
 
 async def _caller(request: web.Request) -> GuardedCaller:

@@ -84,6 +84,15 @@ class ReadGuard(Protocol):
     def refused(self) -> Exception: ...
 
 
+@dataclass(frozen=True)
+class PageRenderer:
+    """How the caller renders a page (`{"items": [ViewJson...], "next": cursor}`) to bytes: the
+    page cache keeps the rendered bytes, so a hit is served as it is stored."""
+
+    name: str  # in the cache key: pages rendered differently never share one
+    render: Callable[[ViewJson], bytes]
+
+
 class CursorError(ValueError):
     """A `next` cursor that this query did not produce."""
 
@@ -167,17 +176,17 @@ class TaskReads:
         view = await self._guarded_either(guard, from_redis, from_mongo)
         return None if view is None or view["deleted"] else view
 
-    async def list_json(
-        self, owner: str, query: TaskQuery, now: datetime, guard: ReadGuard
-    ) -> ViewJson:
-        """One page (`items`: views in their stored JSON form, `next`), `guard` checked in the
-        round trip that reads the page cache."""
+    async def list_rendered(
+        self, owner: str, query: TaskQuery, now: datetime, guard: ReadGuard, renderer: PageRenderer
+    ) -> bytes:
+        """One page as `renderer` renders it, `guard` checked in the round trip that reads the
+        page cache; a cache hit is returned as it is stored, without parsing it."""
 
-        async def from_mongo() -> ViewJson:
-            return _page_json(await _list_mongo(self._views(), owner, query, now))
+        async def from_mongo() -> bytes:
+            return renderer.render(_page_json(await _list_mongo(self._views(), owner, query, now)))
 
         return await self._guarded_either(
-            guard, lambda: self._list_redis_json(owner, query, now, guard), from_mongo
+            guard, lambda: self._list_redis_rendered(owner, query, now, guard, renderer), from_mongo
         )
 
     async def list_tasks(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
@@ -244,11 +253,13 @@ class TaskReads:
         await self._redis.set(cache_key, _page_to_json(page), ex=PAGE_CACHE_TTL)
         return page
 
-    async def _list_redis_json(
-        self, owner: str, query: TaskQuery, now: datetime, guard: ReadGuard
-    ) -> ViewJson:
+    async def _list_redis_rendered(
+        self, owner: str, query: TaskQuery, now: datetime, guard: ReadGuard, renderer: PageRenderer
+    ) -> bytes:
         keys = await self._keys()
-        head, tail = _around_generation(keys, owner, query.fingerprint())
+        # The renderer's name is part of the key: list_tasks caches TaskState pages, and another
+        # rendering (or an older process's) never reads this one's pages.
+        head, tail = _around_generation(keys, owner, f"{renderer.name}-{query.fingerprint()}")
         answer = self._allowed(
             guard,
             await self._guarded_page(keys=[guard.key, keys.generation(owner)], args=[head, tail]),
@@ -256,12 +267,12 @@ class TaskReads:
         generation, *cached = answer
         CACHE.labels("hit" if cached else "miss").inc()
         if cached:
-            page: ViewJson = orjson.loads(cached[0])
-            return page
-        page = _page_json(paginate(await self._candidates(keys, owner, query), query, now))
-        cache_key = head + as_text(generation) + tail
-        await self._redis.set(cache_key, orjson.dumps(page), ex=PAGE_CACHE_TTL)
-        return page
+            body: bytes = cached[0]
+            return body
+        page = paginate(await self._candidates(keys, owner, query), query, now)
+        body = renderer.render(_page_json(page))
+        await self._redis.set(head + as_text(generation) + tail, body, ex=PAGE_CACHE_TTL)
+        return body
 
     @staticmethod
     def _allowed(guard: ReadGuard, answer: Any) -> Any:
@@ -283,8 +294,8 @@ class TaskReads:
                 async with asyncio.timeout(guard.timeout):
                     return await primary()
             except (RedisError, OSError) as exc:  # OSError: TimeoutError, refused connections
-                log.warning("redis_read_failed_using_mongodb", error=repr(exc))
                 guard.check_without_redis(redis_failed=True)
+                log.warning("redis_read_failed_using_mongodb", error=repr(exc))
         else:
             guard.check_without_redis(redis_failed=False)
         return await fallback()
@@ -406,11 +417,12 @@ def _page_json(page: TaskPage) -> ViewJson:
     return {"items": [v.model_dump(mode="json") for v in page.items], "next": page.next_cursor}
 
 
-def _around_generation(keys: RedisViewKeys, owner: str, fingerprint: str) -> tuple[str, str]:
+def _around_generation(keys: RedisViewKeys, owner: str, query: str) -> tuple[str, str]:
     """A cached page's key split where its generation goes (for _GUARDED_PAGE to join)."""
-    at_zero, at_one = keys.list_page(owner, 0, fingerprint), keys.list_page(owner, 1, fingerprint)
-    cut = next(i for i, (a, b) in enumerate(zip(at_zero, at_one, strict=True)) if a != b)
-    return at_zero[:cut], at_zero[cut + 1 :]
+    tail = f":{query}"
+    at_zero = keys.list_page(owner, 0, query)
+    assert at_zero.endswith(f"0{tail}"), "the generation must come just before the query"
+    return at_zero[: -len(tail) - 1], tail
 
 
 def _page_from_json(raw: bytes | str) -> TaskPage:
