@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from taskflow.commands.errors import DomainError
 from taskflow.events.base import DomainEvent
 from taskflow.events.codec import decode_events, to_millis
-from taskflow.events.records import AppendResult, Commit, Metadata
+from taskflow.events.records import AppendResult, Commit, Metadata, StreamHead
 from taskflow.events.store import ConcurrencyError, EventStore
 from taskflow.metrics import COMMANDS
 
@@ -27,6 +27,7 @@ E = TypeVar("E", bound=DomainEvent)
 
 # Appends retried after a conflict when the client did not pin a version (no If-Match).
 CONFLICT_RETRIES = 3
+NEW_STREAM = StreamHead(version=0, hash="")
 
 
 class PreconditionFailedError(Exception):
@@ -97,15 +98,23 @@ async def load(
     store: EventStore, aggregate: Aggregate[S, C, E], stream_id: str, *, fresh: bool = False
 ) -> tuple[S | None, int]:
     """The current state and version: from the cached snapshot, or folded from the log."""
+    state, head = await _load(store, aggregate, stream_id, fresh=fresh)
+    return state, head.version
+
+
+async def _load(
+    store: EventStore, aggregate: Aggregate[S, C, E], stream_id: str, *, fresh: bool
+) -> tuple[S | None, StreamHead]:
+    """The current state and the head it is at (version and chain hash)."""
     if not fresh:
         head = await store.stream_head(stream_id)
         if head is not None and head.snapshot is not None:
-            return aggregate.state_type.model_validate_json(head.snapshot), head.version
+            return aggregate.state_type.model_validate_json(head.snapshot), head
     head, commits = await store.load_head(stream_id)
     state = aggregate.fold(commits)
     if state is not None:  # the next command (or read) then starts from the snapshot again
         await store.cache_snapshot(stream_id, head, state.model_dump_json().encode())
-    return state, head.version
+    return state, head
 
 
 async def execute(
@@ -196,9 +205,10 @@ async def _attempt(store: EventStore, call: _Call[S, C, E]) -> Outcome[S]:
     fresh = False
     for _ in range(CONFLICT_RETRIES + 1):
         if call.new_stream and not fresh:
-            state, version = None, 0
+            state, head = None, NEW_STREAM
         else:
-            state, version = await load(store, call.aggregate, call.stream_id, fresh=fresh)
+            state, head = await _load(store, call.aggregate, call.stream_id, fresh=fresh)
+        version = head.version
         if call.authorize is not None:
             call.authorize(state)
         expected = call.expected_version
@@ -211,16 +221,17 @@ async def _attempt(store: EventStore, call: _Call[S, C, E]) -> Outcome[S]:
             fresh = True
             continue
         try:
-            return await _decide_and_append(store, call, state, version)
+            return await _decide_and_append(store, call, state, head)
         except ConcurrencyError:
             fresh = True
     raise ConcurrencyError(call.stream_id, version, version + 1)
 
 
 async def _decide_and_append(
-    store: EventStore, call: _Call[S, C, E], state: S | None, version: int
+    store: EventStore, call: _Call[S, C, E], state: S | None, head: StreamHead
 ) -> Outcome[S]:
     aggregate = call.aggregate
+    version = head.version
     events = list(aggregate.decide(state, call.command, call.now))
     if not events:
         return Outcome(state=state, version=version, position=None)
@@ -235,6 +246,8 @@ async def _decide_and_append(
         call.context.metadata(),
         idempotency_key=call.context.idempotency_key,
         snapshot=new_state.model_dump_json().encode(),
+        # The head just read: `append` need not read it again (one Redis round trip less).
+        prev_hash=head.hash,
     )
     if result.replayed:
         return await _replay(store, aggregate, result)

@@ -131,6 +131,7 @@ class MongoEventStore:
         metadata: Metadata,
         idempotency_key: str | None = None,
         snapshot: bytes | None = None,
+        prev_hash: str | None = None,
     ) -> AppendResult:
         if not events:
             raise ValueError("an append needs at least one event")
@@ -139,7 +140,8 @@ class MongoEventStore:
             if earlier is not None:
                 return earlier
         try:
-            prev_hash = await self._prev_hash(stream_id, expected_version)
+            if prev_hash is None or expected_version == 0:
+                prev_hash = await self._prev_hash(stream_id, expected_version)
             return await self._insert_with_position(
                 stream_id, expected_version, events, metadata, idempotency_key, prev_hash, snapshot
             )

@@ -35,8 +35,13 @@ class EventStore(Protocol):
         metadata: Metadata,
         idempotency_key: str | None = None,
         snapshot: bytes | None = None,
+        prev_hash: str | None = None,
     ) -> AppendResult:
-        """Store `events` atomically as versions expected+1..; ConcurrencyError if moved on."""
+        """Store `events` atomically as versions expected+1..; ConcurrencyError if moved on.
+
+        `prev_hash`: the chain hash at `expected_version`, when the caller has just read the
+        head it builds on (saves reading it again; a stale head loses at the unique version).
+        """
         ...
 
     async def read_stream(
