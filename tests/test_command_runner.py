@@ -72,3 +72,19 @@ async def test_commands_stay_correct_when_cache_writes_are_lost(
     commits = await store.read_stream(f"task-{task_id}")
     assert [c.first_version for c in commits] == [1, 2, 3, 4]
     assert await store.verify(f"task-{task_id}") is None
+
+
+async def test_a_change_reads_the_cached_head_once(store: MongoEventStore, redis: Redis) -> None:
+    """The runner hands the head it loaded to `append`, which does not read it again."""
+    task_id = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    await execute(
+        store, TASK, task_id, CreateTask(task_id=task_id, owner_id="owner", title="t"), ctx(), now
+    )
+    await redis.config_resetstat()
+    await execute(store, TASK, task_id, ChangeTask(task_id=task_id, title="x"), ctx(), now)
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_hmget"]["calls"] == 1
+    state, version = await load(store, TASK, f"task-{task_id}", fresh=True)
+    assert state is not None
+    assert (state.title, version) == ("x", 2)
