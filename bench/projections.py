@@ -17,7 +17,8 @@ from bench.stats import Comparison, Trial, alternate
 from taskflow.commands.task import TaskState
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
-from taskflow.projections.mongo_views import BULK_CHUNK, MongoTaskViews, task_view_indexes
+from taskflow.projections.mongo_view_writes import REPLACE_CHUNK as BULK_CHUNK
+from taskflow.projections.mongo_views import MongoTaskViews, task_view_indexes
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.runtime import DEFAULT_BATCH, Projection, run_until_caught_up
 from taskflow.projections.views import apply_commit, view_document

@@ -2,30 +2,29 @@
 
 It serves reads when Redis cannot, and is the queryable model on a real MongoDB deployment.
 Only the lease holder writes it (DESIGN.md §5), so plain replaces by `_id` are safe here; the
-version check in `apply_commit` makes a replayed batch change nothing.
+version check in `apply_commit`, and inserts that never replace a newer view
+(mongo_view_writes.py), make a replayed batch change nothing.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReplaceOne
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from taskflow import names
 from taskflow.commands.task import TaskState
 from taskflow.events.records import Commit
+from taskflow.projections.mongo_view_writes import insert_new, replace_known
 from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.views import apply_commit, view_document, view_from_document
 
 NAME = "task_views_mongo"
-# FerretDB v1.24 hangs (and stays stuck) on one bulk write replacing more than about 100
-# existing documents (measured: 100 fine, 110 hangs), so bulk writes go in chunks of this size.
-BULK_CHUNK = 50
 # Views remembered between batches, so a busy task is not re-read from MongoDB every batch.
 CACHE_SIZE = 50_000
 
@@ -48,7 +47,12 @@ def task_view_indexes() -> list[list[tuple[str, int]]]:
 
 
 class MongoTaskViews:
-    """`Projection` writing task view documents into `task_views_v<version>`."""
+    """`Projection` writing task view documents into `task_views_v<version>`.
+
+    `apply` is `stage` then `flush`. A rebuild stages many batches before one flush
+    (projections/shared_pass.py), so each task is written once however many batches touch it:
+    on FerretDB every write of a known view scans the collection.
+    """
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], version: int = 1) -> None:
         self.name = f"{NAME}_v{version}"
@@ -56,6 +60,9 @@ class MongoTaskViews:
         self._checkpoints = db[names.CHECKPOINTS]
         self._leases = db[names.LEASES]
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
+        self._staged: dict[str, TaskState] = {}  # folded, not yet written
+        self._new: set[str] = set()  # staged views never read from or written to the collection
+        self._staged_to = 0  # the position the staged views reflect
 
     async def setup(self) -> None:
         for keys in task_view_indexes():
@@ -66,38 +73,68 @@ class MongoTaskViews:
         return int(doc["position"]) if doc else 0
 
     async def fence(self, term: int) -> None:
-        self._cache.clear()  # another holder may have moved the views on since we last held it
+        # Another holder may have moved the views on since we last held it.
+        self._cache.clear()
+        self.drop_staged()
+
+    def drop_staged(self) -> None:
+        """Forget the views folded but not written (the next batch starts at the checkpoint)."""
+        for task_id in self._staged:
+            self._cache.pop(task_id, None)  # newer than what the collection holds
+        self._staged.clear()
+        self._new.clear()
+        self._staged_to = 0
 
     async def apply(self, commits: Sequence[Commit], term: int) -> None:
-        changed = await self._fold(commits)
-        if term and await self._leases.find_one({"_id": f"{self.name}:{term + 1}"}):
-            raise LeaseLostError(self.name)
-        for start in range(0, len(changed), BULK_CHUNK):
-            await self.views.bulk_write(
-                [
-                    ReplaceOne({"_id": v.task_id}, _document(v), upsert=True)
-                    for v in changed[start : start + BULK_CHUNK]
-                ],
-                ordered=False,
-            )
-        await self._checkpoints.replace_one(
-            {"_id": self.name},
-            {"position": commits[-1].position, "term": term, "at": datetime.now(UTC)},
-            upsert=True,
-        )
+        await self.stage(commits)
+        await self.flush(term)
 
-    async def _fold(self, commits: Sequence[Commit]) -> list[TaskState]:
+    @property
+    def staged(self) -> int:
+        """How many views are folded but not written yet."""
+        return len(self._staged)
+
+    async def stage(self, commits: Sequence[Commit]) -> None:
+        """Fold `commits` into the views to write (reads only views neither known nor new)."""
+        if not commits:
+            return
         task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
-        await self._load(_to_look_up(task_commits, self._cache))
-        changed: dict[str, TaskState] = {}
+        await self._load(_to_look_up(task_commits, self._known))
         for commit in task_commits:
             task_id = commit.stream_id.removeprefix("task-")
-            before = self._cache.get(task_id)
+            before = self._known(task_id)
+            if before is None and commit.first_version == 1:
+                self._new.add(task_id)
             after = apply_commit(before, commit)
             if after is not None and after is not before:
                 self._remember(after)
-                changed[task_id] = after
-        return list(changed.values())
+                self._staged[task_id] = after
+        self._staged_to = commits[-1].position
+
+    async def flush(self, term: int) -> None:
+        """Write the staged views, then the checkpoint; nothing if nothing was staged."""
+        if not self._staged_to:
+            return
+        if term and await self._leases.find_one({"_id": f"{self.name}:{term + 1}"}):
+            raise LeaseLostError(self.name)
+        new = [_document(v) for t, v in self._staged.items() if t in self._new]
+        known = [_document(v) for t, v in self._staged.items() if t not in self._new]
+        await insert_new(self.views, new)
+        await replace_known(self.views, known)
+        await self._checkpoints.replace_one(
+            {"_id": self.name},
+            {"position": self._staged_to, "term": term, "at": datetime.now(UTC)},
+            upsert=True,
+        )
+        self._staged.clear()  # written: they stay in the cache
+        self._new.clear()
+        self._staged_to = 0
+
+    def _known(self, task_id: str) -> TaskState | None:
+        # Staged views are looked up first: the cache may have evicted one of them, and the
+        # collection holds an older version of it than the batch continues from.
+        staged = self._staged.get(task_id)
+        return staged if staged is not None else self._cache.get(task_id)
 
     async def _load(self, task_ids: list[str]) -> None:
         if task_ids:
@@ -111,8 +148,10 @@ class MongoTaskViews:
             self._cache.popitem(last=False)
 
 
-def _to_look_up(task_commits: Sequence[Commit], cache: OrderedDict[str, TaskState]) -> list[str]:
-    """Tasks whose stored view the batch needs: not cached, and not created in this batch.
+def _to_look_up(
+    task_commits: Sequence[Commit], known: Callable[[str], TaskState | None]
+) -> list[str]:
+    """Tasks whose stored view the batch needs: not known, and not created in this batch.
 
     A stream whose first commit here starts at version 1 is a creation; there is nothing to
     read yet, and on FerretDB the `$in` lookup scans the whole collection (DESIGN.md §9).
@@ -120,7 +159,7 @@ def _to_look_up(task_commits: Sequence[Commit], cache: OrderedDict[str, TaskStat
     first: dict[str, int] = {}
     for commit in task_commits:
         first.setdefault(commit.stream_id.removeprefix("task-"), commit.first_version)
-    return [task_id for task_id, version in first.items() if version > 1 and task_id not in cache]
+    return [task_id for task_id, version in first.items() if version > 1 and known(task_id) is None]
 
 
 def _document(view: TaskState) -> dict[str, Any]:
