@@ -1,9 +1,10 @@
 """Zero-downtime rebuilds: build the next read-model version beside the active one, verify, switch.
 
-1. `tf:rm:next` names version N+1; every projector process starts drivers for it (under their own
-   leases, so one process builds each projection) while version N keeps serving reads. This
-   command runs a driver group too, so a rebuild also works with no projector running.
-2. Once N+1 has caught up with the log, it is verified against a fold of the log.
+1. This command takes the leases of version N+1's projections and builds them from one read of
+   the log (shared_pass.py), which also folds the log for step 2, while version N keeps serving
+   reads. `tf:rm:next` names N+1, so every projector process starts drivers for it too: they
+   stand by while the leases are held, and finish the build if this command dies.
+2. Once N+1 has caught up with the log, it is verified against the fold of the same read.
 3. `tf:rm:active` switches to N+1 in one SET (reads follow within a second); `tf:rm:next` is
    cleared, processes retire version N, and N's keys and collection are dropped after a grace.
 """
@@ -14,16 +15,15 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from taskflow import names
 from taskflow.bootstrap import Services
-from taskflow.projections.catalog import projections
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_views import RedisTaskViews
-from taskflow.projections.verify import ViewMismatch, verify_read_models
-from taskflow.projections.worker import Supervisor
+from taskflow.projections.shared_pass import SharedPass
+from taskflow.projections.verify import ViewMismatch, verify_against
 
 # Reads cache the active version for a second; the old version is dropped only after this.
 DROP_GRACE_SECONDS = 5.0
@@ -53,14 +53,15 @@ async def rebuild(
     redis = services.redis
     active = int(await redis.get(names.READ_MODEL_ACTIVE) or 1)
     building = int(await redis.get(names.READ_MODEL_NEXT) or 0) or active + 1
-    await redis.set(names.READ_MODEL_NEXT, building)
-    stopping = asyncio.Event()
     holder = f"{socket.gethostname()}:{os.getpid()}:rebuild:{uuid.uuid4().hex[:8]}"
-    supervisor = Supervisor(services, holder, stopping, versions=lambda: _versions(building))
-    helping = asyncio.create_task(supervisor.run())
+    shared = SharedPass(services, building, holder)
+    # The leases are taken before the next version is announced, so the projector processes
+    # that start drivers for it find them held and stand by: one read of the log builds both.
+    await shared.take_leases()
     try:
-        position = await _caught_up(services, building, progress)
-        mismatches = await verify_read_models(services, building)
+        await redis.set(names.READ_MODEL_NEXT, building)
+        position = await shared.run(await _head(services), progress)
+        mismatches = await verify_against(services, building, shared.folded)
         if mismatches:
             raise RebuildVerificationError(mismatches)
         async with redis.pipeline(transaction=True) as pipe:
@@ -68,33 +69,29 @@ async def rebuild(
             pipe.delete(names.READ_MODEL_NEXT)
             await pipe.execute()
     finally:
-        stopping.set()
-        await helping
+        await shared.release()
     await asyncio.sleep(DROP_GRACE_SECONDS)
     await drop_version(services, active)
     return RebuildResult(old_version=active, new_version=building, position=position)
 
 
-async def _versions(version: int) -> set[int]:
-    return {version}
+async def _head(services: Services) -> Callable[[], Awaitable[int]]:
+    """How far the rebuild must read: the log's settled head, and at least what MongoDB holds.
 
-
-async def _caught_up(services: Services, version: int, progress: Progress) -> int:
-    """Wait until every projection of `version` has reached the log's head; that position.
-
-    The head is at least the highest position MongoDB holds: Redis's settled head and hints are
-    gone after a Redis restart, and a rebuild trusting them would take the log for empty, verify
-    nothing and switch reads to an empty version (docs/benchmarks.md, Rebuild).
+    Redis's settled head and hints are gone after a Redis restart, and a rebuild trusting them
+    would take the log for empty, verify nothing and switch reads to an empty version
+    (docs/benchmarks.md, Rebuild). Only then is the highest stored position read (a sorted read:
+    a scan on FerretDB): while the settled head exists, the reader streams everything up to it
+    from MongoDB whether hints are there or not.
     """
-    targets = projections(services, version)
-    stored = await _highest_stored(services)
-    while True:
-        head = max(await services.store.head_position(), stored)
-        positions = [await target.position() for target in targets]
-        progress(min(positions), head)
-        if min(positions) >= head:
-            return head
-        await asyncio.sleep(0.2)
+    stored = 0
+    if await services.redis.get(names.SETTLED_HEAD) is None:
+        stored = await _highest_stored(services)
+
+    async def head() -> int:
+        return max(await services.store.head_position(), stored)
+
+    return head
 
 
 async def _highest_stored(services: Services) -> int:

@@ -72,13 +72,13 @@ async def run_until_caught_up(
     async for commit in store.read_all(await projection.position()):
         batch.append(commit)
         if len(batch) >= batch_size:
-            await _apply(projection, batch, term)
+            await apply_batch(projection, batch, term)
             applied += len(batch)
             batch = []
             if not keep_going():
                 return applied
     if batch:
-        await _apply(projection, batch, term)
+        await apply_batch(projection, batch, term)
         applied += len(batch)
     return applied
 
@@ -89,7 +89,8 @@ def correlation_ids(batch: Sequence[Commit]) -> list[str]:
     return list(dict.fromkeys(ids))[:LOGGED_CORRELATION_IDS]
 
 
-async def _apply(projection: Projection, batch: list[Commit], term: int) -> None:
+async def apply_batch(projection: Projection, batch: Sequence[Commit], term: int) -> None:
+    """Apply one batch, logging it with its correlation ids and recording its metrics."""
     # The batch's correlation ids go on every line logged while it is applied, so an operator
     # can follow a request from the API's log into the projector's (DESIGN.md §7).
     context = {

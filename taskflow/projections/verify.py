@@ -39,21 +39,29 @@ async def fold_all_tasks(
     async for commit in commits if commits is not None else store.read_all(0):
         if up_to is not None and commit.position > up_to:
             break
-        if commit.is_gap or not commit.stream_id.startswith("task-"):
-            continue
-        task_id = commit.stream_id.removeprefix("task-")
-        folded = apply_commit(states.get(task_id), commit)
-        if folded is not None:
-            states[task_id] = folded
+        fold_commit(states, commit)
     return states
 
 
+def fold_commit(states: dict[str, TaskState], commit: Commit) -> None:
+    """Fold one commit of the log into `states` (task id → state); other streams are skipped."""
+    if commit.is_gap or not commit.stream_id.startswith("task-"):
+        return
+    task_id = commit.stream_id.removeprefix("task-")
+    folded = apply_commit(states.get(task_id), commit)
+    if folded is not None:
+        states[task_id] = folded
+
+
 async def redis_views(redis: Redis, keys: RedisViewKeys) -> AsyncIterator[TaskState]:
-    owners = await redis.hgetall(keys.owners)
-    for task_id, owner in owners.items():
-        raw = await redis.hget(keys.tasks(as_text(owner)), as_text(task_id))
-        if raw:
-            yield TaskState.model_validate_json(raw)
+    """Every view the owners index names, read one owner's hash at a time (not one key each)."""
+    by_owner: dict[str, set[str]] = {}
+    for task_id, owner in (await redis.hgetall(keys.owners)).items():
+        by_owner.setdefault(as_text(owner), set()).add(as_text(task_id))
+    for owner, task_ids in by_owner.items():
+        for task_id, raw in (await redis.hgetall(keys.tasks(owner))).items():
+            if as_text(task_id) in task_ids:
+                yield TaskState.model_validate_json(raw)
 
 
 async def mongo_views(views: AsyncCollection[dict[str, Any]]) -> AsyncIterator[TaskState]:
@@ -95,9 +103,20 @@ async def verify_read_models(services: Services, version: int) -> list[ViewMisma
     mongo_model = MongoTaskViews(services.db, version)
     up_to = min(await redis_model.position(), await mongo_model.position())
     folded = await fold_all_tasks(services.store, up_to, services.store.scan())
+    return await verify_against(services, version, folded)
+
+
+async def verify_against(
+    services: Services, version: int, folded: dict[str, TaskState]
+) -> list[ViewMismatch]:
+    """Both task read models of `version` against states folded from the log.
+
+    Every view must be at least as new as `folded` (each model's checkpoint at least as far
+    as the fold); a newer one is checked against its own stream (`compare`).
+    """
+    redis_keys = RedisTaskViews(services.redis, version).keys
+    mongo_model = MongoTaskViews(services.db, version)
     return [
-        *await compare(
-            "redis", folded, redis_views(services.redis, redis_model.keys), services.store
-        ),
+        *await compare("redis", folded, redis_views(services.redis, redis_keys), services.store),
         *await compare("mongodb", folded, mongo_views(mongo_model.views), services.store),
     ]
