@@ -169,21 +169,24 @@ class MongoEventStore:
         first = expected_version + 1
         commit_id = f"{stream_id}:{first}"
         stored = tuple(encode_event(event, first + i) for i, event in enumerate(events))
-        idempotency = _idempotency(metadata.actor, idempotency_key) or f"~{commit_id}"
+        unsigned = Commit(
+            commit_id=commit_id,
+            stream_id=stream_id,
+            first_version=first,
+            last_version=first + len(stored) - 1,
+            position=0,
+            recorded_at=to_millis(self._clock()),
+            events=stored,
+            metadata=metadata,
+            idempotency=_idempotency(metadata.actor, idempotency_key) or f"~{commit_id}",
+            prev_hash=prev_hash,
+        )
+        # Signed before a position is taken (the chain does not cover positions): every later
+        # commit waits for this one's position to be settled, so the time between taking it
+        # and inserting is kept to the insert itself.
+        signed = unsigned.model_copy(update={"hash": self._chain.sign(unsigned)})
         for attempt in range(1, POSITION_ATTEMPTS + 1):
-            unsigned = Commit(
-                commit_id=commit_id,
-                stream_id=stream_id,
-                first_version=first,
-                last_version=first + len(stored) - 1,
-                position=await self.positions.take(),
-                recorded_at=to_millis(self._clock()),
-                events=stored,
-                metadata=metadata,
-                idempotency=idempotency,
-                prev_hash=prev_hash,
-            )
-            commit = unsigned.model_copy(update={"hash": self._chain.sign(unsigned)})
+            commit = signed.model_copy(update={"position": await self.positions.take()})
             try:
                 await self._insert(commit)
             except DuplicateKeyError:
