@@ -49,6 +49,7 @@ from taskflow.projections.rebuild import rebuild
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.runtime import run_until_caught_up
 from taskflow.settings import Settings
+from taskflow.tasks import cancel_and_wait
 
 FULL_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 2_000)  # at least 8 users at the smallest: one per client
@@ -427,8 +428,7 @@ async def _rebuild(
         mongo_position = await mongo_views.position()
         mongo_seconds = time.perf_counter() - start
         if not done:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
         else:
             task.result()
     return {

@@ -35,6 +35,7 @@ from taskflow.events.codec import (
 from taskflow.events.gaps import make_gap
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import Commit
+from taskflow.tasks import cancel_and_wait
 
 HINT_CHUNK = 256
 # A pass starts with an MGET this small and quadruples it while each comes back full: a
@@ -245,6 +246,4 @@ async def read_ahead(
             for doc in item:
                 yield doc
     finally:
-        fetching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetching
+        await cancel_and_wait(fetching)  # not a lone cancel(): see taskflow/tasks.py
