@@ -1,11 +1,10 @@
-"""The rebuild's single pass over the log, and MongoDB task views written by insert (real servers)."""
+"""The rebuild's single pass over the log; MongoDB task views written by insert (real servers)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -119,26 +118,27 @@ async def test_a_lease_lost_in_the_middle_of_the_pass_is_handed_to_a_standby(
     monkeypatch.setattr(shared_pass, "REBUILD_BATCH", 10)
     await write_workload(services.store, tasks=10, changes=60)
     mongo_v2 = MongoTaskViews(services.db, 2)
-    taken: list[asyncio.Task[None]] = []
+    stage = MongoTaskViews.stage
+    taken: list[int] = []
 
-    async def take_over() -> None:
-        now = datetime.now(UTC)
-        await services.db[names.LEASES].insert_one(
-            {
-                "_id": f"{mongo_v2.name}:2",
-                "name": mongo_v2.name,
-                "term": 2,
-                "holder": "a-newer-process",
-                "acquired_at": now,
-                "expires_at": now + timedelta(seconds=1),
-            }
-        )
+    async def stage_then_lose_the_lease(views: MongoTaskViews, commits: Sequence[Commit]) -> None:
+        if views.name == mongo_v2.name and not taken:  # the pass's first batch: a newer term
+            taken.append(2)
+            now = datetime.now(UTC)
+            await services.db[names.LEASES].insert_one(
+                {
+                    "_id": f"{mongo_v2.name}:2",
+                    "name": mongo_v2.name,
+                    "term": 2,
+                    "holder": "a-newer-process",
+                    "acquired_at": now,
+                    "expires_at": now + timedelta(seconds=1),
+                }
+            )
+        await stage(views, commits)
 
-    def progress(done: int, total: int) -> None:
-        if not taken:
-            taken.append(asyncio.create_task(take_over()))
-
-    result = await rebuild(services, progress)
+    monkeypatch.setattr(MongoTaskViews, "stage", stage_then_lose_the_lease)
+    result = await rebuild(services)
 
     assert result.new_version == 2
     assert await verify_read_models(services, 2) == []

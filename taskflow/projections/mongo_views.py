@@ -25,6 +25,12 @@ from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.views import apply_commit, view_document, view_from_document
 
 NAME = "task_views_mongo"
+# The MongoDB views serve reads only while Redis cannot (task_queries.py), so they need not
+# follow every append: at 50 commits/s a pass per commit cost the projector process about half
+# its CPU (Redis round trips of the log reader, BSON, FerretDB writes) and slowed the Redis
+# views beside them (docs/benchmarks.md, Write-to-visible latency). Paced, they lag by about
+# this much more and write a busy task once per pass.
+PACE_SECONDS = 0.5
 # Views remembered between batches, so a busy task is not re-read from MongoDB every batch.
 CACHE_SIZE = 50_000
 
@@ -53,6 +59,8 @@ class MongoTaskViews:
     (projections/shared_pass.py), so each task is written once however many batches touch it:
     on FerretDB every write of a known view scans the collection.
     """
+
+    pace_seconds = PACE_SECONDS
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], version: int = 1) -> None:
         self.name = f"{NAME}_v{version}"

@@ -2,11 +2,13 @@
 
 This is the model hot reads are served from (DESIGN.md §6, §9): every read touches only the
 asking user's keys, so its cost does not grow with the log. Writes of one batch go in one
-MULTI/EXEC guarded by WATCH on the fence, so a process whose lease was taken over cannot write.
+MULTI/EXEC guarded by WATCH on the fence (and the checkpoint), so a process whose lease was taken
+over cannot write.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +24,8 @@ from taskflow.projections.views import apply_commit, search_terms
 from taskflow.text import as_text
 
 NAME = "task_views_redis"
+# Views remembered between batches (about 2 kB each), so a busy task is not read back.
+CACHE_SIZE = 20_000
 
 
 @dataclass
@@ -31,32 +35,68 @@ class _Change:
     after: TaskState | None
 
 
+class CheckpointMovedError(Exception):
+    """The checkpoint is not where this holder left it (Redis lost its data): start over."""
+
+
 class RedisTaskViews:
-    """`Projection` writing task views into Redis under read-model version `version`."""
+    """`Projection` writing task views into Redis under read-model version `version`.
+
+    While it holds the lease it is the only writer, so it remembers the views it wrote and
+    folds the next batch onto them without reading them back (two round trips a pass). What
+    it remembers is trusted only while the checkpoint is where it left it: a Redis that lost
+    its data (the projection then rebuilds from zero) or any other writer empties the cache.
+    """
+
+    pace_seconds = 0.0
 
     def __init__(self, redis: Redis, version: int = 1) -> None:
         self.name = f"{NAME}_v{version}"
         self._redis = redis
         self.keys = RedisViewKeys(version)
+        self._cache: OrderedDict[str, TaskState] = OrderedDict()
+        self._written_to = -1  # the checkpoint this process last wrote; -1: none or unknown
 
     async def setup(self) -> None:
         return None
 
     async def position(self) -> int:
         raw = await self._redis.get(self.keys.checkpoint)
-        return int(raw) if raw else 0
+        at = int(raw) if raw else 0
+        if at != self._written_to:
+            self._forget()
+        return at
 
     async def fence(self, term: int) -> None:
+        self._forget()
         await self._redis.set(self.keys.fence, term)
 
     async def apply(self, commits: Sequence[Commit], term: int) -> None:
-        changes = await self._fold(commits)
+        try:
+            changes = await self._fold(commits)
+            await self._store(changes, commits, term)
+        except BaseException:
+            self._forget()  # the writes may or may not have happened
+            raise
+        self._written_to = commits[-1].position
+        for task_id, change in changes.items():
+            if change.after is not None:
+                self._remember(task_id, change.after)
+
+    async def _store(
+        self, changes: dict[str, _Change], commits: Sequence[Commit], term: int
+    ) -> None:
+        """One MULTI/EXEC, refused if the fence moved past `term` or the checkpoint moved."""
         async with self._redis.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(self.keys.fence)
-                fence = await pipe.get(self.keys.fence)
+                await pipe.watch(self.keys.fence, self.keys.checkpoint)
+                fence, at = await pipe.mget(self.keys.fence, self.keys.checkpoint)
                 if fence is not None and int(fence) > term:
                     raise LeaseLostError(self.name)
+                if int(at or 0) != commits[0].position - 1:
+                    raise CheckpointMovedError(
+                        f"{self.name}: {int(at or 0)}, not {commits[0].position - 1}"
+                    )
                 pipe.multi()  # type: ignore[no-untyped-call]
                 for task_id, change in changes.items():
                     self._write(pipe, task_id, change)
@@ -68,9 +108,23 @@ class RedisTaskViews:
                 raise LeaseLostError(self.name) from None
 
     async def _fold(self, commits: Sequence[Commit]) -> dict[str, _Change]:
-        """Each touched task's view before and after the batch (reads: two round trips)."""
+        """Each touched task's view before and after the batch."""
         task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
         task_ids = list(dict.fromkeys(c.stream_id.removeprefix("task-") for c in task_commits))
+        changes = {t: _Change(v.owner_id, v, v) for t in task_ids if (v := self._cache.get(t))}
+        changes.update(await self._read([t for t in task_ids if t not in changes]))
+        for commit in task_commits:
+            task_id = commit.stream_id.removeprefix("task-")
+            change = changes.get(task_id)
+            after = apply_commit(change.after if change else None, commit)
+            if change is None:
+                assert after is not None
+                change = changes[task_id] = _Change(after.owner_id, None, None)
+            change.after = after
+        return {tid: c for tid, c in changes.items() if c.after != c.before}
+
+    async def _read(self, task_ids: list[str]) -> dict[str, _Change]:
+        """The stored views of tasks not remembered (two round trips: owners, then views)."""
         if not task_ids:
             return {}
         owners = dict(
@@ -84,15 +138,17 @@ class RedisTaskViews:
             for (task_id, owner), raw in zip(known, await pipe.execute(), strict=True):
                 before = TaskState.model_validate_json(raw) if raw else None
                 changes[task_id] = _Change(owner, before, before)
-        for commit in task_commits:
-            task_id = commit.stream_id.removeprefix("task-")
-            change = changes.get(task_id)
-            after = apply_commit(change.after if change else None, commit)
-            if change is None:
-                assert after is not None
-                change = changes[task_id] = _Change(after.owner_id, None, None)
-            change.after = after
-        return {tid: c for tid, c in changes.items() if c.after != c.before}
+        return changes
+
+    def _remember(self, task_id: str, view: TaskState) -> None:
+        self._cache[task_id] = view
+        self._cache.move_to_end(task_id)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._written_to = -1
 
     def _write(self, pipe: Pipeline, task_id: str, change: _Change) -> None:
         after, before, owner = change.after, change.before, change.owner

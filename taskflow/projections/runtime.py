@@ -36,6 +36,9 @@ class Projection(Protocol):
     """A read model built from the log. Implementations: `RedisTaskViews`, `MongoTaskViews`."""
 
     name: str
+    # The least time between two of a driver's passes; wake-ups meanwhile are coalesced into
+    # the next pass. 0 for the views reads are served from: they follow every append.
+    pace_seconds: float
 
     async def setup(self) -> None:
         """Create indexes and anything else it needs; idempotent."""

@@ -37,6 +37,7 @@ from taskflow.projections.batches import batches, read_ahead
 from taskflow.projections.catalog import projections
 from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
+from taskflow.projections.redis_views import CheckpointMovedError
 from taskflow.projections.runtime import LeaseLostError, Projection, apply_batch
 from taskflow.projections.verify import fold_commit
 from taskflow.projections.worker import ProjectionDriver
@@ -102,7 +103,8 @@ class SharedPass:
                 try:
                     await self._read_to(head, progress)
                     break
-                except (PyMongoError, RedisError) as exc:  # a blip: start over, from checkpoints
+                except (PyMongoError, RedisError, CheckpointMovedError) as exc:
+                    # A blip, or Redis lost its data: start over, from the stored checkpoints.
                     log.warning("rebuild_pass_failed", error=repr(exc))
                     await asyncio.sleep(1.0)
                     await self._restart()

@@ -25,6 +25,7 @@ from taskflow.projections.catalog import projections
 from taskflow.projections.lease import Lease
 from taskflow.projections.runtime import LeaseLostError, Projection, run_until_caught_up
 from taskflow.settings import Settings
+from taskflow.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +84,7 @@ class ProjectionDriver:
                     self.store, self.projection, term=self.lease.term or 0, keep_going=self._holding
                 )
                 await self._report_lag()
+                await self._pace()
                 await self._pause(self._poll)
         except LeaseLostError:
             log.warning("lease_lost", projection=self.projection.name)
@@ -90,9 +92,7 @@ class ProjectionDriver:
             log.exception("projection_failed", projection=self.projection.name, error=repr(exc))
             await self._pause(min(self._ttl / 3, 1.0))
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await cancel_and_wait(renewer)  # not a lone cancel(): see taskflow/tasks.py
         if self._lost or self.lease.term is None:
             self.lease.term = None
 
@@ -118,6 +118,13 @@ class ProjectionDriver:
                     return
             except Exception as exc:  # a blip: the next renewal, or the lease's expiry, decides
                 log.warning("lease_renewal_failed", error=repr(exc))
+
+    async def _pace(self) -> None:
+        """Let a paced projection's wake-ups gather (they stay set) until its next pass."""
+        if self.projection.pace_seconds:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.projection.pace_seconds):
+                    await self.stopping.wait()
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -261,7 +268,5 @@ async def run_worker(settings: Settings) -> None:
         try:
             await supervisor.run()
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await cancel_and_wait(listener)
     log.info("projector_stopped", holder=holder)

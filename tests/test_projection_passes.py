@@ -1,0 +1,119 @@
+"""What a projector's pass reads and when it runs: remembered Redis views, paced MongoDB views."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from taskflow import names
+from taskflow.commands.runner import Context
+from taskflow.commands.task import ChangeTask, CreateTask
+from taskflow.commands.task_handlers import handle_change_task, handle_create_task
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.events.records import Commit
+from taskflow.projections.lease import Lease
+from taskflow.projections.mongo_views import MongoTaskViews
+from taskflow.projections.redis_keys import RedisViewKeys
+from taskflow.projections.redis_views import CheckpointMovedError, RedisTaskViews
+from taskflow.projections.runtime import run_until_caught_up
+from taskflow.projections.verify import compare, fold_all_tasks, redis_views
+from taskflow.projections.worker import ProjectionDriver
+from tests.test_projector_processes import until
+from tests.workload import write_workload
+
+
+async def _create(store: MongoEventStore, title: str = "a task") -> tuple[str, str]:
+    """A new task of a new owner: (owner, task id)."""
+    owner, task_id = uuid.uuid4().hex, uuid.uuid4().hex
+    context = Context(actor=owner, request_id="r", correlation_id="c")
+    command = CreateTask(task_id=task_id, owner_id=owner, title=title)
+    await handle_create_task(store, command, context, datetime.now(UTC))
+    return owner, task_id
+
+
+async def test_redis_views_rebuild_from_zero_when_redis_lost_them_under_a_live_holder(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """Views the holder remembers are not trusted once the checkpoint is not where it left it."""
+    await write_workload(store, tasks=10, changes=40)
+    views = RedisTaskViews(redis)
+    await run_until_caught_up(store, views)
+    lost = [key async for key in redis.scan_iter(match=RedisViewKeys(1).prefix + "*")]
+    await redis.delete(*lost)  # what a Redis restart without persistence does to the model
+    await _create(store)
+
+    await run_until_caught_up(store, views)
+
+    assert await compare("redis", await fold_all_tasks(store), redis_views(redis, views.keys)) == []
+
+
+async def test_a_batch_that_does_not_follow_the_checkpoint_is_refused(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """Another writer moved the checkpoint between the read and the write: nothing is written."""
+    await _create(store, "one")
+    await _create(store, "two")
+    commits = [commit async for commit in store.read_all(0)]
+    views = RedisTaskViews(redis)
+    await views.apply(commits[:1], term=0)
+    await redis.set(views.keys.checkpoint, 0)
+
+    with pytest.raises(CheckpointMovedError):
+        await views.apply(commits[1:], term=0)
+    assert await redis.get(views.keys.checkpoint) == b"0"
+
+
+async def _reached(views: MongoTaskViews, position: int) -> bool:
+    return await views.position() >= position
+
+
+class _CountedMongoViews(MongoTaskViews):
+    """The MongoDB views, counting the passes that applied something."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        super().__init__(db)
+        self.batches = 0
+
+    async def apply(self, commits: Sequence[Commit], term: int) -> None:
+        self.batches += 1
+        await super().apply(commits, term)
+
+
+@pytest.mark.timeout(120)
+async def test_paced_mongodb_views_gather_many_wake_ups_into_one_pass(
+    store: MongoEventStore, db: AsyncDatabase[dict[str, Any]]
+) -> None:
+    """Forty commits, each with its wake-up, in about a second: a few passes, not forty."""
+    views = _CountedMongoViews(db)
+    stopping = asyncio.Event()
+    lease = Lease(db[names.LEASES], views.name, "test", ttl=5)
+    driver = ProjectionDriver(
+        store, views, lease, lease_ttl=5, poll_interval=0.05, stopping=stopping
+    )
+    running = asyncio.create_task(driver.run())
+    owner, task_id = await _create(store)
+    context = Context(actor=owner, request_id="r", correlation_id="c")
+    started = time.monotonic()
+    for version in range(1, 41):
+        change = ChangeTask(task_id=task_id, title=f"title {version}")
+        await handle_change_task(store, change, context, datetime.now(UTC), version)
+        driver.wake.set()
+        await asyncio.sleep(0.025)
+    head = await store.head_position()
+    await until(lambda: _reached(views, head), 60, "the MongoDB views to catch up")
+    elapsed = time.monotonic() - started
+    stopping.set()
+    await running
+
+    assert views.batches <= elapsed / views.pace_seconds + 3
+    stored = await views.views.find_one({})
+    assert stored is not None
+    assert stored["title"] == "title 40"
