@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TypeVar
 
 from taskflow.events.records import Commit
+from taskflow.tasks import cancel_and_wait
 
 T = TypeVar("T")
 
@@ -54,6 +55,4 @@ async def read_ahead(
         if failed:
             raise failed[0]
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await cancel_and_wait(reader)  # not a lone cancel(): see taskflow/tasks.py

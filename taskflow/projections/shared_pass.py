@@ -41,6 +41,7 @@ from taskflow.projections.redis_views import CheckpointMovedError
 from taskflow.projections.runtime import LeaseLostError, Projection, apply_batch
 from taskflow.projections.verify import fold_commit
 from taskflow.projections.worker import ProjectionDriver
+from taskflow.tasks import cancel_and_wait
 
 # Larger than a worker's batches (runtime.DEFAULT_BATCH): a catch-up from zero writes each
 # changed view once per batch, so fewer batches mean fewer writes.
@@ -111,9 +112,7 @@ class SharedPass:
             await self._until_all_reach(self.position, progress)
             return self.position
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await cancel_and_wait(renewer)  # not a lone cancel(): see taskflow/tasks.py
 
     async def release(self) -> None:
         """Give the leases up (standbys of other processes take over at once)."""
