@@ -100,15 +100,18 @@ class SharedPass:
         reached the pass too; that position (the fold's, and at least every read model's)."""
         renewer = asyncio.create_task(self._renew_forever())
         try:
+            failed = False
             while True:
                 try:
+                    if failed:
+                        await self._restart()
                     await self._read_to(head, progress)
                     break
                 except (PyMongoError, RedisError, CheckpointMovedError) as exc:
                     # A blip, or Redis lost its data: start over, from the stored checkpoints.
                     log.warning("rebuild_pass_failed", error=repr(exc))
                     await asyncio.sleep(1.0)
-                    await self._restart()
+                    failed = True
             await self._until_all_reach(self.position, progress)
             return self.position
         finally:
