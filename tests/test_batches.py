@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from taskflow.projections.batches import read_ahead
+from taskflow.tasks import read_ahead
 
 
 async def _numbered(count: int, fail_after: int | None = None) -> AsyncGenerator[list[Any], None]:

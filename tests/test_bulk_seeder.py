@@ -14,6 +14,7 @@ from bench.seeder import BulkSeeder, PlannedCommit, Shape, plan, verify_seeded
 from taskflow import names
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.events.positions import AHEAD, BLOCK
 from taskflow.settings import Settings
 from tests.conftest import TEST_HMAC_KEY
 
@@ -51,11 +52,20 @@ async def _append(store: MongoEventStore, item: PlannedCommit) -> None:
     assert result.first_version == item.expected_version + 1
 
 
+@pytest.mark.parametrize(
+    ("commits", "blocks"),
+    [(80, 1), (BLOCK - AHEAD + 20, 2)],  # the second one ends near its block's end: one ahead
+)
 async def test_seeded_log_and_redis_equal_what_appends_write(
-    mongo: AsyncMongoClient[dict[str, Any]], settings: Settings, redis: Redis
+    mongo: AsyncMongoClient[dict[str, Any]],
+    settings: Settings,
+    redis: Redis,
+    commits: int,
+    blocks: int,
 ) -> None:
     """Seeding and appending the same commits give identical documents and Redis state."""
-    planned = list(plan(SHAPE))
+    shape = Shape(commits=commits, per_task=SHAPE.per_task, tasks_per_user=SHAPE.tasks_per_user)
+    planned = list(plan(shape))
     now = [planned[0].recorded_at]
     appended_db = mongo[settings.mongodb_db]
     seeded_db = mongo[f"{settings.mongodb_db}_s"]
@@ -76,7 +86,7 @@ async def test_seeded_log_and_redis_equal_what_appends_write(
         assert await seeder.seed(planned) == len(planned)
         seeded, seeded_redis = await _log(seeded_db), await _redis_state(redis, planned)
 
-        assert len(seeded) == len(appended) == SHAPE.commits + 1  # one block of positions
+        assert len(seeded) == len(appended) == commits + blocks  # commits, then position blocks
         assert seeded == appended
         assert seeded_redis == appended_redis
         assert seeded_redis["hints_expire"]

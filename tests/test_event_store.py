@@ -270,6 +270,33 @@ async def test_a_log_from_before_position_blocks_is_reseeded_from_its_highest_po
     assert [block["_id"] for block in blocks] == [0, 1]
 
 
+async def test_the_next_block_is_reserved_ahead_not_while_a_position_is_held(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """An append near the end of the reserved range reserves the next block after its insert,
+    so the append that crosses into it takes its position with nothing more to do."""
+    blocks = store.commits.database[names.POSITION_BLOCKS]
+    await store.append("s-0", 0, [NoteWritten(text="first")], meta())
+    assert [block["_id"] async for block in blocks.find({})] == [0]
+    await redis.set(names.POSITION_COUNTER, BLOCK - 10)  # as if more had been taken
+    await store.append("s-1", 0, [NoteWritten(text="near the end of block 0")], meta())
+    assert sorted([block["_id"] async for block in blocks.find({})]) == [0, 1]
+    assert int(await redis.get(names.POSITION_RESERVED) or 0) == 2 * BLOCK
+
+    reserved_while_held: list[int] = []
+    take = store.positions.reserve
+
+    async def watched_reserve(block: int) -> None:
+        reserved_while_held.append(block)
+        await take(block)
+
+    store.positions.reserve = watched_reserve  # type: ignore[method-assign]
+    await redis.set(names.POSITION_COUNTER, BLOCK)
+    result = await store.append("s-2", 0, [NoteWritten(text="first of block 1")], meta())
+    assert result.position == BLOCK + 1
+    assert reserved_while_held == []
+
+
 async def test_positions_of_every_block_are_reserved_before_they_are_used(
     store: MongoEventStore, redis: Redis
 ) -> None:

@@ -13,7 +13,6 @@ expire, Redis can lose them) the reader streams the log from there in one pass.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -35,7 +34,7 @@ from taskflow.events.codec import (
 from taskflow.events.gaps import make_gap
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import Commit
-from taskflow.tasks import cancel_and_wait
+from taskflow.tasks import read_ahead
 
 HINT_CHUNK = 256
 # A pass starts with an MGET this small and quadruples it while each comes back full: a
@@ -47,6 +46,8 @@ FIRST_HINT_CHUNK = 4
 READ_BATCH = 1000
 READ_AHEAD_BATCHES = 2
 REORDER_LIMIT = 10_000
+
+Document = dict[str, Any]
 _RAISE_SETTLED = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
@@ -168,7 +169,7 @@ class LogReader:
         expected = position
         waiting: dict[int, dict[str, Any]] = {}
         cursor = self._commits.find({"position": {"$gte": position}}).batch_size(READ_BATCH)
-        async with contextlib.aclosing(read_ahead(cursor)) as docs:
+        async with contextlib.aclosing(documents_ahead(cursor)) as docs:
             async for doc in docs:
                 found = int(doc["position"])
                 if found != expected:
@@ -192,7 +193,7 @@ class LogReader:
         expected = position
         query = {"position": {"$gte": position}}
         cursor = self._commits.find(query).sort("position", 1).batch_size(READ_BATCH)
-        async with contextlib.aclosing(read_ahead(cursor)) as docs:
+        async with contextlib.aclosing(documents_ahead(cursor)) as docs:
             async for doc in docs:
                 if int(doc["position"]) != expected:
                     return
@@ -213,37 +214,23 @@ class LogReader:
         return gap
 
 
-async def read_ahead(
-    cursor: AsyncCursor[dict[str, Any]], batches: int = READ_AHEAD_BATCHES
-) -> AsyncGenerator[dict[str, Any], None]:
-    """The cursor's documents, fetched up to `batches` batches ahead of the consumer.
-
-    A cursor asks for its next batch only when the last one is used up, so a reader that
-    decodes and applies each batch leaves the server idle meanwhile, and then waits for it.
-    Fetching from a task overlaps the two (the server and Python run on different cores).
-    """
-    queue: asyncio.Queue[list[dict[str, Any]] | Exception | None] = asyncio.Queue(batches)
-
-    async def fetch() -> None:
-        try:
-            async with cursor as docs:
-                chunk: list[dict[str, Any]] = []
-                async for doc in docs:
-                    chunk.append(doc)
-                    if len(chunk) >= READ_BATCH:
-                        await queue.put(chunk)
-                        chunk = []
-            await queue.put(chunk)
-            await queue.put(None)
-        except Exception as exc:  # handed to the consumer, which raises it
-            await queue.put(exc)
-
-    fetching = asyncio.create_task(fetch())
-    try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, Exception):
-                raise item
-            for doc in item:
+async def documents_ahead(cursor: AsyncCursor[Document]) -> AsyncGenerator[Document, None]:
+    """The cursor's documents, fetched up to `READ_AHEAD_BATCHES` batches ahead of the caller."""
+    async with contextlib.aclosing(read_ahead(_chunks(cursor), READ_AHEAD_BATCHES)) as chunks:
+        async for chunk in chunks:
+            for doc in chunk:
                 yield doc
-    finally:
-        await cancel_and_wait(fetching)  # not a lone cancel(): see taskflow/tasks.py
+
+
+async def _chunks(
+    cursor: AsyncCursor[dict[str, Any]],
+) -> AsyncGenerator[list[dict[str, Any]], None]:
+    async with cursor as docs:
+        chunk: list[Document] = []
+        async for doc in docs:
+            chunk.append(doc)
+            if len(chunk) >= READ_BATCH:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk

@@ -18,7 +18,7 @@ import structlog
 from pymongo import ASCENDING, ReadPreference, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
@@ -35,7 +35,7 @@ from taskflow.events.codec import (
     to_millis,
 )
 from taskflow.events.gaps import make_gap
-from taskflow.events.log_reader import LogReader, read_ahead
+from taskflow.events.log_reader import LogReader, documents_ahead
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
@@ -207,8 +207,16 @@ class MongoEventStore:
                 raise ConcurrencyError(stream_id, expected_version, head.version) from None
             APPENDS.inc()
             await self._announce(commit, snapshot, idempotency_key)
+            await self._reserve_ahead()
             return _result_of(commit)
         raise PositionUnavailableError(f"no free position after {POSITION_ATTEMPTS} attempts")
+
+    async def _reserve_ahead(self) -> None:
+        """The commit is stored: a failure here only means a later take reserves the block."""
+        try:
+            await self.positions.reserve_ahead()
+        except (PyMongoError, RedisError) as exc:
+            log.warning("position_block_not_reserved_ahead", error=str(exc))
 
     async def _insert(self, commit: Commit) -> None:
         """The one write of an append (a seam where tests inject faults)."""
@@ -407,7 +415,7 @@ class MongoEventStore:
         """
         query = {"position": {"$gt": after_position}}
         cursor = self.commits.find(query).sort("position", ASCENDING).batch_size(1000)
-        async with contextlib.aclosing(read_ahead(cursor)) as docs:
+        async with contextlib.aclosing(documents_ahead(cursor)) as docs:
             async for doc in docs:
                 yield commit_from_document(doc)
 

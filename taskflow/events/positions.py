@@ -31,17 +31,23 @@ from taskflow.events.gaps import make_gap
 # Positions per reserved block: one extra insert per BLOCK appends, and at most BLOCK gaps
 # sealed by a re-seed (an `insert_many`, well under a second on FerretDB).
 BLOCK = 1000
+# The next block is reserved once a position within this many of the reserved range's end is taken.
+AHEAD = BLOCK // 2
 _DUPLICATE_KEY = 11000
 
-# The next position, and whether its block is already reserved; -1 until the counter is seeded
-# since Redis last started (the reserved mark is written only by a seed or after a reservation).
+# The next position, and whether its block is reserved: 0 no, 1 yes, 2 yes but the reserved
+# range ends within ARGV[1] positions (time to reserve the next block). -1 until the counter is
+# seeded since Redis last started (the mark is written only by a seed or after a reservation).
 _TAKE = """
 local reserved = redis.call('GET', KEYS[2])
 if not reserved then return {-1, 0} end
 local position = redis.call('INCR', KEYS[1])
-if position <= tonumber(reserved) then return {position, 1} end
-return {position, 0}
+reserved = tonumber(reserved)
+if position > reserved then return {position, 0} end
+if reserved - position < tonumber(ARGV[1]) then return {position, 2} end
+return {position, 1}
 """
+_NOT_RESERVED, _RESERVED_NEAR_END = 0, 2
 
 # Seed: raise the counter to at least ARGV[1] and the reserved mark to at least ARGV[2]; with
 # ARGV[3] = '1', only if nobody seeded the counter meanwhile (then it returns 0).
@@ -89,20 +95,36 @@ class PositionCounter:
         # As durable as the commits whose positions they cover.
         self._blocks = blocks.with_options(write_concern=WriteConcern("majority", j=True))
         self._clock = clock
+        self._ahead: int | None = None  # a block to reserve after the current append
         self._take = redis.register_script(_TAKE)
         self._seed = redis.register_script(_SEED)
         self._reserved = redis.register_script(_RESERVED)
 
     async def take(self) -> int:
-        position, reserved = await self._take(keys=_KEYS)
+        """The next position, its block reserved.
+
+        Reserving inside an append would hold every later commit back while this one waits
+        for that insert (readers apply the log in order), so the next block is reserved ahead,
+        by `reserve_ahead` after an append that took a position near the end of the range.
+        """
+        position, reserved = await self._take(keys=_KEYS, args=[AHEAD])
         if position < 0:
             await self.reseed(unless_seeded=True)
-            position, reserved = await self._take(keys=_KEYS)
+            position, reserved = await self._take(keys=_KEYS, args=[AHEAD])
             if position < 0:
                 raise RuntimeError("the position counter vanished again while it was re-seeded")
-        if not reserved:
+        if reserved == _NOT_RESERVED:
             await self.reserve(block_of(position))
+        elif reserved == _RESERVED_NEAR_END:
+            self._ahead = block_of(position) + 1
         return int(position)
+
+    async def reserve_ahead(self) -> None:
+        """Reserve the block after the reserved range if a take found it close (after an append:
+        nobody waits for it). Appenders in several processes may all do it; one insert wins."""
+        block, self._ahead = self._ahead, None
+        if block is not None:
+            await self.reserve(block)
 
     async def reserve(self, block: int) -> None:
         """Record in MongoDB that positions of `block` may be used, then tell Redis."""
@@ -138,6 +160,8 @@ class PositionCounter:
         """What appends of positions 1..`highest` leave: their blocks reserved, the counter at
         `highest` (for a bulk loader that wrote those positions itself; the log must hold them)."""
         last = block_of(highest)
+        if block_end(last) - highest < AHEAD:
+            last += 1  # the append that took `highest` would have reserved the next block ahead
         for block in range(last + 1):
             with contextlib.suppress(DuplicateKeyError):
                 await self._blocks.insert_one({"_id": block})
