@@ -22,6 +22,7 @@ from taskflow import names
 from taskflow.api.app import create_app
 from taskflow.api.auth_routes import REFRESH_COOKIE
 from taskflow.api.keys import SERVICES
+from taskflow.auth.denylist import DenyList
 from taskflow.auth.indexes import ensure_auth_indexes
 from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshTokenReusedError, RefreshTokens
 from taskflow.auth.tokens import issue_access_token
@@ -515,3 +516,16 @@ async def test_guarded_reads_survive_redis_forgetting_their_scripts(
     assert (one.status, (await one.json())["title"]) == (200, "t")
     page = await client.get("/api/tasks", headers=bearer(access))
     assert [item["id"] for item in (await page.json())["items"]] == [task["id"]]
+
+
+async def test_the_process_that_logs_a_token_out_refuses_it_from_its_copy_at_once(
+    redis: Redis,
+) -> None:
+    """Were Redis lost right after a logout, the process that recorded it still refuses the
+    token: its own copy of the deny list holds it before the next refresh."""
+    deny_list = DenyList(redis, stale_limit=300)
+    now = datetime.now(UTC)
+    await deny_list.refresh(now)  # a copy that predates the logout
+    await deny_list.deny("jti-1", now + timedelta(minutes=5), now)
+    assert deny_list.denied_by_copy("jti-1")
+    assert not deny_list.denied_by_copy("jti-2")

@@ -73,6 +73,9 @@ class DenyList:
             pipe.set(names.denied_jti_key(jti), b"1", ex=remaining)
             pipe.zadd(names.DENIED_JTI_INDEX, {jti: expires_at.timestamp()})
             await pipe.execute()
+        # This process's copy holds it at once: were Redis lost before the next refresh, the
+        # process that logged the token out would otherwise accept it (seen in the outage test).
+        self._copy = self._copy | {jti}
 
     async def is_denied(self, jti: str) -> bool:
         """Whether `jti` was logged out: Redis, else a recent copy, else AuthUnavailableError."""
