@@ -150,8 +150,11 @@ class LogReader:
                 return  # probably in flight: a writer between taking it and writing it
             gap = await self._seal(position)
             if gap is not None:
+                # Nobody wrote it: what follows is still read from the hints. Streaming the log
+                # here would cost a whole-collection scan per sealed hole on FerretDB.
                 yield gap
-                position += 1
+                return
+        # No hint, yet the position is held (hints expire, Redis can lose them): MongoDB.
         async with contextlib.aclosing(self._from_log(position)) as commits:
             async for commit in commits:
                 yield commit

@@ -107,7 +107,9 @@ class MongoEventStore:
         self._head_ttl = head_ttl
         self._idem_ttl = hint_ttl
         self._set_head = redis.register_script(_SET_HEAD)
-        self.positions = PositionCounter(redis, self.commits, db[names.POSITION_BLOCKS], clock)
+        self.positions = PositionCounter(
+            redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl
+        )
         self.reader = LogReader(
             self.commits, redis, self.positions, gap_timeout=gap_timeout, hint_ttl=hint_ttl
         )

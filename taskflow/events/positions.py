@@ -25,7 +25,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from redis.asyncio import Redis
 
 from taskflow import names
-from taskflow.events.codec import commit_to_document
+from taskflow.events.codec import commit_to_document, commit_to_json
 from taskflow.events.gaps import make_gap
 
 # Positions per reserved block: one extra insert per BLOCK appends, and at most BLOCK gaps
@@ -89,12 +89,14 @@ class PositionCounter:
         commits: AsyncCollection[dict[str, Any]],
         blocks: AsyncCollection[dict[str, Any]],
         clock: Callable[[], datetime],
+        hint_ttl: int,
     ) -> None:
         self._redis = redis
         self._commits = commits
         # As durable as the commits whose positions they cover.
         self._blocks = blocks.with_options(write_concern=WriteConcern("majority", j=True))
         self._clock = clock
+        self._hint_ttl = hint_ttl
         self._ahead: int | None = None  # a block to reserve after the current append
         self._take = redis.register_script(_TAKE)
         self._seed = redis.register_script(_SEED)
@@ -192,10 +194,20 @@ class PositionCounter:
         """A gap at every position of `block` nobody holds; the unique index skips held ones."""
         first = block * BLOCK + 1
         now = self._clock()
-        gaps = [commit_to_document(make_gap(p, now)) for p in range(first, block_end(block) + 1)]
+        gaps = [make_gap(p, now) for p in range(first, block_end(block) + 1)]
+        held: set[int] = set()
         try:
-            await self._commits.insert_many(gaps, ordered=False)
+            await self._commits.insert_many([commit_to_document(g) for g in gaps], ordered=False)
         except BulkWriteError as exc:
             others = [e for e in exc.details["writeErrors"] if e["code"] != _DUPLICATE_KEY]
             if others:
                 raise
+            held = {int(e["index"]) for e in exc.details["writeErrors"]}
+        # Hinted like any settled position, so readers go on from Redis instead of waiting
+        # out the gap timeout at each and then reading the log from MongoDB.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for index, gap in enumerate(gaps):
+                if index not in held:
+                    key = names.commit_hint_key(gap.position)
+                    pipe.set(key, commit_to_json(gap), ex=self._hint_ttl)
+            await pipe.execute()
