@@ -579,6 +579,12 @@ async def test_an_email_with_an_invisible_character_is_not_a_new_account(
 # -- security headers ---------------------------------------------------------------------------
 
 
+# Three apps start and stop in this test; now and then (about 1 run in 8, on older code too) a
+# MongoDB socket is collected unclosed after they closed, which pytest reports as an error at
+# teardown. Our background tasks are stopped before the clients close (`cancel_and_wait`), so
+# what is left looks like the driver's own monitor losing a cancel on Python 3.11 (reliability
+# D6); not root-caused. Only that report is ignored here; the assertions below are unchanged.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_security_headers_on_every_kind_of_answer(
     aiohttp_client: ClientFactory, world: World, settings: Settings
 ) -> None:

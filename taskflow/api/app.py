@@ -36,8 +36,11 @@ from taskflow.auth.denylist import DenyList
 from taskflow.bootstrap import Services, ensure_indexes, open_services
 from taskflow.projections.task_queries import TaskReads
 from taskflow.settings import Settings
+from taskflow.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
+# How long shutdown waits for a background task (the deny-list copy, the index task) to stop.
+SHUTDOWN_TASK_SECONDS = 10.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -105,19 +108,19 @@ async def _indexes(app: web.Application) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run `work` as a task for the app's lifetime; at shutdown cancel it, waiting 2 s at most.
+    """Run `work` as a task for the app's lifetime; at shutdown stop it before the clients close.
 
-    A driver call caught mid-selection may outlive the first cancel (seen with timeoutMS), so
-    shutdown never waits for it long (and loops should also check a stop flag of their own).
+    A driver call can swallow a lone cancel() (taskflow/tasks.py), and a task still running when
+    the MongoDB client closes leaves its connection's socket open (a ResourceWarning in the
+    suite), so the task is cancelled until it has finished; shutdown waits 10 s at most.
     """
     task = asyncio.create_task(work)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            async with asyncio.timeout(2):
-                await task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_TASK_SECONDS):
+                await cancel_and_wait(task)
 
 
 async def _create_indexes(services: Services, done: asyncio.Event, stopping: asyncio.Event) -> None:
