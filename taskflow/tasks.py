@@ -1,4 +1,4 @@
-"""Background tasks done reliably: stopping them, and reading ahead of a consumer.
+"""Background tasks done reliably: stopping them, and reading batches ahead of a consumer.
 
 On Python 3.11 one `Task.cancel()` can be lost: `asyncio.wait_for`, which the MongoDB driver
 uses around every socket read and write, swallows a cancellation that arrives just as the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,6 +27,18 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
         await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
     if not task.cancelled():
         task.exception()  # retrieved: the task's failure was its own business, already logged
+
+
+async def batches(items: AsyncIterator[T], size: int) -> AsyncGenerator[list[T], None]:
+    """`items` in lists of `size` (the last one shorter)."""
+    batch: list[T] = []
+    async for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 async def read_ahead(source: AsyncGenerator[T, None], depth: int = 1) -> AsyncGenerator[T, None]:

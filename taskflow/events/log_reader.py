@@ -34,7 +34,7 @@ from taskflow.events.codec import (
 from taskflow.events.gaps import make_gap
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import Commit
-from taskflow.tasks import read_ahead
+from taskflow.tasks import batches, read_ahead
 
 HINT_CHUNK = 256
 # A pass starts with an MGET this small and quadruples it while each comes back full: a
@@ -225,15 +225,7 @@ async def documents_ahead(cursor: AsyncCursor[Document]) -> AsyncGenerator[Docum
                 yield doc
 
 
-async def _chunks(
-    cursor: AsyncCursor[dict[str, Any]],
-) -> AsyncGenerator[list[dict[str, Any]], None]:
+async def _chunks(cursor: AsyncCursor[Document]) -> AsyncGenerator[list[Document], None]:
     async with cursor as docs:
-        chunk: list[Document] = []
-        async for doc in docs:
-            chunk.append(doc)
-            if len(chunk) >= READ_BATCH:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
+        async for chunk in batches(docs, READ_BATCH):
+            yield chunk

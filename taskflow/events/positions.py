@@ -130,9 +130,7 @@ class PositionCounter:
 
     async def reserve(self, block: int) -> None:
         """Record in MongoDB that positions of `block` may be used, then tell Redis."""
-        # A duplicate: another taker reserved it already; what matters is that it is stored.
-        with contextlib.suppress(DuplicateKeyError):
-            await self._blocks.insert_one({"_id": block})
+        await self._store_block(block)
         await self._reserved(keys=[names.POSITION_RESERVED], args=[block_end(block)])
 
     async def reseed(self, *, unless_seeded: bool = False) -> None:
@@ -165,9 +163,13 @@ class PositionCounter:
         if block_end(last) - highest < AHEAD:
             last += 1  # the append that took `highest` would have reserved the next block ahead
         for block in range(last + 1):
-            with contextlib.suppress(DuplicateKeyError):
-                await self._blocks.insert_one({"_id": block})
+            await self._store_block(block)
         await self._seed(keys=_KEYS, args=[highest, block_end(last), "0"])
+
+    async def _store_block(self, block: int) -> None:
+        # A duplicate: another taker reserved it already; what matters is that it is stored.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._blocks.insert_one({"_id": block})
 
     async def allocated_or_zero(self) -> int:
         return await self.allocated() or 0

@@ -33,7 +33,6 @@ from taskflow import names
 from taskflow.bootstrap import Services
 from taskflow.commands.task import TaskState
 from taskflow.events.records import Commit
-from taskflow.projections.batches import batches
 from taskflow.projections.catalog import projections
 from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
@@ -41,7 +40,7 @@ from taskflow.projections.redis_views import CheckpointMovedError
 from taskflow.projections.runtime import LeaseLostError, Projection, apply_batch
 from taskflow.projections.verify import fold_commit
 from taskflow.projections.worker import ProjectionDriver
-from taskflow.tasks import cancel_and_wait, read_ahead
+from taskflow.tasks import batches, cancel_and_wait, read_ahead
 
 # Larger than a worker's batches (runtime.DEFAULT_BATCH): a catch-up from zero writes each
 # changed view once per batch, so fewer batches mean fewer writes.
