@@ -95,19 +95,20 @@ def issue_access_token(
 def verify_access_token(settings: Settings, token: str, now: datetime) -> AccessClaims:
     """The claims of a genuine, current access token for this API; InvalidTokenError otherwise."""
     keys = tuple((kid, secret.get_secret_value()) for kid, secret in settings.jwt_keys.items())
-    claims = _verified(token, keys, settings.jwt_audience, settings.jwt_issuer)
-    _check_times(claims, int(now.timestamp()))  # every time: only the times change with `now`
-    return _claims(claims)
+    payload, claims = _verified(token, keys, settings.jwt_audience, settings.jwt_issuer)
+    _check_times(payload, int(now.timestamp()))  # every time: only the times change with `now`
+    return claims
 
 
 # A client sends the same token with every request until it expires. Everything but the time
 # checks is a pure function of the token string and the keys, so its result is remembered (the
-# signature check and parsing were about a tenth of a request's CPU, docs/benchmarks.md).
+# signature check and parsing were about a tenth of a request's CPU, docs/benchmarks.md), and
+# so are the claims built from it (frozen, so one object can serve every request).
 # Failures are not remembered: lru_cache does not cache an exception.
 @functools.lru_cache(maxsize=4096)
 def _verified(
     token: str, keys: tuple[tuple[str, str], ...], audience: str, issuer: str
-) -> _Payload:
+) -> tuple[_Payload, AccessClaims]:
     secrets = dict(keys)
     try:
         payload = jwt.decode(
@@ -124,9 +125,10 @@ def _verified(
                 "verify_iat": False,
             },
         )
-        return _Payload.model_validate(payload)
+        verified = _Payload.model_validate(payload)
     except (jwt.PyJWTError, ValidationError) as exc:
         raise InvalidTokenError("invalid or expired token") from exc
+    return verified, _claims(verified)
 
 
 def _kid(token: str, keys: Mapping[str, str]) -> str:
