@@ -17,7 +17,7 @@ from taskflow.api import (
 )
 from taskflow.api.audit_routes import setup_audit_routes
 from taskflow.api.auth_routes import setup_auth_routes
-from taskflow.api.cors import setup_cors, vary_origin
+from taskflow.api.cors import setup_cors
 from taskflow.api.keys import (
     DENY_LIST,
     INDEXES_READY,
@@ -26,8 +26,8 @@ from taskflow.api.keys import (
     SETTINGS,
     TASK_READS,
 )
-from taskflow.api.middlewares import problems, request_context
-from taskflow.api.observability import http_metrics, security_headers, setup_metrics_route
+from taskflow.api.middlewares import edge
+from taskflow.api.observability import setup_metrics_route
 from taskflow.api.openapi import setup_openapi_routes
 from taskflow.api.rate_limits import RateLimits, rate_limit
 from taskflow.api.task_reads import setup_task_read_routes
@@ -45,15 +45,10 @@ SHUTDOWN_TASK_SECONDS = 10.0
 
 def create_app(settings: Settings) -> web.Application:
     """The API with every client opened and closed in `cleanup_ctx`."""
+    # One edge middleware, then the rate limit only when it is on: every middleware is a
+    # coroutine more per request (docs/benchmarks.md, "The API's per-request cost").
     app = web.Application(
-        middlewares=[
-            request_context,
-            http_metrics,
-            security_headers,
-            vary_origin,
-            problems,
-            rate_limit,
-        ],
+        middlewares=[edge, rate_limit] if settings.rate_limit_enabled else [edge],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

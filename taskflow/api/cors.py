@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from taskflow.settings import Settings
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[object]]
 
 EXPOSED = (
     "ETag",
@@ -46,16 +47,27 @@ def setup_cors(app: web.Application, settings: Settings) -> None:
         allow_methods=["GET", "POST", "PATCH", "DELETE"],
         max_age=600,
     )
+    hooks = len(app.on_response_prepare)
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in settings.cors_origins})
     for route in list(app.router.routes()):
         if route.method != "HEAD":
             cors.add(route)
+    # aiohttp-cors answers every response in its response hook, and for a request without an
+    # Origin header it looks the route's configuration up only to stop at CORS 6.1.1 ("no
+    # Origin: not a CORS request") without touching the response. Such requests skip the hook.
+    for at in range(hooks, len(app.on_response_prepare)):
+        app.on_response_prepare[at] = _only_with_origin(app.on_response_prepare[at])
 
 
-@web.middleware
-async def vary_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _only_with_origin(hook: ResponseHook) -> ResponseHook:
+    async def hook_if_origin(request: web.Request, response: web.StreamResponse) -> None:
+        if hdrs.ORIGIN in request.headers:
+            await hook(request, response)
+
+    return hook_if_origin
+
+
+def add_vary_origin(headers: CIMultiDict[str]) -> None:
     """Responses differ by Origin once CORS is on, so shared caches must key on it."""
-    response = await handler(request)
-    if "origin" not in response.headers.get("Vary", "").lower():
-        response.headers.add("Vary", "Origin")
-    return response
+    if "origin" not in headers.get("Vary", "").lower():
+        headers.add("Vary", "Origin")

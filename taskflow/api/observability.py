@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_async.aio.web import server_stats
+from prometheus_client import Histogram
 
 from taskflow.metrics import HTTP_DURATION
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -21,34 +18,29 @@ SECURITY_HEADERS = {
 }
 
 
-@web.middleware
-async def http_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Duration and status of every request, labelled by route template (bounded cardinality)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        HTTP_DURATION.labels(route, request.method, str(status)).observe(
-            time.perf_counter() - started
-        )
+# The histogram's child per (route, method, status), kept so that a request does not pay for
+# prometheus_client's label lookup and its lock (about 2.5 us of 4 per observation). Bounded as
+# the histogram's own label set is: route templates, not paths.
+_durations: dict[tuple[str, str, int], Histogram] = {}
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
+def observe_request(request: web.Request, status: int, seconds: float) -> None:
+    """Duration and status of a request, labelled by route template (bounded cardinality)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    labels = (route, request.method, status)
+    child = _durations.get(labels)
+    if child is None:
+        child = _durations[labels] = HTTP_DURATION.labels(route, request.method, str(status))
+    child.observe(seconds)
+
+
+def add_security_headers(headers: CIMultiDict[str]) -> None:
+    """The security headers, unless the handler chose its own (the docs page's CSP)."""
     for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+        headers.setdefault(name, value)
     # aiohttp would announce "Python/3.x aiohttp/3.x": versions tell an attacker what to try.
-    response.headers["Server"] = "TaskFlow"
-    return response
+    headers["Server"] = "TaskFlow"
 
 
 def setup_metrics_route(app: web.Application) -> None:
