@@ -117,3 +117,58 @@ async def test_paced_mongodb_views_gather_many_wake_ups_into_one_pass(
     stored = await views.views.find_one({})
     assert stored is not None
     assert stored["title"] == "title 40"
+
+
+class _SlowMongoViews(MongoTaskViews):
+    """The MongoDB views with every pass made to last `APPLY_SECONDS` longer (as replaces by
+    `_id` over many views do on FerretDB), timing the time spent applying."""
+
+    APPLY_SECONDS = 0.6
+    pace_seconds = 0.05
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        super().__init__(db)
+        self.busy = 0.0
+
+    async def apply(self, commits: Sequence[Commit], term: int) -> None:
+        started = time.monotonic()
+        await asyncio.sleep(self.APPLY_SECONDS)
+        await super().apply(commits, term)
+        self.busy += time.monotonic() - started
+
+
+@pytest.mark.timeout(120)
+async def test_costly_mongodb_views_take_at_most_their_busy_share_and_still_catch_up(
+    store: MongoEventStore, db: AsyncDatabase[dict[str, Any]]
+) -> None:
+    """Commits keep coming while each pass takes 0.6 s: back to back, the passes would take
+    over 90 % of the time; with a busy share of 0.25 they take about a quarter, and once the
+    commits stop the views still reach the head."""
+    views = _SlowMongoViews(db)
+    assert views.busy_share == 0.25
+    stopping = asyncio.Event()
+    lease = Lease(db[names.LEASES], views.name, "test", ttl=5)
+    driver = ProjectionDriver(
+        store, views, lease, lease_ttl=5, poll_interval=0.05, stopping=stopping
+    )
+    running = asyncio.create_task(driver.run())
+    owner, task_id = await _create(store)
+    context = Context(actor=owner, request_id="r", correlation_id="c")
+    started = time.monotonic()
+    version = 1
+    while time.monotonic() - started < 6:
+        change = ChangeTask(task_id=task_id, title=f"title {version}")
+        await handle_change_task(store, change, context, datetime.now(UTC), version)
+        version += 1
+        driver.wake.set()
+        await asyncio.sleep(0.05)
+    share = views.busy / (time.monotonic() - started)
+    head = await store.head_position()
+    await until(lambda: _reached(views, head), 60, "the MongoDB views to catch up")
+    stopping.set()
+    await running
+
+    assert share < 0.4, f"passes took {share:.0%} of the time"
+    stored = await views.views.find_one({})
+    assert stored is not None
+    assert stored["title"] == f"title {version - 1}"

@@ -49,6 +49,7 @@ class RedisTaskViews:
     """
 
     pace_seconds = 0.0
+    busy_share = 1.0
 
     def __init__(self, redis: Redis, version: int = 1) -> None:
         self.name = f"{NAME}_v{version}"

@@ -28,6 +28,8 @@ from taskflow.settings import Settings
 from taskflow.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
+# The longest a pass of a projection with a busy share below 1 goes on before it rests.
+MAX_PASS_SECONDS = 2.0
 
 
 class ProjectionDriver:
@@ -80,11 +82,15 @@ class ProjectionDriver:
         try:
             while not (self.stopping.is_set() or self._lost):
                 self.wake.clear()
+                started = time.monotonic()
                 await run_until_caught_up(
-                    self.store, self.projection, term=self.lease.term or 0, keep_going=self._holding
+                    self.store,
+                    self.projection,
+                    term=self.lease.term or 0,
+                    keep_going=self._keep_going_since(started),
                 )
                 await self._report_lag()
-                await self._pace()
+                await self._pace(time.monotonic() - started)
                 await self._pause(self._poll)
         except LeaseLostError:
             log.warning("lease_lost", projection=self.projection.name)
@@ -119,11 +125,28 @@ class ProjectionDriver:
             except Exception as exc:  # a blip: the next renewal, or the lease's expiry, decides
                 log.warning("lease_renewal_failed", error=repr(exc))
 
-    async def _pace(self) -> None:
-        """Let a paced projection's wake-ups gather (they stay set) until its next pass."""
-        if self.projection.pace_seconds:
+    def _keep_going_since(self, started: float) -> Callable[[], bool]:
+        """Whether a pass begun at `started` may go on to its next batch: while the lease is
+        held, and for a projection with a busy share below 1 for `MAX_PASS_SECONDS` at most, so
+        it rests between turns even while working off a backlog."""
+
+        def keep_going() -> bool:
+            if not self._holding():
+                return False
+            limited = self.projection.busy_share < 1
+            return not limited or time.monotonic() - started < MAX_PASS_SECONDS
+
+        return keep_going
+
+    async def _pace(self, busy: float) -> None:
+        """Let a paced projection's wake-ups gather (they stay set) until its next pass: at
+        least `pace_seconds`, and long enough after a pass of `busy` seconds that its passes
+        take no more than `busy_share` of the time."""
+        share = self.projection.busy_share
+        rest = max(self.projection.pace_seconds, busy * (1 - share) / share)
+        if rest > 0:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.projection.pace_seconds):
+                async with asyncio.timeout(rest):
                     await self.stopping.wait()
 
     async def _pause(self, seconds: float) -> None:
