@@ -64,7 +64,11 @@ class Servers:
         """Wired as `taskflow.bootstrap.open_services` wires it, with the log's indexes created."""
         key = self.settings.event_log_hmac_key.get_secret_value().encode()
         store = MongoEventStore(
-            db, self.redis, HashChain(key), gap_timeout=self.settings.gap_timeout_seconds
+            db,
+            self.redis,
+            HashChain(key),
+            gap_timeout=self.settings.gap_timeout_seconds,
+            insert_concurrency=self.settings.log_insert_concurrency,
         )
         await store.ensure_indexes()
         return store

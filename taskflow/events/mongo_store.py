@@ -7,6 +7,7 @@ the retried command. Redis only speeds the common case up; MongoDB stays the aut
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
@@ -91,6 +92,7 @@ class MongoEventStore:
         gap_timeout: float = 2.0,
         hint_ttl: int = 24 * 3600,
         head_ttl: int = 0,
+        insert_concurrency: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.commits: AsyncCollection[dict[str, Any]] = db.get_collection(
@@ -107,6 +109,13 @@ class MongoEventStore:
         self._head_ttl = head_ttl
         self._idem_ttl = hint_ttl
         self._set_head = redis.register_script(_SET_HEAD)
+        # Appends take their position and insert in this slot, first come first served, when
+        # the server handles concurrent writers badly (Settings.log_insert_concurrency).
+        self._insert_slot: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(insert_concurrency)
+            if insert_concurrency
+            else contextlib.nullcontext()
+        )
         self.positions = PositionCounter(
             redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl
         )
@@ -188,9 +197,12 @@ class MongoEventStore:
         # and inserting is kept to the insert itself.
         signed = unsigned.model_copy(update={"hash": self._chain.sign(unsigned)})
         for attempt in range(1, POSITION_ATTEMPTS + 1):
-            commit = signed.model_copy(update={"position": await self.positions.take()})
             try:
-                await self._insert(commit)
+                # The position is taken once the slot is ours: a commit queued for the slot
+                # holds no position that later commits (and readers) would wait on.
+                async with self._insert_slot:
+                    commit = signed.model_copy(update={"position": await self.positions.take()})
+                    await self._insert(commit)
             except DuplicateKeyError:
                 if idempotency_key is None and (head := await self._moved_past(commit)):
                     await self._fill(commit.position)
