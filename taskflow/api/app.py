@@ -66,8 +66,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/ready", health.ready)
     setup_metrics_route(app)
     setup_auth_routes(app)
-    setup_task_write_routes(app)
+    # Reads first: aiohttp tries the resources under /api/tasks in registration order, so the
+    # hot GET /api/tasks/{task_id} no longer resolves the write routes' patterns before its own.
     setup_task_read_routes(app)
+    setup_task_write_routes(app)
     setup_audit_routes(app)
     setup_openapi_routes(app)
 
