@@ -68,7 +68,7 @@ class Servers:
             self.redis,
             HashChain(key),
             gap_timeout=self.settings.gap_timeout_seconds,
-            insert_concurrency=self.settings.log_insert_concurrency,
+            serial_inserts=self.settings.serial_log_inserts,
         )
         await store.ensure_indexes()
         return store

@@ -81,7 +81,7 @@ async def open_services(
             HashChain(settings.event_log_hmac_key.get_secret_value().encode()),
             gap_timeout=settings.gap_timeout_seconds,
             head_ttl=settings.stream_head_ttl_seconds,
-            insert_concurrency=settings.log_insert_concurrency,
+            serial_inserts=settings.serial_log_inserts,
         )
         yield Services(
             settings=settings,

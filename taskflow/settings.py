@@ -27,11 +27,12 @@ class Settings(BaseSettings):
     # How long Redis keeps a stream's cached head (version, hash, state) after its last command;
     # 0 keeps it for good. Losing one costs a read of the stream: on FerretDB, of the whole log.
     stream_head_ttl_seconds: Annotated[int, Field(ge=0)] = 0
-    # Commits one process inserts at a time (0: no limit). FerretDB on SQLite has a single
-    # writer and retries a blocked one with sleeps of up to 100 ms, so concurrent inserts add
-    # no throughput there and stretch the tail (16 writers: p99 444 ms, against 10 ms queued in
-    # the client; docs/benchmarks.md). scripts/services.sh sets 1 for it; a real MongoDB wants 0.
-    log_insert_concurrency: Annotated[int, Field(ge=0, le=1000)] = 0
+    # One process's commit inserts one at a time, lowest position first. FerretDB on SQLite
+    # has a single writer and retries a blocked one with sleeps of up to 100 ms, so concurrent
+    # inserts add no throughput there and stretch the tail (16 writers: p99 444 ms, against
+    # 10 ms queued in the client; docs/benchmarks.md). scripts/services.sh sets it for SQLite;
+    # a real MongoDB wants concurrent inserts.
+    serial_log_inserts: bool = False
     log_level: LogLevel = "INFO"
     log_json: bool = True
 

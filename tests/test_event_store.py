@@ -387,20 +387,20 @@ class _OverlapCountingStore(MongoEventStore):
             self.in_flight -= 1
 
 
-@pytest.mark.parametrize("concurrency", [1, 0])
-async def test_commit_inserts_queue_in_the_process_when_told_to(
-    store: MongoEventStore, redis: Redis, concurrency: int
+@pytest.mark.parametrize("serial", [True, False])
+async def test_serial_inserts_go_one_at_a_time_lowest_position_first(
+    store: MongoEventStore, redis: Redis, serial: bool
 ) -> None:
-    """With `insert_concurrency=1` (the setting for FerretDB on SQLite, which serves concurrent
+    """With `serial_inserts` (the setting for FerretDB on SQLite, which serves concurrent
     writers with backoff sleeps) 16 concurrent appends insert one at a time and all land, in a
-    gap-free order; with 0 they insert at once."""
+    gap-free order; without it they insert at once."""
     queued = _OverlapCountingStore(
-        store.commits.database, redis, HashChain(TEST_HMAC_KEY), insert_concurrency=concurrency
+        store.commits.database, redis, HashChain(TEST_HMAC_KEY), serial_inserts=serial
     )
     results = await asyncio.gather(
         *(queued.append(f"q-{i}", 0, [NoteWritten(text=str(i))], meta()) for i in range(16))
     )
 
-    assert queued.most_at_once == 1 if concurrency == 1 else queued.most_at_once > 1
+    assert queued.most_at_once == 1 if serial else queued.most_at_once > 1
     assert sorted(r.position for r in results) == list(range(1, 17))
     assert [c.position for c in await drain(store)] == list(range(1, 17))

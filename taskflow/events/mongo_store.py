@@ -7,7 +7,6 @@ the retried command. Redis only speeds the common case up; MongoDB stays the aut
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from taskflow.events.codec import (
     to_millis,
 )
 from taskflow.events.gaps import make_gap
+from taskflow.events.insert_slot import OrderedSlot
 from taskflow.events.log_reader import LogReader, documents_ahead
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
@@ -92,7 +92,7 @@ class MongoEventStore:
         gap_timeout: float = 2.0,
         hint_ttl: int = 24 * 3600,
         head_ttl: int = 0,
-        insert_concurrency: int = 0,
+        serial_inserts: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.commits: AsyncCollection[dict[str, Any]] = db.get_collection(
@@ -109,13 +109,9 @@ class MongoEventStore:
         self._head_ttl = head_ttl
         self._idem_ttl = hint_ttl
         self._set_head = redis.register_script(_SET_HEAD)
-        # Appends take their position and insert in this slot, first come first served, when
-        # the server handles concurrent writers badly (Settings.log_insert_concurrency).
-        self._insert_slot: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Semaphore(insert_concurrency)
-            if insert_concurrency
-            else contextlib.nullcontext()
-        )
+        # Inserts one at a time, lowest position first, for a server that serves concurrent
+        # writers badly (Settings.serial_log_inserts, insert_slot.py).
+        self._slot = OrderedSlot() if serial_inserts else None
         self.positions = PositionCounter(
             redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl
         )
@@ -197,11 +193,9 @@ class MongoEventStore:
         # and inserting is kept to the insert itself.
         signed = unsigned.model_copy(update={"hash": self._chain.sign(unsigned)})
         for attempt in range(1, POSITION_ATTEMPTS + 1):
+            commit = signed.model_copy(update={"position": await self.positions.take()})
             try:
-                # The position is taken once the slot is ours: a commit queued for the slot
-                # holds no position that later commits (and readers) would wait on.
-                async with self._insert_slot:
-                    commit = signed.model_copy(update={"position": await self.positions.take()})
+                async with self._inserting(commit.position):
                     await self._insert(commit)
             except DuplicateKeyError:
                 if idempotency_key is None and (head := await self._moved_past(commit)):
@@ -231,6 +225,10 @@ class MongoEventStore:
             await self.positions.reserve_ahead()
         except (PyMongoError, RedisError) as exc:
             log.warning("position_block_not_reserved_ahead", error=str(exc))
+
+    def _inserting(self, position: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """The insert of `position` goes ahead: at once, or in its turn in the slot."""
+        return self._slot.held(position) if self._slot else contextlib.nullcontext()
 
     async def _insert(self, commit: Commit) -> None:
         """The one write of an append (a seam where tests inject faults)."""
