@@ -146,7 +146,6 @@ start() {
 MONGODB_URI=mongodb://127.0.0.1:$mongo_port/?replicaSet=rs0
 REDIS_URL=redis://127.0.0.1:$redis_port/0
 FERRETDB_BACKEND=$BACKEND
-$( [ "$BACKEND" = sqlite ] && echo "SERIAL_LOG_INSERTS=true" )
 ENV
   log "Redis on 127.0.0.1:$redis_port, FerretDB $FERRETDB_VERSION ($BACKEND) on 127.0.0.1:$mongo_port ($profile)"
 }

@@ -30,8 +30,9 @@ class Settings(BaseSettings):
     # One process's commit inserts one at a time, lowest position first. FerretDB on SQLite
     # has a single writer and retries a blocked one with sleeps of up to 100 ms, so concurrent
     # inserts add no throughput there and stretch the tail (16 writers: p99 444 ms, against
-    # 10 ms queued in the client; docs/benchmarks.md). scripts/services.sh sets it for SQLite;
-    # a real MongoDB wants concurrent inserts.
+    # 10 ms queued in the client), but one slow insert then holds up every queued command:
+    # at moderate load commands wait longer than they save (docs/benchmarks.md, "FerretDB's
+    # writers"), so it is opt-in even there. A real MongoDB wants concurrent inserts.
     serial_log_inserts: bool = False
     log_level: LogLevel = "INFO"
     log_json: bool = True

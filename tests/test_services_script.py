@@ -38,7 +38,6 @@ async def test_the_postgresql_backend_starts_serves_the_log_and_stops(tmp_path: 
             if "=" in line
         )
         assert env["FERRETDB_BACKEND"] == "postgresql"
-        assert "SERIAL_LOG_INSERTS" not in env  # PostgreSQL takes concurrent writers well
         assert _postgres_running(state)
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(env["MONGODB_URI"])
         try:
