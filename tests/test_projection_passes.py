@@ -75,6 +75,18 @@ async def _reached(views: MongoTaskViews, position: int) -> bool:
     return await views.position() >= position
 
 
+def _drive(
+    store: MongoEventStore, views: MongoTaskViews, db: AsyncDatabase[dict[str, Any]]
+) -> tuple[ProjectionDriver, asyncio.Event, asyncio.Task[None]]:
+    """The workers' driver running `views` under a lease of its own; set the event to stop it."""
+    stopping = asyncio.Event()
+    lease = Lease(db[names.LEASES], views.name, "test", ttl=5)
+    driver = ProjectionDriver(
+        store, views, lease, lease_ttl=5, poll_interval=0.05, stopping=stopping
+    )
+    return driver, stopping, asyncio.create_task(driver.run())
+
+
 class _CountedMongoViews(MongoTaskViews):
     """The MongoDB views, counting the passes that applied something."""
 
@@ -93,12 +105,7 @@ async def test_paced_mongodb_views_gather_many_wake_ups_into_one_pass(
 ) -> None:
     """Forty commits, each with its wake-up, in about a second: a few passes, not forty."""
     views = _CountedMongoViews(db)
-    stopping = asyncio.Event()
-    lease = Lease(db[names.LEASES], views.name, "test", ttl=5)
-    driver = ProjectionDriver(
-        store, views, lease, lease_ttl=5, poll_interval=0.05, stopping=stopping
-    )
-    running = asyncio.create_task(driver.run())
+    driver, stopping, running = _drive(store, views, db)
     owner, task_id = await _create(store)
     context = Context(actor=owner, request_id="r", correlation_id="c")
     started = time.monotonic()
@@ -146,12 +153,7 @@ async def test_costly_mongodb_views_take_at_most_their_busy_share_and_still_catc
     commits stop the views still reach the head."""
     views = _SlowMongoViews(db)
     assert views.busy_share == 0.25
-    stopping = asyncio.Event()
-    lease = Lease(db[names.LEASES], views.name, "test", ttl=5)
-    driver = ProjectionDriver(
-        store, views, lease, lease_ttl=5, poll_interval=0.05, stopping=stopping
-    )
-    running = asyncio.create_task(driver.run())
+    driver, stopping, running = _drive(store, views, db)
     owner, task_id = await _create(store)
     context = Context(actor=owner, request_id="r", correlation_id="c")
     started = time.monotonic()
