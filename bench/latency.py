@@ -84,12 +84,13 @@ async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
 
 def _summary(variant: str, samples: Sequence[Sample], rate: float) -> Trial:
     visible = [s.visible * 1000 for s in samples]
+    commands = [s.command * 1000 for s in samples]
     figures = {
         f"{variant}_p50": percentile(visible, 50),
         f"{variant}_p99": percentile(visible, 99),
         f"{variant}_max": max(visible),
-        f"{variant}_command_p50": percentile([s.command * 1000 for s in samples], 50),
-        f"{variant}_command_p99": percentile([s.command * 1000 for s in samples], 99),
+        f"{variant}_command_p50": percentile(commands, 50),
+        f"{variant}_command_p99": percentile(commands, 99),
         # What the client lives through: from sending the command until the view shows it.
         f"{variant}_total_p99": percentile([(s.command + s.visible) * 1000 for s in samples], 99),
         f"{variant}_rate": rate,

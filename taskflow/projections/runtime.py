@@ -21,6 +21,7 @@ from taskflow.metrics import (
     PROJECTION_LAG_SECONDS,
     PROJECTION_POSITION,
 )
+from taskflow.tasks import batches
 
 DEFAULT_BATCH = 500
 LOGGED_CORRELATION_IDS = 20  # per batch line: enough to follow requests, bounded in size
@@ -76,18 +77,12 @@ async def run_until_caught_up(
     between batches when `keep_going()` turns false (graceful shutdown, a lost lease).
     """
     applied = 0
-    batch: list[Commit] = []
-    async for commit in store.read_all(await projection.position()):
-        batch.append(commit)
-        if len(batch) >= batch_size:
-            await apply_batch(projection, batch, term)
-            applied += len(batch)
-            batch = []
-            if not keep_going():
-                return applied
-    if batch:
+    commits = store.read_all(await projection.position())
+    async for batch in batches(commits, batch_size):
         await apply_batch(projection, batch, term)
         applied += len(batch)
+        if not keep_going():
+            break
     return applied
 
 
