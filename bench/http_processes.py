@@ -112,10 +112,13 @@ async def load(
     method: str = "GET",
     body: Any = None,
     headers: Sequence[str] = (),
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Run `python -m bench.loadgen` against `base` and return its figures; every request must
-    succeed."""
+    succeed. With `server_pid`, the figures include that process's CPU per request."""
     args = [sys.executable, "-m", "bench.loadgen", base, "--method", method]
+    if server_pid is not None:
+        args += ["--server-pid", str(server_pid)]
     args += ["--concurrency", str(shape.concurrency), "--seconds", str(shape.seconds)]
     args += ["--warmup", str(shape.warmup)]
     args += [arg for path in paths for arg in ("--path", path)]

@@ -58,6 +58,13 @@ def comparisons(sizes: Sizes) -> list[Comparison]:
             "q_uncached_raw",
             "raw aiohttp handler, one `HVALS` of the owner's views, returned as they are",
         ),
+        Comparison(
+            "R: the server process's CPU per request (user + system) under that load",
+            "µs",
+            "r_cpu_us",
+            "rraw_cpu_us",
+            "Rraw's server process, same load",
+        ),
     ]
 
 
@@ -83,8 +90,12 @@ async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
             for variant in alternate(VARIANTS, repetition):
                 target = raw if "raw" in variant else api
                 headers = [] if "raw" in variant else [auth]
-                result = await load(target.base, paths[variant], shape, headers=headers)
+                pid = target.process.process.pid
+                result = await load(
+                    target.base, paths[variant], shape, headers=headers, server_pid=pid
+                )
                 figures[variant] = result["rate"]
+                figures[f"{variant}_cpu_us"] = result["server_cpu_us"]
                 figures[f"{variant}_p50_ms"], figures[f"{variant}_p99_ms"] = (
                     result["p50"],
                     result["p99"],

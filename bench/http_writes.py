@@ -45,6 +45,13 @@ def comparisons(sizes: Sizes) -> list[Comparison]:
             "l2",
             "L2: driver-only `insert_one` loop, same concurrency",
         ),
+        Comparison(
+            "W: the server process's CPU per request (user + system) under that load",
+            "µs",
+            "w_cpu_us",
+            "l1_cpu_us",
+            "L1's server process, same load",
+        ),
     ]
 
 
@@ -56,6 +63,7 @@ async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
         if "p50" in result:
             figures[f"{variant}_p50_ms"] = result["p50"]
             figures[f"{variant}_p99_ms"] = result["p99"]
+            figures[f"{variant}_cpu_us"] = result["server_cpu_us"]
     figures["l0_l2_min"] = min(figures["l0"], figures["l2"])
     return figures
 
@@ -70,12 +78,21 @@ async def _run(variant: str, servers: Servers, sizes: Sizes) -> dict[str, Any]:
             auth = f"Authorization: {bearer(servers, uuid.uuid4().hex)}"
             async with api_server(servers, db.name) as api:
                 return await load(
-                    api.base, ["/api/tasks"], shape, method="POST", body=TASK_BODY, headers=[auth]
+                    api.base,
+                    ["/api/tasks"],
+                    shape,
+                    method="POST",
+                    body=TASK_BODY,
+                    headers=[auth],
+                    server_pid=api.process.process.pid,
                 )
         async with raw_server(servers, db.name) as raw:
+            pid = raw.process.process.pid
             if variant == "l0":
-                return await load(raw.base, ["/l0"], shape)
-            return await load(raw.base, ["/l1"], shape, method="POST", body=TASK_BODY)
+                return await load(raw.base, ["/l0"], shape, server_pid=pid)
+            return await load(
+                raw.base, ["/l1"], shape, method="POST", body=TASK_BODY, server_pid=pid
+            )
 
 
 async def _driver_loop(servers: Servers, sizes: Sizes) -> dict[str, Any]:

@@ -4,7 +4,9 @@
 soon as its last one is answered, for `--warmup` seconds (discarded) and then `--seconds`
 (measured). A `{n}` in a path becomes the request's number, so every request can differ.
 Prints one JSON object on stdout: requests, errors, statuses, seconds, rate (requests/s), p50 and
-p99 (ms). It runs on uvloop, in a process of its own, so it never shares the server's event loop.
+p99 (ms), and with `--server-pid` the CPU time that process used per request in the measured
+window (µs, from /proc: user + system), a figure the machine's other load moves far less than
+the rate. It runs on uvloop, in a process of its own, so it never shares the server's event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import sys
 import time
 from collections import Counter
@@ -50,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--server-pid", type=int, default=None, help="report its CPU/request")
     return parser
 
 
@@ -84,10 +88,25 @@ async def _load(args: argparse.Namespace) -> dict[str, object]:
         warm_until = time.perf_counter() + args.warmup
         await asyncio.gather(*(worker(warm_until, None) for _ in range(args.concurrency)))
         tally, start = Tally(), time.perf_counter()
+        cpu_before = _cpu_seconds(args.server_pid)
         until = start + args.seconds
         await asyncio.gather(*(worker(until, tally) for _ in range(args.concurrency)))
         seconds = time.perf_counter() - start
-    return _summary(tally, seconds)
+        cpu = _cpu_seconds(args.server_pid) - cpu_before
+    summary = _summary(tally, seconds)
+    if args.server_pid is not None and tally.latencies:
+        summary["server_cpu_us"] = cpu / len(tally.latencies) * 1e6
+    return summary
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of `pid` so far (Linux /proc), 0 without a pid."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        # The command name (field 2) may hold spaces: count fields after its closing ')'.
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _summary(tally: Tally, seconds: float) -> dict[str, object]:

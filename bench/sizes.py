@@ -16,7 +16,8 @@ class Sizes:
     read_commits: int = 3200  # written by `writers` streams at once
     projection_tasks: int = 100  # write_workload's creates read their stream (a log scan here)
     projection_changes: int = 1400
-    latency_rate: float = 50.0  # commands per second, sent open-loop
+    latency_max_seconds: float = 5.0  # measuring the maximum write rate, closed loop
+    latency_load_share: float = 0.5  # of that rate, sent open-loop while measuring the lag
     latency_seconds: float = 20.0
     latency_warmup_seconds: float = 2.0  # creates the tasks the measured load then changes
     http_concurrency: int = 16  # the load generator's connections, each closed-loop
@@ -35,6 +36,7 @@ QUICK = Sizes(
     read_commits=640,
     projection_tasks=30,
     projection_changes=270,
+    latency_max_seconds=1.0,
     latency_seconds=2.0,
     latency_warmup_seconds=1.0,
     http_seconds=2.0,
