@@ -73,7 +73,10 @@ async def _raw_scan(store: MongoEventStore) -> tuple[int, float]:
 
 async def _rebuild(servers: Servers, store: MongoEventStore) -> float:
     db = store.commits.database
-    services = dataclasses.replace(servers.services, db=db, read_db=db, store=store)
+    views = servers.views_db_of(db)
+    services = dataclasses.replace(
+        servers.services, db=db, views_db=views, read_db=views, store=store
+    )
     start = time.perf_counter()
     await rebuild(services)
     return time.perf_counter() - start - DROP_GRACE_SECONDS

@@ -183,7 +183,7 @@ async def _measure_size(
         async with projector(servers, database.name) as worker:
             await phase("catchup", _catch_up(servers, database, size, options, worker))
             progress.step(f"{size:,}: catch-up {figures.get('catchup_per_s', 0):,.0f} commits/s")
-        await phase("mongo_views", _mongo_views_in_one_batch(store))
+        await phase("mongo_views", _mongo_views_in_one_batch(store, servers.views_db_of(database)))
         progress.step(f"{size:,}: MongoDB views {figures.get('mongo_batch_per_s', 0):,.0f}/s")
         async with projector(servers, database.name):
             await phase("http", _http(servers, database.name, planned, options))
@@ -191,7 +191,8 @@ async def _measure_size(
             await phase("lag", _lag(servers, store, options))
             progress.step(f"{size:,}: lag p99 {figures.get('lag_p99', 0):.1f} ms")
             figures["mongo_views_behind_at_end"] = (
-                await store.head_position() - await MongoTaskViews(database).position()
+                await store.head_position()
+                - await MongoTaskViews(servers.views_db_of(database)).position()
             )
         await phase("rebuild", _rebuild(servers, database.name, options, progress))
         await phase("alone", _redis_views_alone(servers, store, progress))
@@ -276,7 +277,8 @@ async def _catch_up(
     servers: Servers, db: AsyncDatabase[dict[str, Any]], head: int, options: Options, worker: Child
 ) -> dict[str, float]:
     """From the moment the real projector holds its lease: until each view reaches `head`."""
-    redis_views, mongo_views = RedisTaskViews(servers.redis), MongoTaskViews(db)
+    redis_views = RedisTaskViews(servers.redis)
+    mongo_views = MongoTaskViews(servers.views_db_of(db))
     start = time.perf_counter()
     await worker.wait_until(lambda: _reached(redis_views.position, head), seconds=3600)
     redis_seconds = time.perf_counter() - start
@@ -295,7 +297,9 @@ async def _catch_up(
     }
 
 
-async def _mongo_views_in_one_batch(store: MongoEventStore) -> dict[str, float]:
+async def _mongo_views_in_one_batch(
+    store: MongoEventStore, views_db: AsyncDatabase[dict[str, Any]]
+) -> dict[str, float]:
     """The MongoDB views rebuilt from zero in one batch, projector stopped; steady state after.
 
     The projector's MongoDB views cannot catch up with 100,000 seeded commits in the benchmark's
@@ -304,12 +308,12 @@ async def _mongo_views_in_one_batch(store: MongoEventStore) -> dict[str, float]:
     the seeded backlog, not a request's cost. Applied as one batch, every view is new and
     written by insert (`mongo_view_writes.insert_new`), which costs the same at any size.
     """
-    views = MongoTaskViews(store.commits.database)
+    views = MongoTaskViews(views_db)
     # Emptied, not dropped: once at 100,000 commits, a drop while FerretDB v1 still ran the
     # stopped projector's last replace (a scan) left a SQLite index behind, and creating the
     # indexes again failed with "index ... already exists".
     await views.views.delete_many({})
-    await store.commits.database[names.CHECKPOINTS].delete_many({"_id": views.name})
+    await views_db[names.CHECKPOINTS].delete_many({"_id": views.name})
     await views.setup()  # the projector created the indexes; this only makes sure
     start = time.perf_counter()
     applied = await run_until_caught_up(store, views, batch_size=ONE_BATCH)
@@ -439,7 +443,7 @@ async def _rebuild(
         active = int(await services.redis.get(names.READ_MODEL_ACTIVE) or 1)
         redis_views, mongo_views = (
             RedisTaskViews(services.redis, active + 1),
-            MongoTaskViews(services.db, active + 1),
+            MongoTaskViews(services.views_db, active + 1),
         )
         start = time.perf_counter()
         task = asyncio.create_task(rebuild(services))

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from taskflow.bootstrap import Services, open_services
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
-from taskflow.settings import Settings
+from taskflow.settings import Settings, views_database_for
 
 Document = dict[str, Any]
 
@@ -38,12 +38,20 @@ class Servers:
 
     @asynccontextmanager
     async def fresh_db(self) -> AsyncIterator[AsyncDatabase[Document]]:
-        """A database of its own (on SQLite, a file of its own), dropped afterwards."""
+        """A database of its own (on SQLite, a file of its own), dropped afterwards with the
+        read models' database that goes with it."""
         name = f"bench_{uuid.uuid4().hex[:12]}"
         try:
             yield self.services.mongo.get_database(name, read_preference=ReadPreference.PRIMARY)
         finally:
             await self.services.mongo.drop_database(name)
+            await self.services.mongo.drop_database(views_database_for(name))
+
+    def views_db_of(self, db: AsyncDatabase[Document]) -> AsyncDatabase[Document]:
+        """Where a projector given `db` as MONGODB_DB keeps its MongoDB read models."""
+        return self.services.mongo.get_database(
+            views_database_for(db.name), read_preference=ReadPreference.PRIMARY
+        )
 
     @asynccontextmanager
     async def flushed_redis(self) -> AsyncIterator[Redis]:

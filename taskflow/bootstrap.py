@@ -26,8 +26,9 @@ class Services:
 
     settings: Settings
     mongo: AsyncMongoClient[Document]
-    db: AsyncDatabase[Document]  # primary: the log, leases, checkpoints, auth
-    read_db: AsyncDatabase[Document]  # read models: secondaries when there are any
+    db: AsyncDatabase[Document]  # primary: the log, leases, auth
+    views_db: AsyncDatabase[Document]  # primary: the MongoDB read models and their checkpoints
+    read_db: AsyncDatabase[Document]  # the read models again, from secondaries when there are any
     redis: Redis
     store: MongoEventStore
 
@@ -87,8 +88,11 @@ async def open_services(
             settings=settings,
             mongo=mongo,
             db=db,
+            views_db=mongo.get_database(
+                settings.views_db_name, read_preference=ReadPreference.PRIMARY
+            ),
             read_db=mongo.get_database(
-                settings.mongodb_db, read_preference=read_preference(settings)
+                settings.views_db_name, read_preference=read_preference(settings)
             ),
             redis=redis,
             store=store,

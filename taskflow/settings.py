@@ -17,6 +17,11 @@ class Settings(BaseSettings):
 
     mongodb_uri: str = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
     mongodb_db: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "taskflow"
+    # The MongoDB read models (task views and their checkpoints) live in a database of their
+    # own, "<MONGODB_DB>_views" unless set. On FerretDB's SQLite backend each database is a
+    # file with one writer at a time: sharing the log's file, a pass of view writes held the
+    # log's inserts back for up to 1.5 s (docs/benchmarks.md, "The read models' own database").
+    mongodb_views_db: Annotated[str, Field(pattern=r"^([A-Za-z0-9_-]{1,63})?$")] = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
@@ -75,6 +80,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     sentry_dsn: SecretStr | None = None
 
+    @property
+    def views_db_name(self) -> str:
+        """The database of the MongoDB read models."""
+        return self.mongodb_views_db or views_database_for(self.mongodb_db)
+
     @field_validator("jwt_keys", mode="before")
     @classmethod
     def _parse_jwt_keys(cls, raw: object) -> object:
@@ -117,6 +127,11 @@ class Settings(BaseSettings):
 
 class SettingsError(Exception):
     """The environment does not describe a valid configuration."""
+
+
+def views_database_for(log_database: str) -> str:
+    """The read models' database when MONGODB_VIEWS_DB is not set."""
+    return f"{log_database}_views"
 
 
 def load_settings() -> Settings:

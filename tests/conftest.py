@@ -72,6 +72,7 @@ async def mongo(settings: Settings) -> AsyncIterator[AsyncMongoClient[dict[str, 
         yield client
     finally:
         await client.drop_database(settings.mongodb_db)
+        await client.drop_database(settings.views_db_name)
         await client.close()
 
 
@@ -80,6 +81,14 @@ async def db(
     mongo: AsyncMongoClient[dict[str, Any]], settings: Settings
 ) -> AsyncDatabase[dict[str, Any]]:
     return mongo[settings.mongodb_db]
+
+
+@pytest.fixture
+async def views_db(
+    mongo: AsyncMongoClient[dict[str, Any]], settings: Settings
+) -> AsyncDatabase[dict[str, Any]]:
+    """Where the projector keeps the MongoDB read models (MONGODB_VIEWS_DB)."""
+    return mongo[settings.views_db_name]
 
 
 @pytest.fixture

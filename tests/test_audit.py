@@ -158,7 +158,7 @@ async def test_audit_verify_names_a_tampered_event_and_a_tampered_view(
     await services.store.commits.update_one(
         {"stream_id": f"task-{tasks[1]['id']}"}, {"$set": {"events.0.data.title": "forged"}}
     )
-    await services.db[names.task_views_collection(1)].update_one(
+    await services.views_db[names.task_views_collection(1)].update_one(
         {"_id": tasks[2]["id"]}, {"$set": {"status": "done"}}
     )
     capsys.readouterr()
@@ -224,7 +224,7 @@ async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Cli
     assert await services.redis.get(names.READ_MODEL_ACTIVE) == b"2"
     assert await verify_read_models(services, 2) == []
     assert await services.redis.exists(names.read_model_prefix(1) + "checkpoint") == 0
-    assert names.task_views_collection(1) not in await services.db.list_collection_names()
+    assert names.task_views_collection(1) not in await services.views_db.list_collection_names()
 
 
 async def _until_visible(client: Client, auth: dict[str, str], task: dict[str, Any]) -> None:

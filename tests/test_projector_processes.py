@@ -96,22 +96,22 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str)
 
 
 async def caught_up(
-    store: MongoEventStore, redis: Redis, db: AsyncDatabase[dict[str, Any]]
+    store: MongoEventStore, redis: Redis, views_db: AsyncDatabase[dict[str, Any]]
 ) -> bool:
     head = await store.head_position()
     redis_at = int(await redis.get(RedisViewKeys(1).checkpoint) or 0)
-    mongo_at = await MongoTaskViews(db).position()
+    mongo_at = await MongoTaskViews(views_db).position()
     return head > 0 and redis_at >= head and mongo_at >= head
 
 
 async def assert_models_equal_the_log(
-    store: MongoEventStore, redis: Redis, db: AsyncDatabase[dict[str, Any]]
+    store: MongoEventStore, redis: Redis, views_db: AsyncDatabase[dict[str, Any]]
 ) -> None:
     """Both read models equal a fold of the log, and the counters count each task once."""
     folded = await fold_all_tasks(store)
     keys = RedisViewKeys(1)
     assert await compare("redis", folded, redis_views(redis, keys)) == []
-    assert await compare("mongo", folded, mongo_views(MongoTaskViews(db).views)) == []
+    assert await compare("mongo", folded, mongo_views(MongoTaskViews(views_db).views)) == []
     for owner in {state.owner_id for state in folded.values()}:
         live = [s for s in folded.values() if s.owner_id == owner and not s.deleted]
         expected = {st.value: sum(s.status is st for s in live) for st in Status}
@@ -123,7 +123,7 @@ async def assert_models_equal_the_log(
 async def test_kill_9_during_a_backlog_loses_nothing_and_applies_nothing_twice(
     store: MongoEventStore,
     redis: Redis,
-    db: AsyncDatabase[dict[str, Any]],
+    views_db: AsyncDatabase[dict[str, Any]],
     spawn: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
     """Projectors killed -9 mid-backlog, repeatedly, leave read models equal to the log."""
@@ -140,8 +140,8 @@ async def test_kill_9_during_a_backlog_loses_nothing_and_applies_nothing_twice(
         await asyncio.sleep(LEASE_TTL)  # the dead holder's lease must lapse
     assert killed_mid_backlog > 0
     spawn()
-    await until(lambda: caught_up(store, redis, db), 400, "the projector to catch up")
-    await assert_models_equal_the_log(store, redis, db)
+    await until(lambda: caught_up(store, redis, views_db), 400, "the projector to catch up")
+    await assert_models_equal_the_log(store, redis, views_db)
 
 
 @pytest.mark.timeout(600)
@@ -149,6 +149,7 @@ async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
     store: MongoEventStore,
     redis: Redis,
     db: AsyncDatabase[dict[str, Any]],
+    views_db: AsyncDatabase[dict[str, Any]],
     spawn: Callable[..., subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
@@ -162,7 +163,7 @@ async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
 
     await until(both_held, 60, "both leases to be taken")
     await write_workload(store, tasks=50, changes=200)
-    await until(lambda: caught_up(store, redis, db), 60, "catch-up")
+    await until(lambda: caught_up(store, redis, views_db), 60, "catch-up")
     # On a loaded machine a renewal can come late and a standby take a term over; what must
     # hold is one holder per term (checked from the processes' own logs at the end).
     name = "task_views_redis_v1"
@@ -177,8 +178,8 @@ async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
     assert successor is not None
     assert successor["holder"] != current["holder"]
     await write_workload(store, tasks=20, changes=80, seed=11)
-    await until(lambda: caught_up(store, redis, db), 60, "catch-up after takeover")
-    await assert_models_equal_the_log(store, redis, db)
+    await until(lambda: caught_up(store, redis, views_db), 60, "catch-up after takeover")
+    await assert_models_equal_the_log(store, redis, views_db)
     acquired = lease_acquisitions(tmp_path)
     held = sorted((t["name"], t["term"]) for t in await leases.find({}).to_list())
     assert sorted(acquired) == held  # every term was acquired by exactly one process
@@ -188,7 +189,7 @@ async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
 async def test_two_projectors_on_one_host_share_the_metrics_port_setting_and_log_correlation_ids(
     store: MongoEventStore,
     redis: Redis,
-    db: AsyncDatabase[dict[str, Any]],
+    views_db: AsyncDatabase[dict[str, Any]],
     spawn: Callable[..., subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
@@ -208,7 +209,7 @@ async def test_two_projectors_on_one_host_share_the_metrics_port_setting_and_log
     context = Context(actor="owner", request_id="req", correlation_id=correlation)
     create = CreateTask(task_id=uuid.uuid4().hex, owner_id="owner", title="followed")
     await execute(store, TASK, create.task_id, create, context, datetime.now(UTC), new_stream=True)
-    await until(lambda: caught_up(store, redis, db), 60, "catch-up")
+    await until(lambda: caught_up(store, redis, views_db), 60, "catch-up")
 
     async def logged_for_both_projections() -> bool:
         lines = log_lines(tmp_path, "batch_applied")
@@ -232,7 +233,7 @@ EVENTS_UNDER_FIRE = 20_000
 async def test_kill_9_at_random_moments_while_20000_events_are_written(
     store: MongoEventStore,
     redis: Redis,
-    db: AsyncDatabase[dict[str, Any]],
+    views_db: AsyncDatabase[dict[str, Any]],
     spawn: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
     """Projectors killed -9 at random moments while ≥ 20,000 events are being written.
@@ -265,8 +266,8 @@ async def test_kill_9_at_random_moments_while_20000_events_are_written(
     assert events >= EVENTS_UNDER_FIRE
     assert killed_working >= 3  # killed after applying something, wherever it then was
     spawn()
-    await until(lambda: caught_up(store, redis, db), 600, "the projector to catch up")
-    await assert_models_equal_the_log(store, redis, db)
+    await until(lambda: caught_up(store, redis, views_db), 600, "the projector to catch up")
+    await assert_models_equal_the_log(store, redis, views_db)
     print(
         f"{events} events in {head} commits, {kills} kills ({killed_working} working), "
         f"{time.monotonic() - started:.0f} s"

@@ -80,7 +80,7 @@ async def test_rebuild_reads_the_log_once_for_both_read_models_and_the_verificat
         db = counted[settings.mongodb_db]
         chain = HashChain(settings.event_log_hmac_key.get_secret_value().encode())
         store = MongoEventStore(db, services.redis, chain, gap_timeout=settings.gap_timeout_seconds)
-        watched = dataclasses.replace(services, mongo=counted, db=db, read_db=db, store=store)
+        watched = dataclasses.replace(services, mongo=counted, db=db, store=store)
 
         result = await rebuild(watched)
 
@@ -97,7 +97,7 @@ async def test_rebuild_leaves_a_held_lease_to_its_holder_and_takes_over_when_it_
 ) -> None:
     """Another holder's projection is not fed by the pass; a standby builds it once it lapses."""
     await write_workload(services.store, tasks=10, changes=60)
-    mongo_v2 = MongoTaskViews(services.db, 2)
+    mongo_v2 = MongoTaskViews(services.views_db, 2)
     other = Lease(services.db[names.LEASES], mongo_v2.name, "another-process", ttl=2.0)
     assert await other.acquire()  # it never renews: a holder that died
 
@@ -117,7 +117,7 @@ async def test_a_lease_lost_in_the_middle_of_the_pass_is_handed_to_a_standby(
     """A newer term taken mid-rebuild fences the pass out; the rebuild still equals the log."""
     monkeypatch.setattr(shared_pass, "REBUILD_BATCH", 10)
     await write_workload(services.store, tasks=10, changes=60)
-    mongo_v2 = MongoTaskViews(services.db, 2)
+    mongo_v2 = MongoTaskViews(services.views_db, 2)
     stage = MongoTaskViews.stage
     taken: list[int] = []
 

@@ -305,7 +305,7 @@ async def mismatched_views(client: Client, task_ids: set[str]) -> list[ViewMisma
     return [
         *await compare("redis", expected, only_these(redis_views(services.redis, keys))),
         *await compare(
-            "mongodb", expected, only_these(mongo_views(MongoTaskViews(services.db).views))
+            "mongodb", expected, only_these(mongo_views(MongoTaskViews(services.views_db).views))
         ),
     ]
 

@@ -69,11 +69,20 @@ class MongoTaskViews:
     pace_seconds = PACE_SECONDS
     busy_share = BUSY_SHARE
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], version: int = 1) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        version: int = 1,
+        *,
+        leases: AsyncCollection[dict[str, Any]] | None = None,
+    ) -> None:
+        """Views and checkpoint in `db`; `leases` is where the worker takes this projection's
+        lease (the log's database, not `db`, in a deployment: `catalog.projections`), which a
+        flush checks for a newer term. Without it, `db`'s own."""
         self.name = f"{NAME}_v{version}"
         self.views: AsyncCollection[dict[str, Any]] = db[names.task_views_collection(version)]
         self._checkpoints = db[names.CHECKPOINTS]
-        self._leases = db[names.LEASES]
+        self._leases = leases if leases is not None else db[names.LEASES]
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
         self._staged: dict[str, TaskState] = {}  # folded, not yet written
         self._new: set[str] = set()  # staged views never read from or written to the collection

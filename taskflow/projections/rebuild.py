@@ -106,10 +106,10 @@ async def drop_version(services: Services, version: int) -> None:
     prefix = names.read_model_prefix(version)
     async for batch in _key_batches(services, prefix + "*"):
         await services.redis.unlink(*batch)
-    mongo = MongoTaskViews(services.db, version)
+    mongo = MongoTaskViews(services.views_db, version)
     redis_name = RedisTaskViews(services.redis, version).name
     await mongo.views.drop()
-    await services.db[names.CHECKPOINTS].delete_many({"_id": mongo.name})
+    await services.views_db[names.CHECKPOINTS].delete_many({"_id": mongo.name})
     await services.db[names.LEASES].delete_many({"name": {"$in": [mongo.name, redis_name]}})
 
 

@@ -100,7 +100,7 @@ async def compare(
 async def verify_read_models(services: Services, version: int) -> list[ViewMismatch]:
     """Both task read models of `version` against the log, as of their own checkpoints."""
     redis_model = RedisTaskViews(services.redis, version)
-    mongo_model = MongoTaskViews(services.db, version)
+    mongo_model = MongoTaskViews(services.views_db, version)
     up_to = min(await redis_model.position(), await mongo_model.position())
     folded = await fold_all_tasks(services.store, up_to, services.store.scan())
     return await verify_against(services, version, folded)
@@ -115,7 +115,7 @@ async def verify_against(
     as the fold); a newer one is checked against its own stream (`compare`).
     """
     redis_keys = RedisTaskViews(services.redis, version).keys
-    mongo_model = MongoTaskViews(services.db, version)
+    mongo_model = MongoTaskViews(services.views_db, version)
     return [
         *await compare("redis", folded, redis_views(services.redis, redis_keys), services.store),
         *await compare("mongodb", folded, mongo_views(mongo_model.views), services.store),
