@@ -97,7 +97,7 @@ async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
         figures[f"{variant}_max_rate"] = await maximum(servers, sizes)
     rate = figures["taskflow_max_rate"] * sizes.latency_load_share
     for variant in alternate(["taskflow", "raw"], repetition):
-        run = _taskflow if variant == "taskflow" else _raw
+        run = taskflow_lag if variant == "taskflow" else _raw
         samples, achieved = await run(servers, sizes, rate)
         figures.update(_summary(variant, samples, achieved))
     return figures
@@ -143,7 +143,7 @@ def own_part(samples: Sequence[Sample]) -> list[float]:
     return parts
 
 
-async def _taskflow(servers: Servers, sizes: Sizes, rate: float) -> tuple[list[Sample], float]:
+async def taskflow_lag(servers: Servers, sizes: Sizes, rate: float) -> tuple[list[Sample], float]:
     """Warm-up creates tasks; the measured load creates and changes them (one command per task
     at a time)."""
     async with (
