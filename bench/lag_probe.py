@@ -15,17 +15,18 @@ import sys
 
 import uvloop
 
-from bench.latency import Sample, own_part, taskflow_lag
+from bench.latency import summary, taskflow_lag
 from bench.servers import open_servers
 from bench.sizes import Sizes
-from bench.stats import percentile
 
 
 async def _probe(rate: float, seconds: float) -> None:
     sizes = Sizes(latency_seconds=seconds)
     async with open_servers(os.environ["MONGODB_URI"], os.environ["REDIS_URL"]) as servers:
         samples, achieved = await taskflow_lag(servers, sizes, rate)
-    print(_summary(samples, achieved))
+    figures = summary("taskflow", samples, achieved)  # the latency group's figures, in ms
+    named = (f"{name.removeprefix('taskflow_')} {value:.1f}" for name, value in figures.items())
+    print(", ".join(named))
     start = min(s.returned_at - s.command for s in samples)
     for s in sorted(samples, key=lambda s: -s.command)[:8]:
         began = s.returned_at - s.command - start
@@ -38,18 +39,6 @@ async def _probe(rate: float, seconds: float) -> None:
             f"  slow to show {s.visible * 1000:.0f} ms, position {s.position}, returned at "
             f"{s.returned_at - start:.2f} s, its command {s.command * 1000:.0f} ms"
         )
-
-
-def _summary(samples: list[Sample], achieved: float) -> str:
-    visible = [s.visible * 1000 for s in samples]
-    command = [s.command * 1000 for s in samples]
-    own = [ms * 1000 for ms in own_part(samples)]
-    return (
-        f"{achieved:.1f} commands/s: lag p50 {percentile(visible, 50):.1f} ms, "
-        f"p99 {percentile(visible, 99):.1f}, max {max(visible):.0f}; command p50 "
-        f"{percentile(command, 50):.1f}, p99 {percentile(command, 99):.1f}, max "
-        f"{max(command):.0f}; the projector's own part p99 {percentile(own, 99):.1f}"
-    )
 
 
 def main() -> int:

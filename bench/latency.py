@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -99,11 +101,12 @@ async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
     for variant in alternate(["taskflow", "raw"], repetition):
         run = taskflow_lag if variant == "taskflow" else _raw
         samples, achieved = await run(servers, sizes, rate)
-        figures.update(_summary(variant, samples, achieved))
+        figures.update(summary(variant, samples, achieved))
     return figures
 
 
-def _summary(variant: str, samples: Sequence[Sample], rate: float) -> Trial:
+def summary(variant: str, samples: Sequence[Sample], rate: float) -> Trial:
+    """The percentiles of one side's samples (ms), its own part too for TaskFlow's."""
     visible = [s.visible * 1000 for s in samples]
     commands = [s.command * 1000 for s in samples]
     figures = {
@@ -146,45 +149,52 @@ def own_part(samples: Sequence[Sample]) -> list[float]:
 async def taskflow_lag(servers: Servers, sizes: Sizes, rate: float) -> tuple[list[Sample], float]:
     """Warm-up creates tasks; the measured load creates and changes them (one command per task
     at a time)."""
-    async with (
-        servers.fresh_store() as store,
-        projector(servers, store.commits.database.name),
-        ViewWatch(servers.redis) as watch,
-    ):
-        load = TaskLoad(store, watch)
+    async with _taskflow_load(servers, watched=True) as load:
         await steady(load.create, rate, sizes.latency_warmup_seconds)
         return await steady(load.mixed, rate, sizes.latency_seconds)
 
 
 async def _raw(servers: Servers, sizes: Sizes, rate: float) -> tuple[list[Sample], float]:
-    async with servers.fresh_db() as db, servers.flushed_redis() as redis:
-        commits = (await servers.store_on(db)).commits
-        async with echo(servers), ViewWatch(redis) as watch:
-            load = RawLoad(commits, redis, watch)
-            await steady(load.send, rate, sizes.latency_warmup_seconds)
-            return await steady(load.send, rate, sizes.latency_seconds)
+    async with _raw_load(servers, watched=True) as load:
+        await steady(load.send, rate, sizes.latency_warmup_seconds)
+        return await steady(load.send, rate, sizes.latency_seconds)
 
 
 async def _taskflow_max(servers: Servers, sizes: Sizes) -> float:
     """Commands per second from `writers` closed-loop writers, the projector running (it
     shares the machine in production too); nobody waits for visibility here."""
-    async with (
-        servers.fresh_store() as store,
-        projector(servers, store.commits.database.name),
-        ViewWatch(servers.redis) as watch,
-    ):
-        load = TaskLoad(store, watch, watched=False)
+    async with _taskflow_load(servers, watched=False) as load:
         await closed_loop(load.create, sizes.writers, sizes.latency_warmup_seconds)
         return await closed_loop(load.mixed, sizes.writers, sizes.latency_max_seconds)
 
 
 async def _raw_max(servers: Servers, sizes: Sizes) -> float:
+    async with _raw_load(servers, watched=False) as load:
+        await closed_loop(load.send, sizes.writers, sizes.latency_warmup_seconds)
+        return await closed_loop(load.send, sizes.writers, sizes.latency_max_seconds)
+
+
+@asynccontextmanager
+async def _taskflow_load(servers: Servers, *, watched: bool) -> AsyncIterator[TaskLoad]:
+    """Command handlers on a fresh store, the real projector following it."""
+    async with (
+        servers.fresh_store() as store,
+        projector(servers, store.commits.database.name),
+        ViewWatch(servers.redis) as watch,
+    ):
+        yield TaskLoad(store, watch, watched=watched)
+
+
+@asynccontextmanager
+async def _raw_load(servers: Servers, *, watched: bool) -> AsyncIterator[RawLoad]:
+    """Raw inserts and publishes on a fresh database; the echo process only when watched."""
     async with servers.fresh_db() as db, servers.flushed_redis() as redis:
         commits = (await servers.store_on(db)).commits
-        async with ViewWatch(redis) as watch:
-            load = RawLoad(commits, redis, watch, watched=False)
-            await closed_loop(load.send, sizes.writers, sizes.latency_warmup_seconds)
-            return await closed_loop(load.send, sizes.writers, sizes.latency_max_seconds)
+        async with (
+            echo(servers) if watched else contextlib.nullcontext(),
+            ViewWatch(redis) as watch,
+        ):
+            yield RawLoad(commits, redis, watch, watched=watched)
 
 
 async def closed_loop(
