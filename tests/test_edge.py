@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
 
+import aiohttp
 import orjson
 import pytest
 import structlog
@@ -17,6 +19,7 @@ from taskflow.api.request_ids import new_request_id
 from taskflow.logs import configure_logging
 from taskflow.settings import Settings
 from tests.api_support import Client, ClientFactory, wait_ready
+from tests.conftest import closed_port
 
 ORIGIN = "https://app.example.com"
 
@@ -108,3 +111,50 @@ async def test_log_lines_carry_the_request_ids(unlimited: Client) -> None:
     line = next(line for line in lines if line["event"] == "from_a_handler")
     assert line["request_id"] == response.headers["X-Request-ID"]
     assert line["correlation_id"] == "corr-9"
+
+
+async def test_a_client_that_hangs_up_mid_body_is_logged_as_such_not_as_a_server_error(
+    settings: Settings,
+) -> None:
+    """A body cut short by the client's own close (a load tool stopping, a closed tab) is no
+    server failure: an INFO line, counted as status 499, and no ERROR traceback. Served as
+    `taskflow serve` serves it: handlers are not cancelled when their client leaves."""
+    app = create_app(settings.model_copy(update={"rate_limit_enabled": False}))
+    runner = web.AppRunner(app, handler_cancellation=False)
+    await runner.setup()
+    port = closed_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("INFO")
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream))
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /api/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"email": '
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is now waiting for the rest of the body
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if "client_disconnected" in stream.getvalue():
+                break
+            await asyncio.sleep(0.02)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            metrics = await response.text()
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level
+        await runner.cleanup()
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    events = {line["event"]: line for line in lines}
+    assert "unhandled_error" not in events
+    assert events["client_disconnected"]["level"] == "info"
+    assert 'route="/api/auth/register",status="499"' in metrics
+    assert 'route="/api/auth/register",status="500"' not in metrics

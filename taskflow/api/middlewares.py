@@ -3,6 +3,7 @@ metrics and the headers every response carries."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,9 @@ log = structlog.get_logger(__name__)
 
 REQUEST_ID = "X-Request-ID"
 CORRELATION_ID = "X-Correlation-ID"
+# nginx's status for a request whose client closed the connection first: the metrics count
+# such requests apart from the server's own failures (5xx).
+CLIENT_CLOSED = 499
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # Exceptions from layers below the API map to problems here, and only here (STYLE.md habit 4).
@@ -73,6 +77,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:  # a redirect, re-raised by problem_response
         status = exc.status
         raise
+    except asyncio.CancelledError:  # the client left and the server cancels its handlers
+        status = CLIENT_CLOSED
+        raise
     finally:
         observe_request(request, status, time.perf_counter() - started)
         unbind_request_ids(bound)
@@ -85,6 +92,13 @@ def problem_response(request: web.Request, exc: Exception) -> web.Response:
     """
     if isinstance(exc, Problem):
         return exc.response(request.path)
+    if isinstance(exc, ConnectionResetError) and _client_gone(request):
+        # The client hung up mid-request (a load tool stopping, a closed tab): nobody will read
+        # an answer, and it is not the server's error, so no traceback at ERROR level.
+        log.info("client_disconnected", error=str(exc))
+        return Problem(CLIENT_CLOSED, "client-closed-request", "Client closed request").response(
+            request.path
+        )
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
@@ -106,6 +120,11 @@ def problem_response(request: web.Request, exc: Exception) -> web.Response:
         ).response(request.path)
     log.exception("unhandled_error")
     return Problem(500, "internal-error", "Internal server error").response(request.path)
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def validation_problem(exc: ValidationError) -> Problem:
