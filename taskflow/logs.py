@@ -55,7 +55,12 @@ def configure_logging(level: str, *, json: bool = True) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[renderer])
+        structlog.stdlib.ProcessorFormatter(
+            # Lines from stdlib loggers (aiohttp, gunicorn, pymongo) name their logger, and
+            # leave out the formatter's own bookkeeping (`_record`, `_from_structlog`).
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

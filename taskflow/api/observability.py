@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_async.aio.web import server_stats
-from prometheus_client import Histogram
+from prometheus_client import CollectorRegistry, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
 
 from taskflow.metrics import HTTP_DURATION
 
@@ -44,4 +47,17 @@ def add_security_headers(headers: CIMultiDict[str]) -> None:
 
 
 def setup_metrics_route(app: web.Application) -> None:
-    app.router.add_get("/metrics", server_stats)
+    # Several worker processes (API_WORKERS > 1) each count their own requests into a file of
+    # this directory; a scrape reaches one of them, which must sum every worker's files.
+    every_worker = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    app.router.add_get("/metrics", every_workers_stats if every_worker else server_stats)
+
+
+async def every_workers_stats(request: web.Request) -> web.Response:
+    """/metrics summed over every worker process (Prometheus' multiprocess mode)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    response = web.Response(body=encode(registry))
+    response.content_type = content_type  # set apart: aiohttp refuses a `;` in content_type
+    return response
