@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +23,9 @@ from bench.servers import Servers
 from taskflow.auth.tokens import issue_access_token
 
 READY_SECONDS = 60.0
+# After the arbiter has forked its workers, for each to open its clients and accept.
+WORKER_BOOT_SECONDS = 1.0
+WRK_SCRIPT = Path(__file__).with_name("wrk_load.lua")
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,9 @@ def bearer(servers: Servers, user_id: str) -> str:
 
 
 @asynccontextmanager
-async def api_server(servers: Servers, database: str) -> AsyncIterator[Server]:
-    """`python -m taskflow serve` on `database`, rate limits off, once `/api/ready` says 200."""
+async def api_server(servers: Servers, database: str, workers: int = 1) -> AsyncIterator[Server]:
+    """`python -m taskflow serve` on `database`, rate limits off, once `/api/ready` says 200;
+    with `workers` > 1 that many worker processes (API_WORKERS), each of them booted."""
     port = free_port()
     env = {
         **os.environ,
@@ -65,15 +72,18 @@ async def api_server(servers: Servers, database: str) -> AsyncIterator[Server]:
         "HTTP_PORT": str(port),
         "RATE_LIMIT_ENABLED": "false",  # the bench sends far more than one client's allowance
         "LOG_LEVEL": "WARNING",
+        "API_WORKERS": str(workers),
     }
     args = [sys.executable, "-m", "taskflow", "serve"]
     async with _serving("api", args, env, port, "/api/ready") as server:
+        await _booted(server, workers)
         yield server
 
 
 @asynccontextmanager
-async def raw_server(servers: Servers, database: str) -> AsyncIterator[Server]:
-    """`python -m bench.rawserver` (the raw baselines), inserting into `database`."""
+async def raw_server(servers: Servers, database: str, processes: int = 1) -> AsyncIterator[Server]:
+    """`python -m bench.rawserver` (the raw baselines), inserting into `database`; `processes`
+    of them on one port, each listening."""
     port = free_port()
     env = {
         **os.environ,
@@ -82,7 +92,12 @@ async def raw_server(servers: Servers, database: str) -> AsyncIterator[Server]:
         "REDIS_URL": servers.settings.redis_url,
     }
     args = [sys.executable, "-m", "bench.rawserver", str(port)]
+    if processes > 1:  # under gunicorn, as the API's workers (API_WORKERS) are
+        args = [sys.executable, "-m", "gunicorn", "bench.rawserver:create_app()"]
+        args += ["--workers", str(processes), "--worker-class", "aiohttp.GunicornUVLoopWebWorker"]
+        args += ["--bind", f"127.0.0.1:{port}", "--no-control-socket", "--log-level", "warning"]
     async with _serving("rawserver", args, env, port, "/l0") as server:
+        await _booted(server, processes)
         yield server
 
 
@@ -114,24 +129,91 @@ async def load(
     headers: Sequence[str] = (),
     server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Run `python -m bench.loadgen` against `base` and return its figures; every request must
-    succeed. With `server_pid`, the figures include that process's CPU per request."""
-    args = [sys.executable, "-m", "bench.loadgen", base, "--method", method]
-    if server_pid is not None:
-        args += ["--server-pid", str(server_pid)]
-    args += ["--concurrency", str(shape.concurrency), "--seconds", str(shape.seconds)]
-    args += ["--warmup", str(shape.warmup)]
-    args += [arg for path in paths for arg in ("--path", path)]
-    args += [arg for header in headers for arg in ("--header", header)]
-    if body is not None:
-        args += ["--body", orjson.dumps(body).decode()]
+    """A closed-loop load on `base` from wrk, and its figures; every request must succeed.
+
+    wrk (Debian's package, scripts/bench.sh installs it) is a process of its own, written in C:
+    it leaves the cores to the servers, where the asyncio client it replaced took most of a
+    core. One thread keeps `shape.concurrency` connections busy, each sending its next request
+    when its last is answered, first for `shape.warmup` seconds (discarded), then for
+    `shape.seconds` (whole seconds: wrk takes no fractions). With `server_pid`, the figures
+    include the CPU that process and its children (the API's workers) used per request in the
+    measured window (µs, /proc: user + system), which the machine's other load moves far less
+    than the rate.
+    """
+    with tempfile.TemporaryDirectory(prefix="taskflow-wrk-") as scratch:
+        env = {
+            **os.environ,
+            "WRK_PATHS": _lines(Path(scratch, "paths"), paths),
+            "WRK_HEADERS": _lines(Path(scratch, "headers"), headers),
+        }
+        env["WRK_METHOD"] = method
+        if body is not None:
+            env["WRK_BODY"] = orjson.dumps(body).decode()
+        await _wrk(base, shape.concurrency, shape.warmup, env)
+        pids = _with_children(server_pid) if server_pid is not None else []
+        cpu_before = _cpu_seconds(pids)
+        figures = await _wrk(base, shape.concurrency, shape.seconds, env)
+        cpu = _cpu_seconds(pids) - cpu_before
+    requests, seconds = figures["requests"], figures["duration_us"] / 1e6
+    if figures["status_errors"] or figures["socket_errors"] or not requests:
+        raise RuntimeError(f"wrk saw failed requests against {base}{paths[0]}: {figures}")
+    result: dict[str, Any] = {
+        "requests": requests,
+        "seconds": seconds,
+        "rate": requests / seconds,
+        "p50": figures["p50_us"] / 1000,
+        "p99": figures["p99_us"] / 1000,
+    }
+    if pids:
+        result["server_cpu_us"] = cpu / requests * 1e6
+    return result
+
+
+async def _booted(server: Server, workers: int) -> None:
+    """Until a multi-process server has forked its `workers`, and a moment for each to accept."""
+    if workers == 1:
+        return
+
+    async def forked() -> bool:
+        return len(_with_children(server.process.process.pid)) > workers
+
+    await server.process.wait_until(forked, READY_SECONDS)
+    await asyncio.sleep(WORKER_BOOT_SECONDS)
+
+
+def _lines(path: Path, lines: Sequence[str]) -> str:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+async def _wrk(base: str, connections: int, seconds: float, env: dict[str, str]) -> dict[str, Any]:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(WRK_SCRIPT)]
     process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *args, base, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await process.communicate()
     if process.returncode != 0:
-        raise RuntimeError(f"loadgen exited with {process.returncode}: {err.decode()[-2000:]}")
-    figures: dict[str, Any] = orjson.loads(out)
-    if figures["ok"] != figures["requests"] or figures["errors"] or not figures["requests"]:
-        raise RuntimeError(f"loadgen saw failed requests against {base}{paths[0]}: {figures}")
+        raise RuntimeError(f"wrk exited with {process.returncode}: {(out + err).decode()[-2000:]}")
+    # wrk prints its own summary first; the script's JSON line is the last.
+    figures: dict[str, Any] = orjson.loads(out.decode().strip().splitlines()[-1])
     return figures
+
+
+def _with_children(pid: int) -> list[int]:
+    """`pid` and its child processes (a multi-worker API's arbiter and its workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(grandchild for child in children for grandchild in _with_children(int(child)))]
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time these processes used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as stat:
+            # The command name (field 2) may hold spaces: count fields after its closing ')'.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")

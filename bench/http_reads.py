@@ -2,7 +2,8 @@
 
 One owner's tasks are created through `handle_create_task` and projected into the Redis read
 model; then the real API (`python -m taskflow serve`) and `python -m bench.rawserver` serve them
-to `python -m bench.loadgen`, a process of its own, at fixed concurrency.
+to wrk, a process of its own, at fixed concurrency. R is measured with one API process and with
+two (API_WORKERS=2), against Rraw in one process and in two on one port.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ PAGE = "/api/tasks?limit=20"
 # A different `due_after` each request (every task is due later): a new query, never cached.
 UNCACHED_PAGE = PAGE + "&due_after=2001-01-01T00:00:00.{n}Z"
 VARIANTS = ["r", "rraw", "q_cached", "q_cached_raw", "q_uncached", "q_uncached_raw"]
+# Two processes a side: the API with API_WORKERS=2, two raw servers on one port.
+TWO_PROCESS_VARIANTS = ["r_2", "rraw_2"]
 
 
 def comparisons(sizes: Sizes) -> list[Comparison]:
@@ -57,6 +60,20 @@ def comparisons(sizes: Sizes) -> list[Comparison]:
             "q_uncached",
             "q_uncached_raw",
             "raw aiohttp handler, one `HVALS` of the owner's views, returned as they are",
+        ),
+        Comparison(
+            f"R with API_WORKERS=2 (two API processes on one port), {load}",
+            "requests/s",
+            "r_2",
+            "rraw",
+            "Rraw, one process (as in the first row)",
+        ),
+        Comparison(
+            f"R with API_WORKERS=2 (two API processes on one port), {load}",
+            "requests/s",
+            "r_2",
+            "rraw_2",
+            "Rraw in two processes on one port",
         ),
         Comparison(
             "R: the server process's CPU per request (user + system) under that load",
@@ -89,18 +106,29 @@ async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
             await _copy_page(servers, api, auth)
             for variant in alternate(VARIANTS, repetition):
                 target = raw if "raw" in variant else api
-                headers = [] if "raw" in variant else [auth]
-                pid = target.process.process.pid
-                result = await load(
-                    target.base, paths[variant], shape, headers=headers, server_pid=pid
-                )
-                figures[variant] = result["rate"]
-                figures[f"{variant}_cpu_us"] = result["server_cpu_us"]
-                figures[f"{variant}_p50_ms"], figures[f"{variant}_p99_ms"] = (
-                    result["p50"],
-                    result["p99"],
-                )
+                figures.update(await _measure(variant, target, paths[variant], shape, auth))
+        for variant in alternate(TWO_PROCESS_VARIANTS, repetition):
+            raw_side = "raw" in variant
+            async with (
+                raw_server(servers, db, processes=2) if raw_side else api_server(servers, db, 2)
+            ) as target:
+                path = paths[variant.removesuffix("_2")]
+                figures.update(await _measure(variant, target, path, shape, auth))
     return figures
+
+
+async def _measure(
+    variant: str, target: Server, paths: list[str], shape: LoadShape, auth: str
+) -> Trial:
+    headers = [] if "raw" in variant else [auth]
+    pid = target.process.process.pid
+    result = await load(target.base, paths, shape, headers=headers, server_pid=pid)
+    return {
+        variant: result["rate"],
+        f"{variant}_cpu_us": result["server_cpu_us"],
+        f"{variant}_p50_ms": result["p50"],
+        f"{variant}_p99_ms": result["p99"],
+    }
 
 
 async def _seed(servers: Servers, store: MongoEventStore, owner: str, count: int) -> list[str]:

@@ -2,7 +2,8 @@
 
 L0 a constant JSON handler, L1 a raw handler doing one `insert_one`, both in
 `python -m bench.rawserver`; L2 a driver-only `insert_one` loop in this process; W the real API
-(`python -m taskflow serve`). HTTP load comes from `python -m bench.loadgen`, a process of its own.
+(`python -m taskflow serve`), with one API process and with two (API_WORKERS=2). HTTP load comes
+from wrk, a process of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bench.servers import Servers
 from bench.sizes import Sizes
 from bench.stats import Comparison, Trial, alternate
 
-VARIANTS = ["l0", "l1", "l2", "w"]
+VARIANTS = ["l0", "l1", "l2", "w", "w_2", "l1_2"]
 L1_LABEL = "L1: raw aiohttp handler, one `insert_one` (log indexes, same write concern)"
 TASK_BODY = {"title": "Review the quarterly budget", "tags": ["budget", "review"]}
 
@@ -31,6 +32,20 @@ def comparisons(sizes: Sizes) -> list[Comparison]:
     load = f"{sizes.http_concurrency} connections, closed loop"
     return [
         Comparison(f"W: `POST /api/tasks`, {load}", "requests/s", "w", "l1", L1_LABEL),
+        Comparison(
+            f"W with API_WORKERS=2 (two API processes on one port), {load}",
+            "requests/s",
+            "w_2",
+            "l1",
+            "L1, one process (as in the first row)",
+        ),
+        Comparison(
+            f"W with API_WORKERS=2 (two API processes on one port), {load}",
+            "requests/s",
+            "w_2",
+            "l1_2",
+            "L1 in two processes on one port",
+        ),
         Comparison(
             f"L1: raw handler, one `insert_one`, {load}",
             "requests/s",
@@ -74,9 +89,9 @@ async def _run(variant: str, servers: Servers, sizes: Sizes) -> dict[str, Any]:
     shape = LoadShape(sizes.http_concurrency, sizes.http_seconds, sizes.http_warmup_seconds)
     async with servers.fresh_db() as db, servers.flushed_redis():
         await servers.store_on(db)  # the log's indexes, for L1's inserts
-        if variant == "w":
+        if variant in {"w", "w_2"}:
             auth = f"Authorization: {bearer(servers, uuid.uuid4().hex)}"
-            async with api_server(servers, db.name) as api:
+            async with api_server(servers, db.name, 2 if variant == "w_2" else 1) as api:
                 return await load(
                     api.base,
                     ["/api/tasks"],
@@ -86,7 +101,7 @@ async def _run(variant: str, servers: Servers, sizes: Sizes) -> dict[str, Any]:
                     headers=[auth],
                     server_pid=api.process.process.pid,
                 )
-        async with raw_server(servers, db.name) as raw:
+        async with raw_server(servers, db.name, 2 if variant == "l1_2" else 1) as raw:
             pid = raw.process.process.pid
             if variant == "l0":
                 return await load(raw.base, ["/l0"], shape, server_pid=pid)

@@ -6,7 +6,9 @@
 - `GET /get/{key}`: one Redis `GET`, the stored bytes as the body (Rraw).
 - `GET /hvals/{key}`: one Redis `HVALS`, the values as a JSON array (the uncached list's fetch).
 
-Reads `MONGODB_URI`, `BENCH_DB` and `REDIS_URL` from the environment.
+Reads `MONGODB_URI`, `BENCH_DB` and `REDIS_URL` from the environment. Run as several
+processes on one port under gunicorn, as the API's workers are:
+`python -m gunicorn 'bench.rawserver:create_app()' -k aiohttp.GunicornUVLoopWebWorker -w 2`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ async def l0(request: web.Request) -> web.Response:
     return web.Response(body=BODY, content_type=JSON)
 
 
-_positions = itertools.count(1)
+# Disjoint per process, so that several on one port never insert the same position.
+_positions = itertools.count(os.getpid() * 1_000_000_000 + 1)
 _stream = uuid.uuid4().hex
 # Built once: a handler that only inserts, not one that also builds a pydantic commit.
 _TEMPLATE = commit_document("raw", 1, 1)
