@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import random
 import time
 import uuid
@@ -20,7 +21,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
 from bench.harness import Group
-from bench.processes import ECHO_CHANNEL, echo, projector
+from bench.processes import ECHO_CHANNEL, echo, projectors
 from bench.samples import commit_document
 from bench.servers import Servers
 from bench.sizes import Sizes
@@ -174,12 +175,15 @@ async def _raw_max(servers: Servers, sizes: Sizes) -> float:
         return await closed_loop(load.send, sizes.writers, sizes.latency_max_seconds)
 
 
+SPLIT_PROJECTORS = os.environ.get("BENCH_SPLIT_PROJECTORS") == "1"
+
+
 @asynccontextmanager
 async def _taskflow_load(servers: Servers, *, watched: bool) -> AsyncIterator[TaskLoad]:
     """Command handlers on a fresh store, the real projector following it."""
     async with (
         servers.fresh_store() as store,
-        projector(servers, store.commits.database.name),
+        projectors(servers, store.commits.database.name, split=SPLIT_PROJECTORS),
         ViewWatch(servers.redis) as watch,
     ):
         yield TaskLoad(store, watch, watched=watched)

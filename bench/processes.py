@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import IO
 
 from bench.servers import Servers
-from taskflow.projections.redis_keys import RedisViewKeys
+from taskflow import names
 
 STOP_GRACE_SECONDS = 10.0
 ECHO_CHANNEL = "bench:echo"
@@ -70,9 +70,16 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
+# The lease each read model's projection takes (the read model version 1's).
+_LEASES = {"redis": "task_views_redis_v1", "mongodb": "task_views_mongo_v1"}
+
+
 @asynccontextmanager
-async def projector(servers: Servers, database: str) -> AsyncIterator[Child]:
-    """`python -m taskflow project` on `database`, once it holds the Redis views' lease."""
+async def projector(
+    servers: Servers, database: str, read_models: str = "redis,mongodb"
+) -> AsyncIterator[Child]:
+    """`python -m taskflow project` on `database` for `read_models` (PROJECTOR_READ_MODELS),
+    once it holds the lease of each."""
     env = {
         **os.environ,
         "MONGODB_URI": servers.settings.mongodb_uri,
@@ -80,15 +87,28 @@ async def projector(servers: Servers, database: str) -> AsyncIterator[Child]:
         "REDIS_URL": servers.settings.redis_url,
         "LOG_LEVEL": "WARNING",
         "METRICS_PORT": "0",  # no metrics listener: a fixed port would clash with other runs
+        "PROJECTOR_READ_MODELS": read_models,
     }
-    fence = RedisViewKeys(1).fence  # set when a worker takes the lease (fencing older terms)
+    leases = servers.services.mongo[database][names.LEASES]
+    wanted = {name for model, name in _LEASES.items() if model in read_models}
 
     async def leased() -> bool:
-        return bool(await servers.redis.exists(fence))
+        return set(await leases.distinct("name")) >= wanted
 
     async with child("projector", [sys.executable, "-m", "taskflow", "project"], env) as proc:
         await proc.wait_until(leased, seconds=30)
         yield proc
+
+
+@asynccontextmanager
+async def projectors(servers: Servers, database: str, *, split: bool) -> AsyncIterator[None]:
+    """Both read models maintained: by one projector process, or by one per model."""
+    if not split:
+        async with projector(servers, database):
+            yield
+        return
+    async with projector(servers, database, "redis"), projector(servers, database, "mongodb"):
+        yield
 
 
 @asynccontextmanager

@@ -8,6 +8,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+ReadModel = Literal["redis", "mongodb"]
+READ_MODELS: tuple[ReadModel, ...] = ("redis", "mongodb")
 
 
 class Settings(BaseSettings):
@@ -66,6 +68,13 @@ class Settings(BaseSettings):
     gap_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     lease_ttl_seconds: Annotated[float, Field(ge=0.5, le=300)] = 10.0
     projector_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    # The read models a `taskflow project` process maintains ("redis,mongodb"). One process per
+    # model keeps the MongoDB views' writes off the event loop that applies the Redis views,
+    # which reads are served from (docs/operations.md); each model's lease still decides who
+    # applies it, so any mix of processes is safe.
+    projector_read_models: Annotated[tuple[ReadModel, ...], NoDecode, Field(min_length=1)] = (
+        READ_MODELS
+    )
     read_max_staleness_seconds: Annotated[int, Field(ge=90)] | None = None
     read_your_writes_timeout_seconds: Annotated[float, Field(ge=0, le=30)] = 2.0
     mongodb_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5_000
@@ -112,9 +121,9 @@ class Settings(BaseSettings):
         parse(value)  # raises ValueError naming the problem
         return value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "projector_read_models", mode="before")
     @classmethod
-    def _parse_origins(cls, raw: object) -> object:
+    def _comma_separated(cls, raw: object) -> object:
         if isinstance(raw, str):
             return tuple(filter(None, (o.strip() for o in raw.split(","))))
         return raw

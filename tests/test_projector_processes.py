@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
@@ -224,6 +225,41 @@ async def test_two_projectors_on_one_host_share_the_metrics_port_setting_and_log
             async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                 assert response.status == 200
                 assert "taskflow_projection_batch_seconds" in await response.text()
+
+
+@pytest.mark.timeout(300)
+async def test_a_projector_per_read_model_applies_only_its_own(
+    store: MongoEventStore,
+    redis: Redis,
+    db: AsyncDatabase[dict[str, Any]],
+    views_db: AsyncDatabase[dict[str, Any]],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """PROJECTOR_READ_MODELS splits the read models over processes: each process takes only
+    its own model's lease, and both models follow the log."""
+    redis_only = spawn(PROJECTOR_READ_MODELS="redis")
+    mongo_only = spawn(PROJECTOR_READ_MODELS=" mongodb ")
+    leases = db[names.LEASES]
+
+    async def both_held() -> bool:
+        return len(await leases.distinct("name")) == 2
+
+    await until(both_held, 60, "both leases to be taken")
+    await write_workload(store, tasks=30, changes=120)
+    await until(lambda: caught_up(store, redis, views_db), 60, "catch-up")
+    await assert_models_equal_the_log(store, redis, views_db)
+    holders = {t["name"]: int(t["holder"].split(":")[1]) for t in await leases.find({}).to_list()}
+    assert holders == {"task_views_redis_v1": redis_only.pid, "task_views_mongo_v1": mongo_only.pid}
+
+
+def test_projector_read_models_name_known_models_only() -> None:
+    """As the environment gives it: comma-separated; an unknown or empty list is refused."""
+    both = Settings(projector_read_models="redis,mongodb")
+    assert both.projector_read_models == ("redis", "mongodb")
+    with pytest.raises(ValidationError):
+        Settings(projector_read_models="redis,postgres")
+    with pytest.raises(ValidationError):
+        Settings(projector_read_models="")
 
 
 EVENTS_UNDER_FIRE = 20_000

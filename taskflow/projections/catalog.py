@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from taskflow import names
 from taskflow.bootstrap import Services
 from taskflow.events.store import EventStore
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.runtime import Projection, run_until_caught_up
+from taskflow.settings import READ_MODELS, ReadModel
 
 
-def projections(services: Services, version: int = 1) -> list[Projection]:
-    """The projections a worker runs: the Redis views serve reads, MongoDB views back them."""
-    return [
-        RedisTaskViews(services.redis, version),
+def projections(
+    services: Services, version: int = 1, read_models: Collection[ReadModel] = READ_MODELS
+) -> list[Projection]:
+    """The projections of `read_models`: the Redis views serve reads, MongoDB views back them."""
+    made: list[Projection] = []
+    if "redis" in read_models:
+        made.append(RedisTaskViews(services.redis, version))
+    if "mongodb" in read_models:
         # The views live in a database of their own; their lease, as every lease, in the log's.
-        MongoTaskViews(services.views_db, version, leases=services.db[names.LEASES]),
-    ]
+        made.append(MongoTaskViews(services.views_db, version, leases=services.db[names.LEASES]))
+    return made
 
 
 async def catch_up(store: EventStore, targets: list[Projection]) -> int:

@@ -231,7 +231,7 @@ class Supervisor:
                 poll_interval=settings.projector_poll_seconds,
                 stopping=retired,
             )
-            for projection in projections(self._services, version)
+            for projection in projections(self._services, version, settings.projector_read_models)
         ]
         self.drivers.extend(drivers)
         self._groups[version] = (retired, [asyncio.create_task(d.run()) for d in drivers])
