@@ -23,8 +23,9 @@ from bench.servers import Servers
 from taskflow.auth.tokens import issue_access_token
 
 READY_SECONDS = 60.0
-# After the arbiter has forked its workers, for each to open its clients and accept.
-WORKER_BOOT_SECONDS = 1.0
+# After the arbiter has forked its workers, for each to build its app and accept: a worker
+# still booting when wrk connects leaves all the connections to the others.
+WORKER_BOOT_SECONDS = 2.0
 # wrk's own default, 2 s, counts a slow answer as an error; FerretDB's single writer now and
 # then holds an insert up for more than that (once in a run of 3,000, p99 975 ms). Slow is not
 # failed: such a request counts in the latencies, and only a hung server fails the run.

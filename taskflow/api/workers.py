@@ -28,6 +28,7 @@ from gunicorn import glogging  # type: ignore[import-untyped]
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
 from taskflow import __version__
+from taskflow.api.app import create_app
 from taskflow.logs import configure_logging, configure_sentry
 from taskflow.settings import Settings, SettingsError, load_settings
 
@@ -87,9 +88,9 @@ class _Server(BaseApplication):  # type: ignore[misc]
         self.cfg.set("control_socket_disable", True)  # no `gunicornc` socket in $HOME
 
     def load(self) -> Any:
-        # Called in each worker after the fork: every worker has clients of its own.
-        from taskflow.api.app import create_app
-
+        # Called in each worker after the fork: every worker has clients of its own. The modules
+        # are imported once, in the arbiter, so a worker (or its replacement) starts serving
+        # at once instead of importing the whole app on a core the other workers need.
         return create_app(self._settings)
 
 
