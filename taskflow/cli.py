@@ -21,16 +21,24 @@ from taskflow.settings import Settings, SettingsError, load_settings
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    settings = configured_settings()
+    if settings is None:
+        return 2
+    code: int = args.run(settings, args)
+    return code
+
+
+def configured_settings() -> Settings | None:
+    """The settings, with logging and Sentry set up from them; None, said why, if invalid."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"taskflow: {exc}", file=sys.stderr)
-        return 2
+        return None
     configure_logging(settings.log_level, json=settings.log_json)
     dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
     configure_sentry(dsn, release=f"taskflow@{__version__}")
-    code: int = args.run(settings, args)
-    return code
+    return settings
 
 
 def _parser() -> argparse.ArgumentParser:

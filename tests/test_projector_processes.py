@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from pydantic import ValidationError
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
@@ -96,6 +97,19 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str)
         await asyncio.sleep(0.05)
 
 
+async def both_leases_taken(
+    db: AsyncDatabase[dict[str, Any]],
+) -> AsyncCollection[dict[str, Any]]:
+    """Until both read models' leases are held; the leases collection."""
+    leases = db[names.LEASES]
+
+    async def both_held() -> bool:
+        return len(await leases.distinct("name")) == 2
+
+    await until(both_held, 60, "both leases to be taken")
+    return leases
+
+
 async def caught_up(
     store: MongoEventStore, redis: Redis, views_db: AsyncDatabase[dict[str, Any]]
 ) -> bool:
@@ -157,12 +171,7 @@ async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
     """Of 8 processes exactly one holds each lease term; killing it hands over and catches up."""
     # A longer lease than elsewhere: 8 interpreters starting on 2 cores delay renewals.
     processes = {p.pid: p for p in (spawn(lease_ttl=6.0) for _ in range(8))}
-    leases = db[names.LEASES]
-
-    async def both_held() -> bool:
-        return len(await leases.distinct("name")) == 2
-
-    await until(both_held, 60, "both leases to be taken")
+    leases = await both_leases_taken(db)
     await write_workload(store, tasks=50, changes=200)
     await until(lambda: caught_up(store, redis, views_db), 60, "catch-up")
     # On a loaded machine a renewal can come late and a standby take a term over; what must
@@ -239,12 +248,7 @@ async def test_a_projector_per_read_model_applies_only_its_own(
     its own model's lease, and both models follow the log."""
     redis_only = spawn(PROJECTOR_READ_MODELS="redis")
     mongo_only = spawn(PROJECTOR_READ_MODELS=" mongodb ")
-    leases = db[names.LEASES]
-
-    async def both_held() -> bool:
-        return len(await leases.distinct("name")) == 2
-
-    await until(both_held, 60, "both leases to be taken")
+    leases = await both_leases_taken(db)
     await write_workload(store, tasks=30, changes=120)
     await until(lambda: caught_up(store, redis, views_db), 60, "catch-up")
     await assert_models_equal_the_log(store, redis, views_db)

@@ -27,10 +27,9 @@ from typing import Any, NoReturn
 from gunicorn import glogging  # type: ignore[import-untyped]
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
-from taskflow import __version__
 from taskflow.api.app import create_app
-from taskflow.logs import configure_logging, configure_sentry
-from taskflow.settings import Settings, SettingsError, load_settings
+from taskflow.cli import configured_settings
+from taskflow.settings import Settings
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Set when `taskflow serve` made the metrics directory itself: it is removed on exit.
@@ -106,14 +105,9 @@ def _on_exit(server: Any) -> None:
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"taskflow: {exc}", file=sys.stderr)
+    settings = configured_settings()
+    if settings is None:
         return 2
-    configure_logging(settings.log_level, json=settings.log_json)
-    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
-    configure_sentry(dsn, release=f"taskflow@{__version__}")
     print(
         f"TaskFlow API on http://{settings.http_host}:{settings.http_port}"
         f" ({settings.api_workers} worker processes)",
