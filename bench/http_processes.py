@@ -20,6 +20,7 @@ import orjson
 
 from bench.processes import Child, child
 from bench.servers import Servers
+from bench.stats import Trial
 from taskflow.auth.tokens import issue_access_token
 
 READY_SECONDS = 60.0
@@ -174,6 +175,17 @@ async def load(
     if pids:
         result["server_cpu_us"] = cpu / requests * 1e6
     return result
+
+
+def trial_figures(variant: str, result: dict[str, Any]) -> Trial:
+    """A measurement under its variant's names: the rate, and for an HTTP load its p50 and p99
+    (ms) and the server's CPU per request (µs)."""
+    figures = {variant: result["rate"]}
+    if "p50" in result:
+        figures[f"{variant}_p50_ms"] = result["p50"]
+        figures[f"{variant}_p99_ms"] = result["p99"]
+        figures[f"{variant}_cpu_us"] = result["server_cpu_us"]
+    return figures
 
 
 async def _booted(server: Server, workers: int) -> None:

@@ -14,7 +14,15 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 
 from bench.harness import Group
-from bench.http_processes import LoadShape, Server, api_server, bearer, load, raw_server
+from bench.http_processes import (
+    LoadShape,
+    Server,
+    api_server,
+    bearer,
+    load,
+    raw_server,
+    trial_figures,
+)
 from bench.servers import Servers
 from bench.sizes import Sizes
 from bench.stats import Comparison, Trial, alternate
@@ -122,13 +130,9 @@ async def _measure(
 ) -> Trial:
     headers = [] if "raw" in variant else [auth]
     pid = target.process.process.pid
-    result = await load(target.base, paths, shape, headers=headers, server_pid=pid)
-    return {
-        variant: result["rate"],
-        f"{variant}_cpu_us": result["server_cpu_us"],
-        f"{variant}_p50_ms": result["p50"],
-        f"{variant}_p99_ms": result["p99"],
-    }
+    return trial_figures(
+        variant, await load(target.base, paths, shape, headers=headers, server_pid=pid)
+    )
 
 
 async def _seed(servers: Servers, store: MongoEventStore, owner: str, count: int) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 
 from bench.harness import Group
-from bench.http_processes import LoadShape, api_server, bearer, load, raw_server
+from bench.http_processes import LoadShape, api_server, bearer, load, raw_server, trial_figures
 from bench.samples import commit_document
 from bench.servers import Servers
 from bench.sizes import Sizes
@@ -73,12 +73,7 @@ def comparisons(sizes: Sizes) -> list[Comparison]:
 async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
     figures: Trial = {}
     for variant in alternate(VARIANTS, repetition):
-        result = await _run(variant, servers, sizes)
-        figures[variant] = result["rate"]
-        if "p50" in result:
-            figures[f"{variant}_p50_ms"] = result["p50"]
-            figures[f"{variant}_p99_ms"] = result["p99"]
-            figures[f"{variant}_cpu_us"] = result["server_cpu_us"]
+        figures.update(trial_figures(variant, await _run(variant, servers, sizes)))
     figures["l0_l2_min"] = min(figures["l0"], figures["l2"])
     return figures
 

@@ -12,6 +12,9 @@ from typing import IO
 
 from bench.servers import Servers
 from taskflow import names
+from taskflow.projections.mongo_views import NAME as MONGO_VIEWS
+from taskflow.projections.redis_views import NAME as REDIS_VIEWS
+from taskflow.settings import READ_MODELS, ReadModel
 
 STOP_GRACE_SECONDS = 10.0
 ECHO_CHANNEL = "bench:echo"
@@ -71,12 +74,12 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 # The lease each read model's projection takes (the read model version 1's).
-_LEASES = {"redis": "task_views_redis_v1", "mongodb": "task_views_mongo_v1"}
+_LEASES: dict[ReadModel, str] = {"redis": f"{REDIS_VIEWS}_v1", "mongodb": f"{MONGO_VIEWS}_v1"}
 
 
 @asynccontextmanager
 async def projector(
-    servers: Servers, database: str, read_models: str = "redis,mongodb"
+    servers: Servers, database: str, read_models: tuple[ReadModel, ...] = READ_MODELS
 ) -> AsyncIterator[Child]:
     """`python -m taskflow project` on `database` for `read_models` (PROJECTOR_READ_MODELS),
     once it holds the lease of each."""
@@ -87,10 +90,10 @@ async def projector(
         "REDIS_URL": servers.settings.redis_url,
         "LOG_LEVEL": "WARNING",
         "METRICS_PORT": "0",  # no metrics listener: a fixed port would clash with other runs
-        "PROJECTOR_READ_MODELS": read_models,
+        "PROJECTOR_READ_MODELS": ",".join(read_models),
     }
     leases = servers.services.mongo[database][names.LEASES]
-    wanted = {name for model, name in _LEASES.items() if model in read_models}
+    wanted = {_LEASES[model] for model in read_models}
 
     async def leased() -> bool:
         return set(await leases.distinct("name")) >= wanted
@@ -107,7 +110,7 @@ async def projectors(servers: Servers, database: str, *, split: bool) -> AsyncIt
         async with projector(servers, database):
             yield
         return
-    async with projector(servers, database, "redis"), projector(servers, database, "mongodb"):
+    async with projector(servers, database, ("redis",)), projector(servers, database, ("mongodb",)):
         yield
 
 

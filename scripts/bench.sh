@@ -11,12 +11,7 @@ scripts/bootstrap.sh
 
 # The HTTP groups' load generator: wrk, from Debian's packages (a C process that leaves the cores
 # to the servers it loads).
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "[bench] installing wrk from Debian packages" >&2
-  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends wrk >/dev/null
-fi
+scripts/services.sh install-wrk
 
 if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   scripts/services.sh start bench

@@ -5,6 +5,7 @@
 # Everything binds to 127.0.0.1 on free ports; state lives under .state/ (see DESIGN.md §9).
 #
 #   scripts/services.sh install            install redis-server, build FerretDB once
+#   scripts/services.sh install-wrk        install wrk, the HTTP benchmarks' load generator
 #   scripts/services.sh start PROFILE      start both; writes .state/PROFILE/services.env
 #   scripts/services.sh stop PROFILE       stop what `start PROFILE` started
 #   FERRETDB_BACKEND=postgresql scripts/services.sh start PROFILE
@@ -29,6 +30,13 @@ install_redis() {
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends redis-server >/dev/null
   # The package starts a system Redis on 6379; TaskFlow never uses it (we start our own on a free port).
+}
+
+install_wrk() {
+  command -v wrk >/dev/null 2>&1 && return 0
+  log "installing wrk from Debian packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends wrk >/dev/null
 }
 
 pg_bin() { # the directory of Debian's PostgreSQL server binaries (initdb, pg_ctl)
@@ -167,6 +175,7 @@ stop() {
 
 case "${1:-}" in
   install) install_redis; install_ferretdb ;;
+  install-wrk) install_wrk ;;
   start) start "${2:?profile}" ;;
   stop) stop "${2:?profile}" ;;
   *) echo "usage: $0 install | start PROFILE | stop PROFILE" >&2; exit 2 ;;

@@ -12,6 +12,9 @@ from prometheus_client.exposition import choose_encoder
 
 from taskflow.metrics import HTTP_DURATION
 
+# Where Prometheus' multiprocess mode keeps each process's values (taskflow/api/workers.py).
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -49,7 +52,7 @@ def add_security_headers(headers: CIMultiDict[str]) -> None:
 def setup_metrics_route(app: web.Application) -> None:
     # Several worker processes (API_WORKERS > 1) each count their own requests into a file of
     # this directory; a scrape reaches one of them, which must sum every worker's files.
-    every_worker = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    every_worker = bool(os.environ.get(MULTIPROC_DIR))
     app.router.add_get("/metrics", every_workers_stats if every_worker else server_stats)
 
 

@@ -26,12 +26,13 @@ from typing import Any, NoReturn
 
 from gunicorn import glogging  # type: ignore[import-untyped]
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from prometheus_client import multiprocess
 
 from taskflow.api.app import create_app
+from taskflow.api.observability import MULTIPROC_DIR
 from taskflow.cli import configured_settings
 from taskflow.settings import Settings
 
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Set when `taskflow serve` made the metrics directory itself: it is removed on exit.
 _OWNED_DIR = "TASKFLOW_OWNS_METRICS_DIR"
 # As `taskflow serve` with one process: in-flight requests get this long to finish on SIGTERM.
@@ -94,8 +95,6 @@ class _Server(BaseApplication):  # type: ignore[misc]
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
