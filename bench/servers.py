@@ -76,7 +76,7 @@ class Servers:
             self.redis,
             HashChain(key),
             gap_timeout=self.settings.gap_timeout_seconds,
-            serial_inserts=self.settings.serial_log_inserts,
+            insert_batch=self.settings.log_insert_batch,
         )
         await store.ensure_indexes()
         return store

@@ -82,7 +82,7 @@ async def open_services(
             HashChain(settings.event_log_hmac_key.get_secret_value().encode()),
             gap_timeout=settings.gap_timeout_seconds,
             head_ttl=settings.stream_head_ttl_seconds,
-            serial_inserts=settings.serial_log_inserts,
+            insert_batch=settings.log_insert_batch,
         )
         yield Services(
             settings=settings,

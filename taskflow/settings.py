@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from taskflow.events.group_insert import DEFAULT_MAX_BATCH
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 ReadModel = Literal["redis", "mongodb"]
 READ_MODELS: tuple[ReadModel, ...] = ("redis", "mongodb")
@@ -37,13 +39,12 @@ class Settings(BaseSettings):
     # How long Redis keeps a stream's cached head (version, hash, state) after its last command;
     # 0 keeps it for good. Losing one costs a read of the stream: on FerretDB, of the whole log.
     stream_head_ttl_seconds: Annotated[int, Field(ge=0)] = 0
-    # One process's commit inserts one at a time, lowest position first. FerretDB on SQLite
-    # has a single writer and retries a blocked one with sleeps of up to 100 ms, so concurrent
-    # inserts add no throughput there and stretch the tail (16 writers: p99 444 ms, against
-    # 10 ms queued in the client), but one slow insert then holds up every queued command:
-    # at moderate load commands wait longer than they save (docs/benchmarks.md, "FerretDB's
-    # writers"), so it is opt-in even there. A real MongoDB wants concurrent inserts.
-    serial_log_inserts: bool = False
+    # Group commit: the commits one process appends while an insert of the log is in flight
+    # go out together in the next, up to this many (taskflow/events/group_insert.py). A lone
+    # commit never waits; under load a batch costs about what one insert costs, and one batch
+    # at a time also spares FerretDB on SQLite its concurrent writers' backoff sleeps
+    # (docs/benchmarks.md, "Group commit"). 0: every append inserts on its own, concurrently.
+    log_insert_batch: Annotated[int, Field(ge=0, le=1000)] = DEFAULT_MAX_BATCH
     log_level: LogLevel = "INFO"
     log_json: bool = True
 

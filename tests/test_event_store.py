@@ -369,38 +369,3 @@ async def test_the_log_is_read_in_position_order_whatever_order_it_is_stored_in(
     assert [c.position for c in log] == [1, 2, 3, 4, 5, 6]
     assert [c.stream_id for c in log] == [f"s-{i}" for i in range(6)]
     assert stored[-1] == 2  # the server did hand it over last (storage order)
-
-
-class _OverlapCountingStore(MongoEventStore):
-    """The event store, counting how many commit inserts are in flight at once."""
-
-    in_flight = 0
-    most_at_once = 0
-
-    async def _insert(self, commit: Commit) -> None:
-        self.in_flight += 1
-        self.most_at_once = max(self.most_at_once, self.in_flight)
-        try:
-            await asyncio.sleep(0.005)  # long enough for the other appends to reach the insert
-            await super()._insert(commit)
-        finally:
-            self.in_flight -= 1
-
-
-@pytest.mark.parametrize("serial", [True, False])
-async def test_serial_inserts_go_one_at_a_time_lowest_position_first(
-    store: MongoEventStore, redis: Redis, serial: bool
-) -> None:
-    """With `serial_inserts` (the setting for FerretDB on SQLite, which serves concurrent
-    writers with backoff sleeps) 16 concurrent appends insert one at a time and all land, in a
-    gap-free order; without it they insert at once."""
-    queued = _OverlapCountingStore(
-        store.commits.database, redis, HashChain(TEST_HMAC_KEY), serial_inserts=serial
-    )
-    results = await asyncio.gather(
-        *(queued.append(f"q-{i}", 0, [NoteWritten(text=str(i))], meta()) for i in range(16))
-    )
-
-    assert queued.most_at_once == 1 if serial else queued.most_at_once > 1
-    assert sorted(r.position for r in results) == list(range(1, 17))
-    assert [c.position for c in await drain(store)] == list(range(1, 17))

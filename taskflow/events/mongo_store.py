@@ -35,7 +35,7 @@ from taskflow.events.codec import (
     to_millis,
 )
 from taskflow.events.gaps import make_gap
-from taskflow.events.insert_slot import OrderedSlot
+from taskflow.events.group_insert import DEFAULT_MAX_BATCH, GroupInsert
 from taskflow.events.log_reader import LogReader, documents_ahead
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
@@ -92,7 +92,7 @@ class MongoEventStore:
         gap_timeout: float = 2.0,
         hint_ttl: int = 24 * 3600,
         head_ttl: int = 0,
-        serial_inserts: bool = False,
+        insert_batch: int = DEFAULT_MAX_BATCH,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.commits: AsyncCollection[dict[str, Any]] = db.get_collection(
@@ -109,9 +109,9 @@ class MongoEventStore:
         self._head_ttl = head_ttl
         self._idem_ttl = hint_ttl
         self._set_head = redis.register_script(_SET_HEAD)
-        # Inserts one at a time, lowest position first, for a server that serves concurrent
-        # writers badly (Settings.serial_log_inserts, insert_slot.py).
-        self._slot = OrderedSlot() if serial_inserts else None
+        # Commits inserted together, up to `insert_batch` at a time (Settings.log_insert_batch,
+        # group_insert.py); 0: each append inserts its commit on its own, concurrently.
+        self._group = GroupInsert(self.commits, insert_batch) if insert_batch else None
         self.positions = PositionCounter(
             redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl
         )
@@ -195,8 +195,7 @@ class MongoEventStore:
         for attempt in range(1, POSITION_ATTEMPTS + 1):
             commit = signed.model_copy(update={"position": await self.positions.take()})
             try:
-                async with self._inserting(commit.position):
-                    await self._insert(commit)
+                await self._insert(commit)
             except DuplicateKeyError:
                 if idempotency_key is None and (head := await self._moved_past(commit)):
                     await self._fill(commit.position)
@@ -226,13 +225,13 @@ class MongoEventStore:
         except (PyMongoError, RedisError) as exc:
             log.warning("position_block_not_reserved_ahead", error=str(exc))
 
-    def _inserting(self, position: int) -> contextlib.AbstractAsyncContextManager[None]:
-        """The insert of `position` goes ahead: at once, or in its turn in the slot."""
-        return self._slot.held(position) if self._slot else contextlib.nullcontext()
-
     async def _insert(self, commit: Commit) -> None:
         """The one write of an append (a seam where tests inject faults)."""
-        await self.commits.insert_one(commit_to_document(commit))
+        document = commit_to_document(commit)
+        if self._group is None:
+            await self.commits.insert_one(document)
+        else:
+            await self._group.insert(commit.position, document)
 
     async def _prev_hash(self, stream_id: str, expected_version: int) -> str:
         if expected_version == 0:
