@@ -1,10 +1,13 @@
-"""`python -m bench.ferretdb_probes`: two properties of the MongoDB-protocol server that shape
-TaskFlow's design (docs/benchmarks.md, "FerretDB's writers").
+"""`python -m bench.ferretdb_probes`: properties of the MongoDB-protocol server that shape
+TaskFlow's design (docs/benchmarks.md, "FerretDB's writers" and "Group commit").
 
 - lookups: how `find_one({_id})` (found early, missing), other filters and `insert_one` cost as
   one collection grows to 1,000, 10,000 and 100,000 documents;
 - writers: inserts per second and latency percentiles with 1, 4 and 16 concurrent writers, and
-  with 16 writers queued in the client (a pool of one connection).
+  with 16 writers queued in the client (a pool of one connection);
+- batches: what a commit costs inserted alone and in `insert_many` batches of 2 to 16 (the
+  group commit, taskflow/events/group_insert.py): commits per second, wall time and this
+  client's CPU per commit, one writer, the log's four indexes and write concern.
 
 Needs MONGODB_URI; uses a database of its own (`probe_<random>`) and drops it.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -21,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvloop
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 
 from bench.stats import percentile
@@ -85,6 +89,44 @@ async def _write(col: Collection, writer: int, until: float, latencies: list[flo
         n += 1
 
 
+async def batches(uri: str, count: int) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
+    name = f"probe_{uuid.uuid4().hex[:8]}"
+    db = client[name]
+    await db.drop_collection("commits")
+    col = db.get_collection("commits", write_concern=WriteConcern("majority", j=True))
+    await col.create_index("position", unique=True)
+    await col.create_index([("stream_id", 1), ("first_version", 1)], unique=True)
+    await col.create_index("idempotency", unique=True)
+    await col.create_index("recorded_at")
+    positions = itertools.count(1)
+    try:
+        for size in (1, 2, 4, 8, 16, 1):  # alone again at the end: the drift of the run
+            start, cpu = time.perf_counter(), time.process_time()
+            for _ in range(count // size):
+                await col.insert_many([_commit(next(positions)) for _ in range(size)])
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            done = count // size * size
+            print(
+                f"batch {size:>2}: {done / wall:6.0f} commits/s, {wall / done * 1e6:6.0f} µs "
+                f"wall and {cpu / done * 1e6:5.0f} µs client CPU per commit"
+            )
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+def _commit(position: int) -> dict[str, Any]:
+    """A document shaped like a commit, of a stream of its own."""
+    stream = f"t-{position}"
+    return {
+        **_doc(stream, 1),
+        "position": position,
+        "idempotency": f"~{stream}:1",
+        "recorded_at": position,
+    }
+
+
 def _inserter(col: Collection, size: int) -> Callable[[], Awaitable[object]]:
     """New documents of a stream of their own, one per call."""
     versions = iter(range(1, 10**9))
@@ -106,9 +148,10 @@ def _doc(stream: str, version: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ferretdb_probes", description=__doc__)
-    parser.add_argument("probe", choices=["lookups", "writers"])
+    parser.add_argument("probe", choices=["lookups", "writers", "batches"])
     parser.add_argument("--sizes", default="1000,10000,100000", help="lookups: collection sizes")
     parser.add_argument("--seconds", type=float, default=5.0, help="writers: seconds per setting")
+    parser.add_argument("--commits", type=int, default=1600, help="batches: commits per size")
     args = parser.parse_args()
     uri = os.environ.get("MONGODB_URI")
     if not uri:
@@ -116,8 +159,10 @@ def main() -> int:
         return 2
     if args.probe == "lookups":
         uvloop.run(lookups(uri, [int(s) for s in args.sizes.split(",")]))
-    else:
+    elif args.probe == "writers":
         uvloop.run(writers(uri, args.seconds))
+    else:
+        uvloop.run(batches(uri, args.commits))
     return 0
 
 

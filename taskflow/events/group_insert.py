@@ -2,12 +2,13 @@
 
 An insert that arrives while none is in flight goes out at once, alone; those that arrive
 while one is in flight wait for it and then go out together, as one `insert_many`, lowest
-position first. At low load nothing waits; under load a batch costs about what one insert
-costs: on FerretDB with SQLite 16 commits in one `insert_many` cost 0.49 ms of the server's
-time each against 2.6 ms alone, and the driver's CPU per commit falls from about 1 ms to 0.12 ms
-(docs/benchmarks.md, "Group commit"). SQLite also has a single writer and answers concurrent
-ones with backoff sleeps of up to 100 ms, so one batch in flight at a time is also what keeps
-the tail short there (the same file, "FerretDB's writers").
+position first. At low load nothing waits; under load a batch costs little more than one
+insert: on FerretDB with SQLite, 16 commits in one `insert_many` took 0.49 ms each against
+2.6 ms alone, and the driver's CPU per commit fell from about 1 ms to 0.12 ms
+(`python -m bench.ferretdb_probes batches`; docs/benchmarks.md, "Group commit"). SQLite
+also has a single writer and answers concurrent ones with backoff sleeps of up to 100 ms, so
+one batch in flight at a time is also what keeps the tail short there (the same file,
+"FerretDB's writers").
 
 Each commit is still its own document, decided by the log's unique indexes on its own: the
 batch is unordered, so a duplicate key refuses only the commit that has it, and its appender
