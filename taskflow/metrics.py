@@ -15,6 +15,13 @@ COMMANDS = Counter(
 )
 APPENDS = Counter("taskflow_appends_total", "Commits appended to the event log")
 CONFLICTS = Counter("taskflow_append_conflicts_total", "Appends refused by a version conflict")
+# How many commits each insert of the log carried (group commit): mostly 1 means the process's
+# appends rarely overlap; batches near LOG_INSERT_BATCH mean the log's server is the limit.
+LOG_INSERT_BATCH = Histogram(
+    "taskflow_log_insert_batch_commits",
+    "Commits per insert of the event log (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
 CACHE = Counter("taskflow_cache_requests_total", "List-page cache lookups", ["result"])
 RATE_LIMITED = Counter("taskflow_rate_limited_total", "Requests refused by a rate limit", ["scope"])
 

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any, cast
 
 import pytest
+from prometheus_client import REGISTRY
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import AutoReconnect
 from redis.asyncio import Redis
@@ -71,6 +72,13 @@ def watched_store(
     return grouped, watched
 
 
+def batches_counted() -> tuple[float, float]:
+    """How many inserts the group commit histogram has seen, and how many commits in all."""
+    count = REGISTRY.get_sample_value("taskflow_log_insert_batch_commits_count") or 0.0
+    commits = REGISTRY.get_sample_value("taskflow_log_insert_batch_commits_sum") or 0.0
+    return count, commits
+
+
 async def drained_to(store: MongoEventStore, position: int) -> list[Commit]:
     """The log read in order up to `position`, once readers have sealed the holes before it
     (each after the gap timeout: a few tenths of a second apiece)."""
@@ -103,6 +111,7 @@ async def test_appends_waiting_for_an_insert_go_out_together_lowest_position_fir
     """15 appends queued behind an insert in flight go out in batches of up to `max_batch`,
     one batch at a time, lowest positions first; every commit lands, gap-free."""
     grouped, watched = watched_store(store, redis, max_batch)
+    counted = batches_counted()
     tasks = await queued_behind_first(grouped, watched, [f"q-{i}" for i in range(15)])
     assert watched.batches == [[1]]  # nothing else goes out while the first is in flight
     watched.release.set()
@@ -115,6 +124,8 @@ async def test_appends_waiting_for_an_insert_go_out_together_lowest_position_fir
         min(max_batch, 15 - start) for start in range(0, 15, max_batch)
     ]
     assert watched.most_at_once == 1
+    # The metric operators watch: one observation per insert, of its number of commits.
+    assert batches_counted() == (counted[0] + len(watched.batches), counted[1] + 16)
     assert sorted(r.position for r in results) == list(range(1, 17))
     assert [(c.position, c.is_gap) for c in await drain(store)] == [
         (p, False) for p in range(1, 17)

@@ -26,6 +26,8 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError, WriteError
 
+from taskflow.metrics import LOG_INSERT_BATCH
+
 # The most commits one `insert_many` carries (Settings.log_insert_batch). Batches reach it only
 # when that many appends of one process wait at once; it bounds one insert's size and time.
 DEFAULT_MAX_BATCH = 100
@@ -66,6 +68,7 @@ class GroupInsert:
                 ]
                 live = [(document, done) for _, _, document, done in batch if not done.done()]
                 if live:
+                    LOG_INSERT_BATCH.observe(len(live))
                     await self._send(live)
         finally:
             self._sender = None
