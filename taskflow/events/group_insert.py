@@ -3,8 +3,8 @@
 An insert that arrives while none is in flight goes out at once, alone; those that arrive
 while one is in flight wait for it and then go out together, as one `insert_many`, lowest
 position first. At low load nothing waits; under load a batch costs little more than one
-insert: on FerretDB with SQLite, 16 commits in one `insert_many` took 0.49 ms each against
-2.6 ms alone, and the driver's CPU per commit fell from about 1 ms to 0.12 ms
+insert: on FerretDB with SQLite, 16 commits in one `insert_many` took 0.3 ms each against
+1.8-2.1 ms alone, and the driver's CPU per commit fell from 0.7-0.8 ms to 0.08 ms
 (`python -m bench.ferretdb_probes batches`; docs/benchmarks.md, "Group commit"). SQLite
 also has a single writer and answers concurrent ones with backoff sleeps of up to 100 ms, so
 one batch in flight at a time is also what keeps the tail short there (the same file,
