@@ -91,7 +91,7 @@ class _CountedMongoViews(MongoTaskViews):
     """The MongoDB views, counting the passes that applied something."""
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        super().__init__(db)
+        super().__init__(db, leases=db[names.LEASES])  # where `_drive` takes the lease
         self.batches = 0
 
     async def apply(self, commits: Sequence[Commit], term: int) -> None:
@@ -134,7 +134,7 @@ class _SlowMongoViews(MongoTaskViews):
     pace_seconds = 0.05
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        super().__init__(db)
+        super().__init__(db, leases=db[names.LEASES])  # where `_drive` takes the lease
         self.busy = 0.0
 
     async def apply(self, commits: Sequence[Commit], term: int) -> None:

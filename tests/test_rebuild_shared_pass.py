@@ -147,6 +147,19 @@ async def test_a_lease_lost_in_the_middle_of_the_pass_is_handed_to_a_standby(
     assert latest["term"] == 3  # the pass's standby, after the newer term
 
 
+async def test_views_without_the_lease_collection_refuse_to_write_under_a_term(
+    store: MongoEventStore, db: AsyncDatabase[dict[str, Any]]
+) -> None:
+    """Views made for reading or verifying (no `leases`) cannot see a newer holder's term, so
+    they refuse a flush under one rather than guess where the leases are."""
+    commits = await _history(store)
+    views = MongoTaskViews(db)
+    with pytest.raises(RuntimeError, match="needs `leases`"):
+        await views.apply(commits, term=1)
+    assert await views.views.count_documents({}) == 0
+    assert await views.position() == 0
+
+
 async def _history(store: MongoEventStore) -> list[Commit]:
     """One task created and changed twice; its three commits."""
     owner, task_id = uuid.uuid4().hex, uuid.uuid4().hex

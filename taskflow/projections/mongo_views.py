@@ -78,11 +78,13 @@ class MongoTaskViews:
     ) -> None:
         """Views and checkpoint in `db`; `leases` is where the worker takes this projection's
         lease (the log's database, not `db`, in a deployment: `catalog.projections`), which a
-        flush checks for a newer term. Without it, `db`'s own."""
+        flush under a term checks for a newer one. Without it (reading, verifying, dropping a
+        version, term 0) such a flush is refused: a guessed collection would miss a newer
+        holder, and two holders would write the views at once."""
         self.name = f"{NAME}_v{version}"
         self.views: AsyncCollection[dict[str, Any]] = db[names.task_views_collection(version)]
         self._checkpoints = db[names.CHECKPOINTS]
-        self._leases = leases if leases is not None else db[names.LEASES]
+        self._leases = leases
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
         self._staged: dict[str, TaskState] = {}  # folded, not yet written
         self._new: set[str] = set()  # staged views never read from or written to the collection
@@ -139,8 +141,11 @@ class MongoTaskViews:
         """Write the staged views, then the checkpoint; nothing if nothing was staged."""
         if not self._staged_to:
             return
-        if term and await self._leases.find_one({"_id": f"{self.name}:{term + 1}"}):
-            raise LeaseLostError(self.name)
+        if term:
+            if self._leases is None:
+                raise RuntimeError(f"{self.name}: a flush under lease term {term} needs `leases`")
+            if await self._leases.find_one({"_id": f"{self.name}:{term + 1}"}):
+                raise LeaseLostError(self.name)
         new = [_document(v) for t, v in self._staged.items() if t in self._new]
         known = [_document(v) for t, v in self._staged.items() if t not in self._new]
         await insert_new(self.views, new)
