@@ -92,9 +92,7 @@ async def _write(col: Collection, writer: int, until: float, latencies: list[flo
 async def batches(uri: str, count: int) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
     name = f"probe_{uuid.uuid4().hex[:8]}"
-    db = client[name]
-    await db.drop_collection("commits")
-    col = db.get_collection("commits", write_concern=WriteConcern("majority", j=True))
+    col = client[name].get_collection("commits", write_concern=WriteConcern("majority", j=True))
     await col.create_index("position", unique=True)
     await col.create_index([("stream_id", 1), ("first_version", 1)], unique=True)
     await col.create_index("idempotency", unique=True)

@@ -24,6 +24,7 @@ from taskflow.events.store import ConcurrencyError
 from tests.conftest import TEST_HMAC_KEY
 from tests.sample_events import NoteWritten
 from tests.test_event_store import drain, meta
+from tests.test_projector_processes import until
 
 Document = dict[str, Any]
 
@@ -82,12 +83,13 @@ def batches_counted() -> tuple[float, float]:
 async def drained_to(store: MongoEventStore, position: int) -> list[Commit]:
     """The log read in order up to `position`, once readers have sealed the holes before it
     (each after the gap timeout: a few tenths of a second apiece)."""
-    for _ in range(50):
+
+    async def reached() -> bool:
         log = await drain(store)
-        if log and log[-1].position >= position:
-            return log
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the log did not reach position {position}: {log}")
+        return bool(log) and log[-1].position >= position
+
+    await until(reached, 5, f"the log to reach position {position}")
+    return await drain(store)
 
 
 async def queued_behind_first(

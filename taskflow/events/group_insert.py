@@ -92,9 +92,7 @@ class GroupInsert:
                 if not done.done():
                     done.set_exception(exc)
         else:
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+            _settle(batch, {})  # no error reported: every commit is stored
 
 
 def _settle(batch: list[tuple[Document, asyncio.Future[None]]], details: Mapping[str, Any]) -> None:
