@@ -44,6 +44,11 @@ def read_model_prefix(version: int) -> str:
     return f"{PREFIX}rm:{version}:"
 
 
+# Insert-only record of every switch of reads to a new read-model version (the views database):
+# the durable source of the active version when Redis lost `READ_MODEL_ACTIVE`.
+READ_MODEL_SWITCHES = "read_model_switches"
+
+
 # MongoDB read-model collections, also versioned by suffix.
 def task_views_collection(version: int) -> str:
     return f"task_views_v{version}"
@@ -56,6 +61,10 @@ REFRESH_FAMILIES_REVOKED = "refresh_families_revoked"
 
 # Every denied jti, scored by its token's expiry: what each API process copies (auth/denylist.py).
 DENIED_JTI_INDEX = f"{PREFIX}auth:denied"
+# Present while Redis holds every denied token recorded in MongoDB (gone when Redis loses data).
+DENY_LIST_COMPLETE = f"{PREFIX}auth:deny-complete"
+# MongoDB: the durable record of logged-out access tokens, `{_id: jti, expires_at}`.
+DENIED_TOKENS = "denied_tokens"
 
 
 def denied_jti_key(jti: str) -> str:

@@ -55,7 +55,7 @@ async def audit_verify(settings: Settings) -> int:
         with _bar(head, "hash chains") as bar:
             broken = await services.store.verify_all(lambda position: _tick(bar))
         mismatches = []
-        for version in sorted(await read_model_versions(services.redis)):
+        for version in sorted(await read_model_versions(services)):
             mismatches += await verify_read_models(services, version)
     for link in broken:
         print(
@@ -92,7 +92,7 @@ async def projections_status(settings: Settings) -> int:
     async with open_services(settings) as services:
         head = await services.store.head_position()
         rows = [("projection", "position", "head", "lag", "lease holder", "lease expires")]
-        for version in sorted(await read_model_versions(services.redis)):
+        for version in sorted(await read_model_versions(services)):
             for projection in projections(services, version):
                 position = await projection.position()
                 lease = await _latest_lease(services, projection.name)

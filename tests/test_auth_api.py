@@ -519,11 +519,11 @@ async def test_guarded_reads_survive_redis_forgetting_their_scripts(
 
 
 async def test_the_process_that_logs_a_token_out_refuses_it_from_its_copy_at_once(
-    redis: Redis,
+    redis: Redis, db: AsyncDatabase[dict[str, Any]]
 ) -> None:
     """Were Redis lost right after a logout, the process that recorded it still refuses the
     token: its own copy of the deny list holds it before the next refresh."""
-    deny_list = DenyList(redis, stale_limit=300)
+    deny_list = DenyList(redis, db[names.DENIED_TOKENS], stale_limit=300)
     now = datetime.now(UTC)
     await deny_list.refresh(now)  # a copy that predates the logout
     await deny_list.deny("jti-1", now + timedelta(minutes=5), now)

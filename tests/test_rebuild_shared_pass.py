@@ -27,6 +27,7 @@ from taskflow.projections.catalog import catch_up, projections
 from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.rebuild import rebuild
+from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.verify import verify_read_models
 from taskflow.settings import Settings
 from tests.workload import write_workload
@@ -147,17 +148,43 @@ async def test_a_lease_lost_in_the_middle_of_the_pass_is_handed_to_a_standby(
     assert latest["term"] == 3  # the pass's standby, after the newer term
 
 
-async def test_views_without_the_lease_collection_refuse_to_write_under_a_term(
+async def test_a_superseded_holder_paused_before_its_write_is_refused_by_the_server(
     store: MongoEventStore, db: AsyncDatabase[dict[str, Any]]
 ) -> None:
-    """Views made for reading or verifying (no `leases`) cannot see a newer holder's term, so
-    they refuse a flush under one rather than guess where the leases are."""
+    """Term 1 folds its batch (its lease check long passed), term 2 takes over and moves the
+    view on; when term 1's write finally reaches the server, the server refuses it whole: no
+    view moves back, the checkpoint stays where term 2 left it, nothing else is written."""
     commits = await _history(store)
-    views = MongoTaskViews(db)
-    with pytest.raises(RuntimeError, match="needs `leases`"):
-        await views.apply(commits, term=1)
-    assert await views.views.count_documents({}) == 0
-    assert await views.position() == 0
+    paused = MongoTaskViews(db)  # no `leases`: nothing but the server can stop it
+    await paused.fence(1)
+    await paused.stage(commits[:2])  # ... then the process is paused (SIGSTOP) before flushing
+
+    successor = MongoTaskViews(db)
+    await successor.fence(2)  # closes term 1's ledger
+    await successor.apply(commits, term=2)
+    before = await _the_view(successor)
+    assert before["version"] == 3
+
+    with pytest.raises(LeaseLostError):
+        await paused.flush(term=1)
+
+    after = await _the_view(successor)
+    assert (after["version"], after["title"]) == (3, "three")
+    assert await successor.position() == commits[-1].position
+    assert await successor.views.count_documents({"owner_id": {"$exists": True}}) == 1
+    # Term 2 still writes; a term 1 that never wrote before the takeover is refused as well.
+    await successor.apply(commits, term=2)
+    late = MongoTaskViews(db)
+    await late.stage(commits[:1])
+    with pytest.raises(LeaseLostError):
+        await late.flush(term=1)
+
+
+async def _the_view(views: MongoTaskViews) -> dict[str, Any]:
+    """The one task view of the collection (not its term ledgers or its checkpoint)."""
+    stored = await views.views.find_one({"owner_id": {"$exists": True}})
+    assert stored is not None
+    return stored
 
 
 async def _history(store: MongoEventStore) -> list[Commit]:
@@ -182,14 +209,14 @@ async def test_a_replayed_creation_never_moves_a_newer_mongodb_view_back(
 
     replaying = MongoTaskViews(db)  # a new holder, resuming from an older checkpoint
     await replaying.apply(commits[:1], term=0)
-    stored = await replaying.views.find_one({})
-    assert stored is not None
+    stored = await _the_view(replaying)
     assert (stored["version"], stored["title"]) == (3, "three")
 
-    await replaying.views.replace_one({}, {**stored, "version": 1, "title": "one"})
+    await replaying.views.replace_one(
+        {"_id": stored["_id"]}, {**stored, "version": 1, "title": "one"}
+    )
     await MongoTaskViews(db).apply(commits[:2], term=0)
-    stored = await replaying.views.find_one({})
-    assert stored is not None
+    stored = await _the_view(replaying)
     assert (stored["version"], stored["title"]) == (2, "two")
 
 
@@ -207,7 +234,6 @@ async def test_staged_batches_write_each_view_once_with_the_checkpoint_of_the_la
 
     await views.flush(term=0)
 
-    stored = await views.views.find_one({})
-    assert stored is not None
+    stored = await _the_view(views)
     assert stored["version"] == 3
     assert await views.position() == commits[-1].position

@@ -134,8 +134,8 @@ async def test_every_query_gives_the_same_pages_from_redis_and_from_mongodb(
             for limit in (3, 100):
                 assert await walk(live, owner, raw, limit) == want, (raw, limit)
                 assert await walk(fallback, owner, raw, limit) == want, (raw, limit)
-        assert (await live.stats(owner, NOW)) == (await fallback.stats(owner, NOW))
-        stats = await live.stats(owner, NOW)
+        assert (await live.stats(owner, NOW)).value == (await fallback.stats(owner, NOW)).value
+        stats = (await live.stats(owner, NOW)).value
         assert stats.by_status == {"todo": 8, "in_progress": 1, "done": 2}
         assert stats.overdue == 1
         one = views[0]
@@ -150,7 +150,11 @@ class OpenGuard:
     """A ReadGuard whose key is never set: the read always goes on (with or without Redis)."""
 
     key: str = "test:guard:never-set"
+    complete_key: str = "test:guard:complete"  # set by the test: the guard's list is complete
     timeout: float = 2.0
+
+    async def check_durably(self) -> None:
+        return None
 
     def redis_answering(self) -> bool:
         return True
@@ -174,6 +178,7 @@ async def test_a_rendered_page_is_the_same_cached_uncached_and_from_mongodb(
     live = TaskReads(services.redis, services.read_db)
     dead_redis = redis_client(f"redis://127.0.0.1:{closed_port()}/0", timeout=0.2)
     fallback = TaskReads(dead_redis, services.read_db)
+    await services.redis.set(OpenGuard.complete_key, 1)
     try:
         for raw in QUERIES:
             query = TaskQuery.model_validate({**raw, "limit": 3})
@@ -181,8 +186,9 @@ async def test_a_rendered_page_is_the_same_cached_uncached_and_from_mongodb(
             miss = await live.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
             hit = await live.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
             from_mongo = await fallback.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
-            assert miss == hit == from_mongo, raw
-            page = orjson.loads(hit)
+            assert miss.value == hit.value == from_mongo.value, raw
+            assert (miss.stale, hit.stale, from_mongo.stale) == (False, False, True)
+            page = orjson.loads(hit.value)
             assert [item["id"] for item in page["items"]] == [v.task_id for v in listed.items]
             assert page["next"] == listed.next_cursor
             assert await live.list_tasks(owner, query, NOW) == listed

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from taskflow import names
 from taskflow.api import (
     command_problems,  # noqa: F401 - registers the problem mappers
     health,
@@ -77,9 +78,16 @@ def setup_routes(app: web.Application) -> None:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     async with open_services(app[SETTINGS], operation_deadline=True) as services:
         app[SERVICES] = services
-        app[TASK_READS] = TaskReads(services.redis, services.read_db)
+        app[TASK_READS] = TaskReads(
+            services.redis,
+            services.read_db,
+            wait_seconds=services.settings.read_your_writes_timeout_seconds,
+            head=services.store.head_position,
+        )
         app[DENY_LIST] = DenyList(
-            services.redis, stale_limit=services.settings.auth_deny_copy_max_age_seconds
+            services.redis,
+            services.db[names.DENIED_TOKENS],
+            stale_limit=services.settings.auth_deny_copy_max_age_seconds,
         )
         app[RATE_LIMITS] = (
             RateLimits.create(services.settings, services.redis)

@@ -17,6 +17,8 @@ from taskflow.api.principal import GuardedCaller, guarded_caller, require_user
 from taskflow.api.problems import Problem
 from taskflow.api.task_schemas import task_out_json
 from taskflow.api.task_writes import valid_task_id
+from taskflow.commands.aggregates import TASK
+from taskflow.commands.runner import load
 from taskflow.projections.task_queries import (
     CursorError,
     PageRenderer,
@@ -41,12 +43,17 @@ async def get_task(request: web.Request) -> web.Response:
         return await get_task_as_of(request, user, valid_task_id(request.match_info["task_id"]))
     caller = await _caller(request)
     task_id = valid_task_id(request.match_info["task_id"])
-    headers = await _read_your_writes(request)
-    view = await _reads(request).get_json(caller.user_id, task_id, caller.guard)
+    position = _position(request)
+    served = await _reads(request).get_json(caller.user_id, task_id, caller.guard, position)
+    view, stale = served.value, served.stale
+    if stale and position is not None:
+        # The caller wrote at `position` and the read models are behind it (the projector lags,
+        # or Redis lost its data): the task's own stream answers instead, never a bare 404.
+        view, stale = await _from_the_log(request, caller.user_id, task_id), False
     if view is None:
         raise Problem(404, "task-not-found", "Task not found", f"task {task_id!r} does not exist")
     etag = f'"{view["version"]}"'
-    headers.update({"ETag": etag, "Cache-Control": "private, no-cache"})
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", **_stale(stale)}
     if etag in _etags(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
     return json_response(task_out_json(view), headers=headers)
@@ -55,15 +62,14 @@ async def get_task(request: web.Request) -> web.Response:
 async def list_tasks(request: web.Request) -> web.Response:
     caller = await _caller(request)
     query = _query(request)
-    headers = await _read_your_writes(request)
     try:
-        body = await _reads(request).list_rendered(
-            caller.user_id, query, datetime.now(UTC), caller.guard, LIST_PAGE
+        served = await _reads(request).list_rendered(
+            caller.user_id, query, datetime.now(UTC), caller.guard, LIST_PAGE, _position(request)
         )
     except CursorError as exc:
         raise Problem(400, "invalid-cursor", "Invalid cursor", str(exc)) from None
-    headers["Cache-Control"] = "private, no-cache"
-    return json_body_response(body, headers=headers)
+    headers = {"Cache-Control": "private, no-cache", **_stale(served.stale)}
+    return json_body_response(served.value, headers=headers)
 
 
 def _render_page(page: ViewJson) -> bytes:
@@ -89,9 +95,9 @@ async def _caller(request: web.Request) -> GuardedCaller:
 
 async def task_stats(request: web.Request) -> web.Response:
     user = await require_user(request)
-    headers = await _read_your_writes(request)
-    stats = await _reads(request).stats(user.user_id, datetime.now(UTC))
-    headers["Cache-Control"] = "private, no-cache"
+    served = await _reads(request).stats(user.user_id, datetime.now(UTC), _position(request))
+    stats = served.value
+    headers = {"Cache-Control": "private, no-cache", **_stale(served.stale)}
     return json_response({"by_status": stats.by_status, "overdue": stats.overdue}, headers=headers)
 
 
@@ -100,18 +106,28 @@ def _query(request: web.Request) -> TaskQuery:
     return query_model(request, TaskQuery, lists=_LIST_PARAMS, renamed={"next": "cursor"})
 
 
-async def _read_your_writes(request: web.Request) -> dict[str, str]:
-    """Wait (bounded) for the position a client's earlier write returned; say if we could not."""
+def _position(request: web.Request) -> int | None:
+    """The position a client's earlier write returned, for read-your-writes (README)."""
     raw = request.headers.get(POSITION_HEADER)
     if raw is None:
-        return {}
+        return None
     if not _POSITION.match(raw):  # ASCII digits only: str.isdigit() also accepts "²"
         raise Problem(
             400, "invalid-position", "Invalid position", f"{POSITION_HEADER} must be a number."
         )
-    settings = request.app[keys.SETTINGS]
-    reached = await _reads(request).wait_for(int(raw), settings.read_your_writes_timeout_seconds)
-    return {} if reached else {STALE_HEADER: "true"}
+    return int(raw)
+
+
+def _stale(stale: bool) -> dict[str, str]:
+    return {STALE_HEADER: "true"} if stale else {}
+
+
+async def _from_the_log(request: web.Request, owner: str, task_id: str) -> ViewJson | None:
+    """The task as its stream holds it now (the command side's cached state, else the log)."""
+    state, _ = await load(request.app[keys.SERVICES].store, TASK, TASK.stream_id(task_id))
+    if state is None or state.owner_id != owner or state.deleted:
+        return None
+    return state.model_dump(mode="json")
 
 
 def _etags(header: str) -> set[str]:

@@ -1,14 +1,24 @@
-"""The deny list of logged-out access tokens: Redis is its authority, each API process a mirror.
+"""The deny list of logged-out access tokens: MongoDB its record, Redis the copy every check reads.
 
-Every check asks Redis (`EXISTS`), so a logout takes effect at once everywhere. Each API process
-also copies the whole list (an index sorted by expiry) about once a second. When Redis cannot
-answer, the check uses that copy, so authenticated reads keep being served from MongoDB during
-a Redis outage (DESIGN.md §6) while nothing that needs Redis works: logins, refreshes, logouts
-and writes fail with 503. A copy is trusted only for `stale_limit` seconds after its last
-refresh; a process that never had one, or whose copy is older, fails closed (503). A logout
-made during an outage cannot be recorded anyway (it answers 503), so the copy misses at most
-the logouts of its last refresh interval, or those another process recorded while this one
-could not reach Redis: the documented price of serving reads (docs/operations.md).
+A logout is recorded in MongoDB first (`denied_tokens`, insert-only, one document per token id
+with the token's expiry), then copied to Redis (`tf:auth:deny:<jti>` with a TTL, and an index
+sorted by expiry). Every check asks Redis (`EXISTS`), so a logout takes effect at once
+everywhere. Redis can lose its data (a restart without persistence, a flush); a logout must not
+come undone then. So Redis's copy is trusted only while `tf:auth:deny:complete` exists: the key
+is set by whoever (re)loads the copy from MongoDB, and vanishes with everything else when Redis
+loses its data. While it is missing, a check reads MongoDB's record of that token (one `_id`
+lookup in a small collection), and every API process's background loop reloads the copy (about
+a second after the loss; docs/operations.md).
+
+Each API process also keeps the whole list in memory, copied about once a second from Redis when
+the copy there is complete, else from MongoDB. When Redis cannot answer at all, checks use this
+copy, so authenticated reads keep being served from MongoDB during a Redis outage while nothing
+that needs Redis works: logins, refreshes, logouts and writes fail with 503. A copy is trusted
+only for `stale_limit` seconds after its last refresh; a process that never had one, or whose
+copy is older, fails closed (503). A logout made during an outage cannot be recorded anyway (it
+answers 503), so the copy misses at most the logouts of its last refresh interval, or those
+another process recorded while this one could not reach Redis: the documented price of serving
+reads (docs/operations.md).
 
 A read can carry the check in its own Redis round trip (`DenyGuard`, taskflow.projections.
 task_queries.ReadGuard): the same `EXISTS`, answered by Redis in the same script as the read,
@@ -25,9 +35,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from taskflow import names
@@ -39,6 +53,19 @@ log = structlog.get_logger(__name__)
 CHECK_TIMEOUT_SECONDS = 2.0
 # After Redis failed, checks go straight to the copy for this long instead of waiting on Redis.
 RETRY_AFTER_FAILURE_SECONDS = 1.0
+# Expired records are deleted from MongoDB about this often (by every API process: harmless).
+PRUNE_EVERY_SECONDS = 60.0
+# Tokens written to Redis per pipeline when the copy is reloaded from MongoDB.
+RELOAD_CHUNK = 500
+
+Document = dict[str, Any]
+# One round trip: 1 denied, 0 not denied, -1 Redis's copy is not known complete.
+_CHECK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+return -1
+"""
+_UNCHECKED = -1
 
 
 class AuthUnavailableError(Exception):
@@ -51,41 +78,63 @@ class DenyList:
     def __init__(
         self,
         redis: Redis,
+        record: AsyncCollection[Document],
         *,
         stale_limit: float,
         refresh_every: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
+        self._record = record
         self._stale_limit = stale_limit
         self._refresh_every = refresh_every
         self._clock = clock
         self._copy: frozenset[str] = frozenset()
         self._copied_at: float | None = None  # never copied: no copy to fall back on
         self._redis_down_until = 0.0
+        self._pruned_at = -math.inf
+        self._check: AsyncScript = redis.register_script(_CHECK)
 
     async def deny(self, jti: str, expires_at: datetime, now: datetime) -> None:
-        """Refuse the token `jti` from now until it expires by itself."""
+        """Refuse the token `jti` from now until it expires by itself: MongoDB, then Redis."""
         remaining = math.ceil((expires_at - now).total_seconds())
         if remaining <= 0:
             return  # already refused by its own expiry
+        try:
+            with contextlib.suppress(DuplicateKeyError):  # a second logout of the same token
+                await self._record.insert_one({"_id": jti, "expires_at": expires_at})
+        except PyMongoError as exc:
+            raise AuthUnavailableError("the deny list cannot be recorded") from exc
         async with _guard(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(names.denied_jti_key(jti), b"1", ex=remaining)
-            pipe.zadd(names.DENIED_JTI_INDEX, {jti: expires_at.timestamp()})
+            _copy_to(pipe, jti, expires_at, remaining)
             await pipe.execute()
         # This process's copy holds it at once: were Redis lost before the next refresh, the
         # process that logged the token out would otherwise accept it (seen in the outage test).
         self._copy = self._copy | {jti}
 
     async def is_denied(self, jti: str) -> bool:
-        """Whether `jti` was logged out: Redis, else a recent copy, else AuthUnavailableError."""
+        """Whether `jti` was logged out: Redis (or MongoDB while Redis's copy is incomplete),
+        else a recent in-process copy, else AuthUnavailableError."""
         if not self.redis_answering():
             return self.denied_by_copy(jti)
         try:
             async with _guard():
-                return bool(await self._redis.exists(names.denied_jti_key(jti)))
+                answer = await self._check(
+                    keys=[names.denied_jti_key(jti), names.DENY_LIST_COMPLETE]
+                )
         except AuthUnavailableError:
             return self.denied_by_copy(jti, redis_failed=True)
+        if answer == _UNCHECKED:
+            return await self.denied_in_record(jti)
+        return bool(answer)
+
+    async def denied_in_record(self, jti: str) -> bool:
+        """Whether MongoDB's record holds `jti` (for the moments Redis's copy is incomplete)."""
+        try:
+            doc = await self._record.find_one({"_id": jti})
+        except PyMongoError as exc:
+            raise AuthUnavailableError("the deny list cannot answer") from exc
+        return doc is not None
 
     def guard(self, jti: str) -> DenyGuard:
         """The check of `jti`, for a read to make in its own Redis round trip."""
@@ -109,14 +158,44 @@ class DenyList:
         return jti in self._copy
 
     async def refresh(self, now: datetime) -> None:
-        """Copy the list from Redis (and prune what has expired); raises if Redis cannot."""
+        """Copy the list from Redis (and prune what has expired), or, when Redis's copy is not
+        complete (it lost its data), reload both from MongoDB; raises if neither answers."""
         cutoff = now.timestamp()
         async with _guard(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(names.DENY_LIST_COMPLETE)
             pipe.zremrangebyscore(names.DENIED_JTI_INDEX, "-inf", cutoff)
             pipe.zrangebyscore(names.DENIED_JTI_INDEX, cutoff, "+inf")
-            _, members = await pipe.execute()
-        self._copy = frozenset(m.decode() if isinstance(m, bytes) else m for m in members)
+            complete, _, members = await pipe.execute()
+        if complete:
+            self._copy = frozenset(m.decode() if isinstance(m, bytes) else m for m in members)
+        else:
+            self._copy = await self.reload(now)
         self._copied_at = self._clock()
+        if self._clock() - self._pruned_at >= PRUNE_EVERY_SECONDS:
+            self._pruned_at = self._clock()
+            with contextlib.suppress(PyMongoError):
+                await self._record.delete_many({"expires_at": {"$lt": now}})
+
+    async def reload(self, now: datetime) -> frozenset[str]:
+        """Copy MongoDB's record of unexpired tokens into Redis, then mark the copy complete.
+
+        Marked only after every token is in Redis: a check meanwhile reads MongoDB. Any number
+        of processes may reload at once; each writes the same keys.
+        """
+        try:
+            records = await self._record.find({"expires_at": {"$gt": now}}).to_list()
+        except PyMongoError as exc:
+            raise AuthUnavailableError("the deny list's record cannot be read") from exc
+        for start in range(0, len(records), RELOAD_CHUNK):
+            async with _guard(), self._redis.pipeline(transaction=False) as pipe:
+                for doc in records[start : start + RELOAD_CHUNK]:
+                    remaining = math.ceil((doc["expires_at"] - now).total_seconds())
+                    _copy_to(pipe, doc["_id"], doc["expires_at"], max(remaining, 1))
+                await pipe.execute()
+        async with _guard():
+            await self._redis.set(names.DENY_LIST_COMPLETE, 1)
+        log.info("deny_list_reloaded", tokens=len(records))
+        return frozenset(str(doc["_id"]) for doc in records)
 
     async def keep_copy(self, now: Callable[[], datetime]) -> None:
         """Refresh the copy forever (a background task of the API process)."""
@@ -131,6 +210,11 @@ class DenyList:
     def _copy_usable(self) -> bool:
         age = self._copy_age()
         return age is not None and age <= self._stale_limit
+
+
+def _copy_to(pipe: Any, jti: str, expires_at: datetime, seconds: int) -> None:
+    pipe.set(names.denied_jti_key(jti), b"1", ex=seconds)
+    pipe.zadd(names.DENIED_JTI_INDEX, {jti: expires_at.timestamp()})
 
 
 @dataclass(frozen=True)
@@ -149,6 +233,15 @@ class DenyGuard:
     @property
     def key(self) -> str:
         return names.denied_jti_key(self.jti)
+
+    @property
+    def complete_key(self) -> str:
+        return names.DENY_LIST_COMPLETE
+
+    async def check_durably(self) -> None:
+        """Refuse a logged-out token by MongoDB's record (Redis's copy is being reloaded)."""
+        if await self.deny_list.denied_in_record(self.jti):
+            raise self.refused()
 
     def redis_answering(self) -> bool:
         return self.deny_list.redis_answering()

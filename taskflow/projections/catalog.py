@@ -9,7 +9,8 @@ from taskflow.bootstrap import Services
 from taskflow.events.store import EventStore
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_views import RedisTaskViews
-from taskflow.projections.runtime import Projection, run_until_caught_up
+from taskflow.projections.runtime import Projection, one_pass
+from taskflow.projections.views import log_history
 from taskflow.settings import READ_MODELS, ReadModel
 
 
@@ -18,20 +19,25 @@ def projections(
 ) -> list[Projection]:
     """The projections of `read_models`: the Redis views serve reads, MongoDB views back them."""
     made: list[Projection] = []
+    history = log_history(services.store)  # repairs a view found behind the log
     if "redis" in read_models:
-        made.append(RedisTaskViews(services.redis, version))
+        made.append(RedisTaskViews(services.redis, version, history=history))
     if "mongodb" in read_models:
         # The views live in a database of their own; their lease, as every lease, in the log's.
-        made.append(MongoTaskViews(services.views_db, version, leases=services.db[names.LEASES]))
+        leases = services.db[names.LEASES]
+        made.append(MongoTaskViews(services.views_db, version, leases=leases, history=history))
     return made
 
 
 async def catch_up(store: EventStore, targets: list[Projection]) -> int:
-    """Bring every projection up to the log's settled head now (tests, one-shot runs).
+    """Bring every projection up to the log's settled head now (tests, one-shot runs), without
+    a lease (term 0), and mark each caught up. The number of positions applied.
 
     Indexes are the start-up's job (`bootstrap.ensure_indexes`), not repeated here.
     """
     total = 0
     for projection in targets:
-        total += await run_until_caught_up(store, projection)
+        result = await one_pass(store, projection)
+        await projection.caught_up(result.position, 0)
+        total += result.applied
     return total

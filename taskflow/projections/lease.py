@@ -2,7 +2,9 @@
 
 Each term of a lease is its own document `{_id: "<name>:<term>"}`. Taking the lease over is an
 insert of the next term under the unique `_id`, so of any number of racing standbys exactly one
-wins (DESIGN.md §3). Renewal updates only the holder's own term document (one writer).
+wins (docs/concurrency.md). Renewal updates only the holder's own term document (one writer).
+A lease only says who *should* write: a holder paused past its expiry does not know it was
+superseded, so each read model also fences its writes by the term (`Projection.fence`).
 """
 
 from __future__ import annotations
@@ -33,13 +35,18 @@ class Lease:
         self._ttl = timedelta(seconds=ttl)
         self._clock = clock
         self.term: int | None = None
+        # When the live term another process holds expires, as last read (a standby sleeps
+        # until then instead of polling, so it takes over as soon as the lease lapses).
+        self.held_until: datetime | None = None
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds a live term; True when this process now holds it."""
         latest = await self.latest()
         now = self._clock()
         if latest is not None and latest["expires_at"] > now:
+            self.held_until = latest["expires_at"]
             return False
+        self.held_until = None
         term = 1 if latest is None else int(latest["term"]) + 1
         try:
             await self._leases.insert_one(
@@ -53,9 +60,15 @@ class Lease:
                 }
             )
         except DuplicateKeyError:
-            return False
+            return False  # another standby took this term first
         self.term = term
         return True
+
+    def seconds_until_lapse(self) -> float | None:
+        """How long until the live term another process holds expires, if one was seen."""
+        if self.held_until is None:
+            return None
+        return max((self.held_until - self._clock()).total_seconds(), 0.0)
 
     async def renew(self) -> bool:
         """Extend the lease; False (and no longer held) if a newer term exists."""

@@ -1,16 +1,16 @@
 """The MongoDB task read model: one document per task, indexed for the API's queries.
 
 It serves reads when Redis cannot, and is the queryable model on a real MongoDB deployment.
-Only the lease holder writes it (DESIGN.md §5), so plain replaces by `_id` are safe here; the
-version check in `apply_commit`, and inserts that never replace a newer view
-(mongo_view_writes.py), make a replayed batch change nothing.
+Only the lease holder writes it, and the server refuses a superseded holder's writes: every
+write that could move a stored view or the checkpoint is fenced by the writer's term
+(mongo_view_writes.py, docs/concurrency.md). The version check in `apply_commit`, and inserts
+that never replace a newer view, make a replayed batch change nothing.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -20,9 +20,21 @@ from pymongo.asynchronous.database import AsyncDatabase
 from taskflow import names
 from taskflow.commands.task import TaskState
 from taskflow.events.records import Commit
-from taskflow.projections.mongo_view_writes import insert_new, replace_known
+from taskflow.projections.mongo_view_writes import (
+    close_terms_before,
+    insert_new,
+    read_checkpoint,
+    replace,
+    write_fenced,
+)
 from taskflow.projections.runtime import LeaseLostError
-from taskflow.projections.views import apply_commit, view_document, view_from_document
+from taskflow.projections.views import (
+    TaskHistory,
+    apply_or_repair,
+    task_id_of,
+    view_document,
+    view_from_document,
+)
 
 NAME = "task_views_mongo"
 # The MongoDB views serve reads only while Redis cannot (task_queries.py), so they need not
@@ -75,16 +87,20 @@ class MongoTaskViews:
         version: int = 1,
         *,
         leases: AsyncCollection[dict[str, Any]] | None = None,
+        history: TaskHistory | None = None,
     ) -> None:
-        """Views and checkpoint in `db`; `leases` is where the worker takes this projection's
-        lease (the log's database, not `db`, in a deployment: `catalog.projections`), which a
-        flush under a term checks for a newer one. Without it (reading, verifying, dropping a
-        version, term 0) such a flush is refused: a guessed collection would miss a newer
-        holder, and two holders would write the views at once."""
+        """Views and checkpoint in `db`. `leases` is where the worker takes this projection's
+        lease (the log's database, not `db`, in a deployment: `catalog.projections`): a flush
+        looks there for a newer term first, to skip work it would be refused anyway (the fence
+        itself is the server's, mongo_view_writes.py). `history` repairs a view found behind
+        the log (views.apply_or_repair)."""
         self.name = f"{NAME}_v{version}"
         self.views: AsyncCollection[dict[str, Any]] = db[names.task_views_collection(version)]
-        self._checkpoints = db[names.CHECKPOINTS]
+        # Where checkpoints lived before they moved into the view collection (read once, as
+        # the starting point of a deployment that ran the older code).
+        self._legacy_checkpoints = db[names.CHECKPOINTS]
         self._leases = leases
+        self._history = history
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
         self._staged: dict[str, TaskState] = {}  # folded, not yet written
         self._new: set[str] = set()  # staged views never read from or written to the collection
@@ -95,13 +111,21 @@ class MongoTaskViews:
             await self.views.create_index(keys)
 
     async def position(self) -> int:
-        doc = await self._checkpoints.find_one({"_id": self.name})
-        return int(doc["position"]) if doc else 0
+        at = await read_checkpoint(self.views)
+        if at is not None:
+            return at
+        legacy = await self._legacy_checkpoints.find_one({"_id": self.name})
+        return int(legacy["position"]) if legacy else 0
 
     async def fence(self, term: int) -> None:
+        """Close every older term's ledger: from now on the server refuses their writes."""
         # Another holder may have moved the views on since we last held it.
         self._cache.clear()
         self.drop_staged()
+        await close_terms_before(self.views, term)
+
+    async def caught_up(self, position: int, term: int) -> None:
+        return None  # the checkpoint says how far the views are; reads compare it themselves
 
     def drop_staged(self) -> None:
         """Forget the views folded but not written (the next batch starts at the checkpoint)."""
@@ -127,34 +151,31 @@ class MongoTaskViews:
         task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
         await self._load(_to_look_up(task_commits, self._known))
         for commit in task_commits:
-            task_id = commit.stream_id.removeprefix("task-")
+            task_id = task_id_of(commit)
             before = self._known(task_id)
             if before is None and commit.first_version == 1:
                 self._new.add(task_id)
-            after = apply_commit(before, commit)
+            after = await apply_or_repair(before, commit, self._history)
             if after is not None and after is not before:
                 self._remember(after)
                 self._staged[task_id] = after
         self._staged_to = commits[-1].position
 
     async def flush(self, term: int) -> None:
-        """Write the staged views, then the checkpoint; nothing if nothing was staged."""
+        """Write the staged views, then the checkpoint, fenced by `term`; nothing if nothing
+        was staged. LeaseLostError when a newer holder has closed `term` (nothing was written
+        but inserts of views that did not exist, which cannot move a stored view back)."""
         if not self._staged_to:
             return
-        if term:
-            if self._leases is None:
-                raise RuntimeError(f"{self.name}: a flush under lease term {term} needs `leases`")
-            if await self._leases.find_one({"_id": f"{self.name}:{term + 1}"}):
-                raise LeaseLostError(self.name)
+        # Not the fence (a pause can come between this check and the write): a holder that
+        # already knows it was superseded just does not send writes the server would refuse.
+        next_term = {"_id": f"{self.name}:{term + 1}"}
+        if term and self._leases is not None and await self._leases.find_one(next_term):
+            raise LeaseLostError(self.name)
         new = [_document(v) for t, v in self._staged.items() if t in self._new]
-        known = [_document(v) for t, v in self._staged.items() if t not in self._new]
-        await insert_new(self.views, new)
-        await replace_known(self.views, known)
-        await self._checkpoints.replace_one(
-            {"_id": self.name},
-            {"position": self._staged_to, "term": term, "at": datetime.now(UTC)},
-            upsert=True,
-        )
+        known = [replace(_document(v)) for t, v in self._staged.items() if t not in self._new]
+        refused = await insert_new(self.views, new)
+        await write_fenced(self.views, known + refused, term=term, checkpoint=self._staged_to)
         self._staged.clear()  # written: they stay in the cache
         self._new.clear()
         self._staged_to = 0
@@ -187,7 +208,7 @@ def _to_look_up(
     """
     first: dict[str, int] = {}
     for commit in task_commits:
-        first.setdefault(commit.stream_id.removeprefix("task-"), commit.first_version)
+        first.setdefault(task_id_of(commit), commit.first_version)
     return [task_id for task_id, version in first.items() if version > 1 and known(task_id) is None]
 
 

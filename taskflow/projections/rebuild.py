@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from taskflow import names
 from taskflow.bootstrap import Services
 from taskflow.projections.mongo_views import MongoTaskViews
+from taskflow.projections.read_model_versions import active_version, record_switch
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.shared_pass import SharedPass
 from taskflow.projections.verify import ViewMismatch, verify_against
@@ -51,7 +52,7 @@ async def rebuild(
 ) -> RebuildResult:
     """Rebuild the task read models into the next version and switch reads over to it."""
     redis = services.redis
-    active = int(await redis.get(names.READ_MODEL_ACTIVE) or 1)
+    active = await active_version(redis, services.views_db)
     building = int(await redis.get(names.READ_MODEL_NEXT) or 0) or active + 1
     holder = f"{socket.gethostname()}:{os.getpid()}:rebuild:{uuid.uuid4().hex[:8]}"
     shared = SharedPass(services, building, holder)
@@ -64,6 +65,8 @@ async def rebuild(
         mismatches = await verify_against(services, building, shared.folded)
         if mismatches:
             raise RebuildVerificationError(mismatches)
+        await shared.mark_caught_up()
+        await record_switch(services.views_db, building)  # durable first: Redis can lose it
         async with redis.pipeline(transaction=True) as pipe:
             pipe.set(names.READ_MODEL_ACTIVE, building)
             pipe.delete(names.READ_MODEL_NEXT)

@@ -26,6 +26,13 @@ class RedisViewKeys:
         return self.prefix + "fence"
 
     @property
+    def live(self) -> str:
+        """Present once the views have caught up with the log in this Redis dataset: reads
+        trust them only then. Redis losing its data (a restart without persistence, a flush)
+        takes it away with everything else, so an emptied model is never served as complete."""
+        return self.prefix + "live"
+
+    @property
     def owners(self) -> str:
         """Hash: task id → owner id (later events do not repeat the owner)."""
         return self.prefix + "owners"

@@ -1,9 +1,10 @@
 """The Redis task read model: per-owner task views, a search index, counts, overdue dates.
 
-This is the model hot reads are served from (DESIGN.md §6, §9): every read touches only the
-asking user's keys, so its cost does not grow with the log. Writes of one batch go in one
-MULTI/EXEC guarded by WATCH on the fence (and the checkpoint), so a process whose lease was taken
-over cannot write.
+This is the model hot reads are served from: every read touches only the asking user's keys, so
+its cost does not grow with the log. Writes of one batch go in one MULTI/EXEC guarded by WATCH on
+the fence (and the checkpoint), so a process whose lease was taken over cannot write. Reads use
+the views only while the `live` key says they caught up with the log (redis_keys.py), so a Redis
+that lost its data is rebuilt from the log before it answers again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from taskflow.commands.task import Status, TaskState
 from taskflow.events.records import Commit
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.runtime import LeaseLostError
-from taskflow.projections.views import apply_commit, search_terms
+from taskflow.projections.views import TaskHistory, apply_or_repair, search_terms, task_id_of
 from taskflow.text import as_text
 
 NAME = "task_views_redis"
@@ -33,6 +34,14 @@ class _Change:
     owner: str
     before: TaskState | None
     after: TaskState | None
+
+
+_RAISE_FENCE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
 
 
 class CheckpointMovedError(Exception):
@@ -51,9 +60,13 @@ class RedisTaskViews:
     pace_seconds = 0.0
     busy_share = 1.0
 
-    def __init__(self, redis: Redis, version: int = 1) -> None:
+    def __init__(
+        self, redis: Redis, version: int = 1, *, history: TaskHistory | None = None
+    ) -> None:
         self.name = f"{NAME}_v{version}"
         self._redis = redis
+        self._history = history
+        self._marked_live = False  # since this process last lost track of the checkpoint
         self.keys = RedisViewKeys(version)
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
         self._written_to = -1  # the checkpoint this process last wrote; -1: none or unknown
@@ -70,7 +83,30 @@ class RedisTaskViews:
 
     async def fence(self, term: int) -> None:
         self._forget()
-        await self._redis.set(self.keys.fence, term)
+        # Raised, never lowered: a holder paused between taking its term and fencing must not
+        # lower the fence under a newer holder.
+        await self._redis.eval(_RAISE_FENCE, 1, self.keys.fence, term)
+
+    async def caught_up(self, position: int, term: int) -> None:
+        """Mark the views live, unless Redis lost its data (or another holder wrote) since the
+        pass that reached `position` (the checkpoint is watched: then nothing is marked).
+        Once per stretch of this process's writes: a Redis that lost its data is noticed by the
+        next pass (the checkpoint is not where this process left it), which marks it again."""
+        if self._marked_live and position == self._written_to:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self.keys.fence, self.keys.checkpoint)
+                fence, at = await pipe.mget(self.keys.fence, self.keys.checkpoint)
+                if int(at or 0) != position or (fence is not None and int(fence) > term):
+                    return
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.set(self.keys.live, 1)
+                await pipe.execute()
+            except WatchError:
+                return  # the next pass tries again
+        self._marked_live = True
+        self._written_to = position
 
     async def apply(self, commits: Sequence[Commit], term: int) -> None:
         try:
@@ -99,6 +135,10 @@ class RedisTaskViews:
                         f"{self.name}: {int(at or 0)}, not {commits[0].position - 1}"
                     )
                 pipe.multi()  # type: ignore[no-untyped-call]
+                if term and (fence is None or int(fence) < term):
+                    # Redis lost the fence with its data: raised again in the same transaction
+                    # (watched, so a newer holder raising it first makes this one fail).
+                    pipe.set(self.keys.fence, term)
                 for task_id, change in changes.items():
                     self._write(pipe, task_id, change)
                 for owner in {change.owner for change in changes.values()}:
@@ -111,13 +151,13 @@ class RedisTaskViews:
     async def _fold(self, commits: Sequence[Commit]) -> dict[str, _Change]:
         """Each touched task's view before and after the batch."""
         task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
-        task_ids = list(dict.fromkeys(c.stream_id.removeprefix("task-") for c in task_commits))
+        task_ids = list(dict.fromkeys(task_id_of(c) for c in task_commits))
         changes = {t: _Change(v.owner_id, v, v) for t in task_ids if (v := self._cache.get(t))}
         changes.update(await self._read([t for t in task_ids if t not in changes]))
         for commit in task_commits:
-            task_id = commit.stream_id.removeprefix("task-")
+            task_id = task_id_of(commit)
             change = changes.get(task_id)
-            after = apply_commit(change.after if change else None, commit)
+            after = await apply_or_repair(change.after if change else None, commit, self._history)
             if change is None:
                 assert after is not None
                 change = changes[task_id] = _Change(after.owner_id, None, None)
@@ -150,6 +190,7 @@ class RedisTaskViews:
     def _forget(self) -> None:
         self._cache.clear()
         self._written_to = -1
+        self._marked_live = False
 
     def _write(self, pipe: Pipeline, task_id: str, change: _Change) -> None:
         after, before, owner = change.after, change.before, change.owner

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -62,6 +63,19 @@ class Projection(Protocol):
         """Store the effects of `commits` (gaps included) and advance the checkpoint past them."""
         ...
 
+    async def caught_up(self, position: int, term: int) -> None:
+        """A pass read the whole settled log and left the checkpoint at `position`."""
+        ...
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """How a pass ended: positions applied, the checkpoint it left, whether it read to the end."""
+
+    applied: int
+    position: int
+    exhausted: bool
+
 
 async def run_until_caught_up(
     store: EventStore,
@@ -71,19 +85,33 @@ async def run_until_caught_up(
     batch_size: int = DEFAULT_BATCH,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> int:
-    """Apply everything settled after the checkpoint; the number of positions applied.
+    """Apply everything settled after the checkpoint; the number of positions applied."""
+    result = await one_pass(
+        store, projection, term=term, batch_size=batch_size, keep_going=keep_going
+    )
+    return result.applied
 
-    Reads the log in one streamed pass (DESIGN.md §9) and applies it batch by batch; stops
-    between batches when `keep_going()` turns false (graceful shutdown, a lost lease).
-    """
+
+async def one_pass(
+    store: EventStore,
+    projection: Projection,
+    *,
+    term: int = 0,
+    batch_size: int = DEFAULT_BATCH,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> PassResult:
+    """Apply what is settled after the checkpoint, batch by batch, from one streamed read of
+    the log (a range query per batch would scan the log each time on FerretDB); stops between
+    batches when `keep_going()` turns false (graceful shutdown, a lost lease, a paced pass)."""
+    position = await projection.position()
     applied = 0
-    commits = store.read_all(await projection.position())
-    async for batch in batches(commits, batch_size):
+    async for batch in batches(store.read_all(position), batch_size):
         await apply_batch(projection, batch, term)
         applied += len(batch)
+        position = batch[-1].position
         if not keep_going():
-            break
-    return applied
+            return PassResult(applied, position, exhausted=False)
+    return PassResult(applied, position, exhausted=True)
 
 
 def correlation_ids(batch: Sequence[Commit]) -> list[str]:

@@ -116,6 +116,12 @@ class SharedPass:
         finally:
             await cancel_and_wait(renewer)  # not a lone cancel(): see taskflow/tasks.py
 
+    async def mark_caught_up(self) -> None:
+        """Tell each fed projection it reached the log (the Redis views are then served); a
+        projection a standby built is marked by that standby."""
+        for fed in list(self._fed):
+            await fed.projection.caught_up(fed.at, fed.term)
+
     async def release(self) -> None:
         """Give the leases up (standbys of other processes take over at once)."""
         self._standby_stopping.set()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import orjson
 import structlog
@@ -23,8 +23,8 @@ from taskflow import names
 from taskflow.commands.task import Priority, Status, Tag, TaskState
 from taskflow.events.task_values import UtcDatetime
 from taskflow.metrics import CACHE
-from taskflow.projections.mongo_views import NAME as MONGO_NAME
-from taskflow.projections.mongo_views import PRIORITY_RANK
+from taskflow.projections.mongo_views import PRIORITY_RANK, MongoTaskViews
+from taskflow.projections.read_model_versions import active_version
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.views import tokenize, view_from_document
 from taskflow.text import as_text
@@ -41,38 +41,51 @@ ACTIVE_VERSION_TTL = 1.0  # how long a process trusts its copy of the active rea
 ViewJson = dict[str, Any]
 """A task view in its stored JSON form (`TaskState.model_dump(mode="json")`), parsed only."""
 
-# The guarded reads: the guard's key is checked in the same script as the read, so both take
+# The guarded reads: the guard's keys are checked in the same script as the read, so both take
 # one round trip (on this API each Redis command costs about 150 us of CPU in redis-py, a pipeline
-# of two about 210 us, a script about the same as one command; docs/benchmarks.md). -1 means
-# the guard refused, nil (None) that there is nothing stored.
-_GUARDED_HGET = """
+# of two about 210 us, a script about the same as one command; docs/benchmarks.md). The script
+# answers REFUSED when the guard refuses, UNCHECKED when Redis's copy of the guard's list is not
+# known complete (Redis lost its data and it is being reloaded), NOT_LIVE when the Redis views
+# have not caught up with the log since Redis started, and nil (None) when nothing is stored.
+_GUARD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-return redis.call('HGET', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then return -3 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
 """
+_GUARDED_HGET = _GUARD + "return redis.call('HGET', KEYS[4], ARGV[1])\n"
 # The cached page's key holds the owner's generation, so the script reads the generation and
 # then the page it names: ARGV are the key's parts before and after the generation. (A key
 # built inside a script is not declared in KEYS; fine on one Redis, not on a Redis Cluster,
 # where none of a user's read-model keys share a hash slot anyway.)
-_GUARDED_PAGE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local generation = redis.call('GET', KEYS[2]) or '0'
+_GUARDED_PAGE = (
+    _GUARD
+    + """
+local generation = redis.call('GET', KEYS[4]) or '0'
 local page = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if page then return {generation, page} end
 return {generation}
 """
-_REFUSED = -1
+)
+_REFUSED, _NOT_LIVE, _UNCHECKED = -1, -2, -3
+# How often a read-your-writes wait looks at the checkpoint again.
+WAIT_STEP_SECONDS = 0.005
 
 
 class ReadGuard(Protocol):
     """A condition a read must pass, checked in the read's own Redis round trip.
 
     The API's guard is the caller's deny-list entry (taskflow.auth.denylist.DenyGuard): the
-    read is refused when `key` exists in Redis; when Redis cannot answer, `check_without_redis`
-    decides (it raises to refuse) before the read goes to MongoDB.
+    read is refused when `key` exists in Redis. Redis's copy of the list is complete only while
+    `complete_key` exists; otherwise `check_durably` decides from the list's durable record.
+    When Redis cannot answer, `check_without_redis` decides (it raises to refuse). Then the
+    read goes to MongoDB.
     """
 
     @property
     def key(self) -> str: ...
+
+    @property
+    def complete_key(self) -> str: ...
 
     @property
     def timeout(self) -> float: ...
@@ -80,6 +93,8 @@ class ReadGuard(Protocol):
     def redis_answering(self) -> bool: ...
 
     def check_without_redis(self, *, redis_failed: bool) -> None: ...
+
+    async def check_durably(self) -> None: ...
 
     def refused(self) -> Exception: ...
 
@@ -133,12 +148,48 @@ class TaskStats:
     overdue: int
 
 
-class TaskReads:
-    """The read side of tasks, for one owner at a time (ownership is part of every key/filter)."""
+Source = Literal["redis", "mongodb"]
 
-    def __init__(self, redis: Redis, read_db: AsyncDatabase[dict[str, Any]]) -> None:
+
+@dataclass(frozen=True)
+class Served(Generic[T]):
+    """A read's answer, and whether it may be behind what the caller asked to see.
+
+    `stale`: the read carried a position and no read model had reached it in time, or the
+    answer came from the MongoDB views (Redis cannot answer, or its views are being rebuilt
+    after Redis lost its data) and their checkpoint does not show they reached the position,
+    or no position was given to compare with (docs/operations.md, "Reads while Redis recovers").
+    """
+
+    value: T
+    stale: bool
+
+
+class _NotLiveError(Exception):
+    """The Redis views have not caught up with the log since Redis started: not to be served."""
+
+
+class TaskReads:
+    """The read side of tasks, for one owner at a time (ownership is part of every key/filter).
+
+    Reads are served from the Redis views while they are live (redis_keys.RedisViewKeys.live),
+    else from the MongoDB views. A read given a position (read-your-writes) first waits, up to
+    `wait_seconds`, until the model that serves it has applied that position; `head` is the
+    log's settled head, and a position beyond it is not waited for at all.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        read_db: AsyncDatabase[dict[str, Any]],
+        *,
+        wait_seconds: float = 2.0,
+        head: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
         self._redis = redis
         self._db = read_db
+        self._wait_seconds = wait_seconds
+        self._head = head
         self._active: tuple[float, int] = (0.0, 1)
         self._guarded_hget: AsyncScript = redis.register_script(_GUARDED_HGET)
         self._guarded_page: AsyncScript = redis.register_script(_GUARDED_PAGE)
@@ -146,17 +197,23 @@ class TaskReads:
     async def get(self, owner: str, task_id: str) -> TaskState | None:
         async def from_redis() -> TaskState | None:
             keys = await self._keys()
-            raw = await self._redis.hget(keys.tasks(owner), task_id)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(keys.live)
+                pipe.hget(keys.tasks(owner), task_id)
+                live, raw = await pipe.execute()
+            _require_live(live)
             return TaskState.model_validate_json(raw) if raw else None
 
         async def from_mongo() -> TaskState | None:
             doc = await self._views().find_one({"_id": task_id, "owner_id": owner})
             return view_from_document(doc) if doc else None
 
-        view = await self._either(from_redis, from_mongo)
+        view, _ = await self._either(from_redis, from_mongo)
         return None if view is None or view.deleted else view
 
-    async def get_json(self, owner: str, task_id: str, guard: ReadGuard) -> ViewJson | None:
+    async def get_json(
+        self, owner: str, task_id: str, guard: ReadGuard, position: int | None = None
+    ) -> Served[ViewJson | None]:
         """One live view in its stored JSON form, `guard` checked in the same round trip.
 
         The stored JSON is parsed, not validated: the projector wrote it from a `TaskState`.
@@ -164,44 +221,58 @@ class TaskReads:
 
         async def from_redis() -> ViewJson | None:
             keys = await self._keys()
-            raw = self._allowed(
-                guard, await self._guarded_hget(keys=[guard.key, keys.tasks(owner)], args=[task_id])
-            )
+            script_keys = [*_guard_keys(guard, keys), keys.tasks(owner)]
+            raw = self._allowed(guard, await self._guarded_hget(keys=script_keys, args=[task_id]))
             return orjson.loads(raw) if raw else None
 
         async def from_mongo() -> ViewJson | None:
             doc = await self._views().find_one({"_id": task_id, "owner_id": owner})
             return view_from_document(doc).model_dump(mode="json") if doc else None
 
-        view = await self._guarded_either(guard, from_redis, from_mongo)
-        return None if view is None or view["deleted"] else view
+        reached = await self.wait_for(position)
+        view, source = await self._guarded_either(guard, from_redis, from_mongo)
+        stale = await self._stale(source, position, reached)
+        return Served(None if view is None or view["deleted"] else view, stale)
 
     async def list_rendered(
-        self, owner: str, query: TaskQuery, now: datetime, guard: ReadGuard, renderer: PageRenderer
-    ) -> bytes:
+        self,
+        owner: str,
+        query: TaskQuery,
+        now: datetime,
+        guard: ReadGuard,
+        renderer: PageRenderer,
+        position: int | None = None,
+    ) -> Served[bytes]:
         """One page as `renderer` renders it, `guard` checked in the round trip that reads the
         page cache; a cache hit is returned as it is stored, without parsing it."""
 
         async def from_mongo() -> bytes:
             return renderer.render(_page_json(await _list_mongo(self._views(), owner, query, now)))
 
-        return await self._guarded_either(
+        reached = await self.wait_for(position)
+        body, source = await self._guarded_either(
             guard, lambda: self._list_redis_rendered(owner, query, now, guard, renderer), from_mongo
         )
+        return Served(body, await self._stale(source, position, reached))
 
     async def list_tasks(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
-        return await self._either(
+        page, _ = await self._either(
             lambda: self._list_redis(owner, query, now),
             lambda: _list_mongo(self._views(), owner, query, now),
         )
+        return page
 
-    async def stats(self, owner: str, now: datetime) -> TaskStats:
+    async def stats(
+        self, owner: str, now: datetime, position: int | None = None
+    ) -> Served[TaskStats]:
         async def from_redis() -> TaskStats:
             keys = await self._keys()
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(keys.live)
                 pipe.hgetall(keys.counts(owner))
                 pipe.zcount(keys.due(owner), "-inf", f"({now.timestamp()}")
-                counts, overdue = await pipe.execute()
+                live, counts, overdue = await pipe.execute()
+            _require_live(live)
             by_status = {s.value: int(counts.get(s.value.encode(), 0)) for s in Status}
             return TaskStats(by_status=by_status, overdue=int(overdue))
 
@@ -216,34 +287,52 @@ class TaskReads:
             )
             return TaskStats(by_status=by_status, overdue=overdue)
 
-        return await self._either(from_redis, from_mongo)
+        reached = await self.wait_for(position)
+        stats, source = await self._either(from_redis, from_mongo)
+        return Served(stats, await self._stale(source, position, reached))
 
     async def projected_position(self) -> int:
         """How far the read model that serves reads has applied the log."""
 
         async def from_redis() -> int:
-            raw = await self._redis.get((await self._keys()).checkpoint)
+            keys = await self._keys()
+            live, raw = await self._redis.mget([keys.live, keys.checkpoint])
+            _require_live(live)
             return int(raw) if raw else 0
 
-        async def from_mongo() -> int:
-            name = f"{MONGO_NAME}_v{self._active[1]}"
-            doc = await self._db[names.CHECKPOINTS].find_one({"_id": name})
-            return int(doc["position"]) if doc else 0
+        position, _ = await self._either(from_redis, self._mongo_position)
+        return position
 
-        return await self._either(from_redis, from_mongo)
-
-    async def wait_for(self, position: int, seconds: float) -> bool:
-        """Wait (bounded) until reads reflect `position`; False if the bound passed first."""
-        deadline = time.monotonic() + seconds
+    async def wait_for(self, position: int | None) -> bool:
+        """Wait (bounded) until reads reflect `position`; False if the bound passed first, or at
+        once when `position` is beyond the log's settled head (nothing will ever reach it)."""
+        if position is None:
+            return True
+        deadline = time.monotonic() + self._wait_seconds
+        checked_head = False
         while await self.projected_position() < position:
+            if not checked_head and self._head is not None:
+                checked_head = True
+                if position > await self._head():
+                    return False
             if time.monotonic() >= deadline:
                 return False
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(WAIT_STEP_SECONDS)
         return True
+
+    async def _stale(self, source: Source, position: int | None, reached: bool) -> bool:
+        if source == "redis":
+            return not reached
+        return position is None or await self._mongo_position() < position
+
+    async def _mongo_position(self) -> int:
+        return await MongoTaskViews(self._db, self._active[1]).position()
 
     async def _list_redis(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
         keys = await self._keys()
-        generation = int(await self._redis.get(keys.generation(owner)) or 0)
+        live, raw_generation = await self._redis.mget([keys.live, keys.generation(owner)])
+        _require_live(live)
+        generation = int(raw_generation or 0)
         cache_key = keys.list_page(owner, generation, query.fingerprint())
         cached = await self._redis.get(cache_key)
         CACHE.labels("hit" if cached is not None else "miss").inc()
@@ -260,10 +349,8 @@ class TaskReads:
         # The renderer's name is part of the key: list_tasks caches TaskState pages, and another
         # rendering (or an older process's) never reads this one's pages.
         head, tail = _around_generation(keys, owner, f"{renderer.name}-{query.fingerprint()}")
-        answer = self._allowed(
-            guard,
-            await self._guarded_page(keys=[guard.key, keys.generation(owner)], args=[head, tail]),
-        )
+        script_keys = [*_guard_keys(guard, keys), keys.generation(owner)]
+        answer = self._allowed(guard, await self._guarded_page(keys=script_keys, args=[head, tail]))
         generation, *cached = answer
         CACHE.labels("hit" if cached else "miss").inc()
         if cached:
@@ -276,9 +363,13 @@ class TaskReads:
 
     @staticmethod
     def _allowed(guard: ReadGuard, answer: Any) -> Any:
-        """A guarded script's answer, unless the guard refused."""
+        """A guarded script's answer, unless the guard refused or the views cannot serve."""
         if answer == _REFUSED:
             raise guard.refused()
+        if answer == _UNCHECKED:
+            raise _UncheckedError
+        if answer == _NOT_LIVE:
+            raise _NotLiveError
         return answer
 
     async def _guarded_either(
@@ -286,19 +377,23 @@ class TaskReads:
         guard: ReadGuard,
         primary: Callable[[], Awaitable[T]],
         fallback: Callable[[], Awaitable[T]],
-    ) -> T:
-        """`primary` (which checks `guard` in Redis) when Redis answers in time; otherwise the
-        guard decides without Redis, then `fallback` reads MongoDB."""
+    ) -> tuple[T, Source]:
+        """`primary` (which checks `guard` in Redis) when Redis answers in time and its views
+        are live; otherwise the guard decides without them, then `fallback` reads MongoDB."""
         if guard.redis_answering():
             try:
                 async with asyncio.timeout(guard.timeout):
-                    return await primary()
+                    return await primary(), "redis"
+            except _NotLiveError:
+                pass  # the guard passed in Redis: only the views cannot serve
+            except _UncheckedError:
+                await guard.check_durably()
             except (RedisError, OSError) as exc:  # OSError: TimeoutError, refused connections
                 guard.check_without_redis(redis_failed=True)
                 log.warning("redis_read_failed_using_mongodb", error=repr(exc))
         else:
             guard.check_without_redis(redis_failed=False)
-        return await fallback()
+        return await fallback(), "mongodb"
 
     async def _candidates(
         self, keys: RedisViewKeys, owner: str, query: TaskQuery
@@ -315,8 +410,7 @@ class TaskReads:
     async def _keys(self) -> RedisViewKeys:
         checked, version = self._active
         if time.monotonic() - checked > ACTIVE_VERSION_TTL:
-            raw = await self._redis.get(names.READ_MODEL_ACTIVE)
-            version = int(raw) if raw else 1
+            version = await active_version(self._redis, self._db)
             self._active = (time.monotonic(), version)
         return RedisViewKeys(version)
 
@@ -325,13 +419,29 @@ class TaskReads:
 
     async def _either(
         self, primary: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
-    ) -> T:
-        """Redis when it answers; MongoDB (the read preference's members) when it does not."""
+    ) -> tuple[T, Source]:
+        """Redis when it answers and its views are live; MongoDB (the read preference's
+        members) when not."""
         try:
-            return await primary()
+            return await primary(), "redis"
+        except _NotLiveError:
+            return await fallback(), "mongodb"
         except RedisError as exc:
             log.warning("redis_read_failed_using_mongodb", error=repr(exc))
-            return await fallback()
+            return await fallback(), "mongodb"
+
+
+class _UncheckedError(Exception):
+    """Redis's copy of the guard's list is not known to be complete: ask its durable record."""
+
+
+def _guard_keys(guard: ReadGuard, keys: RedisViewKeys) -> list[str]:
+    return [guard.key, guard.complete_key, keys.live]
+
+
+def _require_live(flag: Any) -> None:
+    if not flag:
+        raise _NotLiveError
 
 
 # -- filtering, ordering and cursors (pure) ------------------------------------------------------

@@ -14,6 +14,7 @@ from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.events.records import Commit
 from taskflow.events.store import EventStore
+from taskflow.projections.mongo_view_writes import is_view
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.redis_views import RedisTaskViews
@@ -65,8 +66,10 @@ async def redis_views(redis: Redis, keys: RedisViewKeys) -> AsyncIterator[TaskSt
 
 
 async def mongo_views(views: AsyncCollection[dict[str, Any]]) -> AsyncIterator[TaskState]:
+    """Every task view of the collection (its term ledgers and checkpoint skipped)."""
     async for doc in views.find({}):
-        yield view_from_document(doc)
+        if is_view(doc):
+            yield view_from_document(doc)
 
 
 async def compare(

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.events.codec import decode_events
 from taskflow.events.records import Commit
+from taskflow.events.store import EventStore
 from taskflow.events.task_events import TaskEvent
 
 _WORD = re.compile(r"\w+")
 MAX_TERMS = 512
 
 
+TaskHistory = Callable[[str, int], Awaitable[TaskState | None]]
+"""A task's state folded from the log up to a version: how a read model repairs a view."""
+
+
 class ProjectionGapError(Exception):
     """A commit does not follow the version its view reflects: the read model is inconsistent."""
+
+
+def log_history(store: EventStore) -> TaskHistory:
+    """Repairs read from the log itself (one stream: on FerretDB a scan, so only when needed)."""
+
+    async def folded(task_id: str, version: int) -> TaskState | None:
+        return TASK.fold(await store.read_stream(TASK.stream_id(task_id), to_version=version))
+
+    return folded
 
 
 def apply_commit(view: TaskState | None, commit: Commit) -> TaskState | None:
@@ -33,6 +48,28 @@ def apply_commit(view: TaskState | None, commit: Commit) -> TaskState | None:
         assert isinstance(event, TaskEvent)
         view = TASK.evolve(view, event)
     return view
+
+
+async def apply_or_repair(
+    view: TaskState | None, commit: Commit, history: TaskHistory | None
+) -> TaskState | None:
+    """`apply_commit`, but a view found behind the log is first re-folded from the log.
+
+    A stored view can be behind its checkpoint only after a fault: a superseded holder's write
+    that slipped past the fence (docs/concurrency.md), a view lost or purged. Re-folding the
+    one stream repairs it; without `history` (tests) the gap is raised.
+    """
+    try:
+        return apply_commit(view, commit)
+    except ProjectionGapError:
+        if history is None:
+            raise
+    repaired = await history(task_id_of(commit), commit.first_version - 1)
+    return apply_commit(repaired, commit)
+
+
+def task_id_of(commit: Commit) -> str:
+    return commit.stream_id.removeprefix("task-")
 
 
 def tokenize(text: str) -> list[str]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import random
 import signal
 import socket
 import time
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from prometheus_async.aio.web import start_http_server
+from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -23,17 +25,31 @@ from taskflow.events.store import EventStore
 from taskflow.metrics import PROJECTION_HEAD, PROJECTION_LAG_EVENTS
 from taskflow.projections.catalog import projections
 from taskflow.projections.lease import Lease
-from taskflow.projections.runtime import LeaseLostError, Projection, run_until_caught_up
+from taskflow.projections.read_model_versions import active_version
+from taskflow.projections.runtime import LeaseLostError, Projection, one_pass
 from taskflow.settings import Settings
 from taskflow.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 # The longest a pass of a projection with a busy share below 1 goes on before it rests.
 MAX_PASS_SECONDS = 2.0
+# After a failed pass the driver waits this long, doubling with each failure in a row up to
+# BACKOFF_MAX, so a projection whose batches fail at once (a server down, a refused write) does
+# not spin; the lease keeps being renewed meanwhile by its own task.
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+# A standby re-reads the lease at least this often, and sleeps at least this long.
+STANDBY_MIN_SECONDS = 0.05
 
 
 class ProjectionDriver:
-    """Keeps one projection up to date while this process holds its lease."""
+    """Keeps one projection up to date while this process holds its lease; stands by otherwise.
+
+    While it holds the lease, a renewal task runs beside the passes for the whole time it is
+    held, so failing passes never starve the renewal. A pass refused by the projection's fence
+    makes it ask the lease at once: superseded, it stops holding and stands by. A standby sleeps
+    until the holder's lease would lapse and then tries to take it, so a paused or crashed
+    holder is replaced within the lease's TTL.
+    """
 
     def __init__(
         self,
@@ -52,15 +68,16 @@ class ProjectionDriver:
         self._ttl = lease_ttl
         self._poll = poll_interval
         self.stopping = stopping
-        self._lost = False
+        self._lost = asyncio.Event()  # set when a renewal or a refused write found a newer term
+        self._failures = 0
         self._lag_reported = 0.0
 
     async def run(self) -> None:
-        await self.projection.setup()
+        await self._retrying(self.projection.setup)
         try:
             while not self.stopping.is_set():
-                if self.lease.term is None and not await self._acquire():
-                    await self._pause(self._ttl / 3)
+                if not await self._acquire():
+                    await self._stand_by()
                     continue
                 await self._hold()
         finally:
@@ -68,39 +85,84 @@ class ProjectionDriver:
                 await self.lease.release()
 
     async def _acquire(self) -> bool:
-        if not await self.lease.acquire():
+        try:
+            if not await self.lease.acquire():
+                return False
+        except Exception as exc:  # a blip: the next attempt, a third of the TTL on, decides
+            log.warning("lease_acquire_failed", projection=self.projection.name, error=repr(exc))
+            self.lease.held_until = None
             return False
-        assert self.lease.term is not None
-        await self.projection.fence(self.lease.term)
-        self._lost = False
+        self._lost.clear()
         log.info("lease_acquired", projection=self.projection.name, term=self.lease.term)
         return True
 
+    async def _stand_by(self) -> None:
+        """Sleep until the holder's lease would lapse (re-reading it every third of the TTL)."""
+        lapse = self.lease.seconds_until_lapse()
+        seconds = self._ttl / 3 if lapse is None else min(lapse, self._ttl / 3)
+        await self._sleep(max(seconds, STANDBY_MIN_SECONDS), self.stopping)
+
     async def _hold(self) -> None:
-        """Apply while the lease lasts; a renewal task runs beside the batches."""
-        renewer = asyncio.create_task(self._renew_forever())
+        """Fence, then apply pass after pass until the lease is lost or the process stops."""
+        renewer = asyncio.create_task(self._renew_while_held())
+        fenced = False
         try:
-            while not (self.stopping.is_set() or self._lost):
+            while self._holding():
                 self.wake.clear()
                 started = time.monotonic()
-                await run_until_caught_up(
-                    self.store,
-                    self.projection,
-                    term=self.lease.term or 0,
-                    keep_going=self._keep_going_since(started),
-                )
-                await self._report_lag()
+                try:
+                    if not fenced:
+                        await self.projection.fence(self._term())
+                        fenced = True
+                    result = await one_pass(
+                        self.store,
+                        self.projection,
+                        term=self._term(),
+                        keep_going=self._keep_going_since(started),
+                    )
+                    if result.exhausted:
+                        await self.projection.caught_up(result.position, self._term())
+                    await self._report_lag()
+                except LeaseLostError:
+                    # Refused by the fence: ask the lease now rather than at the next renewal.
+                    if not await self._still_held():
+                        break
+                    fenced = False  # still ours (a fence lost with Redis's data): raise it again
+                    await self._back_off("projection_refused")
+                    continue
+                except Exception as exc:  # a server blip, a stale cache: back off, retry
+                    await self._back_off("projection_failed", error=repr(exc))
+                    continue
+                self._failures = 0
                 await self._pace(time.monotonic() - started)
                 await self._pause(self._poll)
-        except LeaseLostError:
-            log.warning("lease_lost", projection=self.projection.name)
-        except Exception as exc:  # a server blip: back off, keep the lease, retry from checkpoint
-            log.exception("projection_failed", projection=self.projection.name, error=repr(exc))
-            await self._pause(min(self._ttl / 3, 1.0))
         finally:
             await cancel_and_wait(renewer)  # not a lone cancel(): see taskflow/tasks.py
-        if self._lost or self.lease.term is None:
+        if not self._holding() and not self.stopping.is_set():
+            log.warning("lease_lost", projection=self.projection.name)
             self.lease.term = None
+
+    def _term(self) -> int:
+        assert self.lease.term is not None
+        return self.lease.term
+
+    async def _still_held(self) -> bool:
+        """Whether no newer term exists (renewing the lease if so); False marks it lost."""
+        try:
+            if await self.lease.renew():
+                return True
+        except Exception as exc:  # cannot tell: keep holding, the next renewal decides
+            log.warning("lease_renewal_failed", error=repr(exc))
+            return True
+        self._lost.set()
+        return False
+
+    async def _back_off(self, event: str, **details: str) -> None:
+        self._failures += 1
+        seconds = min(BACKOFF_FIRST * 2 ** (self._failures - 1), BACKOFF_MAX)
+        seconds *= random.uniform(0.5, 1.0)  # noqa: S311 - spreading retries, not security
+        log.warning(event, projection=self.projection.name, failures=self._failures, **details)
+        await self._sleep(seconds, self._lost)
 
     async def _report_lag(self) -> None:
         """Refresh the lag gauges, at most once a second (it costs an MGET of hints)."""
@@ -112,18 +174,14 @@ class ProjectionDriver:
         PROJECTION_LAG_EVENTS.labels(self.projection.name).set(max(head - position, 0))
 
     def _holding(self) -> bool:
-        return not (self.stopping.is_set() or self._lost)
+        return not (self.stopping.is_set() or self._lost.is_set())
 
-    async def _renew_forever(self) -> None:
+    async def _renew_while_held(self) -> None:
         while True:
             await asyncio.sleep(self._ttl / 3)
-            try:
-                if not await self.lease.renew():
-                    self._lost = True
-                    self.wake.set()
-                    return
-            except Exception as exc:  # a blip: the next renewal, or the lease's expiry, decides
-                log.warning("lease_renewal_failed", error=repr(exc))
+            if not await self._still_held():
+                self.wake.set()
+                return
 
     def _keep_going_since(self, started: float) -> Callable[[], bool]:
         """Whether a pass begun at `started` may go on to its next batch: while the lease is
@@ -141,18 +199,39 @@ class ProjectionDriver:
     async def _pace(self, busy: float) -> None:
         """Let a paced projection's wake-ups gather (they stay set) until its next pass: at
         least `pace_seconds`, and long enough after a pass of `busy` seconds that its passes
-        take no more than `busy_share` of the time."""
+        take no more than `busy_share` of the time.
+
+        `busy` is wall time, so a process paused mid-pass (SIGSTOP, a stalled VM) would count
+        the pause as work and rest for a multiple of it: the rest is capped at what a pass of
+        `MAX_PASS_SECONDS` earns, and ends at once if the lease is lost meanwhile.
+        """
         share = self.projection.busy_share
-        rest = max(self.projection.pace_seconds, busy * (1 - share) / share)
+        earned = min(busy, MAX_PASS_SECONDS) * (1 - share) / share
+        rest = max(self.projection.pace_seconds, earned)
         if rest > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(rest):
-                    await self.stopping.wait()
+            await self._sleep(rest, self._lost)
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.wake.wait()
+        await self._sleep(seconds, self.wake)
+
+    async def _sleep(self, seconds: float, until: asyncio.Event) -> None:
+        """Up to `seconds`, less if `until` or `stopping` is set meanwhile."""
+        waiters = {asyncio.create_task(event.wait()) for event in (until, self.stopping)}
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _retrying(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` until it succeeds (a server down at start-up), backing off meanwhile."""
+        while not self.stopping.is_set():
+            try:
+                await step()
+                self._failures = 0
+                return
+            except Exception as exc:
+                await self._back_off("projection_setup_failed", error=repr(exc))
 
 
 async def listen_for_appends(redis: Redis, drivers: list[ProjectionDriver]) -> None:
@@ -170,10 +249,10 @@ async def listen_for_appends(redis: Redis, drivers: list[ProjectionDriver]) -> N
             await asyncio.sleep(1)
 
 
-async def read_model_versions(redis: Redis) -> set[int]:
+async def read_model_versions(services: Services) -> set[int]:
     """The read-model versions to maintain: the active one, and one being rebuilt, if any."""
-    active, building = await redis.mget([names.READ_MODEL_ACTIVE, names.READ_MODEL_NEXT])
-    versions = {int(active) if active else 1}
+    versions = {await active_version(services.redis, services.views_db)}
+    building = await services.redis.get(names.READ_MODEL_NEXT)
     if building:
         versions.add(int(building))
     return versions
@@ -190,7 +269,7 @@ class Supervisor:
         versions: Callable[[], Awaitable[set[int]]] | None = None,
     ) -> None:
         self._services = services
-        self._versions = versions or (lambda: read_model_versions(services.redis))
+        self._versions = versions or (lambda: read_model_versions(services))
         self._holder = holder
         self._stopping = stopping
         self.drivers: list[ProjectionDriver] = []
@@ -199,7 +278,7 @@ class Supervisor:
     async def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                with contextlib.suppress(RedisError):
+                with contextlib.suppress(RedisError, PyMongoError):
                     self._follow(await self._versions())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
