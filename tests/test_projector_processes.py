@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -352,3 +352,225 @@ async def write_many_events(store: MongoEventStore, events: int, rng: random.Ran
 
     await asyncio.gather(*(writer(n) for n in range(16)))
     return written
+
+
+# -- a paused holder (SIGSTOP past its TTL) and standbys that take over -------------------------
+
+PAUSE_TTL = 3.0  # long enough for a loaded machine's renewals; each pause outlasts it
+
+
+async def keep_writing(store: MongoEventStore, stop: asyncio.Event, seed: int = 5) -> int:
+    """Create tasks, then change them at random (4 writers) until `stop`; commits written."""
+    rng = random.Random(seed)
+    owners = [uuid.uuid4().hex for _ in range(3)]
+    written = 0
+
+    async def writer(n: int) -> None:
+        nonlocal written
+        owner = owners[n % len(owners)]
+        context = Context(actor=owner, request_id=f"w{n}", correlation_id=f"pause-{n}")
+        task_ids = [uuid.uuid4().hex for _ in range(10)]
+        for task_id in task_ids:
+            create = CreateTask(task_id=task_id, owner_id=owner, title=f"task {n}")
+            await execute(store, TASK, task_id, create, context, datetime.now(UTC), new_stream=True)
+            written += 1
+        while not stop.is_set():
+            change = ChangeTask(
+                task_id=rng.choice(task_ids),
+                title=f"title {rng.random():.6f}",
+                status=rng.choice(list(Status)),
+            )
+            await execute(store, TASK, change.task_id, change, context, datetime.now(UTC))
+            written += 1
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(writer(n) for n in range(4)))
+    return written
+
+
+class NeverBackwards:
+    """Samples the MongoDB views, both checkpoints and each view's version while it runs; any
+    value seen lower than before is recorded."""
+
+    def __init__(self, views_db: AsyncDatabase[dict[str, Any]], redis: Redis) -> None:
+        self._mongo = MongoTaskViews(views_db)
+        self._redis = redis
+        self.seen: dict[str, int] = {}
+        self.backwards: list[str] = []
+        self.samples = 0
+
+    def _see(self, what: str, value: int) -> None:
+        if value < self.seen.get(what, 0):
+            self.backwards.append(f"{what}: {self.seen[what]} -> {value}")
+        self.seen[what] = max(value, self.seen.get(what, 0))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._see("mongo checkpoint", await self._mongo.position())
+            self._see(
+                "redis checkpoint", int(await self._redis.get(RedisViewKeys(1).checkpoint) or 0)
+            )
+            async for view in mongo_views(self._mongo.views):
+                self._see(f"view {view.task_id}", view.version)
+            self.samples += 1
+            await asyncio.sleep(0.05)
+
+
+async def holder_of(leases: AsyncCollection[dict[str, Any]], name: str) -> tuple[int, int]:
+    """(pid, term) of the newest term of lease `name`."""
+    latest = (await leases.find({"name": name}).sort("term", -1).limit(1).to_list())[0]
+    return int(latest["holder"].split(":")[1]), int(latest["term"])
+
+
+def lines_of(path: Path, event: str) -> list[dict[str, Any]]:
+    lines = [json.loads(t) for t in path.read_text().splitlines() if t.startswith("{")]
+    return [line for line in lines if line.get("event") == event]
+
+
+@pytest.mark.timeout(600)
+async def test_a_paused_holder_never_moves_a_view_or_checkpoint_back(
+    store: MongoEventStore,
+    redis: Redis,
+    db: AsyncDatabase[dict[str, Any]],
+    views_db: AsyncDatabase[dict[str, Any]],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """The holder of both leases is paused (SIGSTOP) past its TTL while writes go on; the
+    standby takes over; the paused one is resumed (SIGCONT). Three times, back and forth.
+
+    Sampled throughout, no view's version and neither checkpoint ever goes down; the resumed
+    process is back as a standby within one TTL (it logs the lost lease) and does not spin on
+    refused batches; both read models reach the log's head and equal it; the hash chains hold.
+    """
+    processes = [spawn(lease_ttl=PAUSE_TTL) for _ in range(2)]
+    logs = {p.pid: tmp_path / f"projector-{n}.log" for n, p in enumerate(processes)}
+    by_pid = {p.pid: p for p in processes}
+    leases = await both_leases_taken(db)
+    stop = asyncio.Event()
+    writing = asyncio.create_task(keep_writing(store, stop))
+    monitor = NeverBackwards(views_db, redis)
+    sampling = asyncio.create_task(monitor.run(stop))
+    mongo_name, redis_name = "task_views_mongo_v1", "task_views_redis_v1"
+    try:
+        for cycle in range(3):
+            started = await store.head_position()
+
+            async def more_written(since: int = started) -> bool:
+                return await store.head_position() > since + 20
+
+            await until(more_written, 60, f"cycle {cycle}: writes")
+            started = await store.head_position()
+
+            async def working(head: int = started) -> bool:
+                return await caught_up_to(store, redis, views_db, head)
+
+            await until(working, 60, f"cycle {cycle}: the holder to apply the writes so far")
+            pid, term = await holder_of(leases, mongo_name)
+            paused = by_pid[pid]
+            paused.send_signal(signal.SIGSTOP)
+
+            async def taken_over(pid: int = pid, term: int = term) -> bool:
+                mongo = await holder_of(leases, mongo_name)
+                redis_holder = await holder_of(leases, redis_name)
+                return mongo[1] > term and pid not in (mongo[0], redis_holder[0])
+
+            await until(taken_over, 60, f"cycle {cycle}: a standby to take both leases over")
+            head = await store.head_position()
+
+            async def applied_meanwhile(head: int = head) -> bool:
+                return await caught_up_to(store, redis, views_db, head)
+
+            await until(applied_meanwhile, 60, f"cycle {cycle}: the new holder to apply")
+            lost_before = len(lines_of(logs[pid], "lease_lost"))
+            paused.send_signal(signal.SIGCONT)
+            resumed = time.monotonic()
+
+            async def standing_by(pid: int = pid, lost_before: int = lost_before) -> bool:
+                return len(lines_of(logs[pid], "lease_lost")) >= lost_before + 2
+
+            await until(standing_by, 30, f"cycle {cycle}: the resumed process to stand by")
+            assert time.monotonic() - resumed <= PAUSE_TTL, "back in the rotation within a TTL"
+        stop.set()
+        await writing
+        final = await store.head_position()
+
+        async def all_applied() -> bool:
+            return await caught_up_to(store, redis, views_db, final)
+
+        await until(all_applied, 120, "the final catch-up")
+    finally:
+        stop.set()
+        await asyncio.gather(writing, sampling, return_exceptions=True)
+    assert monitor.samples > 10
+    assert monitor.backwards == []
+    await assert_models_equal_the_log(store, redis, views_db)
+    assert await store.verify_all() == []
+    for pid, path in logs.items():
+        retried = lines_of(path, "projection_refused") + lines_of(path, "projection_failed")
+        assert len(retried) <= 10, f"process {pid} kept retrying: {len(retried)} failed passes"
+    refused = sum(len(lines_of(path, "write_refused")) for path in logs.values())
+    print(f"{monitor.samples} samples; writes refused by the fences: {refused}")
+
+
+async def caught_up_to(
+    store: MongoEventStore, redis: Redis, views_db: AsyncDatabase[dict[str, Any]], head: int
+) -> bool:
+    redis_at = int(await redis.get(RedisViewKeys(1).checkpoint) or 0)
+    return redis_at >= head and await MongoTaskViews(views_db).position() >= head
+
+
+@pytest.mark.timeout(300)
+async def test_a_holder_refused_by_a_newer_term_stands_by_and_a_standby_takes_over_in_a_ttl(
+    store: MongoEventStore,
+    redis: Redis,
+    db: AsyncDatabase[dict[str, Any]],
+    views_db: AsyncDatabase[dict[str, Any]],
+    spawn: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """A newer term appears (a holder that then dies at once) and raises the Redis fence: the
+    old holder's next batch is refused; it asks the lease at once and stands by instead of
+    retrying batch after batch; when the newer term lapses, a process takes the lease within
+    one TTL of its expiry."""
+    holder = spawn(lease_ttl=PAUSE_TTL)
+    leases = await both_leases_taken(db)
+    spawn(lease_ttl=PAUSE_TTL)
+    await write_workload(store, tasks=10, changes=20)
+    await until(lambda: caught_up(store, redis, views_db), 60, "catch-up")
+    name = "task_views_redis_v1"
+    pid, term = await holder_of(leases, name)
+    assert pid == holder.pid
+    lapses = datetime.now(UTC) + timedelta(seconds=PAUSE_TTL)
+    await leases.insert_one(
+        {
+            "_id": f"{name}:{term + 1}",
+            "name": name,
+            "term": term + 1,
+            "holder": "elsewhere:0:dead",
+            "acquired_at": datetime.now(UTC),
+            "expires_at": lapses,
+        }
+    )
+    await redis.set(RedisViewKeys(1).fence, term + 1)
+    refused_at = time.monotonic()
+    await write_workload(store, tasks=5, changes=10, seed=3)  # batches for the old holder
+
+    async def stood_by() -> bool:
+        return bool(lines_of(tmp_path / "projector-0.log", "lease_lost"))
+
+    await until(stood_by, 30, "the refused holder to stand by")
+    assert time.monotonic() - refused_at <= PAUSE_TTL
+    refusals = lines_of(tmp_path / "projector-0.log", "write_refused")
+    assert 1 <= len(refusals) <= 3  # asked the lease at its first refusal, not batch after batch
+
+    async def taken_over() -> bool:
+        return (await holder_of(leases, name))[1] == term + 2
+
+    await until(taken_over, 30, "a process to take the lapsed term over")
+    # Standbys sleep until the holder's lease lapses: the takeover comes within a TTL of it.
+    taken = await leases.find_one({"_id": f"{name}:{term + 2}"})
+    assert taken is not None
+    assert (taken["acquired_at"] - lapses).total_seconds() <= PAUSE_TTL
+    await until(lambda: caught_up(store, redis, views_db), 60, "catch-up after the takeover")
+    await assert_models_equal_the_log(store, redis, views_db)

@@ -51,7 +51,8 @@ async def get_task(request: web.Request) -> web.Response:
         # or Redis lost its data): the task's own stream answers instead, never a bare 404.
         view, stale = await _from_the_log(request, caller.user_id, task_id), False
     if view is None:
-        raise Problem(404, "task-not-found", "Task not found", f"task {task_id!r} does not exist")
+        detail = f"task {task_id!r} does not exist"
+        raise Problem(404, "task-not-found", "Task not found", detail, headers=_stale(stale))
     etag = f'"{view["version"]}"'
     headers = {"ETag": etag, "Cache-Control": "private, no-cache", **_stale(stale)}
     if etag in _etags(request.headers.get("If-None-Match", "")):

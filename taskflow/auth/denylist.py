@@ -129,11 +129,12 @@ class DenyList:
         return bool(answer)
 
     async def denied_in_record(self, jti: str) -> bool:
-        """Whether MongoDB's record holds `jti` (for the moments Redis's copy is incomplete)."""
+        """Whether MongoDB's record holds `jti` (for the moments Redis's copy is incomplete);
+        when MongoDB cannot answer either, the in-process copy decides (if recent enough)."""
         try:
             doc = await self._record.find_one({"_id": jti})
-        except PyMongoError as exc:
-            raise AuthUnavailableError("the deny list cannot answer") from exc
+        except PyMongoError:
+            return self.denied_by_copy(jti)
         return doc is not None
 
     def guard(self, jti: str) -> DenyGuard:

@@ -433,6 +433,9 @@ class MongoEventStore:
     async def head_position(self) -> int:
         return await self.reader.head()
 
+    async def allocated_position(self) -> int | None:
+        return await self.positions.allocated()
+
     async def verify(self, stream_id: str) -> BrokenLink | None:
         return self._chain.verify_stream(await self.read_stream(stream_id))
 

@@ -80,6 +80,11 @@ class EventStore(Protocol):
         """The highest position up to which every position is settled (commit or gap)."""
         ...
 
+    async def allocated_position(self) -> int | None:
+        """The highest position handed out to an appender so far; None when not known (Redis
+        lost the counter; the next append or read re-seeds it)."""
+        ...
+
     async def verify(self, stream_id: str) -> BrokenLink | None:
         """The first broken link of one stream's hash chain, or None."""
         ...

@@ -21,7 +21,8 @@ def projections(
     made: list[Projection] = []
     history = log_history(services.store)  # repairs a view found behind the log
     if "redis" in read_models:
-        made.append(RedisTaskViews(services.redis, version, history=history))
+        allocated = services.store.allocated_position
+        made.append(RedisTaskViews(services.redis, version, history=history, allocated=allocated))
     if "mongodb" in read_models:
         # The views live in a database of their own; their lease, as every lease, in the log's.
         leases = services.db[names.LEASES]

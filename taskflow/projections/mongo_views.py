@@ -102,6 +102,9 @@ class MongoTaskViews:
         self._leases = leases
         self._history = history
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
+        # The checkpoint this process last wrote (-1: none). The cache holds what this process
+        # wrote; it is trusted only while the checkpoint is still there (no one else wrote).
+        self._written_to = -1
         self._staged: dict[str, TaskState] = {}  # folded, not yet written
         self._new: set[str] = set()  # staged views never read from or written to the collection
         self._staged_to = 0  # the position the staged views reflect
@@ -112,10 +115,18 @@ class MongoTaskViews:
 
     async def position(self) -> int:
         at = await read_checkpoint(self.views)
-        if at is not None:
-            return at
-        legacy = await self._legacy_checkpoints.find_one({"_id": self.name})
-        return int(legacy["position"]) if legacy else 0
+        if at is None:
+            legacy = await self._legacy_checkpoints.find_one({"_id": self.name})
+            at = int(legacy["position"]) if legacy else 0
+        if at != self._written_to:
+            # Another holder moved the views on (or this is the first look): what this process
+            # remembers may be older than what is stored, and folding the next commits onto it
+            # would find gaps everywhere. Views staged by a flush that failed go too: the pass
+            # that follows starts from the stored checkpoint.
+            self._cache.clear()
+            self.drop_staged()
+            self._written_to = -1
+        return at
 
     async def fence(self, term: int) -> None:
         """Close every older term's ledger: from now on the server refuses their writes."""
@@ -176,6 +187,7 @@ class MongoTaskViews:
         known = [replace(_document(v)) for t, v in self._staged.items() if t not in self._new]
         refused = await insert_new(self.views, new)
         await write_fenced(self.views, known + refused, term=term, checkpoint=self._staged_to)
+        self._written_to = self._staged_to
         self._staged.clear()  # written: they stay in the cache
         self._new.clear()
         self._staged_to = 0

@@ -10,7 +10,7 @@ that lost its data is rebuilt from the log before it answers again.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -61,11 +61,20 @@ class RedisTaskViews:
     busy_share = 1.0
 
     def __init__(
-        self, redis: Redis, version: int = 1, *, history: TaskHistory | None = None
+        self,
+        redis: Redis,
+        version: int = 1,
+        *,
+        history: TaskHistory | None = None,
+        allocated: Callable[[], Awaitable[int | None]] | None = None,
     ) -> None:
+        """`history` repairs a view found behind the log; `allocated` is the log's highest
+        position handed out (`EventStore.allocated_position`): the views are marked live only
+        once a pass has read that far (without it, at the end of any complete pass)."""
         self.name = f"{NAME}_v{version}"
         self._redis = redis
         self._history = history
+        self._allocated = allocated
         self._marked_live = False  # since this process last lost track of the checkpoint
         self.keys = RedisViewKeys(version)
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
@@ -94,6 +103,13 @@ class RedisTaskViews:
         next pass (the checkpoint is not where this process left it), which marks it again."""
         if self._marked_live and position == self._written_to:
             return
+        if self._allocated is not None:
+            # A pass also ends at a hole it waits on, such as the first position after Redis
+            # lost its hints (a grace period before the log is read from MongoDB): reaching the
+            # highest position handed out is what says the views hold the whole log.
+            allocated = await self._allocated()
+            if allocated is None or position < allocated:
+                return
         async with self._redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(self.keys.fence, self.keys.checkpoint)

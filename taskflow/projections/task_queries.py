@@ -15,6 +15,7 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -410,7 +411,11 @@ class TaskReads:
     async def _keys(self) -> RedisViewKeys:
         checked, version = self._active
         if time.monotonic() - checked > ACTIVE_VERSION_TTL:
-            version = await active_version(self._redis, self._db)
+            try:
+                version = await active_version(self._redis, self._db)
+            except PyMongoError as exc:
+                # Redis lost the version and MongoDB cannot say: keep the one last known.
+                log.warning("active_version_unknown", kept=version, error=repr(exc))
             self._active = (time.monotonic(), version)
         return RedisViewKeys(version)
 

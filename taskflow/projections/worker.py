@@ -123,8 +123,9 @@ class ProjectionDriver:
                     if result.exhausted:
                         await self.projection.caught_up(result.position, self._term())
                     await self._report_lag()
-                except LeaseLostError:
+                except LeaseLostError as exc:
                     # Refused by the fence: ask the lease now rather than at the next renewal.
+                    log.warning("write_refused", projection=self.projection.name, error=str(exc))
                     if not await self._still_held():
                         break
                     fenced = False  # still ours (a fence lost with Redis's data): raise it again
