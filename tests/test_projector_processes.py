@@ -360,7 +360,11 @@ PAUSE_TTL = 3.0  # long enough for a loaded machine's renewals; each pause outla
 
 
 async def keep_writing(store: MongoEventStore, stop: asyncio.Event, seed: int = 5) -> int:
-    """Create tasks, then change them at random (4 writers) until `stop`; commits written."""
+    """Create 240 tasks, then change them in turn (4 writers) until `stop`; commits written.
+
+    In turn rather than at random: each pass of the MongoDB views then writes hundreds of
+    views in several commands, so a pause often lands in the middle of a flush.
+    """
     rng = random.Random(seed)
     owners = [uuid.uuid4().hex for _ in range(3)]
     written = 0
@@ -369,20 +373,23 @@ async def keep_writing(store: MongoEventStore, stop: asyncio.Event, seed: int = 
         nonlocal written
         owner = owners[n % len(owners)]
         context = Context(actor=owner, request_id=f"w{n}", correlation_id=f"pause-{n}")
-        task_ids = [uuid.uuid4().hex for _ in range(10)]
+        task_ids = [uuid.uuid4().hex for _ in range(60)]
         for task_id in task_ids:
             create = CreateTask(task_id=task_id, owner_id=owner, title=f"task {n}")
             await execute(store, TASK, task_id, create, context, datetime.now(UTC), new_stream=True)
             written += 1
         while not stop.is_set():
-            change = ChangeTask(
-                task_id=rng.choice(task_ids),
-                title=f"title {rng.random():.6f}",
-                status=rng.choice(list(Status)),
-            )
-            await execute(store, TASK, change.task_id, change, context, datetime.now(UTC))
-            written += 1
-            await asyncio.sleep(0.01)
+            for task_id in task_ids:
+                if stop.is_set():
+                    break
+                change = ChangeTask(
+                    task_id=task_id,
+                    title=f"title {rng.random():.6f}",
+                    status=rng.choice(list(Status)),
+                )
+                await execute(store, TASK, task_id, change, context, datetime.now(UTC))
+                written += 1
+                await asyncio.sleep(0.02)  # a steady load, not all the machine can take
 
     await asyncio.gather(*(writer(n) for n in range(4)))
     return written
@@ -413,7 +420,7 @@ class NeverBackwards:
             async for view in mongo_views(self._mongo.views):
                 self._see(f"view {view.task_id}", view.version)
             self.samples += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
 
 
 async def holder_of(leases: AsyncCollection[dict[str, Any]], name: str) -> tuple[int, int]:

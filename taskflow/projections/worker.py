@@ -139,8 +139,7 @@ class ProjectionDriver:
                 await self._pause(self._poll)
         finally:
             await cancel_and_wait(renewer)  # not a lone cancel(): see taskflow/tasks.py
-        if not self._holding() and not self.stopping.is_set():
-            log.warning("lease_lost", projection=self.projection.name)
+        if self._lost.is_set():
             self.lease.term = None
 
     def _term(self) -> int:
@@ -155,7 +154,10 @@ class ProjectionDriver:
         except Exception as exc:  # cannot tell: keep holding, the next renewal decides
             log.warning("lease_renewal_failed", error=repr(exc))
             return True
-        self._lost.set()
+        if not self._lost.is_set():
+            # From here on no pass goes on to a next batch and every rest ends: a standby.
+            log.warning("lease_lost", projection=self.projection.name)
+            self._lost.set()
         return False
 
     async def _back_off(self, event: str, **details: str) -> None:
