@@ -85,6 +85,38 @@ async def test_patch_emits_only_real_changes_and_needs_if_match(client: Client) 
     assert "X-TaskFlow-Position" not in noop.headers
 
 
+async def test_null_in_a_merge_patch_clears_or_is_refused_naming_the_field(client: Client) -> None:
+    """RFC 7396: null clears description, due_at and tags; for title, status or priority it is
+    a 422 naming that field (not the body), and nothing is written."""
+    auth = bearer(client)
+    task = await create_task(
+        client, auth, description="d", due_at="2030-01-01T00:00:00Z", tags=["a", "b"]
+    )
+    url = f"/api/tasks/{task['id']}"
+    for field in ("title", "status", "priority"):
+        refused = await client.patch(
+            url, json={field: None, "description": None}, headers={**auth, "If-Match": '"1"'}
+        )
+        assert refused.status == 422, await refused.text()
+        assert [e["field"] for e in (await refused.json())["errors"]] == [field]
+    assert await commit_count(client) == 1
+    cleared = await client.patch(
+        url,
+        data=b'{"description": null, "due_at": null, "tags": null}',
+        headers={**auth, "If-Match": '"1"', "Content-Type": "application/merge-patch+json"},
+    )
+    assert cleared.status == 200, await cleared.text()
+    body = await cleared.json()
+    assert (body["description"], body["due_at"], body["tags"]) == ("", None, [])
+    assert (body["title"], body["status"], body["priority"]) == ("a task", "todo", "medium")
+    assert cleared.headers["ETag"] == '"4"'  # one event per cleared field
+    [_, commit] = await client.app[SERVICES].store.read_stream(f"task-{task['id']}")
+    types = [type(e).__name__ for e in decode_events(commit)]
+    assert types == ["TaskDescriptionChanged", "TaskDueDateCleared", "TaskUntagged"]
+    again = await client.patch(url, json={"tags": None}, headers={**auth, "If-Match": '"4"'})
+    assert (again.status, again.headers["ETag"]) == (200, '"4"')  # already empty: no change
+
+
 async def test_delete_accepts_only_restore_and_hides_the_task(client: Client) -> None:
     """A deleted task disappears from reads, refuses changes, and comes back on restore."""
     auth = bearer(client)

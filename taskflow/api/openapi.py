@@ -433,7 +433,8 @@ OPERATIONS: tuple[Operation, ...] = (
             409: "the task is deleted, or a concurrent change landed first",
             413: BODY_PROBLEMS[413],
             415: "the body is not application/json or application/merge-patch+json",
-            422: "a field is invalid, or the Idempotency-Key was used with another request",
+            422: "a field is invalid (each is named; null for `title`, `status` or `priority` "
+            "too), or the Idempotency-Key was used with another request",
         },
         parameters=("task_id", "If-Match", "Idempotency-Key", "X-Causation-ID"),
         body=PatchTaskBody,
