@@ -114,9 +114,27 @@ async def test_history_and_time_travel_over_http(client: Client) -> None:
     assert (await client.get(f"{url}?version=99999999999999999999", headers=auth)).status == 422
     overflow = {"as_of": "9999-12-31T23:59:59-23:59"}
     assert (await client.get(url, params=overflow, headers=auth)).status == 422
+    assert await _invalid(client, f"{url}?version=4", auth) == ["version"]  # the task is at 3
+    assert (await client.get(f"{url}?version=3", headers=auth)).status == 200
+    both = {"as_of": moment, "version": "1"}
+    assert await _invalid(client, url, auth, both) == ["as_of", "version"]
+    assert await _invalid(client, f"{url}/history?after_version=4", auth) == ["after_version"]
+    last = await client.get(f"{url}/history?after_version=3", headers=auth)
+    assert (await last.json()) == {"items": [], "next": None}
     intruder = bearer(client)
+    assert (await client.get(f"{url}?version=4", headers=intruder)).status == 404
+    assert (await client.get(f"{url}/history?after_version=4", headers=intruder)).status == 404
     assert (await client.get(f"{url}/history", headers=intruder)).status == 404
     assert (await client.get(f"{url}?version=1", headers=intruder)).status == 404
+
+
+async def _invalid(
+    client: Client, url: str, auth: dict[str, str], params: dict[str, str] | None = None
+) -> list[str]:
+    """The fields a 422 names (fails unless the answer is a 422)."""
+    response = await client.get(url, params=params, headers=auth)
+    assert response.status == 422, await response.text()
+    return [error["field"] for error in (await response.json())["errors"]]
 
 
 async def test_audit_endpoints_are_for_auditors_and_read_only(client: Client) -> None:

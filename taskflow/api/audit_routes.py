@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from taskflow.api import keys
 from taskflow.api.json_io import json_response, query_model
+from taskflow.api.middlewares import fields_problem
 from taskflow.api.principal import Principal, require_user
 from taskflow.api.problems import Problem
 from taskflow.api.task_schemas import TaskOut
@@ -57,6 +58,8 @@ async def get_history(request: web.Request) -> web.Response:
     entries = await task_history(_store(request), task_id)
     if not entries or entries[0].changes.get("owner_id") != user.user_id:
         raise _task_not_found()
+    if query.after_version > entries[-1].version:
+        raise _beyond("after_version", entries[-1].version)
     page = [e for e in entries if e.version > query.after_version][: query.limit]
     more = bool(page) and page[-1].version < entries[-1].version
     body = {
@@ -69,9 +72,16 @@ async def get_history(request: web.Request) -> web.Response:
 async def get_task_as_of(request: web.Request, user: Principal, task_id: str) -> web.Response:
     """A task as it was at `as_of` or at `version`, folded from the log."""
     query = query_model(request, AsOfQuery)
+    if query.as_of is not None and query.version is not None:
+        # Two answers to one question: neither is silently preferred.
+        both = "give `as_of` or `version`, not both"
+        raise fields_problem([("as_of", both), ("version", both)])
     state = await task_as_of(_store(request), task_id, moment=query.as_of, version=query.version)
     if state is None or state.owner_id != user.user_id:
         raise _task_not_found()
+    if query.version is not None and state.version != query.version:
+        # The stream ends below it (the fold stopped at its last version): no such version.
+        raise _beyond("version", state.version)
     return _state_response(state, deleted=state.deleted)
 
 
@@ -122,6 +132,11 @@ def _state_response(state: TaskState, *, deleted: bool) -> web.Response:
     return json_response(
         body, headers={"ETag": f'"{state.version}"', "Cache-Control": "private, no-cache"}
     )
+
+
+def _beyond(parameter: str, last: int) -> Problem:
+    """A version past the stream's end is an error, not the last version under another name."""
+    return fields_problem([(parameter, f"the task's last version is {last}")])
 
 
 def _task_not_found() -> Problem:

@@ -414,7 +414,8 @@ OPERATIONS: tuple[Operation, ...] = (
             400: "X-TaskFlow-Position is not a number",
             **TOKEN,
             404: "no such task (or another user's, or it did not exist then)",
-            422: "`as_of` or `version` is invalid, or other parameters come with them",
+            422: "`as_of` or `version` is invalid, `version` is beyond the task's last version, "
+            "both are given (each is named), or other parameters come with them",
             **UNAVAILABLE,
         },
         parameters=("task_id", "If-None-Match", "X-TaskFlow-Position"),
@@ -489,7 +490,8 @@ OPERATIONS: tuple[Operation, ...] = (
         {
             **TOKEN,
             404: "no such task (or another user's)",
-            422: "a parameter is unknown or invalid",
+            422: "a parameter is unknown or invalid, or `after_version` is beyond the task's "
+            "last version",
             **UNAVAILABLE,
         },
         parameters=("task_id",),
@@ -524,9 +526,10 @@ _QUERY_NOTES = {
     "(a `q` with no word in it, such as `.*`, narrows nothing)",
     "overdue": "due in the past and not done (or, false: the opposite)",
     "next": "the `next` of the previous page, with the same sort and order",
-    "as_of": "the task as it was at this moment (with a time zone)",
-    "version": "the task as it was at this version",
-    "after_version": "only events after this version",
+    "as_of": "the task as it was at this moment (with a time zone); not with `version`",
+    "version": "the task as it was at this version, at most its last (422 beyond it); "
+    "not with `as_of`",
+    "after_version": "only events after this version, at most the task's last (422 beyond it)",
     "after": "only commits after this global position",
 }
 _QUERY_NAMES = {"cursor": "next"}  # TaskQuery field -> query parameter
