@@ -223,6 +223,43 @@ async def test_idempotency_key_replays_the_original_create(client: Client) -> No
     assert await commit_count(client) == 1
 
 
+async def test_idempotency_compares_the_parsed_request_not_its_bytes(client: Client) -> None:
+    """The same JSON with other whitespace, key order or spelling replays with its key; another
+    command with the key is still refused (create and patch alike)."""
+    auth = bearer(client)
+    raw = {**auth, "Content-Type": "application/json", "Idempotency-Key": "create-7"}
+    first = await client.post(
+        "/api/tasks", data=b'{"title":"once","tags":["Work"],"priority":"high"}', headers=raw
+    )
+    assert first.status == 201, await first.text()
+    task = await first.json()
+    same = [
+        b'{ "priority" : "high",\n  "tags" : [ "Work" ], "title" : "once" }',
+        b'{"tags":["work"],"title":"once","priority":"high","description":""}',
+    ]
+    for body in same:
+        again = await client.post("/api/tasks", data=body, headers=raw)
+        assert again.status == 201, await again.text()
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert (await again.json())["id"] == task["id"]
+    other = await client.post("/api/tasks", data=b'{"title":"once","tags":[]}', headers=raw)
+    assert other.status == 422
+    assert (await other.json())["type"].endswith(":idempotency-key-reused")
+    url = f"/api/tasks/{task['id']}"
+    patch = {**raw, "If-Match": '"1"', "Idempotency-Key": "patch-7"}
+    changed = await client.patch(url, data=b'{"status":"done","title":"twice"}', headers=patch)
+    assert changed.status == 200, await changed.text()
+    replayed = await client.patch(
+        url, data=b'{\t"title": "twice",  "status": "done"\n}', headers=patch
+    )
+    assert (replayed.status, replayed.headers["Idempotent-Replayed"]) == (200, "true")
+    assert replayed.headers["ETag"] == changed.headers["ETag"] == '"3"'
+    fewer = await client.patch(url, data=b'{"status":"done"}', headers=patch)
+    assert fewer.status == 422
+    assert (await fewer.json())["type"].endswith(":idempotency-key-reused")
+    assert await commit_count(client) == 2
+
+
 async def test_two_patches_with_the_same_if_match_one_wins(client: Client) -> None:
     """Concurrent PATCHes pinned to one version: exactly one 200, the other 412."""
     auth = bearer(client)

@@ -576,7 +576,9 @@ PARAMETERS: dict[str, Any] = {
     "Idempotency-Key": _header_param(
         "Idempotency-Key",
         _pattern(_IDEMPOTENCY_KEY.pattern),
-        "a retry with the same key and request is answered with the first result",
+        "a retry with the same key and request is answered with the first result; the same "
+        "request is the method, path and the body's parsed values (whitespace, key order and "
+        "equivalent spellings do not matter)",
     ),
     "X-Causation-ID": _header_param(
         "X-Causation-ID",
