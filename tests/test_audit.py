@@ -24,6 +24,8 @@ from taskflow.commands.aggregates import TASK
 from taskflow.commands.errors import DomainError
 from taskflow.commands.runner import Context, execute
 from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, Priority, RestoreTask, Status
+from taskflow.events.codec import commit_to_document
+from taskflow.events.gaps import make_gap
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.projections.history import task_as_of, task_history
 from taskflow.projections.rebuild import rebuild
@@ -162,6 +164,46 @@ async def test_audit_endpoints_are_for_auditors_and_read_only(client: Client) ->
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         response = await client.request(method, "/api/audit/events", headers=audit, json={})
         assert response.status == 405
+
+
+async def fill_with_gaps(store: MongoEventStore, count: int) -> None:
+    """Take `count` positions and settle each with a gap, as writers that lost a conflict do."""
+    for _ in range(count):
+        gap = make_gap(await store.positions.take(), datetime.now(UTC))
+        await store.commits.insert_one(commit_to_document(gap))
+        await store.reader.hint(gap)
+
+
+async def test_the_feed_passes_over_gaps_and_says_where_it_ends(client: Client) -> None:
+    """No empty page in the middle of the log: a page passes over runs of gaps (more than its
+    `limit`), and `end` is true exactly when it reaches the settled head."""
+    auth, audit = bearer(client), auditor(client)
+    store = client.app[SERVICES].store
+    first = await create_task(client, auth, title="one")
+    await fill_with_gaps(store, 150)
+    second = await create_task(client, auth, title="two")
+    await fill_with_gaps(store, 3)
+    third = await create_task(client, auth, title="three")
+
+    async def page(after: int, limit: int) -> tuple[list[int], int, bool]:
+        url = f"/api/audit/events?after={after}&limit={limit}"
+        body = await (await client.get(url, headers=audit)).json()
+        return [c["position"] for c in body["items"]], body["next_after"], body["end"]
+
+    positions = [task["_position"] for task in (first, second, third)]
+    assert await page(0, 100) == (positions, positions[2], True)
+    assert await page(0, 1) == (positions[:1], positions[1] - 1, False)
+    assert await page(positions[0], 100) == (positions[1:], positions[2], True)
+    assert await page(positions[1] - 1, 1) == ([positions[1]], positions[2] - 1, False)
+    assert await page(positions[2] - 1, 1) == ([positions[2]], positions[2], True)
+    assert await page(positions[2], 100) == ([], positions[2], True)
+    await fill_with_gaps(store, 2)  # gaps after the last commit: the head moves past them
+    assert await page(positions[2], 100) == ([], positions[2] + 2, True)
+    redis = client.app[SERVICES].redis
+    hints = [key async for key in redis.scan_iter(names.commit_hint_key(0)[:-1] + "*")]
+    await redis.delete(*hints)  # hints expire: the same pages, read from MongoDB
+    assert await page(0, 1) == (positions[:1], positions[1] - 1, False)
+    assert await page(positions[0], 100) == (positions[1:], positions[2] + 2, True)
 
 
 async def test_audit_verify_names_a_tampered_event_and_a_tampered_view(

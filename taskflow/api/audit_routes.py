@@ -20,7 +20,7 @@ from taskflow.events.codec import commit_to_json
 from taskflow.events.records import Commit
 from taskflow.events.store import EventStore
 from taskflow.events.task_values import UtcDatetime
-from taskflow.projections.history import task_as_of, task_history
+from taskflow.projections.history import feed_page, task_as_of, task_history
 
 AUDITOR = "auditor"
 _STREAM_ID = re.compile(r"^(task|user)-[0-9a-f]{32}$")
@@ -89,13 +89,8 @@ async def get_feed(request: web.Request) -> web.Response:
     """The global log in order, for auditors: every commit with its metadata."""
     await require_auditor(request)
     query = query_model(request, FeedQuery)
-    commits: list[Commit] = []
-    last = query.after
-    async for commit in _store(request).read_all(query.after, query.limit):
-        last = commit.position
-        if not commit.is_gap:
-            commits.append(commit)
-    return _commits_response(commits, next_after=last)
+    page = await feed_page(_store(request), query.after, query.limit)
+    return _commits_response(page.commits, next_after=page.next_after, end=page.end)
 
 
 async def get_stream(request: web.Request) -> web.Response:
@@ -106,7 +101,7 @@ async def get_stream(request: web.Request) -> web.Response:
     commits = await _store(request).read_stream(stream_id)
     if not commits:
         raise Problem(404, "stream-not-found", "Stream not found", "No such stream.")
-    return _commits_response(commits, next_after=None)
+    return _commits_response(commits, next_after=None, end=True)
 
 
 async def require_auditor(request: web.Request) -> Principal:
@@ -117,11 +112,12 @@ async def require_auditor(request: web.Request) -> Principal:
     return user
 
 
-def _commits_response(commits: list[Commit], next_after: int | None) -> web.Response:
+def _commits_response(commits: list[Commit], next_after: int | None, end: bool) -> web.Response:
     # Commits are already JSON-shaped by the codec; splice them in without re-encoding.
     items = b",".join(commit_to_json(c) for c in commits)
     after = b"null" if next_after is None else str(next_after).encode()
-    body = b'{"items":[' + items + b'],"next_after":' + after + b"}"
+    ended = b"true" if end else b"false"
+    body = b'{"items":[' + items + b'],"next_after":' + after + b',"end":' + ended + b"}"
     return web.Response(
         body=body, content_type="application/json", headers={"Cache-Control": "private, no-cache"}
     )

@@ -34,6 +34,7 @@ from taskflow.api.task_schemas import CreateTaskBody, PatchTaskBody, TaskOut
 from taskflow.api.task_writes import _ETAG, _IDEMPOTENCY_KEY, _TASK_ID
 from taskflow.commands.task import Status
 from taskflow.events.records import Commit
+from taskflow.projections.history import FEED_GAPS_MAX
 from taskflow.projections.task_queries import TaskQuery
 
 OPENAPI_PATH = "/api/openapi.json"
@@ -140,10 +141,17 @@ class TaskHistoryPage(_Shape):
 
 
 class CommitPage(_Shape):
-    """Commits of the event log, in log order."""
+    """Commits of the event log, in log order; gaps (unused positions) are passed over."""
 
     items: list[Commit]
-    next_after: int | None = Field(description="pass as `after` for the following page")
+    next_after: int | None = Field(
+        description="pass as `after` for the following page: the last position this page "
+        "accounts for, gaps included (null for a whole stream)"
+    )
+    end: bool = Field(
+        description="true: the page reaches the log's settled head, nothing more is there yet "
+        "(poll again later from `next_after`); false: more follows, even after an empty page"
+    )
 
 
 class FieldError(_Shape):
@@ -227,6 +235,16 @@ TARGET_PROBLEMS = {
     **UNAVAILABLE,
 }
 AUDITOR = {**TOKEN, 403: "the caller lacks the auditor role"}
+
+
+FEED_PAGES = (
+    "A page holds up to `limit` commits after `after` and passes over the gaps between them "
+    "(positions no commit used), so it is empty only at the head. Read on with "
+    "`after=next_after` until `end` is true: the page then reaches the log's settled head "
+    "(every position up to `next_after` holds its final commit or gap, and nothing after it "
+    "is settled yet). Poll from there for newer commits. A page passes over at most "
+    f"{FEED_GAPS_MAX:,} gaps: after a longer run of them, a page may be empty with `end` false."
+)
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -506,6 +524,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (Reply(200, "A page of commits", CommitPage),),
         {**AUDITOR, 422: "a parameter is unknown or invalid", **UNAVAILABLE},
         query=FeedQuery,
+        description=FEED_PAGES,
     ),
     Operation(
         "get",
@@ -530,7 +549,7 @@ _QUERY_NOTES = {
     "version": "the task as it was at this version, at most its last (422 beyond it); "
     "not with `as_of`",
     "after_version": "only events after this version, at most the task's last (422 beyond it)",
-    "after": "only commits after this global position",
+    "after": "only commits after this global position (the previous page's `next_after`)",
 }
 _QUERY_NAMES = {"cursor": "next"}  # TaskQuery field -> query parameter
 
