@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
+from pymongo.errors import NetworkTimeout
 
 from taskflow.api.keys import SERVICES
 from taskflow.events.codec import decode_events
+from taskflow.events.records import Commit
 from taskflow.settings import Settings
 from tests.api_support import (
     Client,
@@ -258,6 +262,68 @@ async def test_idempotency_compares_the_parsed_request_not_its_bytes(client: Cli
     assert fewer.status == 422
     assert (await fewer.json())["type"].endswith(":idempotency-key-reused")
     assert await commit_count(client) == 2
+
+
+async def test_a_write_answered_503_after_it_was_stored_replays_with_its_key(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log insert lands but its reply is lost (a timeout, a dropped connection, a failed
+    group-commit batch): the client gets 503; its retry with the same Idempotency-Key answers
+    the stored outcome, even once another command has reloaded the stream's head."""
+    auth = bearer(client)
+    store = client.app[SERVICES].store
+    real_insert = store._insert
+
+    async def stored_then_reply_lost(commit: Commit) -> None:
+        await real_insert(commit)
+        raise NetworkTimeout("injected: the insert was applied, its reply lost")
+
+    async def lost(send: Awaitable[ClientResponse]) -> None:
+        monkeypatch.setattr(store, "_insert", stored_then_reply_lost)
+        response = await send
+        monkeypatch.setattr(store, "_insert", real_insert)
+        assert response.status == 503, await response.text()
+        assert response.headers["Retry-After"] == "1"
+
+    create = {**auth, "Idempotency-Key": "lost-create"}
+    await lost(client.post("/api/tasks", json={"title": "stored"}, headers=create))
+    [stored] = [c async for c in store.scan() if not c.is_gap]
+    retried = await client.post("/api/tasks", json={"title": "stored"}, headers=create)
+    assert (retried.status, retried.headers["Idempotent-Replayed"]) == (201, "true")
+    task = await retried.json()
+    assert f"task-{task['id']}" == stored.stream_id
+    assert int(retried.headers["X-TaskFlow-Position"]) == stored.position
+    url = f"/api/tasks/{task['id']}"
+    for version, key in ((1, "lost-patch"), (2, "lost-after-reload")):
+        pinned = {**auth, "If-Match": f'"{version}"', "Idempotency-Key": key}
+        body = {"title": f"v{version + 1}"}
+        await lost(client.patch(url, json=body, headers=pinned))
+        if key == "lost-after-reload":
+            await store.load_head(stored.stream_id)  # as another command's reload would
+        again = await client.patch(url, json=body, headers=pinned)
+        assert (again.status, again.headers["Idempotent-Replayed"]) == (200, "true")
+        assert again.headers["ETag"] == f'"{version + 1}"'
+        assert (await again.json())["title"] == f"v{version + 1}"
+    assert await commit_count(client) == 3
+
+
+async def test_an_append_that_finds_no_free_position_is_503_and_stores_nothing(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter that keeps handing out settled positions (every one sealed first) ends in a
+    503 with Retry-After, not a 500, and nothing is stored."""
+    auth = bearer(client)
+    task = await create_task(client, auth)
+    store = client.app[SERVICES].store
+
+    async def a_taken_position() -> int:
+        return int(task["_position"])
+
+    monkeypatch.setattr(store.positions, "take", a_taken_position)
+    response = await client.post("/api/tasks", json={"title": "no room"}, headers=auth)
+    assert response.status == 503, await response.text()
+    assert response.headers["Retry-After"] == "1"
+    assert await commit_count(client) == 1
 
 
 async def test_two_patches_with_the_same_if_match_one_wins(client: Client) -> None:

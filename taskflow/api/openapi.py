@@ -225,6 +225,19 @@ BODY_PROBLEMS = {
 }
 TOKEN = {401: "no valid access token"}
 UNAVAILABLE = {503: "MongoDB or Redis is unavailable, or tokens cannot be checked"}
+# docs/reliability.md, "503 on a write": which 503s may follow a stored commit, and what to do.
+WRITE_UNAVAILABLE = {
+    503: "MongoDB or Redis is unavailable, tokens cannot be checked, or the log could not place "
+    "or confirm the write in time. The write may have been committed even so (the log insert "
+    "was sent, its answer was lost). Retry after Retry-After with the same Idempotency-Key and "
+    "body: a stored write is answered as it was first (Idempotent-Replayed), an unstored one "
+    "is applied. Without a key, re-read the task (its history is read from the log) and retry "
+    "with If-Match only if the change is not there"
+}
+REGISTER_UNAVAILABLE = {
+    503: "MongoDB or Redis is unavailable. The account may have been created even so: a retry "
+    "then answers 409, and logging in works"
+}
 TARGET_PROBLEMS = {
     400: "If-Match is not an ETag, or Idempotency-Key is malformed",
     **TOKEN,
@@ -232,7 +245,7 @@ TARGET_PROBLEMS = {
     412: "If-Match names an older version; ETag gives the current one",
     422: "this Idempotency-Key was used with another request",
     428: "If-Match is missing",
-    **UNAVAILABLE,
+    **WRITE_UNAVAILABLE,
 }
 AUDITOR = {**TOKEN, 403: "the caller lacks the auditor role"}
 
@@ -315,7 +328,7 @@ OPERATIONS: tuple[Operation, ...] = (
             **BODY_PROBLEMS,
             409: "the e-mail address is taken",
             422: "a field is invalid (each is named)",
-            **UNAVAILABLE,
+            **REGISTER_UNAVAILABLE,
         },
         body=RegisterBody,
         example={"email": EMAIL, "password": PASSWORD, "display_name": "Ada"},
@@ -390,7 +403,7 @@ OPERATIONS: tuple[Operation, ...] = (
             **TOKEN,
             409: "a concurrent write to the same task landed first",
             422: "a field is invalid, or the Idempotency-Key was used with another request",
-            **UNAVAILABLE,
+            **WRITE_UNAVAILABLE,
         },
         parameters=("Idempotency-Key", "X-Causation-ID"),
         body=CreateTaskBody,
