@@ -27,8 +27,10 @@ from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, Priority,
 from taskflow.events.codec import commit_to_document
 from taskflow.events.gaps import make_gap
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.projections.catalog import log_projections
 from taskflow.projections.history import task_as_of, task_history
 from taskflow.projections.rebuild import rebuild
+from taskflow.projections.runtime import run_until_caught_up
 from taskflow.projections.verify import verify_read_models
 from taskflow.settings import Settings
 from tests.api_support import Client, bearer, create_task, project
@@ -228,6 +230,36 @@ async def test_audit_verify_names_a_tampered_event_and_a_tampered_view(
     assert f"MISMATCH mongodb task {tasks[2]['id']}" in report
 
 
+async def test_audit_verify_finds_a_removed_last_commit_and_says_how_far_it_is_sealed(
+    client: Client, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream's last commit deleted after it was sealed: `audit verify` names the missing
+    position and the seal over it (no chain is broken); it says how far the log is sealed."""
+    auth = bearer(client)
+    tasks = [await create_task(client, auth, title=f"t{i}") for i in range(3)]
+    url = f"/api/tasks/{tasks[1]['id']}"
+    changed = await client.patch(url, json={"title": "x"}, headers={**auth, "If-Match": '"1"'})
+    services = client.app[SERVICES]
+    [seal] = log_projections(services)
+    await run_until_caught_up(services.store, seal)
+    sealed = int(changed.headers["X-TaskFlow-Position"])
+    await create_task(client, auth, title="after the seal")
+    await project(client)
+    capsys.readouterr()
+    assert await operations.audit_verify(settings) == 0
+    assert (
+        f"sealed up to position {sealed} (1 seals); positions {sealed + 1}-{sealed + 1} are "
+        "covered only by the per-stream hash chains" in capsys.readouterr().out
+    )
+    await services.store.commits.delete_one({"position": sealed})
+    assert await operations.audit_verify(settings) == 1
+    report = capsys.readouterr().out
+    assert f"MISSING positions {sealed}-{sealed}:" in report
+    assert f"SEAL at position {sealed}: the sealed position is missing" in report
+    assert "BROKEN" not in report
+    assert "0 broken chains, 1 seal problems, 1 missing positions" in report
+
+
 @pytest.fixture
 def projector(settings: Settings, tmp_path: Path) -> Iterator[None]:
     """One real projector process on the test's database."""
@@ -285,6 +317,30 @@ async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Cli
     assert await verify_read_models(services, 2) == []
     assert await services.redis.exists(names.read_model_prefix(1) + "checkpoint") == 0
     assert names.task_views_collection(1) not in await services.views_db.list_collection_names()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("projector")
+async def test_a_projector_process_seals_the_log(client: Client) -> None:
+    """The real `taskflow project` holds the log seal's lease and seals up to the head, gaps
+    included, a seal per pass rather than per commit; the sealed log verifies."""
+    auth = bearer(client)
+    store = client.app[SERVICES].store
+    tasks = [await create_task(client, auth, title=f"t{i}") for i in range(5)]
+    await fill_with_gaps(store, 2)
+    head = tasks[-1]["_position"] + 2
+
+    async def sealed_to_the_head() -> bool:
+        return await store.seals.count_documents({"_id": head}) == 1
+
+    deadline = asyncio.get_running_loop().time() + 120
+    while not await sealed_to_the_head():
+        assert asyncio.get_running_loop().time() < deadline, "the log was never sealed"
+        await asyncio.sleep(0.1)
+    audit = await store.audit()
+    assert audit.ok, audit
+    assert audit.sealed_to == audit.last_position == head
+    assert audit.seals < head  # paced: not one seal per position
 
 
 async def _until_visible(client: Client, auth: dict[str, str], task: dict[str, Any]) -> None:

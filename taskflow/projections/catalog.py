@@ -7,6 +7,7 @@ from collections.abc import Collection
 from taskflow import names
 from taskflow.bootstrap import Services
 from taskflow.events.store import EventStore
+from taskflow.projections.log_seal import LogSeal
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.runtime import Projection, run_until_caught_up
@@ -24,6 +25,14 @@ def projections(
         # The views live in a database of their own; their lease, as every lease, in the log's.
         made.append(MongoTaskViews(services.views_db, version, leases=services.db[names.LEASES]))
     return made
+
+
+def log_projections(services: Services) -> list[Projection]:
+    """The projections of the log itself, not of a read-model version: the log seal.
+
+    Every projector process runs them (one holds each lease), whatever its read models.
+    """
+    return [LogSeal(services.db, services.store.chain)]
 
 
 async def catch_up(store: EventStore, targets: list[Projection]) -> int:

@@ -21,7 +21,7 @@ from taskflow import names
 from taskflow.bootstrap import Services, open_services
 from taskflow.events.store import EventStore
 from taskflow.metrics import PROJECTION_HEAD, PROJECTION_LAG_EVENTS
-from taskflow.projections.catalog import projections
+from taskflow.projections.catalog import log_projections, projections
 from taskflow.projections.lease import Lease
 from taskflow.projections.runtime import LeaseLostError, Projection, run_until_caught_up
 from taskflow.settings import Settings
@@ -30,6 +30,9 @@ from taskflow.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 # The longest a pass of a projection with a busy share below 1 goes on before it rests.
 MAX_PASS_SECONDS = 2.0
+# The group of the log's own projections (catalog.log_projections: the log seal), kept beside
+# the read-model versions (which start at 1) for as long as the supervisor runs.
+LOG_GROUP = 0
 
 
 class ProjectionDriver:
@@ -200,7 +203,7 @@ class Supervisor:
         try:
             while not self._stopping.is_set():
                 with contextlib.suppress(RedisError):
-                    self._follow(await self._versions())
+                    self._follow(await self._versions() | {LOG_GROUP})
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._stopping.wait()
@@ -231,7 +234,11 @@ class Supervisor:
                 poll_interval=settings.projector_poll_seconds,
                 stopping=retired,
             )
-            for projection in projections(self._services, version, settings.projector_read_models)
+            for projection in (
+                log_projections(self._services)
+                if version == LOG_GROUP
+                else projections(self._services, version, settings.projector_read_models)
+            )
         ]
         self.drivers.extend(drivers)
         self._groups[version] = (retired, [asyncio.create_task(d.run()) for d in drivers])
