@@ -307,6 +307,35 @@ async def test_a_write_answered_503_after_it_was_stored_replays_with_its_key(
     assert await commit_count(client) == 3
 
 
+async def test_an_insert_sent_again_after_it_was_applied_is_answered_as_done(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver retries an insert whose reply was lost, and the retry meets the first try's
+    document: without an Idempotency-Key that was a 409 (create) or 412 (PATCH) for a write
+    that was in fact committed; it is the write's own success."""
+    auth = bearer(client)
+    store = client.app[SERVICES].store
+    real_insert = store._insert
+
+    async def applied_then_sent_again(commit: Commit) -> None:
+        await real_insert(commit)
+        await real_insert(commit)  # what PyMongo's automatic retry of a write does here
+
+    monkeypatch.setattr(store, "_insert", applied_then_sent_again)
+    created = await client.post("/api/tasks", json={"title": "once"}, headers=auth)
+    assert created.status == 201, await created.text()
+    task = await created.json()
+    changed = await client.patch(
+        f"/api/tasks/{task['id']}", json={"title": "twice"}, headers={**auth, "If-Match": '"1"'}
+    )
+    assert changed.status == 200, await changed.text()
+    assert (changed.headers["ETag"], "Idempotent-Replayed" in changed.headers) == ('"2"', False)
+    assert await commit_count(client) == 2
+    [first, second] = [c async for c in store.scan() if not c.is_gap]
+    assert int(created.headers["X-TaskFlow-Position"]) == first.position
+    assert int(changed.headers["X-TaskFlow-Position"]) == second.position
+
+
 async def test_an_append_that_finds_no_free_position_is_503_and_stores_nothing(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,6 +72,7 @@ return 1
 
 
 class _Duplicate(Enum):
+    OURS = "this very commit: the insert was applied, and the driver sent it again"
     REPLAY = "an earlier commit with the same idempotency key"
     CONFLICT = "another commit at the same stream version"
     POSITION = "a commit or gap at the same position"
@@ -209,10 +210,16 @@ class MongoEventStore:
             try:
                 await self._insert(commit)
             except DuplicateKeyError:
-                if idempotency_key is None and (head := await self._moved_past(commit)):
+                head = await self._moved_past(commit) if idempotency_key is None else None
+                if head is not None and not _is_head(head, commit):
                     await self._fill(commit.position)
                     raise ConcurrencyError(stream_id, expected_version, head.version) from None
                 outcome, other = await self._explain_duplicate(commit)
+                if outcome is _Duplicate.OURS:
+                    # The driver retried an insert whose first try was applied (a lost reply:
+                    # PyMongo retries a write once, and FerretDB does not recognise the retry).
+                    # The commit is stored as this append made it: that is a success.
+                    return await self._committed(commit, snapshot, idempotency_key)
                 if outcome is _Duplicate.POSITION:
                     # Usually a reader sealed a position this writer held too long: the next
                     # one is free. Only repeated collisions suggest a counter behind the log.
@@ -224,11 +231,16 @@ class MongoEventStore:
                     return _replay_of(other, metadata.fingerprint)
                 head, _ = await self.load_head(stream_id)
                 raise ConcurrencyError(stream_id, expected_version, head.version) from None
-            APPENDS.inc()
-            await self._announce(commit, snapshot, idempotency_key)
-            await self._reserve_ahead()
-            return _result_of(commit)
+            return await self._committed(commit, snapshot, idempotency_key)
         raise PositionUnavailableError(f"no free position after {POSITION_ATTEMPTS} attempts")
+
+    async def _committed(
+        self, commit: Commit, snapshot: bytes | None, idempotency_key: str | None
+    ) -> AppendResult:
+        APPENDS.inc()
+        await self._announce(commit, snapshot, idempotency_key)
+        await self._reserve_ahead()
+        return _result_of(commit)
 
     async def _reserve_ahead(self) -> None:
         """The commit is stored: a failure here only means a later take reserves the block."""
@@ -286,6 +298,8 @@ class MongoEventStore:
             ]
         }
         others = [commit_from_document(doc) for doc in await self.commits.find(query).to_list()]
+        if any(_same_commit(other, commit) for other in others):
+            return _Duplicate.OURS, None
         for other in others:
             if other.idempotency == commit.idempotency and not commit.idempotency.startswith("~"):
                 return _Duplicate.REPLAY, other
@@ -486,6 +500,21 @@ class MongoEventStore:
 async def _next_seal(docs: AsyncGenerator[dict[str, Any], None]) -> Seal | None:
     doc = await anext(docs, None)
     return None if doc is None else Seal.of(doc)
+
+
+def _same_commit(stored: Commit, commit: Commit) -> bool:
+    """Whether `stored` is `commit` itself: the same id and position, and the same chain hash,
+    which covers its content, metadata and request id (no other append signs the same)."""
+    return (stored.commit_id, stored.position, stored.hash) == (
+        commit.commit_id,
+        commit.position,
+        commit.hash,
+    )
+
+
+def _is_head(head: StreamHead, commit: Commit) -> bool:
+    """Whether the cached head is `commit` (someone read it from the log before we announced)."""
+    return head.version == commit.last_version and head.hash == commit.hash
 
 
 def _idempotency(actor: str, key: str | None) -> str | None:
