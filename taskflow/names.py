@@ -10,6 +10,9 @@ LEASES = "projection_leases"
 CHECKPOINTS = "projection_checkpoints"
 # One document per block of global positions, inserted before any position of the block is used.
 POSITION_BLOCKS = "position_blocks"
+# Seals of the whole log (insert-only, `_id` = the position sealed) and the sealer's checkpoint.
+LOG_SEALS = "log_seals"
+LOG_SEAL_CHECKPOINT = "log_seal_checkpoint"
 
 # Redis keys. One prefix so a shared Redis can host several deployments side by side.
 PREFIX = "tf:"

@@ -16,7 +16,8 @@ from taskflow.commands.runner import Context, execute
 from taskflow.commands.user import GrantRole
 from taskflow.commands.user_handlers import find_user_by_email
 from taskflow.events.codec import commit_to_json
-from taskflow.projections.catalog import projections
+from taskflow.events.log_seals import LogAudit
+from taskflow.projections.catalog import log_projections, projections
 from taskflow.projections.rebuild import RebuildVerificationError, rebuild
 from taskflow.projections.verify import verify_read_models
 from taskflow.projections.worker import read_model_versions
@@ -49,30 +50,62 @@ async def grant_role(settings: Settings, email: str, role: str) -> int:
 
 
 async def audit_verify(settings: Settings) -> int:
-    """Check every stream's hash chain and every task view against the log; 1 on any mismatch."""
+    """Check the log (stream chains, seals, contiguity) and every task view; 1 on any finding."""
     async with open_services(settings) as services:
         head = await services.store.head_position()
-        with _bar(head, "hash chains") as bar:
-            broken = await services.store.verify_all(lambda position: _tick(bar))
+        with _bar(head, "log") as bar:
+            audit = await services.store.audit(lambda position: _tick(bar))
         mismatches = []
         for version in sorted(await read_model_versions(services)):
             mismatches += await verify_read_models(services, version)
-    for link in broken:
-        print(
-            f"BROKEN stream {link.stream_id} at version {link.version} "
-            f"(position {link.position}): {link.reason}"
-        )
+    for line in _log_findings(audit):
+        print(line)
     for mismatch in mismatches:
         print(
             f"MISMATCH {mismatch.model} task {mismatch.task_id}: log says version "
             f"{mismatch.expected_version}, read model has {mismatch.found_version}"
         )
-    ok = not broken and not mismatches
+    ok = audit.ok and not mismatches
+    missing = sum(last - first + 1 for first, last in audit.missing)
     print(
-        f"audit verify: {'OK' if ok else 'FAILED'} — {head} positions, "
-        f"{len(broken)} broken chains, {len(mismatches)} read-model mismatches"
+        f"audit verify: {'OK' if ok else 'FAILED'} — {audit.last_position} positions, "
+        f"{len(audit.broken)} broken chains, {len(audit.seal_problems)} seal problems, "
+        f"{missing} missing positions, {len(mismatches)} read-model mismatches"
     )
+    print(_sealed_to(audit))
     return 0 if ok else 1
+
+
+def _log_findings(audit: LogAudit) -> list[str]:
+    lines = [
+        f"BROKEN stream {link.stream_id} at version {link.version} "
+        f"(position {link.position}): {link.reason}"
+        for link in audit.broken
+    ]
+    lines += [f"SEAL at position {p.position}: {p.reason}" for p in audit.seal_problems]
+    lines += [
+        f"MISSING positions {first}-{last}: no commit or gap, below the highest seal or the "
+        "settled head, so it was removed"
+        for first, last in audit.missing
+    ]
+    lines += [
+        f"UNSETTLED positions {first}-{last}: above the settled head, possibly still being "
+        "written (not a finding)"
+        for first, last in audit.unsettled
+    ]
+    return lines
+
+
+def _sealed_to(audit: LogAudit) -> str:
+    """How far the seals reach, and what guards the positions above them."""
+    sealed = f"sealed up to position {audit.sealed_to} ({audit.seals} seals)"
+    if audit.sealed_to >= audit.last_position:
+        return f"{sealed}: the whole log"
+    return (
+        f"{sealed}; positions {audit.sealed_to + 1}-{audit.last_position} are covered only by "
+        "the per-stream hash chains and contiguity up to the settled head "
+        f"({audit.settled}) until the next seal"
+    )
 
 
 async def audit_export(settings: Settings, after: int, out: TextIO) -> int:
@@ -92,20 +125,22 @@ async def projections_status(settings: Settings) -> int:
     async with open_services(settings) as services:
         head = await services.store.head_position()
         rows = [("projection", "position", "head", "lag", "lease holder", "lease expires")]
-        for version in sorted(await read_model_versions(services)):
-            for projection in projections(services, version):
-                position = await projection.position()
-                lease = await _latest_lease(services, projection.name)
-                rows.append(
-                    (
-                        projection.name,
-                        str(position),
-                        str(head),
-                        str(head - position),
-                        str(lease.get("holder", "-")),
-                        str(lease.get("expires_at", "-")),
-                    )
+        versions = sorted(await read_model_versions(services))
+        targets = log_projections(services)
+        targets += [p for version in versions for p in projections(services, version)]
+        for projection in targets:
+            position = await projection.position()
+            lease = await _latest_lease(services, projection.name)
+            rows.append(
+                (
+                    projection.name,
+                    str(position),
+                    str(head),
+                    str(head - position),
+                    str(lease.get("holder", "-")),
+                    str(lease.get("expires_at", "-")),
                 )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

@@ -24,9 +24,13 @@ from taskflow.commands.aggregates import TASK
 from taskflow.commands.errors import DomainError
 from taskflow.commands.runner import Context, execute
 from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, Priority, RestoreTask, Status
+from taskflow.events.codec import commit_to_document
+from taskflow.events.gaps import make_gap
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.projections.catalog import log_projections
 from taskflow.projections.history import task_as_of, task_history
 from taskflow.projections.rebuild import rebuild
+from taskflow.projections.runtime import run_until_caught_up
 from taskflow.projections.verify import verify_read_models
 from taskflow.settings import Settings
 from tests.api_support import Client, bearer, create_task, project
@@ -114,9 +118,27 @@ async def test_history_and_time_travel_over_http(client: Client) -> None:
     assert (await client.get(f"{url}?version=99999999999999999999", headers=auth)).status == 422
     overflow = {"as_of": "9999-12-31T23:59:59-23:59"}
     assert (await client.get(url, params=overflow, headers=auth)).status == 422
+    assert await _invalid(client, f"{url}?version=4", auth) == ["version"]  # the task is at 3
+    assert (await client.get(f"{url}?version=3", headers=auth)).status == 200
+    both = {"as_of": moment, "version": "1"}
+    assert await _invalid(client, url, auth, both) == ["as_of", "version"]
+    assert await _invalid(client, f"{url}/history?after_version=4", auth) == ["after_version"]
+    last = await client.get(f"{url}/history?after_version=3", headers=auth)
+    assert (await last.json()) == {"items": [], "next": None}
     intruder = bearer(client)
+    assert (await client.get(f"{url}?version=4", headers=intruder)).status == 404
+    assert (await client.get(f"{url}/history?after_version=4", headers=intruder)).status == 404
     assert (await client.get(f"{url}/history", headers=intruder)).status == 404
     assert (await client.get(f"{url}?version=1", headers=intruder)).status == 404
+
+
+async def _invalid(
+    client: Client, url: str, auth: dict[str, str], params: dict[str, str] | None = None
+) -> list[str]:
+    """The fields a 422 names (fails unless the answer is a 422)."""
+    response = await client.get(url, params=params, headers=auth)
+    assert response.status == 422, await response.text()
+    return [error["field"] for error in (await response.json())["errors"]]
 
 
 async def test_audit_endpoints_are_for_auditors_and_read_only(client: Client) -> None:
@@ -146,6 +168,46 @@ async def test_audit_endpoints_are_for_auditors_and_read_only(client: Client) ->
         assert response.status == 405
 
 
+async def fill_with_gaps(store: MongoEventStore, count: int) -> None:
+    """Take `count` positions and settle each with a gap, as writers that lost a conflict do."""
+    for _ in range(count):
+        gap = make_gap(await store.positions.take(), datetime.now(UTC))
+        await store.commits.insert_one(commit_to_document(gap))
+        await store.reader.hint(gap)
+
+
+async def test_the_feed_passes_over_gaps_and_says_where_it_ends(client: Client) -> None:
+    """No empty page in the middle of the log: a page passes over runs of gaps (more than its
+    `limit`), and `end` is true exactly when it reaches the settled head."""
+    auth, audit = bearer(client), auditor(client)
+    store = client.app[SERVICES].store
+    first = await create_task(client, auth, title="one")
+    await fill_with_gaps(store, 150)
+    second = await create_task(client, auth, title="two")
+    await fill_with_gaps(store, 3)
+    third = await create_task(client, auth, title="three")
+
+    async def page(after: int, limit: int) -> tuple[list[int], int, bool]:
+        url = f"/api/audit/events?after={after}&limit={limit}"
+        body = await (await client.get(url, headers=audit)).json()
+        return [c["position"] for c in body["items"]], body["next_after"], body["end"]
+
+    positions = [task["_position"] for task in (first, second, third)]
+    assert await page(0, 100) == (positions, positions[2], True)
+    assert await page(0, 1) == (positions[:1], positions[1] - 1, False)
+    assert await page(positions[0], 100) == (positions[1:], positions[2], True)
+    assert await page(positions[1] - 1, 1) == ([positions[1]], positions[2] - 1, False)
+    assert await page(positions[2] - 1, 1) == ([positions[2]], positions[2], True)
+    assert await page(positions[2], 100) == ([], positions[2], True)
+    await fill_with_gaps(store, 2)  # gaps after the last commit: the head moves past them
+    assert await page(positions[2], 100) == ([], positions[2] + 2, True)
+    redis = client.app[SERVICES].redis
+    hints = [key async for key in redis.scan_iter(names.commit_hint_key(0)[:-1] + "*")]
+    await redis.delete(*hints)  # hints expire: the same pages, read from MongoDB
+    assert await page(0, 1) == (positions[:1], positions[1] - 1, False)
+    assert await page(positions[0], 100) == (positions[1:], positions[2] + 2, True)
+
+
 async def test_audit_verify_names_a_tampered_event_and_a_tampered_view(
     client: Client, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -166,6 +228,36 @@ async def test_audit_verify_names_a_tampered_event_and_a_tampered_view(
     report = capsys.readouterr().out
     assert f"BROKEN stream task-{tasks[1]['id']} at version 1" in report
     assert f"MISMATCH mongodb task {tasks[2]['id']}" in report
+
+
+async def test_audit_verify_finds_a_removed_last_commit_and_says_how_far_it_is_sealed(
+    client: Client, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream's last commit deleted after it was sealed: `audit verify` names the missing
+    position and the seal over it (no chain is broken); it says how far the log is sealed."""
+    auth = bearer(client)
+    tasks = [await create_task(client, auth, title=f"t{i}") for i in range(3)]
+    url = f"/api/tasks/{tasks[1]['id']}"
+    changed = await client.patch(url, json={"title": "x"}, headers={**auth, "If-Match": '"1"'})
+    services = client.app[SERVICES]
+    [seal] = log_projections(services)
+    await run_until_caught_up(services.store, seal)
+    sealed = int(changed.headers["X-TaskFlow-Position"])
+    await create_task(client, auth, title="after the seal")
+    await project(client)
+    capsys.readouterr()
+    assert await operations.audit_verify(settings) == 0
+    assert (
+        f"sealed up to position {sealed} (1 seals); positions {sealed + 1}-{sealed + 1} are "
+        "covered only by the per-stream hash chains" in capsys.readouterr().out
+    )
+    await services.store.commits.delete_one({"position": sealed})
+    assert await operations.audit_verify(settings) == 1
+    report = capsys.readouterr().out
+    assert f"MISSING positions {sealed}-{sealed}:" in report
+    assert f"SEAL at position {sealed}: the sealed position is missing" in report
+    assert "BROKEN" not in report
+    assert "0 broken chains, 1 seal problems, 1 missing positions" in report
 
 
 @pytest.fixture
@@ -225,6 +317,30 @@ async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Cli
     assert await verify_read_models(services, 2) == []
     assert await services.redis.exists(names.read_model_prefix(1) + "checkpoint") == 0
     assert names.task_views_collection(1) not in await services.views_db.list_collection_names()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("projector")
+async def test_a_projector_process_seals_the_log(client: Client) -> None:
+    """The real `taskflow project` holds the log seal's lease and seals up to the head, gaps
+    included, a seal per pass rather than per commit; the sealed log verifies."""
+    auth = bearer(client)
+    store = client.app[SERVICES].store
+    tasks = [await create_task(client, auth, title=f"t{i}") for i in range(5)]
+    await fill_with_gaps(store, 2)
+    head = tasks[-1]["_position"] + 2
+
+    async def sealed_to_the_head() -> bool:
+        return await store.seals.count_documents({"_id": head}) == 1
+
+    deadline = asyncio.get_running_loop().time() + 120
+    while not await sealed_to_the_head():
+        assert asyncio.get_running_loop().time() < deadline, "the log was never sealed"
+        await asyncio.sleep(0.1)
+    audit = await store.audit()
+    assert audit.ok, audit
+    assert audit.sealed_to == audit.last_position == head
+    assert audit.seals < head  # paced: not one seal per position
 
 
 async def _until_visible(client: Client, auth: dict[str, str], task: dict[str, Any]) -> None:

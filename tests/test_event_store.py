@@ -12,11 +12,15 @@ from redis.asyncio import Redis
 from taskflow import names
 from taskflow.events import log_reader
 from taskflow.events.chain import HashChain
-from taskflow.events.codec import decode_events
+from taskflow.events.codec import commit_to_document, decode_events
+from taskflow.events.gaps import make_gap
+from taskflow.events.log_seals import GENESIS, log_digest
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.positions import BLOCK
 from taskflow.events.records import Commit, Metadata
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
+from taskflow.projections.log_seal import LogSeal, SealMismatchError
+from taskflow.projections.runtime import run_until_caught_up
 from tests.conftest import TEST_HMAC_KEY
 from tests.sample_events import NoteTagged, NoteWritten
 
@@ -369,3 +373,131 @@ async def test_the_log_is_read_in_position_order_whatever_order_it_is_stored_in(
     assert [c.position for c in log] == [1, 2, 3, 4, 5, 6]
     assert [c.stream_id for c in log] == [f"s-{i}" for i in range(6)]
     assert stored[-1] == 2  # the server did hand it over last (storage order)
+
+
+# -- log seals: a chain over the whole log (events/log_seals.py, projections/log_seal.py) ------
+
+
+async def write_log_with_gaps(store: MongoEventStore) -> None:
+    """Positions 1-13: three streams with a gap after every third commit, and s-1 at 13."""
+    for i in range(3):
+        for stream in ("s-1", "s-2", "s-3"):
+            await store.append(stream, i, [NoteWritten(text=f"{stream} {i}")], meta())
+        gap = make_gap(await store.positions.take(), datetime.now(UTC))  # a writer's lost race
+        await store.commits.insert_one(commit_to_document(gap))
+        await store.reader.hint(gap)
+    await store.append("s-1", 3, [NoteWritten(text="s-1 3")], meta())
+
+
+async def sealed_log(store: MongoEventStore) -> list[Commit]:
+    """The log of `write_log_with_gaps`, sealed in batches of 4 (seals at 4, 8, 12, 13)."""
+    await write_log_with_gaps(store)
+    await run_until_caught_up(store, LogSeal(store.commits.database, store.chain), batch_size=4)
+    return await drain(store)
+
+
+async def seal_positions(store: MongoEventStore) -> list[int]:
+    return [int(doc["_id"]) async for doc in store.seals.find({}).sort("_id", 1)]
+
+
+async def test_an_untouched_sealed_log_with_gaps_verifies(store: MongoEventStore) -> None:
+    """Seals every batch (gaps included); verify finds nothing and says it is sealed to the end;
+    every seal is the running digest at its position, whatever the batch boundaries."""
+    log = await sealed_log(store)
+    assert await seal_positions(store) == [4, 8, 12, 13]
+    audit = await store.audit()
+    assert audit.ok, audit
+    assert (audit.sealed_to, audit.last_position, audit.seals) == (13, 13, 4)
+    digest, at = GENESIS, {}
+    for commit in log:
+        digest = at[commit.position] = log_digest(digest, commit)
+    async for doc in store.seals.find({}):
+        assert doc["digest"] == at[doc["_id"]]
+
+
+@pytest.mark.parametrize(
+    ("stream", "version", "seal"),
+    [("s-2", 3, 12), ("s-1", 2, 8), ("s-1", 4, 13)],
+    ids=["last of its stream", "middle of its stream", "last of the log"],
+)
+async def test_removing_any_sealed_commit_is_found_by_verify(
+    store: MongoEventStore, stream: str, version: int, seal: int
+) -> None:
+    """Deleting a commit, even a stream's last (no stream chain notices) or the log's last, is
+    reported: its position is missing below the highest seal, and the seal over it fails."""
+    await sealed_log(store)
+    [victim] = [c for c in await store.read_stream(stream) if c.last_version == version]
+    await store.commits.delete_one({"_id": victim.commit_id})
+    audit = await store.audit()
+    assert not audit.ok
+    assert audit.missing == [(victim.position, victim.position)]
+    assert [problem.position for problem in audit.seal_problems] == [seal]
+    chains = [(link.stream_id, link.version) for link in audit.broken]
+    assert chains == ([("s-1", 3)] if version == 2 else [])  # only a middle commit breaks one
+
+
+async def test_a_removed_unsealed_commit_below_the_settled_head_is_missing(
+    store: MongoEventStore,
+) -> None:
+    """Without any seal yet, the log's last commit removed is still a missing position: every
+    position up to the settled head held a commit or a gap."""
+    await write_log_with_gaps(store)
+    await drain(store)  # a reader has settled the log up to its end
+    await store.commits.delete_one({"position": 13})
+    audit = await store.audit()
+    assert (audit.missing, audit.sealed_to, audit.broken) == ([(13, 13)], 0, [])
+
+
+async def test_a_tampered_or_forged_seal_is_reported(store: MongoEventStore) -> None:
+    """A seal whose digest was changed, or one inserted without the key, fails its MAC."""
+    await sealed_log(store)
+    await store.seals.update_one({"_id": 8}, {"$set": {"digest": GENESIS}})
+    await store.seals.insert_one({"_id": 10, "digest": GENESIS, "mac": "0" * 64})
+    audit = await store.audit()
+    assert [(p.position, "MAC" in p.reason) for p in audit.seal_problems] == [
+        (8, True),
+        (10, True),
+    ]
+    assert audit.missing == []
+
+
+async def test_replayed_and_racing_seal_batches_write_identical_seals(
+    store: MongoEventStore,
+) -> None:
+    """The same batch applied twice, a zombie under an older term, two sealers racing, and a
+    checkpoint that went backwards: no error, and the seals are exactly the deterministic ones."""
+    for i in range(12):
+        await store.append(f"s-{i % 3}", i // 3, [NoteWritten(text=str(i))], meta())
+    log = await drain(store)
+    db = store.commits.database
+    old, new = LogSeal(db, store.chain), LogSeal(db, store.chain)
+    await old.fence(1)
+    await old.apply(log[:5], term=1)
+    await new.fence(2)  # a new holder; `old` is a zombie from here on
+    await new.apply(log[:5], term=2)  # its replay of the same batch: the checkpoint is ahead
+    await new.apply(log[5:8], term=2)
+    await old.apply(log[5:8], term=1)  # the zombie's late batch: identical seal, duplicate key
+    await asyncio.gather(new.apply(log[8:], term=2), old.apply(log[8:], term=1))
+    assert await seal_positions(store) == [5, 8, 12]
+    assert await new.position() == 12
+    # A checkpoint lowered (a racing write on a server without atomic updates): re-sealing
+    # from there meets the stored seals, identical, and the checkpoint comes back up.
+    await db[names.LOG_SEAL_CHECKPOINT].delete_many({})
+    again = LogSeal(db, store.chain)
+    assert await run_until_caught_up(store, again, batch_size=4) == 12
+    assert await seal_positions(store) == [4, 5, 8, 12]
+    assert await again.position() == 12
+    assert (await store.audit()).ok
+
+
+async def test_a_changed_log_below_a_stored_seal_stops_the_sealer(store: MongoEventStore) -> None:
+    """Re-sealing a log whose sealed part was altered meets a different seal: an error, not a
+    silent second opinion."""
+    await sealed_log(store)
+    await store.commits.delete_one({"position": 2})
+    gap = make_gap(2, datetime.now(UTC))
+    await store.commits.insert_one(commit_to_document(gap))
+    await store.reader.hint(gap)  # the hint of the removed commit expires, or is replaced
+    await store.commits.database[names.LOG_SEAL_CHECKPOINT].delete_many({})
+    with pytest.raises(SealMismatchError):
+        await run_until_caught_up(store, LogSeal(store.commits.database, store.chain), batch_size=4)

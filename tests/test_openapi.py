@@ -111,6 +111,17 @@ async def test_docs_page_lists_every_operation_and_runs_no_script(client: Client
             assert f'id="{operation["operationId"]}"' in page
 
 
+async def test_the_merge_patch_allows_null_only_where_it_clears_a_field(client: Client) -> None:
+    """PATCH's schema: null for description, due_at and tags (it clears them), never for title,
+    status or priority; no field has a default (a field left out stays as it is)."""
+    document = await fetch_document(client)
+    fields = document["components"]["schemas"]["PatchTaskBody"]["properties"]
+    nullable = {name for name, f in fields.items() if {"type": "null"} in f.get("anyOf", [])}
+    assert nullable == {"description", "due_at", "tags"}
+    assert not [name for name, f in fields.items() if "default" in f]
+    assert all("null" in f["description"] for f in fields.values())
+
+
 @dataclass
 class Fuzzer:
     """Sends schemathesis cases to the live app, with real credentials in most of them."""

@@ -23,6 +23,9 @@ from taskflow.settings import Settings
 from tests.conftest import closed_port
 from tests.workload import write_workload
 
+# The leases one projector takes: the Redis and MongoDB views, and the log seal.
+PROJECTIONS = 3
+
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
     return {
@@ -102,7 +105,7 @@ async def test_sigterm_finishes_the_batch_and_releases_the_lease(
     processes.append(projector)
     leases = db[names.LEASES]
     for _ in range(200):
-        if await leases.count_documents({}) == 2:
+        if await leases.count_documents({}) == PROJECTIONS:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)
@@ -114,7 +117,7 @@ async def test_sigterm_finishes_the_batch_and_releases_the_lease(
     standby = _start(["project"], _env(settings), tmp_path / "standby.log")
     processes.append(standby)
     for _ in range(400):
-        if await leases.count_documents({"term": 2}) == 2:
+        if await leases.count_documents({"term": 2}) == PROJECTIONS:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the standby did not take the released leases over")

@@ -64,7 +64,13 @@ field_values: dict[str, st.SearchStrategy[Any]] = {
 creates = st.fixed_dictionaries(
     {"title": titles}, optional={k: v for k, v in field_values.items() if k != "title"}
 ).map(lambda fields: CreateTask(task_id=TASK_ID, owner_id="user-1", **fields))
-changes = st.fixed_dictionaries({}, optional=field_values).map(
+# A change may also send null (RFC 7396) for the fields it clears.
+change_values = {
+    **field_values,
+    "description": st.none() | descriptions,
+    "tags": st.none() | tag_lists,
+}
+changes = st.fixed_dictionaries({}, optional=change_values).map(
     lambda fields: ChangeTask(task_id=TASK_ID, **fields)
 )
 commands: st.SearchStrategy[TaskCommand] = st.one_of(
@@ -200,13 +206,23 @@ def test_evolve_refuses_an_impossible_history() -> None:
 
 
 def test_change_task_distinguishes_null_from_not_given() -> None:
-    """due_at=None clears the due date; null for any other field is invalid input."""
-    state = _created(CreateTask(task_id=TASK_ID, owner_id="u", title="t", due_at=START))
-    assert fold(decide(state, ChangeTask(task_id=TASK_ID, due_at=None), START), state) == (
-        state.model_copy(update={"due_at": None, "version": 2})
+    """null clears due_at, description and tags (a merge patch); null for a required field is
+    refused naming it; a field not given stays."""
+    created = CreateTask(
+        task_id=TASK_ID, owner_id="u", title="t", description="d", due_at=START, tags=("a",)
     )
-    with pytest.raises(ValidationError, match="title cannot be null"):
-        ChangeTask.model_validate({"task_id": TASK_ID, "title": None})
+    state = _created(created)
+    cleared = ChangeTask.model_validate(
+        {"task_id": TASK_ID, "due_at": None, "description": None, "tags": None}
+    )
+    assert fold(decide(state, cleared, START), state) == state.model_copy(
+        update={"due_at": None, "description": "", "tags": (), "version": 4}
+    )
+    assert decide(state, ChangeTask(task_id=TASK_ID), START) == []
+    for field in ("title", "status", "priority"):
+        with pytest.raises(ValidationError) as refused:
+            ChangeTask.model_validate({"task_id": TASK_ID, field: None})
+        assert [error["loc"] for error in refused.value.errors()] == [(field,)]
 
 
 def test_naive_datetimes_are_rejected() -> None:

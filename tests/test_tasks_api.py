@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
+from pymongo.errors import NetworkTimeout
 
 from taskflow.api.keys import SERVICES
 from taskflow.events.codec import decode_events
+from taskflow.events.records import Commit
 from taskflow.settings import Settings
 from tests.api_support import (
     Client,
@@ -83,6 +87,38 @@ async def test_patch_emits_only_real_changes_and_needs_if_match(client: Client) 
     assert noop.status == 200
     assert noop.headers["ETag"] == '"4"'
     assert "X-TaskFlow-Position" not in noop.headers
+
+
+async def test_null_in_a_merge_patch_clears_or_is_refused_naming_the_field(client: Client) -> None:
+    """RFC 7396: null clears description, due_at and tags; for title, status or priority it is
+    a 422 naming that field (not the body), and nothing is written."""
+    auth = bearer(client)
+    task = await create_task(
+        client, auth, description="d", due_at="2030-01-01T00:00:00Z", tags=["a", "b"]
+    )
+    url = f"/api/tasks/{task['id']}"
+    for field in ("title", "status", "priority"):
+        refused = await client.patch(
+            url, json={field: None, "description": None}, headers={**auth, "If-Match": '"1"'}
+        )
+        assert refused.status == 422, await refused.text()
+        assert [e["field"] for e in (await refused.json())["errors"]] == [field]
+    assert await commit_count(client) == 1
+    cleared = await client.patch(
+        url,
+        data=b'{"description": null, "due_at": null, "tags": null}',
+        headers={**auth, "If-Match": '"1"', "Content-Type": "application/merge-patch+json"},
+    )
+    assert cleared.status == 200, await cleared.text()
+    body = await cleared.json()
+    assert (body["description"], body["due_at"], body["tags"]) == ("", None, [])
+    assert (body["title"], body["status"], body["priority"]) == ("a task", "todo", "medium")
+    assert cleared.headers["ETag"] == '"4"'  # one event per cleared field
+    [_, commit] = await client.app[SERVICES].store.read_stream(f"task-{task['id']}")
+    types = [type(e).__name__ for e in decode_events(commit)]
+    assert types == ["TaskDescriptionChanged", "TaskDueDateCleared", "TaskUntagged"]
+    again = await client.patch(url, json={"tags": None}, headers={**auth, "If-Match": '"4"'})
+    assert (again.status, again.headers["ETag"]) == (200, '"4"')  # already empty: no change
 
 
 async def test_delete_accepts_only_restore_and_hides_the_task(client: Client) -> None:
@@ -188,6 +224,134 @@ async def test_idempotency_key_replays_the_original_create(client: Client) -> No
     other = await client.post("/api/tasks", json={"title": "twice"}, headers=auth)
     assert other.status == 422
     assert (await other.json())["type"].endswith(":idempotency-key-reused")
+    assert await commit_count(client) == 1
+
+
+async def test_idempotency_compares_the_parsed_request_not_its_bytes(client: Client) -> None:
+    """The same JSON with other whitespace, key order or spelling replays with its key; another
+    command with the key is still refused (create and patch alike)."""
+    auth = bearer(client)
+    raw = {**auth, "Content-Type": "application/json", "Idempotency-Key": "create-7"}
+    first = await client.post(
+        "/api/tasks", data=b'{"title":"once","tags":["Work"],"priority":"high"}', headers=raw
+    )
+    assert first.status == 201, await first.text()
+    task = await first.json()
+    same = [
+        b'{ "priority" : "high",\n  "tags" : [ "Work" ], "title" : "once" }',
+        b'{"tags":["work"],"title":"once","priority":"high","description":""}',
+    ]
+    for body in same:
+        again = await client.post("/api/tasks", data=body, headers=raw)
+        assert again.status == 201, await again.text()
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert (await again.json())["id"] == task["id"]
+    other = await client.post("/api/tasks", data=b'{"title":"once","tags":[]}', headers=raw)
+    assert other.status == 422
+    assert (await other.json())["type"].endswith(":idempotency-key-reused")
+    url = f"/api/tasks/{task['id']}"
+    patch = {**raw, "If-Match": '"1"', "Idempotency-Key": "patch-7"}
+    changed = await client.patch(url, data=b'{"status":"done","title":"twice"}', headers=patch)
+    assert changed.status == 200, await changed.text()
+    replayed = await client.patch(
+        url, data=b'{\t"title": "twice",  "status": "done"\n}', headers=patch
+    )
+    assert (replayed.status, replayed.headers["Idempotent-Replayed"]) == (200, "true")
+    assert replayed.headers["ETag"] == changed.headers["ETag"] == '"3"'
+    fewer = await client.patch(url, data=b'{"status":"done"}', headers=patch)
+    assert fewer.status == 422
+    assert (await fewer.json())["type"].endswith(":idempotency-key-reused")
+    assert await commit_count(client) == 2
+
+
+async def test_a_write_answered_503_after_it_was_stored_replays_with_its_key(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log insert lands but its reply is lost (a timeout, a dropped connection, a failed
+    group-commit batch): the client gets 503; its retry with the same Idempotency-Key answers
+    the stored outcome, even once another command has reloaded the stream's head."""
+    auth = bearer(client)
+    store = client.app[SERVICES].store
+    real_insert = store._insert
+
+    async def stored_then_reply_lost(commit: Commit) -> None:
+        await real_insert(commit)
+        raise NetworkTimeout("injected: the insert was applied, its reply lost")
+
+    async def lost(send: Awaitable[ClientResponse]) -> None:
+        monkeypatch.setattr(store, "_insert", stored_then_reply_lost)
+        response = await send
+        monkeypatch.setattr(store, "_insert", real_insert)
+        assert response.status == 503, await response.text()
+        assert response.headers["Retry-After"] == "1"
+
+    create = {**auth, "Idempotency-Key": "lost-create"}
+    await lost(client.post("/api/tasks", json={"title": "stored"}, headers=create))
+    [stored] = [c async for c in store.scan() if not c.is_gap]
+    retried = await client.post("/api/tasks", json={"title": "stored"}, headers=create)
+    assert (retried.status, retried.headers["Idempotent-Replayed"]) == (201, "true")
+    task = await retried.json()
+    assert f"task-{task['id']}" == stored.stream_id
+    assert int(retried.headers["X-TaskFlow-Position"]) == stored.position
+    url = f"/api/tasks/{task['id']}"
+    for version, key in ((1, "lost-patch"), (2, "lost-after-reload")):
+        pinned = {**auth, "If-Match": f'"{version}"', "Idempotency-Key": key}
+        body = {"title": f"v{version + 1}"}
+        await lost(client.patch(url, json=body, headers=pinned))
+        if key == "lost-after-reload":
+            await store.load_head(stored.stream_id)  # as another command's reload would
+        again = await client.patch(url, json=body, headers=pinned)
+        assert (again.status, again.headers["Idempotent-Replayed"]) == (200, "true")
+        assert again.headers["ETag"] == f'"{version + 1}"'
+        assert (await again.json())["title"] == f"v{version + 1}"
+    assert await commit_count(client) == 3
+
+
+async def test_an_insert_sent_again_after_it_was_applied_is_answered_as_done(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver retries an insert whose reply was lost, and the retry meets the first try's
+    document: without an Idempotency-Key that was a 409 (create) or 412 (PATCH) for a write
+    that was in fact committed; it is the write's own success."""
+    auth = bearer(client)
+    store = client.app[SERVICES].store
+    real_insert = store._insert
+
+    async def applied_then_sent_again(commit: Commit) -> None:
+        await real_insert(commit)
+        await real_insert(commit)  # what PyMongo's automatic retry of a write does here
+
+    monkeypatch.setattr(store, "_insert", applied_then_sent_again)
+    created = await client.post("/api/tasks", json={"title": "once"}, headers=auth)
+    assert created.status == 201, await created.text()
+    task = await created.json()
+    changed = await client.patch(
+        f"/api/tasks/{task['id']}", json={"title": "twice"}, headers={**auth, "If-Match": '"1"'}
+    )
+    assert changed.status == 200, await changed.text()
+    assert (changed.headers["ETag"], "Idempotent-Replayed" in changed.headers) == ('"2"', False)
+    assert await commit_count(client) == 2
+    [first, second] = [c async for c in store.scan() if not c.is_gap]
+    assert int(created.headers["X-TaskFlow-Position"]) == first.position
+    assert int(changed.headers["X-TaskFlow-Position"]) == second.position
+
+
+async def test_an_append_that_finds_no_free_position_is_503_and_stores_nothing(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter that keeps handing out settled positions (every one sealed first) ends in a
+    503 with Retry-After, not a 500, and nothing is stored."""
+    auth = bearer(client)
+    task = await create_task(client, auth)
+    store = client.app[SERVICES].store
+
+    async def a_taken_position() -> int:
+        return int(task["_position"])
+
+    monkeypatch.setattr(store.positions, "take", a_taken_position)
+    response = await client.post("/api/tasks", json={"title": "no room"}, headers=auth)
+    assert response.status == 503, await response.text()
+    assert response.headers["Retry-After"] == "1"
     assert await commit_count(client) == 1
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from taskflow.api import keys
 from taskflow.api.json_io import json_response, query_model
+from taskflow.api.middlewares import fields_problem
 from taskflow.api.principal import Principal, require_user
 from taskflow.api.problems import Problem
 from taskflow.api.task_schemas import TaskOut
@@ -19,7 +20,7 @@ from taskflow.events.codec import commit_to_json
 from taskflow.events.records import Commit
 from taskflow.events.store import EventStore
 from taskflow.events.task_values import UtcDatetime
-from taskflow.projections.history import task_as_of, task_history
+from taskflow.projections.history import feed_page, task_as_of, task_history
 
 AUDITOR = "auditor"
 _STREAM_ID = re.compile(r"^(task|user)-[0-9a-f]{32}$")
@@ -57,6 +58,8 @@ async def get_history(request: web.Request) -> web.Response:
     entries = await task_history(_store(request), task_id)
     if not entries or entries[0].changes.get("owner_id") != user.user_id:
         raise _task_not_found()
+    if query.after_version > entries[-1].version:
+        raise _beyond("after_version", entries[-1].version)
     page = [e for e in entries if e.version > query.after_version][: query.limit]
     more = bool(page) and page[-1].version < entries[-1].version
     body = {
@@ -69,9 +72,16 @@ async def get_history(request: web.Request) -> web.Response:
 async def get_task_as_of(request: web.Request, user: Principal, task_id: str) -> web.Response:
     """A task as it was at `as_of` or at `version`, folded from the log."""
     query = query_model(request, AsOfQuery)
+    if query.as_of is not None and query.version is not None:
+        # Two answers to one question: neither is silently preferred.
+        both = "give `as_of` or `version`, not both"
+        raise fields_problem([("as_of", both), ("version", both)])
     state = await task_as_of(_store(request), task_id, moment=query.as_of, version=query.version)
     if state is None or state.owner_id != user.user_id:
         raise _task_not_found()
+    if query.version is not None and state.version != query.version:
+        # The stream ends below it (the fold stopped at its last version): no such version.
+        raise _beyond("version", state.version)
     return _state_response(state, deleted=state.deleted)
 
 
@@ -79,13 +89,8 @@ async def get_feed(request: web.Request) -> web.Response:
     """The global log in order, for auditors: every commit with its metadata."""
     await require_auditor(request)
     query = query_model(request, FeedQuery)
-    commits: list[Commit] = []
-    last = query.after
-    async for commit in _store(request).read_all(query.after, query.limit):
-        last = commit.position
-        if not commit.is_gap:
-            commits.append(commit)
-    return _commits_response(commits, next_after=last)
+    page = await feed_page(_store(request), query.after, query.limit)
+    return _commits_response(page.commits, next_after=page.next_after, end=page.end)
 
 
 async def get_stream(request: web.Request) -> web.Response:
@@ -96,7 +101,7 @@ async def get_stream(request: web.Request) -> web.Response:
     commits = await _store(request).read_stream(stream_id)
     if not commits:
         raise Problem(404, "stream-not-found", "Stream not found", "No such stream.")
-    return _commits_response(commits, next_after=None)
+    return _commits_response(commits, next_after=None, end=True)
 
 
 async def require_auditor(request: web.Request) -> Principal:
@@ -107,11 +112,12 @@ async def require_auditor(request: web.Request) -> Principal:
     return user
 
 
-def _commits_response(commits: list[Commit], next_after: int | None) -> web.Response:
+def _commits_response(commits: list[Commit], next_after: int | None, end: bool) -> web.Response:
     # Commits are already JSON-shaped by the codec; splice them in without re-encoding.
     items = b",".join(commit_to_json(c) for c in commits)
     after = b"null" if next_after is None else str(next_after).encode()
-    body = b'{"items":[' + items + b'],"next_after":' + after + b"}"
+    ended = b"true" if end else b"false"
+    body = b'{"items":[' + items + b'],"next_after":' + after + b',"end":' + ended + b"}"
     return web.Response(
         body=body, content_type="application/json", headers={"Cache-Control": "private, no-cache"}
     )
@@ -122,6 +128,11 @@ def _state_response(state: TaskState, *, deleted: bool) -> web.Response:
     return json_response(
         body, headers={"ETag": f'"{state.version}"', "Cache-Control": "private, no-cache"}
     )
+
+
+def _beyond(parameter: str, last: int) -> Problem:
+    """A version past the stream's end is an error, not the last version under another name."""
+    return fields_problem([(parameter, f"the task's last version is {last}")])
 
 
 def _task_not_found() -> Problem:

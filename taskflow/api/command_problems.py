@@ -6,6 +6,7 @@ from taskflow.api.middlewares import register_problem_mapper
 from taskflow.api.problems import Problem
 from taskflow.commands import errors
 from taskflow.commands.runner import PreconditionFailedError
+from taskflow.events.mongo_store import PositionUnavailableError
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
 
 _DOMAIN: dict[type[errors.DomainError], tuple[int, str]] = {
@@ -43,6 +44,16 @@ def command_problem(exc: Exception) -> Problem | None:
             "Concurrent modification",
             "Another change landed first; retry.",
             current_version=exc.actual,
+        )
+    if isinstance(exc, PositionUnavailableError):
+        # Every position this append took was sealed first (readers sealing holes of a stalled
+        # writer): nothing was stored, so a retry is safe (docs/reliability.md, 503 on a write).
+        return Problem(
+            503,
+            "service-unavailable",
+            "A backing service is unavailable",
+            "The log could not place this write in time; nothing was stored. Try again shortly.",
+            headers={"Retry-After": "1"},
         )
     if isinstance(exc, IdempotencyKeyReusedError):
         return Problem(

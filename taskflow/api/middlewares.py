@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 from aiohttp import web
@@ -129,10 +129,15 @@ def _client_gone(request: web.Request) -> bool:
 
 def validation_problem(exc: ValidationError) -> Problem:
     """A 422 naming each failing field (never echoing the rejected input)."""
-    errors = [
-        {"field": ".".join(str(part) for part in err["loc"]) or "body", "message": err["msg"]}
+    return fields_problem(
+        (".".join(str(part) for part in err["loc"]) or "body", err["msg"])
         for err in exc.errors(include_url=False, include_input=False)
-    ]
+    )
+
+
+def fields_problem(failures: Iterable[tuple[str, str]]) -> Problem:
+    """A 422 naming each failing field, from (field, message) pairs."""
+    errors = [{"field": field, "message": message} for field, message in failures]
     fields = ", ".join(error["field"] for error in errors)
     return Problem(
         422, "validation-error", "The request is not valid", f"Invalid: {fields}", errors=errors

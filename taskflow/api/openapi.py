@@ -34,6 +34,7 @@ from taskflow.api.task_schemas import CreateTaskBody, PatchTaskBody, TaskOut
 from taskflow.api.task_writes import _ETAG, _IDEMPOTENCY_KEY, _TASK_ID
 from taskflow.commands.task import Status
 from taskflow.events.records import Commit
+from taskflow.projections.history import FEED_GAPS_MAX
 from taskflow.projections.task_queries import TaskQuery
 
 OPENAPI_PATH = "/api/openapi.json"
@@ -140,10 +141,17 @@ class TaskHistoryPage(_Shape):
 
 
 class CommitPage(_Shape):
-    """Commits of the event log, in log order."""
+    """Commits of the event log, in log order; gaps (unused positions) are passed over."""
 
     items: list[Commit]
-    next_after: int | None = Field(description="pass as `after` for the following page")
+    next_after: int | None = Field(
+        description="pass as `after` for the following page: the last position this page "
+        "accounts for, gaps included (null for a whole stream)"
+    )
+    end: bool = Field(
+        description="true: the page reaches the log's settled head, nothing more is there yet "
+        "(poll again later from `next_after`); false: more follows, even after an empty page"
+    )
 
 
 class FieldError(_Shape):
@@ -217,6 +225,19 @@ BODY_PROBLEMS = {
 }
 TOKEN = {401: "no valid access token"}
 UNAVAILABLE = {503: "MongoDB or Redis is unavailable, or tokens cannot be checked"}
+# docs/reliability.md, "503 on a write": which 503s may follow a stored commit, and what to do.
+WRITE_UNAVAILABLE = {
+    503: "MongoDB or Redis is unavailable, tokens cannot be checked, or the log could not place "
+    "or confirm the write in time. The write may have been committed even so (the log insert "
+    "was sent, its answer was lost). Retry after Retry-After with the same Idempotency-Key and "
+    "body: a stored write is answered as it was first (Idempotent-Replayed), an unstored one "
+    "is applied. Without a key, re-read the task (its history is read from the log) and retry "
+    "with If-Match only if the change is not there"
+}
+REGISTER_UNAVAILABLE = {
+    503: "MongoDB or Redis is unavailable. The account may have been created even so: a retry "
+    "then answers 409, and logging in works"
+}
 TARGET_PROBLEMS = {
     400: "If-Match is not an ETag, or Idempotency-Key is malformed",
     **TOKEN,
@@ -224,9 +245,19 @@ TARGET_PROBLEMS = {
     412: "If-Match names an older version; ETag gives the current one",
     422: "this Idempotency-Key was used with another request",
     428: "If-Match is missing",
-    **UNAVAILABLE,
+    **WRITE_UNAVAILABLE,
 }
 AUDITOR = {**TOKEN, 403: "the caller lacks the auditor role"}
+
+
+FEED_PAGES = (
+    "A page holds up to `limit` commits after `after` and passes over the gaps between them "
+    "(positions no commit used), so it is empty only at the head. Read on with "
+    "`after=next_after` until `end` is true: the page then reaches the log's settled head "
+    "(every position up to `next_after` holds its final commit or gap, and nothing after it "
+    "is settled yet). Poll from there for newer commits. A page passes over at most "
+    f"{FEED_GAPS_MAX:,} gaps: after a longer run of them, a page may be empty with `end` false."
+)
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -297,7 +328,7 @@ OPERATIONS: tuple[Operation, ...] = (
             **BODY_PROBLEMS,
             409: "the e-mail address is taken",
             422: "a field is invalid (each is named)",
-            **UNAVAILABLE,
+            **REGISTER_UNAVAILABLE,
         },
         body=RegisterBody,
         example={"email": EMAIL, "password": PASSWORD, "display_name": "Ada"},
@@ -372,7 +403,7 @@ OPERATIONS: tuple[Operation, ...] = (
             **TOKEN,
             409: "a concurrent write to the same task landed first",
             422: "a field is invalid, or the Idempotency-Key was used with another request",
-            **UNAVAILABLE,
+            **WRITE_UNAVAILABLE,
         },
         parameters=("Idempotency-Key", "X-Causation-ID"),
         body=CreateTaskBody,
@@ -414,7 +445,8 @@ OPERATIONS: tuple[Operation, ...] = (
             400: "X-TaskFlow-Position is not a number",
             **TOKEN,
             404: "no such task (or another user's, or it did not exist then)",
-            422: "`as_of` or `version` is invalid, or other parameters come with them",
+            422: "`as_of` or `version` is invalid, `version` is beyond the task's last version, "
+            "both are given (each is named), or other parameters come with them",
             **UNAVAILABLE,
         },
         parameters=("task_id", "If-None-Match", "X-TaskFlow-Position"),
@@ -433,7 +465,8 @@ OPERATIONS: tuple[Operation, ...] = (
             409: "the task is deleted, or a concurrent change landed first",
             413: BODY_PROBLEMS[413],
             415: "the body is not application/json or application/merge-patch+json",
-            422: "a field is invalid, or the Idempotency-Key was used with another request",
+            422: "a field is invalid (each is named; null for `title`, `status` or `priority` "
+            "too), or the Idempotency-Key was used with another request",
         },
         parameters=("task_id", "If-Match", "Idempotency-Key", "X-Causation-ID"),
         body=PatchTaskBody,
@@ -488,7 +521,8 @@ OPERATIONS: tuple[Operation, ...] = (
         {
             **TOKEN,
             404: "no such task (or another user's)",
-            422: "a parameter is unknown or invalid",
+            422: "a parameter is unknown or invalid, or `after_version` is beyond the task's "
+            "last version",
             **UNAVAILABLE,
         },
         parameters=("task_id",),
@@ -503,6 +537,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (Reply(200, "A page of commits", CommitPage),),
         {**AUDITOR, 422: "a parameter is unknown or invalid", **UNAVAILABLE},
         query=FeedQuery,
+        description=FEED_PAGES,
     ),
     Operation(
         "get",
@@ -523,10 +558,11 @@ _QUERY_NOTES = {
     "(a `q` with no word in it, such as `.*`, narrows nothing)",
     "overdue": "due in the past and not done (or, false: the opposite)",
     "next": "the `next` of the previous page, with the same sort and order",
-    "as_of": "the task as it was at this moment (with a time zone)",
-    "version": "the task as it was at this version",
-    "after_version": "only events after this version",
-    "after": "only commits after this global position",
+    "as_of": "the task as it was at this moment (with a time zone); not with `version`",
+    "version": "the task as it was at this version, at most its last (422 beyond it); "
+    "not with `as_of`",
+    "after_version": "only events after this version, at most the task's last (422 beyond it)",
+    "after": "only commits after this global position (the previous page's `next_after`)",
 }
 _QUERY_NAMES = {"cursor": "next"}  # TaskQuery field -> query parameter
 
@@ -572,7 +608,9 @@ PARAMETERS: dict[str, Any] = {
     "Idempotency-Key": _header_param(
         "Idempotency-Key",
         _pattern(_IDEMPOTENCY_KEY.pattern),
-        "a retry with the same key and request is answered with the first result",
+        "a retry with the same key and request is answered with the first result; the same "
+        "request is the method, path and the body's parsed values (whitespace, key order and "
+        "equivalent spellings do not matter)",
     ),
     "X-Causation-ID": _header_param(
         "X-Causation-ID",

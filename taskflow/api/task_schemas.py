@@ -20,8 +20,31 @@ class CreateTaskBody(_Body, TaskFields):
     """A new task: only these fields; the server sets its id, owner and times."""
 
 
+# What a merge patch's null does to each field (TaskChanges), as the OpenAPI document says it.
+_NULL_CLEARS = {
+    "description": 'null clears the description (to "")',
+    "due_at": "null clears the due date",
+    "tags": "null removes every tag (as [] does)",
+}
+_NOT_NULL = "a task always has one: null is refused (422 naming the field)"
+
+
+def _merge_patch_schema(schema: dict[str, Any]) -> None:
+    """Null allowed only where it clears a field; no defaults (a field left out stays)."""
+    for name, field in schema["properties"].items():
+        field.pop("default", None)
+        if name in _NULL_CLEARS:
+            field["description"] = _NULL_CLEARS[name]
+            continue
+        [branch] = [b for b in field.pop("anyOf") if b != {"type": "null"}]
+        field.update(branch)
+        field["description"] = _NOT_NULL
+
+
 class PatchTaskBody(_Body, TaskChanges):
-    """A JSON merge patch (RFC 7396): fields left out stay; `due_at: null` clears the due date."""
+    """A JSON merge patch (RFC 7396): a field left out stays; null clears an optional one."""
+
+    model_config = ConfigDict(json_schema_extra=_merge_patch_schema)
 
 
 class TaskOut(BaseModel):

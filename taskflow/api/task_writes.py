@@ -6,7 +6,9 @@ import hashlib
 import re
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from taskflow.api import keys
@@ -37,9 +39,10 @@ async def create_task(request: web.Request) -> web.Response:
     user = await require_user(request)
     body = await read_model(request, CreateTaskBody)
     command = CreateTask(task_id=uuid.uuid4().hex, owner_id=user.user_id, **body.model_dump())
-    outcome = await handle_create_task(
-        _store(request), command, await _context(request, user), _now()
-    )
+    # Defaults included: a field left out and the same field sent with its default are one
+    # request (the task they create is the same).
+    context = _context(request, user, body.model_dump(mode="json"))
+    outcome = await handle_create_task(_store(request), command, context, _now())
     assert outcome.state is not None
     response = _written(outcome, status=201)
     response.headers["Location"] = f"/api/tasks/{outcome.state.task_id}"
@@ -50,9 +53,9 @@ async def change_task(request: web.Request) -> web.Response:
     user, task_id, expected = await _target(request)
     body = await read_model(request, PatchTaskBody)
     command = ChangeTask(task_id=task_id, **body.model_dump(exclude_unset=True))
-    outcome = await handle_change_task(
-        _store(request), command, await _context(request, user), _now(), expected
-    )
+    # Only the fields sent: in a merge patch, a field left out is not its default.
+    context = _context(request, user, body.model_dump(mode="json", exclude_unset=True))
+    outcome = await handle_change_task(_store(request), command, context, _now(), expected)
     return _written(outcome)
 
 
@@ -69,7 +72,7 @@ async def _lifecycle(
 ) -> web.Response:
     user, task_id, expected = await _target(request)
     outcome = await handle_change_task(
-        _store(request), command(task_id=task_id), await _context(request, user), _now(), expected
+        _store(request), command(task_id=task_id), _context(request, user, None), _now(), expected
     )
     return _written(outcome, status=status)
 
@@ -99,7 +102,8 @@ def valid_task_id(task_id: str) -> str:
     return task_id
 
 
-async def _context(request: web.Request, user: Principal) -> Context:
+def _context(request: web.Request, user: Principal, fields: dict[str, Any] | None) -> Context:
+    """The command's metadata; `fields`, the body as validated (None: the route reads none)."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise Problem(
@@ -108,17 +112,28 @@ async def _context(request: web.Request, user: Principal) -> Context:
             "Invalid Idempotency-Key",
             "Use 1 to 255 visible ASCII characters.",
         )
-    # The same key must come with the same request: method, path and body identify it.
-    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
-    digest.update(await request.read())
     return Context(
         actor=user.user_id,
         request_id=request[keys.REQUEST_ID],
         correlation_id=request[keys.CORRELATION_ID],
         causation_id=client_id(request, "X-Causation-ID"),
         idempotency_key=key,
-        fingerprint=digest.hexdigest(),
+        fingerprint=request_fingerprint(request.method, request.path, fields),
     )
+
+
+def request_fingerprint(method: str, path: str, fields: dict[str, Any] | None) -> str:
+    """What an Idempotency-Key's request is: method, path and the parsed, validated body.
+
+    The body as canonical JSON (sorted keys, no whitespace) of its validated values, not its
+    bytes: the same command sent again with other spacing, key order or an equivalent spelling
+    (a tag's case, a due date's time zone) is the same request and replays; another command
+    with the key is refused (422 idempotency-key-reused).
+    """
+    body = b"" if fields is None else orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
+    digest.update(body)
+    return digest.hexdigest()
 
 
 def _written(outcome: Outcome[TaskState], status: int = 200) -> web.Response:

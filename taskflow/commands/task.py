@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Self
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from taskflow.commands.errors import (
     InvalidCommandError,
@@ -104,10 +104,13 @@ class TaskFields(BaseModel):
 
 
 class TaskChanges(BaseModel):
-    """The fields a change may give; a field not given stays as it is.
+    """The fields a change may give; a field not given stays as it is (RFC 7396 merge patch).
 
-    "Given" means present in `model_fields_set`, so `due_at=None` clears the due date while
-    leaving `due_at` out keeps it. `tags`, when given, is the complete new set of tags.
+    "Given" means present in `model_fields_set`. `null` removes an optional field's value:
+    `due_at=None` clears the due date, and `description` and `tags` given as None become their
+    empty values ("" and ()), what a task created without them holds. `title`, `status` and
+    `priority` always have a value, so a null for one of them is refused, naming it. `tags`,
+    when given, is the complete new set of tags.
     """
 
     title: Title | None = None
@@ -117,12 +120,20 @@ class TaskChanges(BaseModel):
     due_at: DueAt | None = None
     tags: Tags | None = None
 
-    @model_validator(mode="after")
-    def _only_due_at_is_nullable(self) -> Self:
-        nulls = sorted(n for n in self.model_fields_set - {"due_at"} if getattr(self, n) is None)
-        if nulls:
-            raise ValueError(f"{', '.join(nulls)} cannot be null")
-        return self
+    @field_validator("title", "status", "priority", mode="before")
+    @classmethod
+    def _required_is_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null: a task always has one (leave it out to keep it)")
+        return value
+
+    @field_validator("description", "tags", mode="before")
+    @classmethod
+    def _null_clears(cls, value: Any, info: ValidationInfo) -> Any:
+        # The value a task created without the field holds: TaskFields' default.
+        if value is None and info.field_name is not None:
+            return TaskFields.model_fields[info.field_name].default
+        return value
 
 
 class CreateTask(_TaskCommand, TaskFields):

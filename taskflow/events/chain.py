@@ -19,6 +19,11 @@ class HashChain:
     def sign(self, commit: Commit) -> str:
         return hmac.new(self._key, canonical_bytes(commit), hashlib.sha256).hexdigest()
 
+    def seal_mac(self, position: int, digest: str) -> str:
+        """The MAC of a log seal (events/log_seals.py): the log's digest at `position`."""
+        message = f"log-seal:{position}:{digest}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
     def verify_stream(self, commits: Iterable[Commit]) -> BrokenLink | None:
         """The first link of one stream's commits (in version order) that does not hold."""
         checker = StreamChecker(self)

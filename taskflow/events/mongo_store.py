@@ -25,7 +25,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from taskflow import names
 from taskflow.events.base import DomainEvent
-from taskflow.events.chain import HashChain, StreamChecker
+from taskflow.events.chain import HashChain
 from taskflow.events.codec import (
     commit_from_document,
     commit_from_json,
@@ -37,6 +37,7 @@ from taskflow.events.codec import (
 from taskflow.events.gaps import make_gap
 from taskflow.events.group_insert import DEFAULT_MAX_BATCH, GroupInsert
 from taskflow.events.log_reader import LogReader, documents_ahead
+from taskflow.events.log_seals import LogAudit, LogAuditor, Seal
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
@@ -71,6 +72,7 @@ return 1
 
 
 class _Duplicate(Enum):
+    OURS = "this very commit: the insert was applied, and the driver sent it again"
     REPLAY = "an earlier commit with the same idempotency key"
     CONFLICT = "another commit at the same stream version"
     POSITION = "a commit or gap at the same position"
@@ -100,6 +102,12 @@ class MongoEventStore:
             write_concern=WriteConcern("majority", j=True),
             read_preference=ReadPreference.PRIMARY,
         )
+        # Seals of the whole log (events/log_seals.py), written by the projector's log seal.
+        self.seals: AsyncCollection[dict[str, Any]] = db.get_collection(
+            names.LOG_SEALS,
+            write_concern=WriteConcern("majority", j=True),
+            read_preference=ReadPreference.PRIMARY,
+        )
         self._redis = redis
         self._chain = chain
         self._clock = clock
@@ -118,6 +126,11 @@ class MongoEventStore:
         self.reader = LogReader(
             self.commits, redis, self.positions, gap_timeout=gap_timeout, hint_ttl=hint_ttl
         )
+
+    @property
+    def chain(self) -> HashChain:
+        """The keyed hash chain the log is signed with (the log seal signs with it too)."""
+        return self._chain
 
     async def ensure_indexes(self) -> None:
         """Create the log's indexes; safe to run at every start-up."""
@@ -197,10 +210,16 @@ class MongoEventStore:
             try:
                 await self._insert(commit)
             except DuplicateKeyError:
-                if idempotency_key is None and (head := await self._moved_past(commit)):
+                head = await self._moved_past(commit) if idempotency_key is None else None
+                if head is not None and not _is_head(head, commit):
                     await self._fill(commit.position)
                     raise ConcurrencyError(stream_id, expected_version, head.version) from None
                 outcome, other = await self._explain_duplicate(commit)
+                if outcome is _Duplicate.OURS:
+                    # The driver retried an insert whose first try was applied (a lost reply:
+                    # PyMongo retries a write once, and FerretDB does not recognise the retry).
+                    # The commit is stored as this append made it: that is a success.
+                    return await self._committed(commit, snapshot, idempotency_key)
                 if outcome is _Duplicate.POSITION:
                     # Usually a reader sealed a position this writer held too long: the next
                     # one is free. Only repeated collisions suggest a counter behind the log.
@@ -212,11 +231,16 @@ class MongoEventStore:
                     return _replay_of(other, metadata.fingerprint)
                 head, _ = await self.load_head(stream_id)
                 raise ConcurrencyError(stream_id, expected_version, head.version) from None
-            APPENDS.inc()
-            await self._announce(commit, snapshot, idempotency_key)
-            await self._reserve_ahead()
-            return _result_of(commit)
+            return await self._committed(commit, snapshot, idempotency_key)
         raise PositionUnavailableError(f"no free position after {POSITION_ATTEMPTS} attempts")
+
+    async def _committed(
+        self, commit: Commit, snapshot: bytes | None, idempotency_key: str | None
+    ) -> AppendResult:
+        APPENDS.inc()
+        await self._announce(commit, snapshot, idempotency_key)
+        await self._reserve_ahead()
+        return _result_of(commit)
 
     async def _reserve_ahead(self) -> None:
         """The commit is stored: a failure here only means a later take reserves the block."""
@@ -274,6 +298,8 @@ class MongoEventStore:
             ]
         }
         others = [commit_from_document(doc) for doc in await self.commits.find(query).to_list()]
+        if any(_same_commit(other, commit) for other in others):
+            return _Duplicate.OURS, None
         for other in others:
             if other.idempotency == commit.idempotency and not commit.idempotency.startswith("~"):
                 return _Duplicate.REPLAY, other
@@ -443,17 +469,55 @@ class MongoEventStore:
         self, progress: Callable[[int], None] = lambda position: None
     ) -> list[BrokenLink]:
         """The first broken link of every stream, checking the whole log in one streamed pass."""
-        checkers: dict[str, StreamChecker] = {}
-        broken: dict[str, BrokenLink] = {}
-        async for commit in self.scan():
-            progress(commit.position)
-            if commit.is_gap or commit.stream_id in broken:
-                continue
-            checker = checkers.setdefault(commit.stream_id, StreamChecker(self._chain))
-            link = checker.check(commit)
-            if link is not None:
-                broken[commit.stream_id] = link
-        return list(broken.values())
+        return (await self.audit(progress)).broken
+
+    async def audit(self, progress: Callable[[int], None] = lambda position: None) -> LogAudit:
+        """Every stream's chain, every seal and the log's contiguity, in one streamed pass.
+
+        The log is read once, in position order, straight from MongoDB (`scan`); the seals,
+        a far smaller collection, are read beside it in position order and merged in.
+        """
+        auditor = LogAuditor(self._chain, await self.head_position())
+        query = self.seals.find({}).sort("_id", ASCENDING).batch_size(1000)
+        async with (
+            contextlib.aclosing(documents_ahead(query)) as seal_docs,
+            contextlib.aclosing(self.scan()) as log,
+        ):
+            seal = await _next_seal(seal_docs)
+            async for commit in log:
+                progress(commit.position)
+                while seal is not None and seal.position < commit.position:
+                    auditor.seal(seal)  # it names a position the log no longer holds
+                    seal = await _next_seal(seal_docs)
+                auditor.add(commit)
+                if seal is not None and seal.position == commit.position:
+                    auditor.seal(seal)
+                    seal = await _next_seal(seal_docs)
+            beyond = []
+            while seal is not None:
+                beyond.append(seal)
+                seal = await _next_seal(seal_docs)
+        return auditor.finish(beyond)
+
+
+async def _next_seal(docs: AsyncGenerator[dict[str, Any], None]) -> Seal | None:
+    doc = await anext(docs, None)
+    return None if doc is None else Seal.of(doc)
+
+
+def _same_commit(stored: Commit, commit: Commit) -> bool:
+    """Whether `stored` is `commit` itself: the same id and position, and the same chain hash,
+    which covers its content, metadata and request id (no other append signs the same)."""
+    return (stored.commit_id, stored.position, stored.hash) == (
+        commit.commit_id,
+        commit.position,
+        commit.hash,
+    )
+
+
+def _is_head(head: StreamHead, commit: Commit) -> bool:
+    """Whether the cached head is `commit` (someone read it from the log before we announced)."""
+    return head.version == commit.last_version and head.hash == commit.hash
 
 
 def _idempotency(actor: str, key: str | None) -> str | None:

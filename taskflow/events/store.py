@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -68,11 +68,16 @@ class EventStore(Protocol):
         """The original outcome of a command already sent with this Idempotency-Key, if any."""
         ...
 
-    def read_all(self, after_position: int, limit: int | None = None) -> AsyncIterator[Commit]:
-        """Every settled commit after `after_position` in global order, gaps included."""
+    def read_all(
+        self, after_position: int, limit: int | None = None
+    ) -> AsyncGenerator[Commit, None]:
+        """Every settled commit after `after_position` in global order, gaps included.
+
+        A generator, so that a caller who stops early closes it (and its cursor) at once.
+        """
         ...
 
-    def scan(self, after_position: int = 0) -> AsyncIterator[Commit]:
+    def scan(self, after_position: int = 0) -> AsyncGenerator[Commit, None]:
         """Every stored document after a position, read straight from the database."""
         ...
 

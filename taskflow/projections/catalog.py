@@ -7,6 +7,7 @@ from collections.abc import Collection
 from taskflow import names
 from taskflow.bootstrap import Services
 from taskflow.events.store import EventStore
+from taskflow.projections.log_seal import LogSeal
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.runtime import Projection, one_pass
@@ -28,6 +29,14 @@ def projections(
         leases = services.db[names.LEASES]
         made.append(MongoTaskViews(services.views_db, version, leases=leases, history=history))
     return made
+
+
+def log_projections(services: Services) -> list[Projection]:
+    """The projections of the log itself, not of a read-model version: the log seal.
+
+    Every projector process runs them (one holds each lease), whatever its read models.
+    """
+    return [LogSeal(services.db, services.store.chain)]
 
 
 async def catch_up(store: EventStore, targets: list[Projection]) -> int:

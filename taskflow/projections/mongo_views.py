@@ -121,10 +121,9 @@ class MongoTaskViews:
         if at != self._written_to:
             # Another holder moved the views on (or this is the first look): what this process
             # remembers may be older than what is stored, and folding the next commits onto it
-            # would find gaps everywhere. Views staged by a flush that failed go too: the pass
-            # that follows starts from the stored checkpoint.
+            # would find gaps everywhere. (Staged views are kept: a rebuild stages batch after
+            # batch between two looks at the checkpoint; a new term drops them in `fence`.)
             self._cache.clear()
-            self.drop_staged()
             self._written_to = -1
         return at
 

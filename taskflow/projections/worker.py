@@ -23,7 +23,7 @@ from taskflow import names
 from taskflow.bootstrap import Services, open_services
 from taskflow.events.store import EventStore
 from taskflow.metrics import PROJECTION_HEAD, PROJECTION_LAG_EVENTS
-from taskflow.projections.catalog import projections
+from taskflow.projections.catalog import log_projections, projections
 from taskflow.projections.lease import Lease
 from taskflow.projections.read_model_versions import active_version
 from taskflow.projections.runtime import LeaseLostError, Projection, one_pass
@@ -39,6 +39,9 @@ MAX_PASS_SECONDS = 2.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 # A standby re-reads the lease at least this often, and sleeps at least this long.
 STANDBY_MIN_SECONDS = 0.05
+# The group of the log's own projections (catalog.log_projections: the log seal), kept beside
+# the read-model versions (which start at 1) for as long as the supervisor runs.
+LOG_GROUP = 0
 
 
 class ProjectionDriver:
@@ -282,7 +285,7 @@ class Supervisor:
         try:
             while not self._stopping.is_set():
                 with contextlib.suppress(RedisError, PyMongoError):
-                    self._follow(await self._versions())
+                    self._follow(await self._versions() | {LOG_GROUP})
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._stopping.wait()
@@ -313,7 +316,11 @@ class Supervisor:
                 poll_interval=settings.projector_poll_seconds,
                 stopping=retired,
             )
-            for projection in projections(self._services, version, settings.projector_read_models)
+            for projection in (
+                log_projections(self._services)
+                if version == LOG_GROUP
+                else projections(self._services, version, settings.projector_read_models)
+            )
         ]
         self.drivers.extend(drivers)
         self._groups[version] = (retired, [asyncio.create_task(d.run()) for d in drivers])
