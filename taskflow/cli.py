@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -62,9 +63,14 @@ def _operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     grant.add_argument("role", choices=["auditor"])
     grant.set_defaults(run=lambda s, a: _async(operations.grant_role(s, a.email, a.role)))
     audit = commands.add_parser("audit", help="audit the log").add_subparsers(required=True)
-    audit.add_parser("verify", help="hash chains and read models against the log").set_defaults(
-        run=lambda s, a: _async(operations.audit_verify(s))
+    verify = audit.add_parser("verify", help="hash chains, seals and read models against the log")
+    verify.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="keep the log audit's progress in this file and resume from it if it exists",
     )
+    verify.set_defaults(run=lambda s, a: _async(operations.audit_verify(s, a.state)))
     export = audit.add_parser("export", help="NDJSON of the global feed")
     export.add_argument("--after", type=int, default=0, help="resume after this position")
     export.set_defaults(run=lambda s, a: _async(operations.audit_export(s, a.after, sys.stdout)))

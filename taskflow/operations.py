@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Never, TextIO
+from pathlib import Path
+from typing import Any, Never, TextIO, TypeVar
 
+import orjson
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from taskflow import names
@@ -19,9 +25,13 @@ from taskflow.events.codec import commit_to_json
 from taskflow.events.log_seals import LogAudit
 from taskflow.projections.catalog import log_projections, projections
 from taskflow.projections.rebuild import RebuildVerificationError, rebuild
-from taskflow.projections.verify import verify_read_models
+from taskflow.projections.verify import ViewMismatch, verify_read_models
 from taskflow.projections.worker import read_model_versions
 from taskflow.settings import Settings
+
+T = TypeVar("T")
+# Tries of one audit pass before `audit verify` gives up (waiting 1, 2, 4, 8 s between them).
+AUDIT_ATTEMPTS = 5
 
 
 def _bar(total: int, what: str) -> tqdm[Never]:
@@ -49,15 +59,23 @@ async def grant_role(settings: Settings, email: str, role: str) -> int:
         return 0
 
 
-async def audit_verify(settings: Settings) -> int:
-    """Check the log (stream chains, seals, contiguity) and every task view; 1 on any finding."""
+async def audit_verify(settings: Settings, state_file: Path | None = None) -> int:
+    """Check the log (stream chains, seals, contiguity) and every task view; 1 on any finding.
+
+    Both are streamed passes over the log, each read bounded by the socket timeout. A pass that
+    fails (a timeout, a server restart) is retried, the log's from where it last saved its
+    state (every `AUDIT_SAVE_EVERY` positions), so a long audit beside running projectors ends.
+    With `state_file` the state is also kept on disk: a verify that was stopped resumes there.
+    """
     async with open_services(settings) as services:
-        head = await services.store.head_position()
-        with _bar(head, "log") as bar:
-            audit = await services.store.audit(lambda position: _tick(bar))
-        mismatches = []
-        for version in sorted(await read_model_versions(services)):
-            mismatches += await verify_read_models(services, version)
+        audit = await _audit_log(services, state_file)
+        mismatches: list[ViewMismatch] = []
+        for version in sorted(await _retrying(lambda: read_model_versions(services))):
+
+            async def check(version: int = version) -> list[ViewMismatch]:
+                return await verify_read_models(services, version)
+
+            mismatches += await _retrying(check)
     for line in _log_findings(audit):
         print(line)
     for mismatch in mismatches:
@@ -74,6 +92,61 @@ async def audit_verify(settings: Settings) -> int:
     )
     print(_sealed_to(audit))
     return 0 if ok else 1
+
+
+async def _audit_log(services: Services, state_file: Path | None) -> LogAudit:
+    """The log's audit, resumed from `state_file` if it holds one, and retried from the last
+    saved state when a read fails; the state file is removed once the audit is complete."""
+    saved = _load_state(state_file)
+    if saved is not None:
+        print(f"resuming after position {saved['audit']['last_position']}", file=sys.stderr)
+
+    async def save(state: dict[str, Any]) -> None:
+        nonlocal saved
+        saved = state
+        _store_state(state_file, state)
+
+    async def one_pass() -> LogAudit:
+        head = await services.store.head_position()
+        with _bar(head, "log") as bar:
+            return await services.store.audit(lambda position: _tick(bar), resume=saved, save=save)
+
+    audit = await _retrying(one_pass)
+    _store_state(state_file, None)
+    return audit
+
+
+def _load_state(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    state: dict[str, Any] = orjson.loads(path.read_bytes())
+    return state
+
+
+def _store_state(path: Path | None, state: dict[str, Any] | None) -> None:
+    """Keep `state` in `path` (atomically: a stop mid-write leaves the previous one); None
+    removes it."""
+    if path is None:
+        return
+    if state is None:
+        path.unlink(missing_ok=True)
+        return
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(orjson.dumps(state))
+    partial.replace(path)
+
+
+async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
+    """`step`, tried again after a server error (1 s, 2 s, 4 s...) up to `AUDIT_ATTEMPTS` times."""
+    for attempt in range(1, AUDIT_ATTEMPTS + 1):
+        try:
+            return await step()
+        except (PyMongoError, RedisError) as exc:
+            if attempt == AUDIT_ATTEMPTS:
+                raise
+            print(f"audit: {exc!r}; trying again ({attempt}/{AUDIT_ATTEMPTS})", file=sys.stderr)
+            await asyncio.sleep(2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 def _log_findings(audit: LogAudit) -> list[str]:

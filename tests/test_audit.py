@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from pymongo.errors import AutoReconnect
 
 from taskflow import names, operations
 from taskflow.api.keys import SERVICES
@@ -26,6 +27,7 @@ from taskflow.commands.runner import Context, execute
 from taskflow.commands.task import ChangeTask, CreateTask, DeleteTask, Priority, RestoreTask, Status
 from taskflow.events.codec import commit_to_document
 from taskflow.events.gaps import make_gap
+from taskflow.events.log_reader import in_position_order
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.projections.catalog import log_projections
 from taskflow.projections.history import task_as_of, task_history
@@ -258,6 +260,85 @@ async def test_audit_verify_finds_a_removed_last_commit_and_says_how_far_it_is_s
     assert f"SEAL at position {sealed}: the sealed position is missing" in report
     assert "BROKEN" not in report
     assert "0 broken chains, 1 seal problems, 1 missing positions" in report
+
+
+async def test_an_interrupted_audit_resumes_where_it_saved_and_finds_the_same(
+    client: Client, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`audit verify --state FILE`: a pass stopped part way (here: the server fails after the
+    first saved state) is retried from that state, not from the start, and reports what an
+    uninterrupted pass reports; the state file is gone once the audit is complete."""
+    auth = bearer(client)
+    tasks = [await create_task(client, auth, title=f"t{i}") for i in range(12)]
+    services = client.app[SERVICES]
+    await services.store.commits.update_one(
+        {"stream_id": f"task-{tasks[9]['id']}"}, {"$set": {"events.0.data.title": "forged"}}
+    )
+    whole = await services.store.audit()
+    assert [link.stream_id for link in whole.broken] == [f"task-{tasks[9]['id']}"]
+
+    store_type = type(services.store)
+    original = store_type.audit
+    passes: list[int] = []
+
+    async def flaky(self: MongoEventStore, *args: Any, **kwargs: Any) -> Any:
+        save = kwargs["save"]
+        resume = kwargs.get("resume")
+        passes.append(0 if resume is None else resume["audit"]["last_position"])
+
+        async def save_then_fail(state: dict[str, Any]) -> None:
+            await save(state)
+            if len(passes) == 1:
+                raise AutoReconnect("the server went away mid-pass")
+
+        kwargs["save"] = save_then_fail
+        return await original(self, *args, **{**kwargs, "save_every": 4})
+
+    monkeypatch.setattr(store_type, "audit", flaky)
+    monkeypatch.setattr(operations, "_retrying", _retrying_at_once)
+    state = tmp_path / "audit.state"
+    assert await operations.audit_verify(settings, state) == 1
+    assert passes[0] == 0
+    assert passes[1] >= 4  # the second pass began after the first saved state, not at 0
+    assert not state.exists()
+    resumed = await operations._audit_log(services, None)  # and a clean pass agrees
+    assert resumed.broken == whole.broken
+
+
+async def _retrying_at_once(step: Any) -> Any:
+    """operations._retrying without its waits (the test's failure is injected, not a server's)."""
+    try:
+        return await step()
+    except AutoReconnect:
+        return await step()
+
+
+def test_the_audit_scan_puts_the_log_in_position_order_and_passes_over_holes() -> None:
+    """Documents in storage order (each at most a few places from its position) come out in
+    position order; a removed position is passed over once `limit` later ones wait."""
+
+    @given(
+        st.integers(min_value=1, max_value=300),
+        st.sets(st.integers(min_value=1, max_value=300)),
+        st.randoms(),
+        st.integers(min_value=1, max_value=40),
+    )
+    @hsettings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    def check(count: int, removed: set[int], rng: Any, limit: int) -> None:
+        positions = [p for p in range(1, count + 1) if p not in removed]
+        stored = sorted(positions, key=lambda p: p + rng.uniform(0, limit / 2))
+
+        async def docs() -> Any:
+            for position in stored:
+                yield {"position": position}
+
+        async def ordered() -> list[int]:
+            out = in_position_order(docs(), 0, limit=limit)
+            return [int(doc["position"]) async for doc in out]
+
+        assert asyncio.run(ordered()) == positions
+
+    check()
 
 
 @pytest.fixture

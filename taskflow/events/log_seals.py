@@ -149,3 +149,42 @@ class LogAuditor:
 
     def _problem(self, seal: Seal, reason: str) -> None:
         self.audit.seal_problems.append(SealProblem(seal.position, reason))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the auditor knows so far, as JSON-ready data: a pass interrupted after
+        the last position added resumes from it (`resumed`) instead of from the start."""
+        audit = self.audit
+        return {
+            "streams": {s: [c.version, c.hash] for s, c in self._checkers.items()},
+            "broken_streams": sorted(self._broken_streams),
+            "holes": self._holes,
+            "digest": self._digest,
+            "audit": {
+                "broken": [link.model_dump() for link in audit.broken],
+                "seal_problems": [[p.position, p.reason] for p in audit.seal_problems],
+                "last_position": audit.last_position,
+                "settled": audit.settled,
+                "sealed_to": audit.sealed_to,
+                "seals": audit.seals,
+            },
+        }
+
+    @classmethod
+    def resumed(cls, chain: HashChain, snapshot: dict[str, Any], settled: int) -> LogAuditor:
+        """An auditor that goes on where `snapshot` was taken (with the settled head now)."""
+        auditor = cls(chain, settled)
+        for stream_id, (version, hash_) in snapshot["streams"].items():
+            checker = auditor._checkers[stream_id] = StreamChecker(chain)
+            checker.version, checker.hash = int(version), str(hash_)
+        auditor._broken_streams = set(snapshot["broken_streams"])
+        auditor._holes = [(int(a), int(b)) for a, b in snapshot["holes"]]
+        auditor._digest = str(snapshot["digest"])
+        saved = snapshot["audit"]
+        audit = auditor.audit
+        audit.broken = [BrokenLink.model_validate(link) for link in saved["broken"]]
+        audit.seal_problems = [SealProblem(int(p), str(r)) for p, r in saved["seal_problems"]]
+        audit.last_position = int(saved["last_position"])
+        audit.settled = max(settled, int(saved["settled"]))
+        audit.sealed_to = int(saved["sealed_to"])
+        audit.seals = int(saved["seals"])
+        return auditor

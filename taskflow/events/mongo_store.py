@@ -8,7 +8,7 @@ the retried command. Redis only speeds the common case up; MongoDB stays the aut
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -36,7 +36,7 @@ from taskflow.events.codec import (
 )
 from taskflow.events.gaps import make_gap
 from taskflow.events.group_insert import DEFAULT_MAX_BATCH, GroupInsert
-from taskflow.events.log_reader import LogReader, documents_ahead
+from taskflow.events.log_reader import LogReader, documents_ahead, in_position_order
 from taskflow.events.log_seals import LogAudit, LogAuditor, Seal
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
@@ -50,6 +50,8 @@ log = structlog.get_logger(__name__)
 # after how many such collisions in a row it suspects a counter behind the log and re-seeds it.
 POSITION_ATTEMPTS = 8
 RESEED_AFTER = 3
+# How often (in positions) a long audit saves where it is, to resume from after an interruption.
+AUDIT_SAVE_EVERY = 10_000
 
 # Keep a head only if it is newer than the cached one (Redis scripts run atomically).
 _SET_HEAD = """
@@ -445,14 +447,18 @@ class MongoEventStore:
                     return
 
     async def scan(self, after_position: int = 0) -> AsyncGenerator[Commit, None]:
-        """Every stored document after a position, straight from MongoDB in one streamed pass.
+        """Every stored document after a position, straight from MongoDB in one streamed pass,
+        in position order (log_reader.in_position_order: no server-side sort).
 
         For auditors: it reads what MongoDB holds (not the Redis hints) and does not wait at
         holes; `read_all` is the gap-safe reader for anything that keeps a checkpoint.
         """
         query = {"position": {"$gt": after_position}}
-        cursor = self.commits.find(query).sort("position", ASCENDING).batch_size(1000)
-        async with contextlib.aclosing(documents_ahead(cursor)) as docs:
+        cursor = self.commits.find(query).batch_size(1000)
+        async with (
+            contextlib.aclosing(documents_ahead(cursor)) as stored,
+            contextlib.aclosing(in_position_order(stored, after_position)) as docs,
+        ):
             async for doc in docs:
                 yield commit_from_document(doc)
 
@@ -471,19 +477,36 @@ class MongoEventStore:
         """The first broken link of every stream, checking the whole log in one streamed pass."""
         return (await self.audit(progress)).broken
 
-    async def audit(self, progress: Callable[[int], None] = lambda position: None) -> LogAudit:
+    async def audit(
+        self,
+        progress: Callable[[int], None] = lambda position: None,
+        *,
+        resume: dict[str, Any] | None = None,
+        save: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        save_every: int = AUDIT_SAVE_EVERY,
+    ) -> LogAudit:
         """Every stream's chain, every seal and the log's contiguity, in one streamed pass.
 
         The log is read once, in position order, straight from MongoDB (`scan`); the seals,
-        a far smaller collection, are read beside it in position order and merged in.
+        a far smaller collection, are read beside it in position order and merged in. Every
+        `save_every` positions the auditor's state goes to `save`; `resume` (such a state)
+        goes on after the last position it covered, so a pass cut off by a timeout or a
+        restart does not start over (operations.audit_verify).
         """
-        auditor = LogAuditor(self._chain, await self.head_position())
-        query = self.seals.find({}).sort("_id", ASCENDING).batch_size(1000)
+        settled = await self.head_position()
+        auditor = (
+            LogAuditor(self._chain, settled)
+            if resume is None
+            else LogAuditor.resumed(self._chain, resume, settled)
+        )
+        after = auditor.audit.last_position
+        query = self.seals.find({"_id": {"$gt": after}}).sort("_id", ASCENDING).batch_size(1000)
         async with (
             contextlib.aclosing(documents_ahead(query)) as seal_docs,
-            contextlib.aclosing(self.scan()) as log,
+            contextlib.aclosing(self.scan(after)) as log,
         ):
             seal = await _next_seal(seal_docs)
+            saved = after
             async for commit in log:
                 progress(commit.position)
                 while seal is not None and seal.position < commit.position:
@@ -493,6 +516,9 @@ class MongoEventStore:
                 if seal is not None and seal.position == commit.position:
                     auditor.seal(seal)
                     seal = await _next_seal(seal_docs)
+                if save is not None and commit.position >= saved + save_every:
+                    await save(auditor.snapshot())
+                    saved = commit.position
             beyond = []
             while seal is not None:
                 beyond.append(seal)

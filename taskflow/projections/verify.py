@@ -18,7 +18,7 @@ from taskflow.projections.mongo_view_writes import is_view
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.redis_views import RedisTaskViews
-from taskflow.projections.views import apply_commit, view_from_document
+from taskflow.projections.views import apply_commit, task_id_of, view_from_document
 from taskflow.text import as_text
 
 
@@ -101,12 +101,70 @@ async def compare(
 
 
 async def verify_read_models(services: Services, version: int) -> list[ViewMismatch]:
-    """Both task read models of `version` against the log, as of their own checkpoints."""
+    """Both task read models of `version` against the log, in one streamed pass over the log.
+
+    The views may move on while they are checked (projectors keep running), so each view is
+    compared with its task folded up to the view's own version, met on the way through the log
+    (never a stream read per view: on FerretDB each would scan the whole log). Each model's
+    checkpoint is read before its views: every task the log holds up to it must have a view at
+    least that new.
+    """
     redis_model = RedisTaskViews(services.redis, version)
     mongo_model = MongoTaskViews(services.views_db, version)
-    up_to = min(await redis_model.position(), await mongo_model.position())
-    folded = await fold_all_tasks(services.store, up_to, services.store.scan())
-    return await verify_against(services, version, folded)
+    checkpoints = {"redis": await redis_model.position(), "mongodb": await mongo_model.position()}
+    found = {
+        "redis": {v.task_id: v async for v in redis_views(services.redis, redis_model.keys)},
+        "mongodb": {v.task_id: v async for v in mongo_views(mongo_model.views)},
+    }
+    return await compare_in_one_pass(services.store.scan(), found, checkpoints)
+
+
+async def compare_in_one_pass(
+    log: AsyncIterator[Commit],
+    found: dict[str, dict[str, TaskState]],
+    checkpoints: dict[str, int],
+) -> list[ViewMismatch]:
+    """Views (model → task id → view) against the log read in position order: each view equals
+    its task folded up to the view's version, and no task the log holds up to a model's
+    checkpoint lacks a view there or has one older than the log at the checkpoint."""
+    states: dict[str, TaskState] = {}
+    mismatches: list[ViewMismatch] = []
+    matched: set[tuple[str, str]] = set()
+    pending = dict(checkpoints)  # models whose checkpoint the pass has not yet passed
+
+    def check_checkpoints(reached: int) -> None:
+        for model, at in list(pending.items()):
+            if reached < at:
+                continue
+            del pending[model]
+            for task_id, state in states.items():  # the log's tasks as of the checkpoint
+                view = found[model].get(task_id)
+                if view is None or view.version < state.version:
+                    found_version = view.version if view is not None else None
+                    mismatches.append(ViewMismatch(model, task_id, state.version, found_version))
+
+    async for commit in log:
+        check_checkpoints(commit.position - 1)
+        fold_commit(states, commit)
+        if commit.is_gap or not commit.stream_id.startswith("task-"):
+            continue
+        task_id = task_id_of(commit)
+        state = states[task_id]
+        for model, views in found.items():
+            view = views.get(task_id)
+            if view is not None and view.version == state.version:
+                matched.add((model, task_id))
+                if view != state:
+                    mismatches.append(ViewMismatch(model, task_id, state.version, view.version))
+    check_checkpoints(max(checkpoints.values(), default=0))
+    done = matched | {(m.model, m.task_id) for m in mismatches}
+    for model, views in found.items():
+        for task_id, view in views.items():  # a version the log never reached
+            if (model, task_id) not in done:
+                known = states.get(task_id)
+                expected = known.version if known else None
+                mismatches.append(ViewMismatch(model, task_id, expected, view.version))
+    return mismatches
 
 
 async def verify_against(
