@@ -85,6 +85,11 @@ def lines_of(path: Path, event: str) -> list[dict[str, Any]]:
     return [line for line in lines if line.get("event") == event]
 
 
+def logged_at(line: dict[str, Any]) -> datetime:
+    """When a JSON log line was written (its ISO 8601 UTC timestamp)."""
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00"))
+
+
 def lease_acquisitions(logs: Path) -> list[tuple[str, int]]:
     """(projection, term) of every `lease_acquired` line the projector processes logged."""
     return [(line["projection"], line["term"]) for line in log_lines(logs, "lease_acquired")]
@@ -486,13 +491,15 @@ async def test_a_paused_holder_never_moves_a_view_or_checkpoint_back(
             await until(applied_meanwhile, 60, f"cycle {cycle}: the new holder to apply")
             lost_before = len(lines_of(logs[pid], "lease_lost"))
             paused.send_signal(signal.SIGCONT)
-            resumed = time.monotonic()
+            resumed = datetime.now(UTC)
 
             async def standing_by(pid: int = pid, lost_before: int = lost_before) -> bool:
                 return len(lines_of(logs[pid], "lease_lost")) >= lost_before + 2
 
             await until(standing_by, 30, f"cycle {cycle}: the resumed process to stand by")
-            assert time.monotonic() - resumed <= PAUSE_TTL, "back in the rotation within a TTL"
+            # By the process's own clock: the moment it knew (test-side polling adds nothing).
+            lost_at = logged_at(lines_of(logs[pid], "lease_lost")[-1])
+            assert (lost_at - resumed).total_seconds() <= PAUSE_TTL, "back in rotation in a TTL"
         stop.set()
         await writing
         final = await store.head_position()
@@ -555,14 +562,15 @@ async def test_a_holder_refused_by_a_newer_term_stands_by_and_a_standby_takes_ov
         }
     )
     await redis.set(RedisViewKeys(1).fence, term + 1)
-    refused_at = time.monotonic()
     await write_workload(store, tasks=5, changes=10, seed=3)  # batches for the old holder
 
     async def stood_by() -> bool:
         return bool(lines_of(tmp_path / "projector-0.log", "lease_lost"))
 
     await until(stood_by, 30, "the refused holder to stand by")
-    assert time.monotonic() - refused_at <= PAUSE_TTL
+    first_refusal = logged_at(lines_of(tmp_path / "projector-0.log", "write_refused")[0])
+    lost_at = logged_at(lines_of(tmp_path / "projector-0.log", "lease_lost")[0])
+    assert (lost_at - first_refusal).total_seconds() <= PAUSE_TTL
     refusals = lines_of(tmp_path / "projector-0.log", "write_refused")
     assert 1 <= len(refusals) <= 3  # asked the lease at its first refusal, not batch after batch
 
