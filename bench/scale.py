@@ -192,10 +192,7 @@ async def _measure_size(
             progress.step(f"{size:,}: HTTP {_brief(figures)}")
             await phase("lag", _lag(servers, store, options))
             progress.step(f"{size:,}: lag p99 {figures.get('lag_p99', 0):.1f} ms")
-            figures["mongo_views_behind_at_end"] = (
-                await store.head_position()
-                - await MongoTaskViews(servers.views_db_of(database)).position()
-            )
+            await phase("mongo_behind", _mongo_views_behind(store, servers.views_db_of(database)))
             await phase("audit_verify", _audit_verify(servers, database.name, progress))
         await phase("rebuild", _rebuild(servers, database.name, options, progress))
         await phase("alone", _redis_views_alone(servers, store, progress))
@@ -432,6 +429,18 @@ async def _lag(servers: Servers, store: MongoEventStore, options: Options) -> di
         "lag_p99": percentile(visible, 99),
         "lag_rate": rate,
         "lag_command_p50": percentile([s.command * 1000 for s in samples], 50),
+    }
+
+
+async def _mongo_views_behind(
+    store: MongoEventStore, views_db: AsyncDatabase[dict[str, Any]]
+) -> dict[str, Any]:
+    """How far the MongoDB views are behind the log's head, and how long reading that took."""
+    start = time.perf_counter()
+    behind = await store.head_position() - await MongoTaskViews(views_db).position()
+    return {
+        "mongo_views_behind_at_end": behind,
+        "mongo_checkpoint_read_s": time.perf_counter() - start,
     }
 
 
