@@ -18,14 +18,18 @@ import pwd
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.fault_tools import free_port
+from taskflow.api.app import create_app
+from taskflow.settings import Settings
+from tests.api_support import Client, wait_ready
+from tests.fault_tools import free_port, until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -153,6 +157,34 @@ def running_nginx(conf: NginxConf) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+@contextlib.asynccontextmanager
+async def nginx_in_front(api: Client, directory: Path, site: str) -> AsyncIterator[NginxConf]:
+    """nginx (`site`: "http" or "https") in front of the app `api` serves."""
+    assert api.server.port is not None
+    conf = render_nginx(directory, site=site, api_port=api.server.port)
+    with running_nginx(conf) as process:
+
+        async def answers() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"nginx exited:\n{nginx_log(conf)}")
+            url = f"http://127.0.0.1:{conf.http_port}/nginx-health"
+            try:
+                async with aiohttp.ClientSession() as http, http.get(url) as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await until(answers, 20, "nginx to answer")
+        yield conf
+
+
+async def ready_api(aiohttp_client: Any, settings: Settings) -> Client:
+    """The real app on `settings`, served on a loopback port, ready."""
+    api: Client = await aiohttp_client(create_app(settings))
+    await wait_ready(api)
+    return api
 
 
 def nginx_log(conf: NginxConf) -> str:

@@ -16,19 +16,16 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from taskflow.api.app import create_app
 from taskflow.settings import Settings
 from taskflow.text import as_text
-from tests.api_support import wait_ready
 from tests.deploy_support import (
     NginxConf,
     compose_services,
     environment,
+    nginx_in_front,
     nginx_log,
-    render_nginx,
-    running_nginx,
+    ready_api,
 )
-from tests.fault_tools import until
 
 AUTH_LIMIT = 5
 CLIENT_A, CLIENT_B = "127.0.0.2", "127.0.0.3"
@@ -55,36 +52,13 @@ def proxied_settings(settings: Settings) -> Settings:
     )
 
 
-async def _nginx_in_front(
-    aiohttp_client: Any, settings: Settings, directory: Path, site: str
-) -> AsyncIterator[NginxConf]:
-    api = await aiohttp_client(create_app(settings))
-    await wait_ready(api)
-    conf = render_nginx(directory, site=site, api_port=api.server.port)
-    with running_nginx(conf) as process:
-
-        async def answers() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"nginx exited:\n{nginx_log(conf)}")
-            try:
-                async with (
-                    aiohttp.ClientSession() as http,
-                    http.get(f"http://127.0.0.1:{conf.http_port}/nginx-health") as response,
-                ):
-                    return response.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await until(answers, 20, "nginx to answer")
-        yield conf
-
-
 @pytest.fixture
 async def nginx(
     aiohttp_client: Any, proxied_settings: Settings, tmp_path: Path, mongo: Any
 ) -> AsyncIterator[NginxConf]:
     """nginx (plain HTTP site) in front of the API."""
-    async for conf in _nginx_in_front(aiohttp_client, proxied_settings, tmp_path / "nginx", "http"):
+    api = await ready_api(aiohttp_client, proxied_settings)
+    async with nginx_in_front(api, tmp_path / "nginx", "http") as conf:
         yield conf
 
 
@@ -93,9 +67,8 @@ async def nginx_tls(
     aiohttp_client: Any, proxied_settings: Settings, tmp_path: Path, mongo: Any
 ) -> AsyncIterator[NginxConf]:
     """nginx (TLS site, a throwaway self-signed certificate) in front of the API."""
-    async for conf in _nginx_in_front(
-        aiohttp_client, proxied_settings, tmp_path / "nginx", "https"
-    ):
+    api = await ready_api(aiohttp_client, proxied_settings)
+    async with nginx_in_front(api, tmp_path / "nginx", "https") as conf:
         yield conf
 
 
