@@ -31,7 +31,7 @@ from tqdm import tqdm
 from bench.harness import Progress
 from bench.http_processes import api_server
 from bench.latency import TaskLoad, steady
-from bench.processes import Child, ChildFailedError, projector
+from bench.processes import Child, ChildFailedError, child, projector
 from bench.report import describe_machine
 from bench.scale_report import Measured, write_scale_report
 from bench.seeder import BulkSeeder, PlannedCommit, Shape, plan, verify_seeded
@@ -55,6 +55,8 @@ FULL_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 2_000)  # at least 8 users at the smallest: one per client
 CLIENTS = 8
 ONE_BATCH = 10_000_000  # a batch size no seeded log reaches: the whole log in one batch
+# The benchmark gives `audit verify` this long before it records a failure.
+AUDIT_VERIFY_LIMIT_SECONDS = 1800
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ async def _measure_size(
                 await store.head_position()
                 - await MongoTaskViews(servers.views_db_of(database)).position()
             )
+            await phase("audit_verify", _audit_verify(servers, database.name, progress))
         await phase("rebuild", _rebuild(servers, database.name, options, progress))
         await phase("alone", _redis_views_alone(servers, store, progress))
     raw = figures.get("raw_read_per_s")
@@ -430,6 +433,27 @@ async def _lag(servers: Servers, store: MongoEventStore, options: Options) -> di
         "lag_rate": rate,
         "lag_command_p50": percentile([s.command * 1000 for s in samples], 50),
     }
+
+
+async def _audit_verify(servers: Servers, database: str, progress: Progress) -> dict[str, Any]:
+    """`taskflow audit verify` as an operator runs it (its own default timeouts), while the
+    projector keeps running: the seconds it takes and its exit code."""
+    env = {
+        **os.environ,
+        "MONGODB_URI": servers.settings.mongodb_uri,
+        "MONGODB_DB": database,
+        "REDIS_URL": servers.settings.redis_url,
+        "LOG_LEVEL": "WARNING",
+    }
+    args = [sys.executable, "-m", "taskflow", "audit", "verify"]
+    start = time.perf_counter()
+    async with child("audit verify", args, env) as verify:
+        code = await asyncio.wait_for(verify.process.wait(), AUDIT_VERIFY_LIMIT_SECONDS)
+        seconds = time.perf_counter() - start
+        if code != 0:
+            raise verify.failure(f"exited with {code} after {seconds:.0f} s")
+    progress.step(f"audit verify: OK in {seconds:.1f} s")
+    return {"audit_verify_seconds": seconds, "audit_verify_exit": code}
 
 
 async def _rebuild(

@@ -70,6 +70,8 @@ LINES = [
     ),
     Line("  ÷ raw read", "ratio", "alone_mongo_ratio"),
     Line("MongoDB views behind the head after the load", "commits", "mongo_views_behind_at_end"),
+    Line("`taskflow audit verify` beside a running projector", "s", "audit_verify_seconds"),
+    Line("  its exit code (0: the log, seals and views verified)", "", "audit_verify_exit"),
     Line("1-minute load average at the start of the size", "", "load_start", growth=False),
 ]
 

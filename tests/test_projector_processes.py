@@ -76,13 +76,18 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subproce
 
 def log_lines(logs: Path, event: str) -> list[dict[str, Any]]:
     """Every JSON line named `event` that the projector processes logged."""
-    found = []
-    for path in sorted(logs.glob("projector-*.log")):
-        for text in path.read_text().splitlines():
-            line = json.loads(text) if text.startswith("{") else {}
-            if line.get("event") == event:
-                found.append(line)
-    return found
+    return [line for path in sorted(logs.glob("projector-*.log")) for line in lines_of(path, event)]
+
+
+def lines_of(path: Path, event: str) -> list[dict[str, Any]]:
+    """Every JSON line named `event` in one process's log."""
+    lines = [json.loads(t) for t in path.read_text().splitlines() if t.startswith("{")]
+    return [line for line in lines if line.get("event") == event]
+
+
+def logged_at(line: dict[str, Any]) -> datetime:
+    """When a JSON log line was written (its ISO 8601 UTC timestamp)."""
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00"))
 
 
 def lease_acquisitions(logs: Path) -> list[tuple[str, int]]:
@@ -115,9 +120,7 @@ async def caught_up(
     store: MongoEventStore, redis: Redis, views_db: AsyncDatabase[dict[str, Any]]
 ) -> bool:
     head = await store.head_position()
-    redis_at = int(await redis.get(RedisViewKeys(1).checkpoint) or 0)
-    mongo_at = await MongoTaskViews(views_db).position()
-    return head > 0 and redis_at >= head and mongo_at >= head
+    return head > 0 and await caught_up_to(store, redis, views_db, head)
 
 
 async def assert_models_equal_the_log(
@@ -178,16 +181,16 @@ async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
     # On a loaded machine a renewal can come late and a standby take a term over; what must
     # hold is one holder per term (checked from the processes' own logs at the end).
     name = "task_views_redis_v1"
-    current = (await leases.find({"name": name}).sort("term", -1).limit(1).to_list())[0]
-    processes[int(current["holder"].split(":")[1])].send_signal(signal.SIGKILL)
+    pid, term = await holder_of(leases, name)
+    processes[pid].send_signal(signal.SIGKILL)
 
     async def taken_over() -> bool:
-        return await leases.count_documents({"name": name, "term": current["term"] + 1}) == 1
+        return await leases.count_documents({"name": name, "term": term + 1}) == 1
 
     await until(taken_over, 30, "a standby to take the lease over")
-    successor = await leases.find_one({"_id": f"{name}:{current['term'] + 1}"})
+    successor = await leases.find_one({"_id": f"{name}:{term + 1}"})
     assert successor is not None
-    assert successor["holder"] != current["holder"]
+    assert int(successor["holder"].split(":")[1]) != pid
     await write_workload(store, tasks=20, changes=80, seed=11)
     await until(lambda: caught_up(store, redis, views_db), 60, "catch-up after takeover")
     await assert_models_equal_the_log(store, redis, views_db)
@@ -431,11 +434,6 @@ async def holder_of(leases: AsyncCollection[dict[str, Any]], name: str) -> tuple
     return int(latest["holder"].split(":")[1]), int(latest["term"])
 
 
-def lines_of(path: Path, event: str) -> list[dict[str, Any]]:
-    lines = [json.loads(t) for t in path.read_text().splitlines() if t.startswith("{")]
-    return [line for line in lines if line.get("event") == event]
-
-
 @pytest.mark.timeout(600)
 async def test_a_paused_holder_never_moves_a_view_or_checkpoint_back(
     store: MongoEventStore,
@@ -493,13 +491,15 @@ async def test_a_paused_holder_never_moves_a_view_or_checkpoint_back(
             await until(applied_meanwhile, 60, f"cycle {cycle}: the new holder to apply")
             lost_before = len(lines_of(logs[pid], "lease_lost"))
             paused.send_signal(signal.SIGCONT)
-            resumed = time.monotonic()
+            resumed = datetime.now(UTC)
 
             async def standing_by(pid: int = pid, lost_before: int = lost_before) -> bool:
                 return len(lines_of(logs[pid], "lease_lost")) >= lost_before + 2
 
             await until(standing_by, 30, f"cycle {cycle}: the resumed process to stand by")
-            assert time.monotonic() - resumed <= PAUSE_TTL, "back in the rotation within a TTL"
+            # By the process's own clock: the moment it knew (test-side polling adds nothing).
+            lost_at = logged_at(lines_of(logs[pid], "lease_lost")[-1])
+            assert (lost_at - resumed).total_seconds() <= PAUSE_TTL, "back in rotation in a TTL"
         stop.set()
         await writing
         final = await store.head_position()
@@ -562,14 +562,15 @@ async def test_a_holder_refused_by_a_newer_term_stands_by_and_a_standby_takes_ov
         }
     )
     await redis.set(RedisViewKeys(1).fence, term + 1)
-    refused_at = time.monotonic()
     await write_workload(store, tasks=5, changes=10, seed=3)  # batches for the old holder
 
     async def stood_by() -> bool:
         return bool(lines_of(tmp_path / "projector-0.log", "lease_lost"))
 
     await until(stood_by, 30, "the refused holder to stand by")
-    assert time.monotonic() - refused_at <= PAUSE_TTL
+    first_refusal = logged_at(lines_of(tmp_path / "projector-0.log", "write_refused")[0])
+    lost_at = logged_at(lines_of(tmp_path / "projector-0.log", "lease_lost")[0])
+    assert (lost_at - first_refusal).total_seconds() <= PAUSE_TTL
     refusals = lines_of(tmp_path / "projector-0.log", "write_refused")
     assert 1 <= len(refusals) <= 3  # asked the lease at its first refusal, not batch after batch
 

@@ -110,21 +110,21 @@ class ProjectionDriver:
         renewer = asyncio.create_task(self._renew_while_held())
         fenced = False
         try:
-            while self._holding():
+            while self._holding() and (term := self.lease.term) is not None:
                 self.wake.clear()
                 started = time.monotonic()
                 try:
                     if not fenced:
-                        await self.projection.fence(self._term())
+                        await self.projection.fence(term)
                         fenced = True
                     result = await one_pass(
                         self.store,
                         self.projection,
-                        term=self._term(),
+                        term=term,
                         keep_going=self._keep_going_since(started),
                     )
                     if result.exhausted:
-                        await self.projection.caught_up(result.position, self._term())
+                        await self.projection.caught_up(result.position, term)
                     await self._report_lag()
                 except LeaseLostError as exc:
                     # Refused by the fence: ask the lease now rather than at the next renewal.
@@ -144,10 +144,6 @@ class ProjectionDriver:
             await cancel_and_wait(renewer)  # not a lone cancel(): see taskflow/tasks.py
         if self._lost.is_set():
             self.lease.term = None
-
-    def _term(self) -> int:
-        assert self.lease.term is not None
-        return self.lease.term
 
     async def _still_held(self) -> bool:
         """Whether no newer term exists (renewing the lease if so); False marks it lost."""
