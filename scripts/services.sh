@@ -6,6 +6,10 @@
 #
 #   scripts/services.sh install            install redis-server, build FerretDB once
 #   scripts/services.sh install-wrk        install wrk, the HTTP benchmarks' load generator
+#   scripts/services.sh install-tools      what the deployment tests run (best effort: a tool that
+#                                          cannot be installed makes its tests skip, saying why):
+#                                          nginx, docker-compose, shellcheck (Debian packages),
+#                                          actionlint (built once from its Go module)
 #   scripts/services.sh start PROFILE      start both; writes .state/PROFILE/services.env
 #   scripts/services.sh stop PROFILE       stop what `start PROFILE` started
 #   FERRETDB_BACKEND=postgresql scripts/services.sh start PROFILE
@@ -18,6 +22,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${TASKFLOW_STATE_DIR:-$ROOT/.state}"
 BIN="$STATE/bin"
 FERRETDB="$BIN/ferretdb-$FERRETDB_VERSION"
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
+ACTIONLINT="$BIN/actionlint-$ACTIONLINT_VERSION"
 BACKEND="${FERRETDB_BACKEND:-sqlite}"
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -37,6 +43,42 @@ install_wrk() {
   log "installing wrk from Debian packages"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends wrk >/dev/null
+}
+
+apt_install() { # apt_install PACKAGE...: Debian packages, the package lists refreshed once per run
+  if [ -z "${APT_UPDATED:-}" ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+has_nginx() { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }
+
+has_compose() { # Docker Compose v1 (Debian's docker-compose) or the v2 plugin: both parse offline
+  command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1
+}
+
+actionlint_ok() { [ -x "$ACTIONLINT" ] && "$ACTIONLINT" -version >/dev/null 2>&1; }
+
+install_actionlint() {
+  actionlint_ok && return 0
+  command -v go >/dev/null 2>&1 || { log "Go is required to build actionlint"; return 1; }
+  log "building actionlint $ACTIONLINT_VERSION (once; about 30 s)"
+  mkdir -p "$BIN"
+  local gobin
+  gobin="$(mktemp -d)"
+  GOTOOLCHAIN=local GOFLAGS=-mod=mod GOTELEMETRY=off GOBIN="$gobin" \
+    go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+  mv "$gobin/actionlint" "$ACTIONLINT"
+  rm -rf "$gobin"
+  actionlint_ok
+}
+
+install_tools() { # best effort: each missing tool is logged and its tests skip
+  has_nginx || apt_install nginx || log "could not install nginx"
+  # The package may start a system nginx on port 80; the tests start their own on free ports.
+  has_compose || apt_install docker-compose || log "could not install docker-compose"
+  command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck || log "could not install shellcheck"
+  install_actionlint || log "could not build actionlint"
+  return 0
 }
 
 pg_bin() { # the directory of Debian's PostgreSQL server binaries (initdb, pg_ctl)
@@ -176,7 +218,8 @@ stop() {
 case "${1:-}" in
   install) install_redis; install_ferretdb ;;
   install-wrk) install_wrk ;;
+  install-tools) install_tools ;;
   start) start "${2:?profile}" ;;
   stop) stop "${2:?profile}" ;;
-  *) echo "usage: $0 install | start PROFILE | stop PROFILE" >&2; exit 2 ;;
+  *) echo "usage: $0 install | install-wrk | install-tools | start PROFILE | stop PROFILE" >&2; exit 2 ;;
 esac

@@ -8,6 +8,8 @@ PY=.venv/bin
 
 echo "== ruff"; $PY/ruff check . && $PY/ruff format --check .
 echo "== mypy --strict"; $PY/mypy
+# nginx, docker-compose, shellcheck and actionlint for the deployment tests (when missing).
+scripts/services.sh install-tools
 
 if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   scripts/services.sh start test

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from taskflow.events.group_insert import DEFAULT_MAX_BATCH
 
@@ -15,7 +23,11 @@ READ_MODELS: tuple[ReadModel, ...] = ("redis", "mongodb")
 
 
 class Settings(BaseSettings):
-    """Everything TaskFlow reads from its environment (README: Configuration)."""
+    """Everything TaskFlow reads from its environment (README: Configuration).
+
+    Every secret can also come from a file named by `<NAME>_FILE` (Docker and Kubernetes
+    secrets).
+    """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
@@ -93,6 +105,18 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     sentry_dsn: SecretStr | None = None
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`<NAME>_FILE` beside the environment (setting both is an error)."""
+        return (init_settings, SecretFiles(settings_cls), env_settings, dotenv_settings)
+
     @property
     def views_db_name(self) -> str:
         """The database of the MongoDB read models."""
@@ -136,6 +160,32 @@ class Settings(BaseSettings):
         if "jwt_keys" in data and kid not in data["jwt_keys"]:
             raise ValueError(f"JWT_ACTIVE_KID {kid!r} is not one of JWT_KEYS")
         return kid
+
+
+# The secret settings, each of which may come from the file `<NAME>_FILE` names.
+SECRET_FILES = ("mongodb_uri", "redis_url", "jwt_keys", "event_log_hmac_key", "sentry_dsn")
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """Secret settings read from the file that `<NAME>_FILE` names (trailing newline dropped)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in SECRET_FILES:
+            variable = name.upper()
+            path = os.environ.get(f"{variable}_FILE")
+            if path is None:
+                continue
+            if variable in os.environ:
+                raise SettingsError(f"{variable} and {variable}_FILE are both set: keep one")
+            try:
+                values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise SettingsError(f"{variable}_FILE: cannot read {path!r} ({exc})") from None
+        return values
 
 
 class SettingsError(Exception):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pymongo import AsyncMongoClient
 
 from taskflow.api.keys import SERVICES
 from taskflow.auth.tokens import issue_access_token
@@ -37,9 +39,35 @@ async def wait_ready(client: Client) -> None:
 
 
 async def project(client: Client) -> int:
-    """Run every projection up to the log's head, in this process (the real projection code)."""
+    """Run every projection up to the log's head, in this process (the real projection code),
+    and, on a replica set with secondaries, until every member has applied what it wrote."""
     services = client.app[SERVICES]
-    return await catch_up(services.store, projections(services))
+    applied = await catch_up(services.store, projections(services))
+    await replicated(services.mongo)
+    return applied
+
+
+_MEMBERS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+async def replicated(mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    """Until every member of the replica set has applied every write made so far (nothing on a
+    one-member set, such as FerretDB's).
+
+    The MongoDB views are read through `secondaryPreferred` (docs/operations.md, "Reads from
+    secondaries"): a test that projects and then reads them without a write's position (to
+    compare query results, say) would otherwise race the secondaries' replication. A write
+    acknowledged by every member comes after all earlier ones in the oplog, so once it is
+    acknowledged every member has applied them too.
+    """
+    members = _MEMBERS.get(mongo)
+    if members is None:
+        hello = await mongo.admin.command("hello")
+        members = _MEMBERS[mongo] = len(hello.get("hosts", []))
+    if members > 1:
+        await mongo["taskflow_tests"].command(
+            "insert", "replicated", documents=[{}], writeConcern={"w": members, "wtimeout": 30_000}
+        )
 
 
 @contextlib.asynccontextmanager

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure
 
@@ -123,9 +124,11 @@ async def close_terms_before(views: AsyncCollection[Document], term: int) -> Non
         )
 
 
-async def read_checkpoint(views: AsyncCollection[Document]) -> int | None:
+async def read_checkpoint(
+    views: AsyncCollection[Document], session: AsyncClientSession | None = None
+) -> int | None:
     """The position the views reflect, or None when no holder has written one here yet."""
-    doc = await views.find_one({"_id": CHECKPOINT_ID})
+    doc = await views.find_one({"_id": CHECKPOINT_ID}, session=session)
     return int(doc["position"]) if doc else None
 
 

@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import orjson
+import pymongo
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo.asynchronous.client_session import AsyncClientSession as Session
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
@@ -24,6 +26,7 @@ from taskflow import names
 from taskflow.commands.task import Priority, Status, Tag, TaskState
 from taskflow.events.task_values import UtcDatetime
 from taskflow.metrics import CACHE
+from taskflow.projections.mongo_view_writes import read_checkpoint
 from taskflow.projections.mongo_views import PRIORITY_RANK, MongoTaskViews
 from taskflow.projections.read_model_versions import active_version
 from taskflow.projections.redis_keys import RedisViewKeys
@@ -70,6 +73,9 @@ return {generation}
 _REFUSED, _NOT_LIVE, _UNCHECKED = -1, -2, -3
 # How often a read-your-writes wait looks at the checkpoint again.
 WAIT_STEP_SECONDS = 0.005
+# The least time a secondary gets to catch up with a checkpoint read on another member before
+# the views are read without that guarantee (and marked stale), whatever the configured wait.
+MIN_MEMBER_WAIT_SECONDS = 0.5
 
 
 class ReadGuard(Protocol):
@@ -220,20 +226,23 @@ class TaskReads:
         The stored JSON is parsed, not validated: the projector wrote it from a `TaskState`.
         """
 
-        async def from_redis() -> ViewJson | None:
+        async def from_redis() -> Served[ViewJson | None]:
             keys = await self._keys()
             script_keys = [*_guard_keys(guard, keys), keys.tasks(owner)]
             raw = self._allowed(guard, await self._guarded_hget(keys=script_keys, args=[task_id]))
-            return orjson.loads(raw) if raw else None
+            return Served(orjson.loads(raw) if raw else None, not reached)
 
-        async def from_mongo() -> ViewJson | None:
-            doc = await self._views().find_one({"_id": task_id, "owner_id": owner})
+        async def find(session: Session | None) -> ViewJson | None:
+            flt = {"_id": task_id, "owner_id": owner}
+            doc = await self._views().find_one(flt, session=session)
             return view_from_document(doc).model_dump(mode="json") if doc else None
 
         reached = await self.wait_for(position)
-        view, source = await self._guarded_either(guard, from_redis, from_mongo)
-        stale = await self._stale(source, position, reached)
-        return Served(None if view is None or view["deleted"] else view, stale)
+        served, _ = await self._guarded_either(
+            guard, from_redis, lambda: self._from_mongo(find, position, reached)
+        )
+        view = served.value
+        return Served(None if view is None or view["deleted"] else view, served.stale)
 
     async def list_rendered(
         self,
@@ -247,14 +256,19 @@ class TaskReads:
         """One page as `renderer` renders it, `guard` checked in the round trip that reads the
         page cache; a cache hit is returned as it is stored, without parsing it."""
 
-        async def from_mongo() -> bytes:
-            return renderer.render(_page_json(await _list_mongo(self._views(), owner, query, now)))
+        async def from_redis() -> Served[bytes]:
+            body = await self._list_redis_rendered(owner, query, now, guard, renderer)
+            return Served(body, not reached)
+
+        async def find(session: Session | None) -> bytes:
+            page = await _list_mongo(self._views(), owner, query, now, session)
+            return renderer.render(_page_json(page))
 
         reached = await self.wait_for(position)
-        body, source = await self._guarded_either(
-            guard, lambda: self._list_redis_rendered(owner, query, now, guard, renderer), from_mongo
+        served, _ = await self._guarded_either(
+            guard, from_redis, lambda: self._from_mongo(find, position, reached)
         )
-        return Served(body, await self._stale(source, position, reached))
+        return served
 
     async def list_tasks(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
         page, _ = await self._either(
@@ -266,7 +280,7 @@ class TaskReads:
     async def stats(
         self, owner: str, now: datetime, position: int | None = None
     ) -> Served[TaskStats]:
-        async def from_redis() -> TaskStats:
+        async def from_redis() -> Served[TaskStats]:
             keys = await self._keys()
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.exists(keys.live)
@@ -275,22 +289,26 @@ class TaskReads:
                 live, counts, overdue = await pipe.execute()
             _require_live(live)
             by_status = {s.value: int(counts.get(s.value.encode(), 0)) for s in Status}
-            return TaskStats(by_status=by_status, overdue=int(overdue))
+            return Served(TaskStats(by_status=by_status, overdue=int(overdue)), not reached)
 
-        async def from_mongo() -> TaskStats:
+        async def count(session: Session | None) -> TaskStats:
             views = self._views()
             live = {"owner_id": owner, "deleted": False}
             by_status = {
-                s.value: await views.count_documents({**live, "status": s.value}) for s in Status
+                s.value: await views.count_documents({**live, "status": s.value}, session=session)
+                for s in Status
             }
             overdue = await views.count_documents(
-                {**live, "status": {"$ne": Status.DONE.value}, "due_at": {"$lt": now}}
+                {**live, "status": {"$ne": Status.DONE.value}, "due_at": {"$lt": now}},
+                session=session,
             )
             return TaskStats(by_status=by_status, overdue=overdue)
 
         reached = await self.wait_for(position)
-        stats, source = await self._either(from_redis, from_mongo)
-        return Served(stats, await self._stale(source, position, reached))
+        served, _ = await self._either(
+            from_redis, lambda: self._from_mongo(count, position, reached)
+        )
+        return served
 
     async def projected_position(self) -> int:
         """How far the read model that serves reads has applied the log."""
@@ -321,13 +339,45 @@ class TaskReads:
             await asyncio.sleep(WAIT_STEP_SECONDS)
         return True
 
-    async def _stale(self, source: Source, position: int | None, reached: bool) -> bool:
-        if source == "redis":
-            return not reached
-        return position is None or await self._mongo_position() < position
+    async def _from_mongo(
+        self, read: Callable[[Session | None], Awaitable[T]], position: int | None, reached: bool
+    ) -> Served[T]:
+        """`read` from the MongoDB views: stale unless a checkpoint read before it shows
+        `position` (or when no position was given to compare with).
 
-    async def _mongo_position(self) -> int:
-        return await MongoTaskViews(self._db, self._active[1]).position()
+        Each read picks a member by the read preference, so two reads in a row may be served by
+        different secondaries. The checkpoint that vouches for the answer is therefore read
+        first, and the views after it, in one causally consistent session: whichever member
+        serves the views has applied at least what the checkpoint read saw (afterClusterTime).
+        A member that cannot catch up within the read-your-writes wait (its replication paused)
+        is given up on: the views are read again without the session and marked stale. Where
+        reads are not causal (FerretDB, a standalone server) there is one member, which serves
+        both reads in order (docs/operations.md, "Reads from secondaries").
+        """
+        if position is None:
+            return Served(await read(None), True)
+        deadline = time.monotonic() + (self._wait_seconds if reached else 0.0)
+        try:
+            async with self._db.client.start_session(causal_consistency=True) as session:
+                at = await self._mongo_position(session)
+                while at < position and time.monotonic() < deadline:
+                    await asyncio.sleep(WAIT_STEP_SECONDS)
+                    at = await self._mongo_position(session)
+                if at >= position and session.operation_time is None:
+                    return Served(await read(session), False)  # no causal reads: one member
+                if at >= position:
+                    with pymongo.timeout(max(self._wait_seconds, MIN_MEMBER_WAIT_SECONDS)):
+                        return Served(await read(session), False)
+        except PyMongoError as exc:
+            if not exc.timeout:
+                raise
+            log.warning("mongodb_views_member_behind", position=position, error=repr(exc))
+        return Served(await read(None), True)
+
+    async def _mongo_position(self, session: Session | None = None) -> int:
+        views = MongoTaskViews(self._db, self._active[1])
+        at = await read_checkpoint(views.views, session)
+        return at if at is not None else await views.position()  # position(): legacy checkpoints
 
     async def _list_redis(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
         keys = await self._keys()
@@ -555,13 +605,19 @@ _MONGO_FIELD = {
 }
 
 
-async def _list_mongo(views: Any, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
+async def _list_mongo(
+    views: Any, owner: str, query: TaskQuery, now: datetime, session: Session | None = None
+) -> TaskPage:
     field = _MONGO_FIELD[query.sort]
     direction = -1 if query.order == "desc" else 1
     flt = mongo_filter(owner, query, now)
     if query.cursor is not None:
         flt = {"$and": [flt, _after_cursor(field, query)]}
-    cursor = views.find(flt).sort([(field, direction), ("_id", direction)]).limit(query.limit + 1)
+    cursor = (
+        views.find(flt, session=session)
+        .sort([(field, direction), ("_id", direction)])
+        .limit(query.limit + 1)
+    )
     docs = await cursor.to_list()
     items = [view_from_document(doc) for doc in docs[: query.limit]]
     more = len(docs) > query.limit
