@@ -27,6 +27,12 @@ import taskflow
 # The views' own patterns (private there) are reused so that the document cannot drift from them.
 from taskflow.api.audit_routes import _STREAM_ID, AsOfQuery, FeedQuery, HistoryQuery
 from taskflow.api.auth_routes import REFRESH_COOKIE, LoginBody, RegisterBody
+from taskflow.api.change_feeds import (
+    AUDIT_CHANGES_PATH,
+    TASK_CHANGES_PATH,
+    TICKETS_PATH,
+    ChangesQuery,
+)
 from taskflow.api.headers import POSITION_HEADER, STALE_HEADER
 from taskflow.api.middlewares import CORRELATION_ID, REQUEST_ID
 from taskflow.api.problems import PROBLEM_TYPE_BASE
@@ -146,6 +152,13 @@ class CommitPage(_Shape):
     next_after: int | None = Field(description="pass as `after` for the following page")
 
 
+class StreamTicket(_Shape):
+    """A one-time ticket that opens a change feed (`?ticket=`), for EventSource."""
+
+    ticket: str = Field(description="use once, within `expires_in` seconds")
+    expires_in: int = Field(description="seconds the ticket waits for its use")
+
+
 class FieldError(_Shape):
     """One failing field of a request."""
 
@@ -227,6 +240,31 @@ TARGET_PROBLEMS = {
     **UNAVAILABLE,
 }
 AUDITOR = {**TOKEN, 403: "the caller lacks the auditor role"}
+EVENT_STREAM = "text/event-stream"
+STREAM_PROBLEMS = {
+    400: "Last-Event-ID is not a position",
+    401: "no valid access token, or the ticket is unknown, used or expired",
+    422: "a parameter is unknown or invalid",
+    503: "too many open streams on this server (Retry-After), or a backing service is down",
+}
+STREAM_SECURITY: tuple[dict[str, list[str]], ...] = ({"bearerAuth": []}, {"streamTicket": []})
+CHANGE_EVENTS = " ".join(
+    (
+        "Server-sent events. Every event has an `id:`, a global position: a client resumes with",
+        "`Last-Event-ID` (EventSource sends it when it reconnects by itself) or",
+        "`?after=<position>`, and gets exactly what came after it, in order, then live events.",
+        "Events: `ready` first (its `id` is where the stream starts: the position given, or now),",
+        "with a `retry:` hint; then one unnamed event per change (`data` below); `reset` when the",
+        "position is older than the kept history (CHANGE_FEED_HISTORY changes per owner,",
+        "CHANGE_FEED_AUDIT_HISTORY commits for auditors): reload, then go on from its `id`; `end`",
+        "when the server closes the stream (`data.reason`: `shutdown`, `token-expired`,",
+        "`logged-out`, `too-slow`, `lifetime`, `resume`, `unavailable`, `auth-unavailable`), with",
+        "`data.after` to resume from. A comment line (`: ping`) every",
+        "CHANGE_FEED_HEARTBEAT_SECONDS. Authenticate with `Authorization: Bearer` or, for",
+        "EventSource, a one-time `ticket` from POST /api/stream-tickets: never put an access",
+        "token in a URL.",
+    )
+)
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -479,6 +517,47 @@ OPERATIONS: tuple[Operation, ...] = (
         parameters=("X-TaskFlow-Position",),
     ),
     Operation(
+        "post",
+        TICKETS_PATH,
+        "createStreamTicket",
+        "changes",
+        "A one-time ticket to open a change feed with EventSource (which cannot send headers)",
+        (Reply(201, "The ticket", StreamTicket),),
+        TOKEN | UNAVAILABLE,
+        description="The ticket opens one stream, as the caller, within `expires_in` seconds "
+        "(STREAM_TICKET_TTL_SECONDS); the stream still ends when the caller's token expires or "
+        "is logged out.",
+    ),
+    Operation(
+        "get",
+        TASK_CHANGES_PATH,
+        "taskChanges",
+        "changes",
+        "The caller's task changes, live, resumable by position (server-sent events)",
+        (Reply(200, "The stream", media_type=EVENT_STREAM),),
+        STREAM_PROBLEMS,
+        parameters=("Last-Event-ID",),
+        query=ChangesQuery,
+        security=STREAM_SECURITY,
+        description=CHANGE_EVENTS
+        + ' A change\'s `data`: `{"id": task id, "etag": the task\'s ETag, "deleted": '
+        'bool, "task": the task as GET /api/tasks/{task_id} shows it (null when deleted)}`.',
+    ),
+    Operation(
+        "get",
+        AUDIT_CHANGES_PATH,
+        "auditChanges",
+        "changes",
+        "Every commit of the log, live, resumable by position (server-sent events), for auditors",
+        (Reply(200, "The stream", media_type=EVENT_STREAM),),
+        STREAM_PROBLEMS | {403: AUDITOR[403]},
+        parameters=("Last-Event-ID",),
+        query=ChangesQuery,
+        security=STREAM_SECURITY,
+        description=CHANGE_EVENTS
+        + " A change's `data`: the commit, as an item of GET /api/audit/events.",
+    ),
+    Operation(
         "get",
         "/api/tasks/{task_id}/history",
         "taskHistory",
@@ -526,7 +605,9 @@ _QUERY_NOTES = {
     "as_of": "the task as it was at this moment (with a time zone)",
     "version": "the task as it was at this version",
     "after_version": "only events after this version",
-    "after": "only commits after this global position",
+    "after": "only commits after this global position (the change feeds: resume after it; "
+    "Last-Event-ID wins over it)",
+    "ticket": "a one-time ticket from POST /api/stream-tickets (EventSource cannot send headers)",
 }
 _QUERY_NAMES = {"cursor": "next"}  # TaskQuery field -> query parameter
 
@@ -578,6 +659,11 @@ PARAMETERS: dict[str, Any] = {
         "X-Causation-ID",
         _pattern(r"^[A-Za-z0-9._:-]{1,128}$"),
         "the message that caused this request; recorded in the event metadata",
+    ),
+    "Last-Event-ID": _header_param(
+        "Last-Event-ID",
+        _pattern(r"^[0-9]{1,18}$"),
+        "the last event's id (a position): resume after it",
     ),
     POSITION_HEADER: _header_param(
         POSITION_HEADER,
@@ -645,6 +731,7 @@ PROBLEM_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
 SECURITY_SCHEMES = {
     "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
     "refreshCookie": {"type": "apiKey", "in": "cookie", "name": REFRESH_COOKIE},
+    "streamTicket": {"type": "apiKey", "in": "query", "name": "ticket"},
 }
 
 DESCRIPTION = f"""\

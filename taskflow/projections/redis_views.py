@@ -3,14 +3,15 @@
 This is the model hot reads are served from (DESIGN.md §6, §9): every read touches only the
 asking user's keys, so its cost does not grow with the log. Writes of one batch go in one
 MULTI/EXEC guarded by WATCH on the fence (and the checkpoint), so a process whose lease was taken
-over cannot write.
+over cannot write. The same transaction appends each change to the change feeds
+(feed_writes.py), so what the feeds publish is exactly what was applied.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -18,6 +19,12 @@ from redis.exceptions import WatchError
 
 from taskflow.commands.task import Status, TaskState
 from taskflow.events.records import Commit
+from taskflow.projections.feed_writes import (
+    DEFAULT_AUDIT_HISTORY,
+    DEFAULT_HISTORY,
+    FeedStep,
+    FeedWriter,
+)
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.views import apply_commit, search_terms
@@ -33,6 +40,7 @@ class _Change:
     owner: str
     before: TaskState | None
     after: TaskState | None
+    steps: list[FeedStep] = field(default_factory=list)  # the view after each of its commits
 
 
 class CheckpointMovedError(Exception):
@@ -51,10 +59,18 @@ class RedisTaskViews:
     pace_seconds = 0.0
     busy_share = 1.0
 
-    def __init__(self, redis: Redis, version: int = 1) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        version: int = 1,
+        *,
+        feed_history: int = DEFAULT_HISTORY,
+        audit_history: int = DEFAULT_AUDIT_HISTORY,
+    ) -> None:
         self.name = f"{NAME}_v{version}"
         self._redis = redis
         self.keys = RedisViewKeys(version)
+        self.feed = FeedWriter(self.keys, feed_history, audit_history)
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
         self._written_to = -1  # the checkpoint this process last wrote; -1: none or unknown
 
@@ -91,7 +107,9 @@ class RedisTaskViews:
         async with self._redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(self.keys.fence, self.keys.checkpoint)
-                fence, at = await pipe.mget(self.keys.fence, self.keys.checkpoint)
+                fence, at, feed_written = await pipe.mget(
+                    self.keys.fence, self.keys.checkpoint, *self.feed.read_keys
+                )
                 if fence is not None and int(fence) > term:
                     raise LeaseLostError(self.name)
                 if int(at or 0) != commits[0].position - 1:
@@ -103,6 +121,8 @@ class RedisTaskViews:
                     self._write(pipe, task_id, change)
                 for owner in {change.owner for change in changes.values()}:
                     pipe.incr(self.keys.generation(owner))
+                steps = [step for change in changes.values() for step in change.steps]
+                self.feed.write(pipe, steps, commits, int(at or 0), feed_written)
                 pipe.set(self.keys.checkpoint, commits[-1].position)
                 await pipe.execute()
             except WatchError:
@@ -121,6 +141,8 @@ class RedisTaskViews:
             if change is None:
                 assert after is not None
                 change = changes[task_id] = _Change(after.owner_id, None, None)
+            if after is not None and after is not change.after:  # not a replayed commit
+                change.steps.append(FeedStep(commit.position, after))
             change.after = after
         return {tid: c for tid, c in changes.items() if c.after != c.before}
 
