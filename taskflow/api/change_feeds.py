@@ -198,6 +198,9 @@ class _Stream:
         self.label = "audit" if subscriber.feed.owner is None else "tasks"
         self.settings = request.app[keys.SETTINGS]
         self.deadline, self.deadline_reason = self._deadline(caller)
+        self.sending = False  # a write to the client is in progress
+        self.end_reason: str | None = None
+        subscriber.on_overflow = self._overflowed
         self.response = EventSourceResponse(
             headers=_edge_headers(request),
             ping_interval=self.settings.change_feed_heartbeat_seconds,
@@ -223,12 +226,17 @@ class _Stream:
             last = await self._catch_up(snapshot, start)
             self.hub.start(self.subscriber, last)
             await self._follow(last)
-        except (ConnectionResetError, TimeoutError):
-            pass  # the client left, or stopped reading (aiohttp-sse aborted the connection)
+        except TimeoutError:
+            # A write outlasted SEND_TIMEOUT_SECONDS: aiohttp-sse aborted the connection.
+            self._ended("too-slow")
+        except ConnectionResetError:
+            pass  # the client left, or was cut off (`_overflowed`)
         except (RedisError, OSError) as exc:
             log.warning("change_stream_failed", error=repr(exc))
             await self._end("unavailable", None)
         finally:
+            if self.subscriber.overflowed:
+                self._ended("too-slow")  # cut off while a write to it was blocked
             self.response.stop_streaming()
             await self.response.wait()
         return self.response
@@ -293,7 +301,11 @@ class _Stream:
                 continue  # sent already: the snapshot and the hub overlap
             if entry.rendered is None:
                 entry.rendered = self.render(entry)
-            await self.response.send(entry.rendered, id=str(entry.position))
+            self.sending = True
+            try:
+                await self.response.send(entry.rendered, id=str(entry.position))
+            finally:
+                self.sending = False
             last = entry.position
             sent += 1
         if sent:
@@ -303,7 +315,7 @@ class _Stream:
     async def _end(self, reason: str, last: int | None) -> None:
         """Say why the stream ends, and where to resume; a client that cannot take even that
         in time is disconnected."""
-        CHANGE_STREAMS_ENDED.labels(reason).inc()
+        self._ended(reason)
         data = orjson.dumps({"reason": reason, "after": last}).decode()
         try:
             async with asyncio.timeout(END_TIMEOUT_SECONDS):
@@ -312,6 +324,20 @@ class _Stream:
             transport = self.request.transport
             if transport is not None:
                 transport.abort()
+
+    def _ended(self, reason: str) -> None:
+        """Count the stream's end by the server, once."""
+        if self.end_reason is None:
+            self.end_reason = reason
+            CHANGE_STREAMS_ENDED.labels(reason).inc()
+
+    def _overflowed(self) -> None:
+        """The hub could not buffer more for this client. If a write to it is blocked, its
+        connection is cut now (the client then resumes from the last event it got); otherwise
+        the stream's loop says `end` (`too-slow`) on its next turn."""
+        transport = self.request.transport
+        if self.sending and transport is not None:
+            transport.abort()
 
     def _client_gone(self) -> bool:
         transport = self.request.transport

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,16 @@ class StreamsFullError(Exception):
 class Subscriber:
     """One open stream's end of the hub: a bounded buffer of entries and why it must end."""
 
-    __slots__ = ("_items", "_wake", "capacity", "ended", "feed", "jti", "overflowed")
+    __slots__ = (
+        "_items",
+        "_wake",
+        "capacity",
+        "ended",
+        "feed",
+        "jti",
+        "on_overflow",
+        "overflowed",
+    )
 
     def __init__(self, feed: FeedRef, jti: str, capacity: int) -> None:
         self.feed = feed
@@ -58,6 +67,8 @@ class Subscriber:
         self.capacity = capacity
         self.overflowed = False
         self.ended: str | None = None  # a reason, once the stream must end
+        # Called once, when the buffer overflows: the stream may be stuck writing to its client.
+        self.on_overflow: Callable[[], None] | None = None
         self._items: deque[FeedEntry] = deque()
         self._wake = asyncio.Event()
 
@@ -68,6 +79,8 @@ class Subscriber:
         if len(self._items) >= self.capacity:
             self.overflowed = True
             self._items.clear()  # it will be closed: what it holds is freed now
+            if self.on_overflow is not None:
+                self.on_overflow()
         else:
             self._items.append(entry)
         self._wake.set()
