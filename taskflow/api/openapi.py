@@ -10,11 +10,12 @@ import hashlib
 import html
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic.config import JsonDict
 from pydantic.json_schema import (
     JsonSchemaMode,
     JsonSchemaValue,
@@ -150,6 +151,101 @@ class CommitPage(_Shape):
 
     items: list[Commit]
     next_after: int | None = Field(description="pass as `after` for the following page")
+
+
+class TaskChange(_Shape):
+    """The `data` of a change on GET /api/tasks/changes: one commit's effect on a task."""
+
+    id: str = Field(description="the task's id")
+    etag: str = Field(pattern=r'^"[0-9]+"$', description="the task's ETag after the change")
+    deleted: bool
+    task: TaskOut | None = Field(
+        description="as GET /api/tasks/{task_id} shows it; null if deleted"
+    )
+
+
+class StreamReady(_Shape):
+    """The `data` of `ready`, the first event of a stream."""
+
+    after: int = Field(description="the stream sends what comes after this position")
+    heartbeat_seconds: float = Field(description="a comment line comes at least this often")
+
+
+class StreamReset(_Shape):
+    """The `data` of `reset`: the feed no longer holds everything after the position asked for."""
+
+    after: int = Field(description="reload (lists, tasks): they hold everything up to here")
+    reason: Literal["history-exceeded"]
+
+
+class StreamEnd(_Shape):
+    """The `data` of `end`, the last event of a stream the server closes."""
+
+    reason: Literal[
+        "shutdown",
+        "token-expired",
+        "logged-out",
+        "auth-unavailable",
+        "too-slow",
+        "lifetime",
+        "resume",
+        "unavailable",
+    ]
+    after: int | None = Field(description="resume after this position (Last-Event-ID)")
+
+
+def _json_data(description: str, *payloads: str) -> Any:
+    """An event's `data` field: JSON text, one of `payloads` (components), as `description`."""
+    refs: list[JsonValue] = [{"$ref": REF.format(model=name)} for name in payloads]
+    extra: JsonDict = {"contentMediaType": JSON, "contentSchema": {"anyOf": refs}}
+    return Field(description=description, json_schema_extra=extra)
+
+
+_EVENT_ID = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+
+
+class TaskChangeEvent(_Shape):
+    """One server-sent event of GET /api/tasks/changes, as EventSource reads it."""
+
+    event: Literal["message", "ready", "reset", "end"] = Field(
+        description="`message` (unnamed) for a change"
+    )
+    id: _EVENT_ID | SkipJsonSchema[None] = _absent("a global position")
+    data: str = _json_data(
+        "JSON: a TaskChange; `ready`: StreamReady; `reset`: StreamReset; `end`: StreamEnd",
+        "TaskChange",
+        "StreamReady",
+        "StreamReset",
+        "StreamEnd",
+    )
+    retry: int | SkipJsonSchema[None] = _absent("`ready`: milliseconds to wait before reconnecting")
+
+
+class AuditChangeEvent(_Shape):
+    """One server-sent event of GET /api/audit/changes, as EventSource reads it."""
+
+    event: Literal["message", "ready", "reset", "end"] = Field(
+        description="`message` (unnamed) for a commit"
+    )
+    id: _EVENT_ID | SkipJsonSchema[None] = _absent("a global position")
+    data: str = _json_data(
+        "JSON: a Commit; `ready`: StreamReady; `reset`: StreamReset; `end`: StreamEnd",
+        "Commit",
+        "StreamReady",
+        "StreamReset",
+        "StreamEnd",
+    )
+    retry: int | SkipJsonSchema[None] = _absent("`ready`: milliseconds to wait before reconnecting")
+
+
+# Schemas event data refer to (contentSchema), which no operation names itself.
+EVENT_PAYLOADS: tuple[type[BaseModel], ...] = (
+    TaskChange,
+    StreamReady,
+    StreamReset,
+    StreamEnd,
+    Commit,
+)
 
 
 class StreamTicket(_Shape):
@@ -534,7 +630,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "taskChanges",
         "changes",
         "The caller's task changes, live, resumable by position (server-sent events)",
-        (Reply(200, "The stream", media_type=EVENT_STREAM),),
+        (Reply(200, "The stream", TaskChangeEvent, media_type=EVENT_STREAM),),
         STREAM_PROBLEMS,
         parameters=("Last-Event-ID",),
         query=ChangesQuery,
@@ -549,7 +645,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "auditChanges",
         "changes",
         "Every commit of the log, live, resumable by position (server-sent events), for auditors",
-        (Reply(200, "The stream", media_type=EVENT_STREAM),),
+        (Reply(200, "The stream", AuditChangeEvent, media_type=EVENT_STREAM),),
         STREAM_PROBLEMS | {403: AUDITOR[403]},
         parameters=("Last-Event-ID",),
         query=ChangesQuery,
@@ -785,7 +881,7 @@ def _component_schemas() -> tuple[Refs, dict[str, Any]]:
     requests: list[type[BaseModel]] = [
         model for op in OPERATIONS for model in (op.body, op.query) if model is not None
     ]
-    replies: list[type[BaseModel]] = [Problem]
+    replies: list[type[BaseModel]] = [Problem, *EVENT_PAYLOADS]
     replies += [model for op in OPERATIONS for model in _reply_models(op)]
     wanted: dict[type[BaseModel], JsonSchemaMode] = {model: "serialization" for model in replies}
     wanted |= {model: "validation" for model in requests}
@@ -805,9 +901,8 @@ def _reply_models(op: Operation) -> list[type[BaseModel]]:
 
 
 def _paths(refs: Refs, schemas: dict[str, Any]) -> dict[str, Any]:
-    queries = {
-        op.query: _query_parameters(_take(refs[op.query], schemas)) for op in OPERATIONS if op.query
-    }
+    models = dict.fromkeys(op.query for op in OPERATIONS if op.query)  # one may serve several
+    queries = {model: _query_parameters(_take(refs[model], schemas)) for model in models}
     paths: dict[str, Any] = {}
     for op in OPERATIONS:
         query = queries[op.query] if op.query else []
