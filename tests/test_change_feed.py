@@ -19,7 +19,11 @@ from taskflow.api.app import create_app
 from taskflow.api.keys import CHANGE_HUB, SERVICES
 from taskflow.auth.tokens import issue_access_token
 from taskflow.metrics import CHANGE_STREAMS_ENDED
+from taskflow.projections import feed_reads
 from taskflow.projections.feed_reads import entry_position
+from taskflow.projections.rebuild import rebuild
+from taskflow.projections.redis_keys import RedisViewKeys
+from taskflow.projections.worker import Supervisor
 from taskflow.settings import Settings
 from tests.api_support import Client, ClientFactory, bearer, create_task, live_projector, project
 from tests.change_feed_support import OpenStream, as_changes, changes_in_log
@@ -441,3 +445,77 @@ async def test_a_slow_subscriber_is_cut_off_and_the_others_keep_their_latency(
     # The slow client held nobody up: bob's latency stayed what it was (generous bounds for a
     # busy machine: the point is that it is not the seconds a blocked fan-out would take).
     assert statistics.median(during) < max(0.25, 5 * statistics.median(before))
+
+
+async def test_a_rebuild_switches_streams_to_the_new_version_without_a_replay(
+    make_client: MakeClient,
+) -> None:
+    """A rebuild fills read-model version 2 (its feeds too) from position zero and switches
+    reads to it: open streams follow the new version's feeds from where they were, resending
+    nothing old and missing nothing new, without reconnecting."""
+    client = await make_client(projector_poll_seconds=0.05, lease_ttl_seconds=2)
+    services = client.app[SERVICES]
+    auth = bearer(client, "ada")
+    task = await create_task(client, auth, title="before the rebuild")
+    for n in range(5):
+        await change(client, auth, task, title=f"before {n}")
+    stop = asyncio.Event()
+    # A projector as `taskflow project` runs one: drivers under leases for every version the
+    # deployment maintains (the active one, and the one a rebuild builds).
+    projecting = asyncio.create_task(Supervisor(services, "test-projector", stop).run())
+    stream = await open_stream(client, "/api/tasks/changes?after=0", **auth)
+    await stream.wait_for(lambda s: len(s.changes) == 6)
+
+    async def write_meanwhile() -> None:
+        for n in range(20):
+            await change(client, auth, task, title=f"during {n}")
+
+    try:
+        result, _ = await asyncio.gather(rebuild(services), write_meanwhile())
+        assert (result.old_version, result.new_version) == (1, 2)
+
+        async def followed() -> bool:
+            return client.app[CHANGE_HUB].version == 2
+
+        await until(followed, 10, "the hub to follow version 2")
+        last = await create_task(client, auth, title="after the switch")
+        await stream.wait_for(has_position(last["_position"]))
+    finally:
+        stop.set()
+        await projecting
+    await stream.close()
+    assert not stream.named("end")
+    assert not stream.named("reset")
+    assert as_changes(stream.changes) == await changes_in_log(services.store, "ada")
+    assert await services.redis.exists(RedisViewKeys(1).feed("ada")) == 0  # v1 was dropped
+
+
+async def test_a_catch_up_overlapping_live_changes_sends_each_change_once(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream joins the process's reader of its feed before it reads its snapshot, so changes
+    that land in between come both ways: each is sent once, in order."""
+    client = await make_client()
+    ada = bearer(client, "ada")
+    first = await open_stream(client, **ada)  # the process reads ada's feed from now on
+    read_snapshot = feed_reads.read_snapshot
+    landed: list[int] = []
+
+    async def snapshot_after_a_change(*args: Any, **kwargs: Any) -> Any:
+        if not landed:  # once: a change reaches the reader after the join, before the snapshot
+            task = await create_task(client, ada, title="in between")
+            await first.wait_for(has_position(task["_position"]))
+            landed.append(task["_position"])
+        return await read_snapshot(*args, **kwargs)
+
+    async with live_projector(client):
+        await create_task(client, ada, title="before")
+        await first.wait_for(lambda s: len(s.changes) == 1)
+        monkeypatch.setattr("taskflow.api.change_feeds.read_snapshot", snapshot_after_a_change)
+        second = await open_stream(client, "/api/tasks/changes?after=0", **ada)
+        after = await create_task(client, ada, title="after")
+        await second.wait_for(has_position(after["_position"]))
+    await first.close()
+    await second.close()
+    assert landed
+    assert as_changes(second.changes) == await changes_in_log(client.app[SERVICES].store, "ada")
