@@ -56,7 +56,8 @@ class Relay:
             if not streams:
                 await asyncio.sleep(0.01)
                 continue
-            reply: Any = await self.reader.xread(streams, count=500, block=100)  # type: ignore[arg-type]
+            # Blocking as long as the API's hub does (feed_hub.BLOCK_SECONDS).
+            reply: Any = await self.reader.xread(streams, count=500, block=1000)  # type: ignore[arg-type]
             for key, rows in reply or []:
                 owner = key.decode().removeprefix(PREFIX)
                 for entry_id, fields in rows:
