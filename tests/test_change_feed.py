@@ -523,3 +523,31 @@ async def test_a_catch_up_overlapping_live_changes_sends_each_change_once(
     await second.close()
     assert landed
     assert as_changes(second.changes) == await changes_in_log(client.app[SERVICES].store, "ada")
+
+
+async def test_batches_applied_without_feeds_move_the_floor_and_resumes_from_before_reset(
+    make_client: MakeClient,
+) -> None:
+    """The feeds are complete only from where every batch wrote them: after batches applied
+    without them (an older projector; a Redis that lost its data), the next batch moves the
+    origin to its own start, and a resume from before it gets a reset, never a silent gap."""
+    client = await make_client()
+    services = client.app[SERVICES]
+    keys = client.app[CHANGE_HUB].keys
+    auth = bearer(client, "ada")
+    first = await create_task(client, auth, title="with feeds")
+    await project(client)
+    # As if the batches since position 1 had been applied by a projector without feeds.
+    await services.redis.set(keys.feed_written, 0)
+    later = await create_task(client, auth, title="after the hole")
+    await project(client)
+    assert int(await services.redis.get(keys.feed_origin) or 0) == first["_position"]
+
+    stale = await open_stream(client, **{**auth, "Last-Event-ID": "0"})
+    await stale.wait_for(lambda s: bool(s.named("reset")))
+    await stale.close()
+    exact = await open_stream(client, **{**auth, "Last-Event-ID": str(first["_position"])})
+    await exact.wait_for(lambda s: len(s.changes) == 1)
+    await exact.close()
+    assert not exact.named("reset")
+    assert exact.changes[0].position == later["_position"]

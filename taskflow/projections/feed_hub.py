@@ -133,6 +133,7 @@ class ChangeHub:
         self._reading = 0  # the generation the XREAD in flight (or the next) was built from
         self._reader_id: int | None = None
         self._unblocking: asyncio.Task[None] | None = None
+        self._failures = 0  # the reader's failures in a row
 
     # -- subscribers (synchronous: nothing can be dispatched between these steps) -------------
 
@@ -210,13 +211,17 @@ class ChangeHub:
             try:
                 await self._read_forever()
             except (RedisError, OSError) as exc:
-                log.warning("change_feed_reader_failed", error=repr(exc))
+                # At WARNING once per outage: it is tried again every second meanwhile.
+                report = log.debug if self._failures else log.warning
+                report("change_feed_reader_failed", error=repr(exc), failures=self._failures + 1)
+                self._failures += 1
                 self._reader_id = None  # a new connection has a new id
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _read_forever(self) -> None:
         while True:
             await self._follow_version()
+            self._failures = 0
             self._reading = self._generation
             self._started.clear()
             streams = {f.key: entry_id(f.last) for f in self._feeds.values() if f.last is not None}
