@@ -97,8 +97,6 @@ class Settings(BaseSettings):
     # Each owner's last changes kept in Redis for resuming (at least this many; Redis trims in
     # whole nodes of 100, so up to 100 more). A resume from before the oldest kept gets `reset`.
     change_feed_history: Annotated[int, Field(ge=1, le=100_000)] = 200
-    # The auditors' feed: the last commits of the whole log kept the same way.
-    change_feed_audit_history: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
     # Open streams one API process serves; beyond it a stream request gets 503 and Retry-After.
     change_feed_max_streams: Annotated[int, Field(ge=1, le=1_000_000)] = 5_000
     # Changes waiting to be written to one connection; a client this far behind is cut off and

@@ -2,10 +2,12 @@
 auditors, and the one-time tickets a browser's EventSource opens them with.
 
 A stream starts from a consistent snapshot of its feed (feed_reads.py): what the client missed
-after its position (`Last-Event-ID`, else `?after=`), or one `reset` when the feed no longer
-holds all of it; then it follows the process's hub (feed_hub.py). Each event's `id:` is a
-global position, and the stream never sends a position twice or out of order. The format is
-in docs/change-feed.md and the OpenAPI document.
+after its position (`Last-Event-ID`, else `?after=`), or one `reset` when the owner's feed no
+longer holds all of it; then it follows the process's hub (feed_hub.py). The auditors' feed
+reads the commits from the log itself (as GET /api/audit/events does), up to where the read
+model got, so it resumes from any position. Each event's `id:` is a global position, and the
+stream never sends a position twice or out of order. The format is in docs/change-feed.md and
+the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -37,7 +38,7 @@ from taskflow.api.task_schemas import task_out_json
 from taskflow.auth.denylist import AuthUnavailableError, DenyList
 from taskflow.auth.stream_tickets import TICKET_PATTERN, TicketGrant
 from taskflow.auth.tokens import InvalidTokenError
-from taskflow.events.codec import commit_from_json
+from taskflow.events.records import Commit
 from taskflow.metrics import CHANGE_EVENTS, CHANGE_STREAMS, CHANGE_STREAMS_ENDED
 from taskflow.projections.feed_hub import ChangeHub, StreamsFullError, Subscriber
 from taskflow.projections.feed_reads import (
@@ -57,10 +58,9 @@ AUDIT_CHANGES_PATH = "/api/audit/changes"
 SEND_TIMEOUT_SECONDS = 10.0
 END_TIMEOUT_SECONDS = 2.0  # the closing `end` event's own bound
 SNAPSHOT_PAGE = 500  # entries read per snapshot while catching up
+LOG_PAGE = 500  # positions of the log the auditors' feed reads at a time
 FULL_RETRY_AFTER_SECONDS = 5
 _POSITION = re.compile(r"^[0-9]{1,18}$")
-
-Render = Callable[[FeedEntry], str]
 
 
 class ChangesQuery(BaseModel):
@@ -99,7 +99,7 @@ async def task_changes(request: web.Request) -> web.StreamResponse:
     query = query_model(request, ChangesQuery)
     after = _resume_position(request, query)
     caller = await _stream_caller(request, query)
-    return await _serve(request, caller, FeedRef(caller.user_id), after, render_task_change)
+    return await _serve(request, caller, FeedRef(caller.user_id), after)
 
 
 async def audit_changes(request: web.Request) -> web.StreamResponse:
@@ -109,7 +109,7 @@ async def audit_changes(request: web.Request) -> web.StreamResponse:
     caller = await _stream_caller(request, query)
     if AUDITOR not in caller.roles:
         raise Problem(403, "forbidden", "Forbidden", "This endpoint is for auditors.")
-    return await _serve(request, caller, AUDIT_FEED, after, render_commit)
+    return await _serve(request, caller, AUDIT_FEED, after)
 
 
 def render_task_change(entry: FeedEntry) -> str:
@@ -125,9 +125,9 @@ def render_task_change(entry: FeedEntry) -> str:
     return orjson.dumps(change).decode()
 
 
-def render_commit(entry: FeedEntry) -> str:
+def render_commit(commit: Commit) -> str:
     """An audit feed event's data: the commit as GET /api/audit/events shows it."""
-    return audit_commit_json(commit_from_json(entry.payload)).decode()
+    return audit_commit_json(commit).decode()
 
 
 def _resume_position(request: web.Request, query: ChangesQuery) -> int | None:
@@ -159,7 +159,7 @@ async def _stream_caller(request: web.Request, query: ChangesQuery) -> Principal
 
 
 async def _serve(
-    request: web.Request, caller: Principal, feed: FeedRef, after: int | None, render: Render
+    request: web.Request, caller: Principal, feed: FeedRef, after: int | None
 ) -> web.StreamResponse:
     hub = request.app[keys.CHANGE_HUB]
     try:
@@ -174,7 +174,7 @@ async def _serve(
         ) from None
     CHANGE_STREAMS.inc()
     try:
-        return await _Stream(request, hub, subscriber, caller, render).serve(after)
+        return await _Stream(request, hub, subscriber, caller).serve(after)
     finally:
         hub.leave(subscriber)
         CHANGE_STREAMS.dec()
@@ -189,13 +189,12 @@ class _Stream:
         hub: ChangeHub,
         subscriber: Subscriber,
         caller: Principal,
-        render: Render,
     ) -> None:
         self.request = request
         self.hub = hub
         self.subscriber = subscriber
-        self.render = render
-        self.label = "audit" if subscriber.feed.owner is None else "tasks"
+        self.audit = subscriber.feed.owner is None
+        self.label = "audit" if self.audit else "tasks"
         self.settings = request.app[keys.SETTINGS]
         self.deadline, self.deadline_reason = self._deadline(caller)
         self.sending = False  # a write to the client is in progress
@@ -209,7 +208,8 @@ class _Stream:
 
     async def serve(self, after: int | None) -> web.StreamResponse:
         # Read before the response starts, so that a failure is still a problem+json answer.
-        snapshot = await self._snapshot(after or 0, SNAPSHOT_PAGE if after is not None else 0)
+        entries = SNAPSHOT_PAGE if after is not None and not self.audit else 0
+        snapshot = await self._snapshot(after or 0, entries)
         start = snapshot.checkpoint if after is None else after
         await self.response.prepare(self.request)
         try:
@@ -223,8 +223,12 @@ class _Stream:
                 event="ready",
                 retry=self.settings.change_feed_retry_ms,
             )
-            last = await self._catch_up(snapshot, start)
-            self.hub.start(self.subscriber, last)
+            if self.audit:
+                last = await self._send_log(start, snapshot.checkpoint)
+                self.hub.start(self.subscriber, snapshot.checkpoint)  # batches after it
+            else:
+                last = await self._catch_up(snapshot, start)
+                self.hub.start(self.subscriber, last)
             await self._follow(last)
         except TimeoutError:
             # A write outlasted SEND_TIMEOUT_SECONDS: aiohttp-sse aborted the connection.
@@ -282,6 +286,9 @@ class _Stream:
                 await self._end("too-slow", last)
                 return
             entries = subscriber.take()
+            if entries and self.audit:  # batches applied: read their commits from the log
+                last = await self._send_log(last, max(entry.position for entry in entries))
+                continue
             if entries:
                 last = await self._send(entries, last)
                 continue
@@ -300,17 +307,37 @@ class _Stream:
             if entry.position <= last:
                 continue  # sent already: the snapshot and the hub overlap
             if entry.rendered is None:
-                entry.rendered = self.render(entry)
-            self.sending = True
-            try:
-                await self.response.send(entry.rendered, id=str(entry.position))
-            finally:
-                self.sending = False
+                entry.rendered = render_task_change(entry)
+            await self._event(entry.rendered, entry.position)
             last = entry.position
             sent += 1
         if sent:
             CHANGE_EVENTS.labels(self.label).inc(sent)
         return last
+
+    async def _send_log(self, last: int, upto: int) -> int:
+        """The auditors' feed: every commit of the log after `last` up to `upto` (which the
+        read model has applied), read as GET /api/audit/events reads it, a page at a time.
+        The position sent last (gaps included: nobody commits them later)."""
+        store = self.request.app[keys.SERVICES].store
+        while last < upto:
+            read = last
+            async for commit in store.read_all(last, min(upto - last, LOG_PAGE)):
+                if not commit.is_gap:
+                    await self._event(render_commit(commit), commit.position)
+                    CHANGE_EVENTS.labels(self.label).inc()
+                read = commit.position
+            if read == last:
+                break  # nothing readable yet: the next batch's entry tries again
+            last = read
+        return last
+
+    async def _event(self, data: str, position: int) -> None:
+        self.sending = True
+        try:
+            await self.response.send(data, id=str(position))
+        finally:
+            self.sending = False
 
     async def _end(self, reason: str, last: int | None) -> None:
         """Say why the stream ends, and where to resume; a client that cannot take even that

@@ -19,15 +19,8 @@ def projections(
     """The projections of `read_models`: the Redis views serve reads, MongoDB views back them."""
     made: list[Projection] = []
     if "redis" in read_models:
-        settings = services.settings
-        made.append(
-            RedisTaskViews(
-                services.redis,
-                version,
-                feed_history=settings.change_feed_history,
-                audit_history=settings.change_feed_audit_history,
-            )
-        )
+        feed_history = services.settings.change_feed_history
+        made.append(RedisTaskViews(services.redis, version, feed_history=feed_history))
     if "mongodb" in read_models:
         # The views live in a database of their own; their lease, as every lease, in the log's.
         made.append(MongoTaskViews(services.views_db, version, leases=services.db[names.LEASES]))

@@ -10,22 +10,23 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from taskflow.projections.feed_writes import COMMIT_FIELD, VIEW_FIELD, entry_id
+from taskflow.projections.feed_writes import FIRST_FIELD, VIEW_FIELD, entry_id
 from taskflow.projections.redis_keys import RedisViewKeys
 
 
 @dataclass(frozen=True)
 class FeedRef:
-    """A feed: one owner's task changes, or (owner None) every commit, for auditors."""
+    """A feed: one owner's task changes, or (owner None) the applied batches, which tell the
+    auditors' feed how far to read the log."""
 
     owner: str | None = None
 
     def key(self, keys: RedisViewKeys) -> str:
-        return keys.audit_feed if self.owner is None else keys.feed(self.owner)
+        return keys.applied if self.owner is None else keys.feed(self.owner)
 
     @property
     def field(self) -> bytes:
-        return (COMMIT_FIELD if self.owner is None else VIEW_FIELD).encode()
+        return (FIRST_FIELD if self.owner is None else VIEW_FIELD).encode()
 
 
 AUDIT_FEED = FeedRef()
@@ -33,7 +34,7 @@ AUDIT_FEED = FeedRef()
 
 @dataclass(eq=False)
 class FeedEntry:
-    """One entry: its global position and its payload (a view's or a commit's JSON).
+    """One entry: its global position and its payload (a view's JSON; a batch's first position).
 
     One object is shared by every subscriber it goes to; `rendered` keeps what the API made of
     it, so each entry is rendered once however many subscribers follow the feed.

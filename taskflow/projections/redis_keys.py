@@ -60,9 +60,10 @@ class RedisViewKeys:
         return f"{self.prefix}u:{user_id}:feed"
 
     @property
-    def audit_feed(self) -> str:
-        """Stream: the last commits of the whole log (the auditors' feed), id `<position>-0`."""
-        return self.prefix + "feed:all"
+    def applied(self) -> str:
+        """Stream: one entry per applied batch, id `<its last position>-0` (the audit feed's
+        wake-up: the commits themselves are read from the log)."""
+        return self.prefix + "feed:applied"
 
     @property
     def feed_origin(self) -> str:

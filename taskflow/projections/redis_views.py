@@ -19,12 +19,7 @@ from redis.exceptions import WatchError
 
 from taskflow.commands.task import Status, TaskState
 from taskflow.events.records import Commit
-from taskflow.projections.feed_writes import (
-    DEFAULT_AUDIT_HISTORY,
-    DEFAULT_HISTORY,
-    FeedStep,
-    FeedWriter,
-)
+from taskflow.projections.feed_writes import DEFAULT_HISTORY, FeedStep, FeedWriter
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.views import apply_commit, search_terms
@@ -65,12 +60,11 @@ class RedisTaskViews:
         version: int = 1,
         *,
         feed_history: int = DEFAULT_HISTORY,
-        audit_history: int = DEFAULT_AUDIT_HISTORY,
     ) -> None:
         self.name = f"{NAME}_v{version}"
         self._redis = redis
         self.keys = RedisViewKeys(version)
-        self.feed = FeedWriter(self.keys, feed_history, audit_history)
+        self.feed = FeedWriter(self.keys, feed_history)
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
         self._written_to = -1  # the checkpoint this process last wrote; -1: none or unknown
 
