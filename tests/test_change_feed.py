@@ -224,7 +224,7 @@ async def test_a_position_older_than_the_kept_history_gets_one_reset(
 
 async def test_the_audit_feed_sends_every_commit_to_auditors_only(make_client: MakeClient) -> None:
     """Auditors get every commit of the log (users' and tasks') as GET /api/audit/events shows
-    them; anyone else gets 403."""
+    them, from any position on; anyone else gets 403."""
     client = await make_client()
     settings = client.app[SERVICES].settings
     auditor = issue_access_token(settings, "auditor-1", ["auditor"], datetime.now(UTC)).token
@@ -251,6 +251,17 @@ async def test_the_audit_feed_sends_every_commit_to_auditors_only(make_client: M
     assert [event.json() for event in stream.changes[:-1]] == page["items"]
     assert stream.changes[-1].position == live["_position"]
     assert stream.changes[-1].json()["stream_id"] == f"task-{live['id']}"
+
+    # It reads the log itself: a resume from any position gets exactly what follows, no reset.
+    after = page["items"][1]["position"]
+    resumed = await open_stream(
+        client, "/api/audit/changes", **audit, **{"Last-Event-ID": str(after)}
+    )
+    rest = await (await client.get(f"/api/audit/events?after={after}", headers=audit)).json()
+    await resumed.wait_for(lambda s: len(s.changes) == len(rest["items"]))
+    await resumed.close()
+    assert not resumed.named("reset")
+    assert [event.json() for event in resumed.changes] == rest["items"]
 
 
 async def test_a_stream_ticket_opens_one_stream_once(make_client: MakeClient) -> None:
