@@ -428,7 +428,10 @@ async def _idle(
         after = _rss_kb(pid)
         cpu_before, started = cpu_seconds([pid]), time.monotonic()
         await asyncio.sleep(sizes.http_seconds)  # the subscribers' own cost, nothing else running
-        idle_cpu = (cpu_seconds([pid]) - cpu_before) / (time.monotonic() - started)
+        seconds = time.monotonic() - started
+        # /proc counts CPU in clock ticks: less than one in the window reads as one.
+        tick = 1 / os.sysconf("SC_CLK_TCK")
+        idle_cpu = max(cpu_seconds([pid]) - cpu_before, tick) / seconds
         with_them = await w()
     finally:
         await subscribers.close()
