@@ -73,9 +73,15 @@ class Subscriber:
         self._wake = asyncio.Event()
 
     def offer(self, entry: FeedEntry) -> None:
-        """Buffer `entry`, never waiting; past the capacity the subscriber has overflowed."""
+        """Buffer `entry`, never waiting; past the capacity the subscriber has overflowed.
+
+        The auditors' feed's entries only say how far the log was applied: the last one says
+        all, so it replaces the others (an auditor reading a long stretch of the log is not cut
+        off for the batches applied meanwhile)."""
         if self.overflowed or self.ended:
             return
+        if self.feed.owner is None:
+            self._items.clear()
         if len(self._items) >= self.capacity:
             self.overflowed = True
             self._items.clear()  # it will be closed: what it holds is freed now
@@ -289,8 +295,8 @@ class ChangeHub:
         keys = self.keys
         for feed in list(self._feeds.values()):
             feed.key = feed.ref.key(keys)
-            if feed.last is None:
-                continue
+            if feed.last is None or feed.ref.owner is None:
+                continue  # not read yet; or the auditors' feed, which reads the log itself
             snapshot = await read_snapshot(self._redis, keys, feed.ref, feed.last, limit=0)
             if not snapshot.covers(feed.last):
                 for subscriber in list(feed.subscribers):
