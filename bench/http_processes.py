@@ -159,9 +159,9 @@ async def load(
             env["WRK_BODY"] = orjson.dumps(body).decode()
         await _wrk(base, shape.concurrency, shape.warmup, env)
         pids = _with_children(server_pid) if server_pid is not None else []
-        cpu_before = _cpu_seconds(pids)
+        cpu_before = cpu_seconds(pids)
         figures = await _wrk(base, shape.concurrency, shape.seconds, env)
-        cpu = _cpu_seconds(pids) - cpu_before
+        cpu = cpu_seconds(pids) - cpu_before
     requests, seconds = figures["requests"], figures["duration_us"] / 1e6
     if not requests or any(figures[kind] for kind in FAILURES):
         raise RuntimeError(f"wrk saw failed requests against {base}{paths[0]}: {figures}")
@@ -228,7 +228,7 @@ def _with_children(pid: int) -> list[int]:
     return [pid, *(grandchild for child in children for grandchild in _with_children(int(child)))]
 
 
-def _cpu_seconds(pids: Sequence[int]) -> float:
+def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU time these processes used so far (Linux /proc)."""
     total = 0
     for pid in pids:

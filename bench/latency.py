@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pymongo.asynchronous.collection import AsyncCollection
@@ -34,6 +34,7 @@ from taskflow.events.store import EventStore
 from taskflow.projections.redis_keys import RedisViewKeys
 from tests.workload import WORDS
 
+S = TypeVar("S")  # what one command of a load yields (the change feed group has its own)
 RAW_LABEL = "`insert_one` + `PUBLISH`, a subscriber process `HSET`s, same rate"
 RAW_KEY = "bench:raw:tasks"
 CREATE_SHARE = 0.2  # of the measured commands; the rest change a task
@@ -202,7 +203,7 @@ async def _raw_load(servers: Servers, *, watched: bool) -> AsyncIterator[RawLoad
 
 
 async def closed_loop(
-    send: Callable[[], Coroutine[Any, Any, Sample]], writers: int, seconds: float
+    send: Callable[[], Coroutine[Any, Any, object]], writers: int, seconds: float
 ) -> float:
     """`writers` coroutines each calling `send` again as soon as it returns, for `seconds`;
     the calls completed per second."""
@@ -222,13 +223,13 @@ async def closed_loop(
 
 
 async def steady(
-    send: Callable[[], Coroutine[Any, Any, Sample]], rate: float, seconds: float
-) -> tuple[list[Sample], float]:
+    send: Callable[[], Coroutine[Any, Any, S]], rate: float, seconds: float
+) -> tuple[list[S], float]:
     """Start `send` `rate` times a second, open-loop (a slow command delays no other); the
     samples and the rate achieved."""
     loop = asyncio.get_running_loop()
     count, start = max(1, round(rate * seconds)), loop.time()
-    pending: list[asyncio.Task[Sample]] = []
+    pending: list[asyncio.Task[S]] = []
     for i in range(count):
         await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
         pending.append(asyncio.create_task(send()))

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import uvloop
 
-from bench import appends, http_reads, http_writes, latency, projections, reads, rebuilds
+from bench import (
+    appends,
+    change_feed,
+    http_reads,
+    http_writes,
+    latency,
+    projections,
+    reads,
+    rebuilds,
+)
 from bench.harness import Group, Progress, run_group
 from bench.report import Report, write_report
 from bench.servers import describe_backend, open_servers
@@ -28,6 +37,7 @@ GROUPS: dict[str, Group] = {
     "http_writes": http_writes.GROUP,
     "http_reads": http_reads.GROUP,
     "rebuild": rebuilds.GROUP,
+    "change_feed": change_feed.GROUP,
 }
 
 

@@ -24,6 +24,9 @@ class Sizes:
     http_seconds: float = 5.0  # measured, per server and route
     http_warmup_seconds: float = 2.0  # of load before each measurement, discarded
     read_tasks: int = 100  # tasks of the one owner the read groups read
+    feed_owners: int = 10  # change feed: owners writing, each followed by one subscriber
+    feed_seconds: float = 20.0  # change feed: the measured open loop
+    feed_subscribers: int = 1000  # change feed: idle subscribers held on one API process
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(value) for name, value in vars(self).items()}
@@ -42,6 +45,7 @@ QUICK = Sizes(
     http_seconds=2.0,
     http_warmup_seconds=1.0,
     read_tasks=30,
+    feed_seconds=4.0,
 )
 WARMUP = Sizes(
     serial_appends=50,

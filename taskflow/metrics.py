@@ -40,3 +40,16 @@ PROJECTION_LAG_SECONDS = Gauge(
 PROJECTION_BATCH = Histogram(
     "taskflow_projection_batch_seconds", "Time to apply one batch", ["projection"]
 )
+
+# The change feeds (taskflow/api/change_feeds.py). The gauge is summed over API processes.
+CHANGE_STREAMS = Gauge(
+    "taskflow_change_streams_open", "Change-feed streams open", multiprocess_mode="livesum"
+)
+CHANGE_STREAMS_ENDED = Counter(
+    "taskflow_change_streams_ended_total",
+    "Change-feed streams the server ended, by reason (the client's own hang-ups are not counted)",
+    ["reason"],
+)
+CHANGE_EVENTS = Counter(
+    "taskflow_change_events_sent_total", "Change-feed events written to clients", ["feed"]
+)

@@ -91,3 +91,8 @@ def email_user_key(email: str) -> str:
 
 
 READ_MODEL_NEXT = PREFIX + "rm:next"
+
+
+def stream_ticket_key(ticket_hash: str) -> str:
+    """A one-time ticket that opens a change feed (for EventSource), by the ticket's hash."""
+    return f"{PREFIX}auth:ticket:{ticket_hash}"

@@ -117,6 +117,25 @@ class Settings(BaseSettings):
         """`<NAME>_FILE` beside the environment (setting both is an error)."""
         return (init_settings, SecretFiles(settings_cls), env_settings, dotenv_settings)
 
+    # -- the live change feeds (docs/change-feed.md) --
+    # Each owner's last changes kept in Redis for resuming (at least this many; Redis trims in
+    # whole nodes of 100, so up to 100 more). A resume from before the oldest kept gets `reset`.
+    change_feed_history: Annotated[int, Field(ge=1, le=100_000)] = 200
+    # Open streams one API process serves; beyond it a stream request gets 503 and Retry-After.
+    change_feed_max_streams: Annotated[int, Field(ge=1, le=1_000_000)] = 5_000
+    # Changes waiting to be written to one connection; a client this far behind is cut off and
+    # told to resume (it never holds the others, or the projector, back).
+    change_feed_buffer: Annotated[int, Field(ge=1, le=100_000)] = 256
+    change_feed_heartbeat_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # The `retry:` hint: how long a browser waits before reconnecting.
+    change_feed_retry_ms: Annotated[int, Field(ge=0, le=600_000)] = 2_000
+    # How often each open stream's token is checked against the deny list (logout ends it).
+    change_feed_auth_check_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # The longest one stream stays open (0: until its token expires); the client reconnects.
+    change_feed_max_seconds: Annotated[float, Field(ge=0, le=86_400)] = 0.0
+    # How long a stream ticket (for EventSource, which cannot send headers) may wait for its use.
+    stream_ticket_ttl_seconds: Annotated[int, Field(ge=1, le=300)] = 30
+
     @property
     def views_db_name(self) -> str:
         """The database of the MongoDB read models."""

@@ -61,8 +61,14 @@ SKIPPED_METHODS = {"HEAD", "OPTIONS"}  # HEAD mirrors each GET; OPTIONS is the C
 @pytest.fixture
 async def client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
     # One fuzzer on one address would soon be rate-limited (the limits have tests of their own),
-    # and a fuzzed X-TaskFlow-Position would make every read wait out the full timeout.
-    fast = {"rate_limit_enabled": False, "read_your_writes_timeout_seconds": 0.05}
+    # and a fuzzed X-TaskFlow-Position would make every read wait out the full timeout. A
+    # change feed stays open until its token expires: here it ends after a moment, so that each
+    # case gets its whole answer.
+    fast = {
+        "rate_limit_enabled": False,
+        "read_your_writes_timeout_seconds": 0.05,
+        "change_feed_max_seconds": 0.1,
+    }
     app = create_app(settings.model_copy(update=fast))
     client = await aiohttp_client(app)
     await wait_ready(client)

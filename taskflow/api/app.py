@@ -18,13 +18,16 @@ from taskflow.api import (
 )
 from taskflow.api.audit_routes import setup_audit_routes
 from taskflow.api.auth_routes import setup_auth_routes
+from taskflow.api.change_feeds import end_streams, setup_change_feed_routes, watch_logouts
 from taskflow.api.cors import setup_cors
 from taskflow.api.keys import (
+    CHANGE_HUB,
     DENY_LIST,
     INDEXES_READY,
     RATE_LIMITS,
     SERVICES,
     SETTINGS,
+    STREAM_TICKETS,
     TASK_READS,
 )
 from taskflow.api.middlewares import edge
@@ -34,7 +37,9 @@ from taskflow.api.rate_limits import RateLimits, rate_limit
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.auth.denylist import DenyList
+from taskflow.auth.stream_tickets import StreamTickets
 from taskflow.bootstrap import Services, ensure_indexes, open_services
+from taskflow.projections.feed_hub import open_change_hub
 from taskflow.projections.task_queries import TaskReads
 from taskflow.settings import Settings
 from taskflow.tasks import cancel_and_wait
@@ -57,6 +62,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_indexes)
     app.cleanup_ctx.append(_deny_list_copy)
+    app.cleanup_ctx.append(_change_feeds)
+    app.on_shutdown.append(end_streams)
     setup_routes(app)
     setup_cors(app, settings)
     return app
@@ -67,6 +74,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/ready", health.ready)
     setup_metrics_route(app)
     setup_auth_routes(app)
+    setup_change_feed_routes(app)  # before GET /api/tasks/{task_id}, which would match it
     # Reads first: aiohttp tries the resources under /api/tasks in registration order, so the
     # hot GET /api/tasks/{task_id} no longer resolves the write routes' patterns before its own.
     setup_task_read_routes(app)
@@ -101,6 +109,23 @@ async def _deny_list_copy(app: web.Application) -> AsyncIterator[None]:
     """Keep this process's copy of the deny list, for checking tokens while Redis is down."""
     async with _in_background(app[DENY_LIST].keep_copy(lambda: datetime.now(UTC))):
         yield
+
+
+async def _change_feeds(app: web.Application) -> AsyncIterator[None]:
+    """The change feeds' reader and the watch that ends logged-out streams, one of each."""
+    services = app[SERVICES]
+    settings = services.settings
+    app[STREAM_TICKETS] = StreamTickets(services.redis, settings.stream_ticket_ttl_seconds)
+    async with open_change_hub(
+        services.redis,
+        settings.redis_url,
+        buffer=settings.change_feed_buffer,
+        max_streams=settings.change_feed_max_streams,
+    ) as hub:
+        app[CHANGE_HUB] = hub
+        watch = watch_logouts(hub, app[DENY_LIST], settings.change_feed_auth_check_seconds)
+        async with _in_background(hub.run()), _in_background(watch):
+            yield
 
 
 async def _indexes(app: web.Application) -> AsyncIterator[None]:

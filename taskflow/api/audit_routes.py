@@ -112,9 +112,14 @@ async def require_auditor(request: web.Request) -> Principal:
     return user
 
 
+def audit_commit_json(commit: Commit) -> bytes:
+    """A commit as the audit routes show it (the audit change feed too: change_feeds.py)."""
+    return commit_to_json(commit)
+
+
 def _commits_response(commits: list[Commit], next_after: int | None, end: bool) -> web.Response:
     # Commits are already JSON-shaped by the codec; splice them in without re-encoding.
-    items = b",".join(commit_to_json(c) for c in commits)
+    items = b",".join(audit_commit_json(c) for c in commits)
     after = b"null" if next_after is None else str(next_after).encode()
     ended = b"true" if end else b"false"
     body = b'{"items":[' + items + b'],"next_after":' + after + b',"end":' + ended + b"}"

@@ -35,6 +35,7 @@ ALLOWED_HEADERS = (
     "X-Correlation-ID",
     "X-Causation-ID",
     "X-TaskFlow-Position",
+    "Last-Event-ID",  # a change feed's resume position (fetch-based clients send it themselves)
 )
 
 

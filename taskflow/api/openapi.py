@@ -10,11 +10,12 @@ import hashlib
 import html
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic.config import JsonDict
 from pydantic.json_schema import (
     JsonSchemaMode,
     JsonSchemaValue,
@@ -27,6 +28,12 @@ import taskflow
 # The views' own patterns (private there) are reused so that the document cannot drift from them.
 from taskflow.api.audit_routes import _STREAM_ID, AsOfQuery, FeedQuery, HistoryQuery
 from taskflow.api.auth_routes import REFRESH_COOKIE, LoginBody, RegisterBody
+from taskflow.api.change_feeds import (
+    AUDIT_CHANGES_PATH,
+    TASK_CHANGES_PATH,
+    TICKETS_PATH,
+    ChangesQuery,
+)
 from taskflow.api.headers import POSITION_HEADER, STALE_HEADER
 from taskflow.api.middlewares import CORRELATION_ID, REQUEST_ID
 from taskflow.api.problems import PROBLEM_TYPE_BASE
@@ -154,6 +161,108 @@ class CommitPage(_Shape):
     )
 
 
+class TaskChange(_Shape):
+    """The `data` of a change on GET /api/tasks/changes: one commit's effect on a task."""
+
+    id: str = Field(description="the task's id")
+    etag: str = Field(pattern=r'^"[0-9]+"$', description="the task's ETag after the change")
+    deleted: bool
+    task: TaskOut | None = Field(
+        description="as GET /api/tasks/{task_id} shows it; null if deleted"
+    )
+
+
+class StreamReady(_Shape):
+    """The `data` of `ready`, the first event of a stream."""
+
+    after: int = Field(description="the stream sends what comes after this position")
+    heartbeat_seconds: float = Field(description="a comment line comes at least this often")
+
+
+class StreamReset(_Shape):
+    """The `data` of `reset`: the feed no longer holds everything after the position asked for."""
+
+    after: int = Field(description="reload (lists, tasks): they hold everything up to here")
+    reason: Literal["history-exceeded"]
+
+
+class StreamEnd(_Shape):
+    """The `data` of `end`, the last event of a stream the server closes."""
+
+    reason: Literal[
+        "shutdown",
+        "token-expired",
+        "logged-out",
+        "auth-unavailable",
+        "too-slow",
+        "lifetime",
+        "resume",
+        "unavailable",
+    ]
+    after: int | None = Field(description="resume after this position (Last-Event-ID)")
+
+
+def _json_data(description: str, *payloads: str) -> Any:
+    """An event's `data` field: JSON text, one of `payloads` (components), as `description`."""
+    refs: list[JsonValue] = [{"$ref": REF.format(model=name)} for name in payloads]
+    extra: JsonDict = {"contentMediaType": JSON, "contentSchema": {"anyOf": refs}}
+    return Field(description=description, json_schema_extra=extra)
+
+
+_EVENT_ID = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+
+
+class TaskChangeEvent(_Shape):
+    """One server-sent event of GET /api/tasks/changes, as EventSource reads it."""
+
+    event: Literal["message", "ready", "reset", "end"] = Field(
+        description="`message` (unnamed) for a change"
+    )
+    id: _EVENT_ID | SkipJsonSchema[None] = _absent("a global position")
+    data: str = _json_data(
+        "JSON: a TaskChange; `ready`: StreamReady; `reset`: StreamReset; `end`: StreamEnd",
+        "TaskChange",
+        "StreamReady",
+        "StreamReset",
+        "StreamEnd",
+    )
+    retry: int | SkipJsonSchema[None] = _absent("`ready`: milliseconds to wait before reconnecting")
+
+
+class AuditChangeEvent(_Shape):
+    """One server-sent event of GET /api/audit/changes, as EventSource reads it."""
+
+    event: Literal["message", "ready", "reset", "end"] = Field(
+        description="`message` (unnamed) for a commit"
+    )
+    id: _EVENT_ID | SkipJsonSchema[None] = _absent("a global position")
+    data: str = _json_data(
+        "JSON: a Commit; `ready`: StreamReady; `reset`: StreamReset; `end`: StreamEnd",
+        "Commit",
+        "StreamReady",
+        "StreamReset",
+        "StreamEnd",
+    )
+    retry: int | SkipJsonSchema[None] = _absent("`ready`: milliseconds to wait before reconnecting")
+
+
+# Schemas event data refer to (contentSchema), which no operation names itself.
+EVENT_PAYLOADS: tuple[type[BaseModel], ...] = (
+    TaskChange,
+    StreamReady,
+    StreamReset,
+    StreamEnd,
+    Commit,
+)
+
+
+class StreamTicket(_Shape):
+    """A one-time ticket that opens a change feed (`?ticket=`), for EventSource."""
+
+    ticket: str = Field(description="use once, within `expires_in` seconds")
+    expires_in: int = Field(description="seconds the ticket waits for its use")
+
+
 class FieldError(_Shape):
     """One failing field of a request."""
 
@@ -248,6 +357,31 @@ TARGET_PROBLEMS = {
     **WRITE_UNAVAILABLE,
 }
 AUDITOR = {**TOKEN, 403: "the caller lacks the auditor role"}
+EVENT_STREAM = "text/event-stream"
+STREAM_PROBLEMS = {
+    400: "Last-Event-ID is not a position",
+    401: "no valid access token, or the ticket is unknown, used or expired",
+    422: "a parameter is unknown or invalid",
+    503: "too many open streams on this server (Retry-After), or a backing service is down",
+}
+STREAM_SECURITY: tuple[dict[str, list[str]], ...] = ({"bearerAuth": []}, {"streamTicket": []})
+CHANGE_EVENTS = " ".join(
+    (
+        "Server-sent events. Every event has an `id:`, a global position: a client resumes with",
+        "`Last-Event-ID` (EventSource sends it when it reconnects by itself) or",
+        "`?after=<position>`, and gets exactly what came after it, in order, then live events.",
+        "Events: `ready` first (its `id` is where the stream starts: the position given, or now),",
+        "with a `retry:` hint; then one unnamed event per change (`data` below); `reset` when the",
+        "position is older than the kept history (CHANGE_FEED_HISTORY changes per owner; the",
+        "auditors' feed reads the log and never resets): reload, then go on from its `id`; `end`",
+        "when the server closes the stream (`data.reason`: `shutdown`, `token-expired`,",
+        "`logged-out`, `too-slow`, `lifetime`, `resume`, `unavailable`, `auth-unavailable`), with",
+        "`data.after` to resume from. A comment line (`: ping`) every",
+        "CHANGE_FEED_HEARTBEAT_SECONDS. Authenticate with `Authorization: Bearer` or, for",
+        "EventSource, a one-time `ticket` from POST /api/stream-tickets: never put an access",
+        "token in a URL.",
+    )
+)
 
 
 FEED_PAGES = (
@@ -512,6 +646,47 @@ OPERATIONS: tuple[Operation, ...] = (
         parameters=("X-TaskFlow-Position",),
     ),
     Operation(
+        "post",
+        TICKETS_PATH,
+        "createStreamTicket",
+        "changes",
+        "A one-time ticket to open a change feed with EventSource (which cannot send headers)",
+        (Reply(201, "The ticket", StreamTicket),),
+        TOKEN | UNAVAILABLE,
+        description="The ticket opens one stream, as the caller, within `expires_in` seconds "
+        "(STREAM_TICKET_TTL_SECONDS); the stream still ends when the caller's token expires or "
+        "is logged out.",
+    ),
+    Operation(
+        "get",
+        TASK_CHANGES_PATH,
+        "taskChanges",
+        "changes",
+        "The caller's task changes, live, resumable by position (server-sent events)",
+        (Reply(200, "The stream", TaskChangeEvent, media_type=EVENT_STREAM),),
+        STREAM_PROBLEMS,
+        parameters=("Last-Event-ID",),
+        query=ChangesQuery,
+        security=STREAM_SECURITY,
+        description=CHANGE_EVENTS
+        + ' A change\'s `data`: `{"id": task id, "etag": the task\'s ETag, "deleted": '
+        'bool, "task": the task as GET /api/tasks/{task_id} shows it (null when deleted)}`.',
+    ),
+    Operation(
+        "get",
+        AUDIT_CHANGES_PATH,
+        "auditChanges",
+        "changes",
+        "Every commit of the log, live, resumable by position (server-sent events), for auditors",
+        (Reply(200, "The stream", AuditChangeEvent, media_type=EVENT_STREAM),),
+        STREAM_PROBLEMS | {403: AUDITOR[403]},
+        parameters=("Last-Event-ID",),
+        query=ChangesQuery,
+        security=STREAM_SECURITY,
+        description=CHANGE_EVENTS
+        + " A change's `data`: the commit, as an item of GET /api/audit/events.",
+    ),
+    Operation(
         "get",
         "/api/tasks/{task_id}/history",
         "taskHistory",
@@ -562,7 +737,9 @@ _QUERY_NOTES = {
     "version": "the task as it was at this version, at most its last (422 beyond it); "
     "not with `as_of`",
     "after_version": "only events after this version, at most the task's last (422 beyond it)",
-    "after": "only commits after this global position (the previous page's `next_after`)",
+    "after": "only commits after this global position (the previous page's `next_after`; the "
+    "change feeds: resume after it, Last-Event-ID wins over it)",
+    "ticket": "a one-time ticket from POST /api/stream-tickets (EventSource cannot send headers)",
 }
 _QUERY_NAMES = {"cursor": "next"}  # TaskQuery field -> query parameter
 
@@ -616,6 +793,11 @@ PARAMETERS: dict[str, Any] = {
         "X-Causation-ID",
         _pattern(r"^[A-Za-z0-9._:-]{1,128}$"),
         "the message that caused this request; recorded in the event metadata",
+    ),
+    "Last-Event-ID": _header_param(
+        "Last-Event-ID",
+        _pattern(r"^[0-9]{1,18}$"),
+        "the last event's id (a position): resume after it",
     ),
     POSITION_HEADER: _header_param(
         POSITION_HEADER,
@@ -683,6 +865,7 @@ PROBLEM_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
 SECURITY_SCHEMES = {
     "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
     "refreshCookie": {"type": "apiKey", "in": "cookie", "name": REFRESH_COOKIE},
+    "streamTicket": {"type": "apiKey", "in": "query", "name": "ticket"},
 }
 
 DESCRIPTION = f"""\
@@ -736,7 +919,7 @@ def _component_schemas() -> tuple[Refs, dict[str, Any]]:
     requests: list[type[BaseModel]] = [
         model for op in OPERATIONS for model in (op.body, op.query) if model is not None
     ]
-    replies: list[type[BaseModel]] = [Problem]
+    replies: list[type[BaseModel]] = [Problem, *EVENT_PAYLOADS]
     replies += [model for op in OPERATIONS for model in _reply_models(op)]
     wanted: dict[type[BaseModel], JsonSchemaMode] = {model: "serialization" for model in replies}
     wanted |= {model: "validation" for model in requests}
@@ -756,9 +939,8 @@ def _reply_models(op: Operation) -> list[type[BaseModel]]:
 
 
 def _paths(refs: Refs, schemas: dict[str, Any]) -> dict[str, Any]:
-    queries = {
-        op.query: _query_parameters(_take(refs[op.query], schemas)) for op in OPERATIONS if op.query
-    }
+    models = dict.fromkeys(op.query for op in OPERATIONS if op.query)  # one may serve several
+    queries = {model: _query_parameters(_take(refs[model], schemas)) for model in models}
     paths: dict[str, Any] = {}
     for op in OPERATIONS:
         query = queries[op.query] if op.query else []

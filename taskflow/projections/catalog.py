@@ -23,7 +23,16 @@ def projections(
     history = log_history(services.store)  # repairs a view found behind the log
     if "redis" in read_models:
         allocated = services.store.allocated_position
-        made.append(RedisTaskViews(services.redis, version, history=history, allocated=allocated))
+        feed_history = services.settings.change_feed_history
+        made.append(
+            RedisTaskViews(
+                services.redis,
+                version,
+                history=history,
+                allocated=allocated,
+                feed_history=feed_history,
+            )
+        )
     if "mongodb" in read_models:
         # The views live in a database of their own; their lease, as every lease, in the log's.
         leases = services.db[names.LEASES]

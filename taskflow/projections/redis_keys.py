@@ -59,3 +59,25 @@ class RedisViewKeys:
 
     def list_page(self, user_id: str, generation: int, query: str) -> str:
         return f"{self.prefix}u:{user_id}:page:{generation}:{query}"
+
+    # The change feeds (feed_writes.py): Redis Streams whose entry ids are global positions.
+
+    def feed(self, user_id: str) -> str:
+        """Stream: the owner's last task changes, one entry per commit, id `<position>-0`."""
+        return f"{self.prefix}u:{user_id}:feed"
+
+    @property
+    def applied(self) -> str:
+        """Stream: one entry per applied batch, id `<its last position>-0` (the audit feed's
+        wake-up: the commits themselves are read from the log)."""
+        return self.prefix + "feed:applied"
+
+    @property
+    def feed_origin(self) -> str:
+        """The checkpoint from which every applied change is in the feeds (their oldest floor)."""
+        return self.prefix + "feed:origin"
+
+    @property
+    def feed_written(self) -> str:
+        """The checkpoint the last batch that wrote the feeds left (a gap below marks a hole)."""
+        return self.prefix + "feed:written"

@@ -2,16 +2,18 @@
 
 This is the model hot reads are served from: every read touches only the asking user's keys, so
 its cost does not grow with the log. Writes of one batch go in one MULTI/EXEC guarded by WATCH on
-the fence (and the checkpoint), so a process whose lease was taken over cannot write. Reads use
-the views only while the `live` key says they caught up with the log (redis_keys.py), so a Redis
-that lost its data is rebuilt from the log before it answers again.
+the fence (and the checkpoint), so a process whose lease was taken over cannot write. The same
+transaction appends each change to the change feeds (feed_writes.py), so what the feeds publish
+is exactly what was applied. Reads use the views only while the `live` key says they caught up
+with the log (redis_keys.py), so a Redis that lost its data is rebuilt from the log before it
+answers again.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -19,6 +21,7 @@ from redis.exceptions import WatchError
 
 from taskflow.commands.task import Status, TaskState
 from taskflow.events.records import Commit
+from taskflow.projections.feed_writes import DEFAULT_HISTORY, FeedStep, FeedWriter
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.views import TaskHistory, apply_or_repair, search_terms, task_id_of
@@ -34,6 +37,7 @@ class _Change:
     owner: str
     before: TaskState | None
     after: TaskState | None
+    steps: list[FeedStep] = field(default_factory=list)  # the view after each of its commits
 
 
 _RAISE_FENCE = """
@@ -67,16 +71,19 @@ class RedisTaskViews:
         *,
         history: TaskHistory | None = None,
         allocated: Callable[[], Awaitable[int | None]] | None = None,
+        feed_history: int = DEFAULT_HISTORY,
     ) -> None:
         """`history` repairs a view found behind the log; `allocated` is the log's highest
         position handed out (`EventStore.allocated_position`): the views are marked live only
-        once a pass has read that far (without it, at the end of any complete pass)."""
+        once a pass has read that far (without it, at the end of any complete pass);
+        `feed_history` is how many changes each owner's change feed keeps."""
         self.name = f"{NAME}_v{version}"
         self._redis = redis
         self._history = history
         self._allocated = allocated
         self._marked_live = False  # since this process last lost track of the checkpoint
         self.keys = RedisViewKeys(version)
+        self.feed = FeedWriter(self.keys, feed_history)
         self._cache: OrderedDict[str, TaskState] = OrderedDict()
         self._written_to = -1  # the checkpoint this process last wrote; -1: none or unknown
 
@@ -143,7 +150,9 @@ class RedisTaskViews:
         async with self._redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(self.keys.fence, self.keys.checkpoint)
-                fence, at = await pipe.mget(self.keys.fence, self.keys.checkpoint)
+                fence, at, feed_written = await pipe.mget(
+                    self.keys.fence, self.keys.checkpoint, *self.feed.read_keys
+                )
                 if fence is not None and int(fence) > term:
                     raise LeaseLostError(self.name)
                 if int(at or 0) != commits[0].position - 1:
@@ -159,6 +168,8 @@ class RedisTaskViews:
                     self._write(pipe, task_id, change)
                 for owner in {change.owner for change in changes.values()}:
                     pipe.incr(self.keys.generation(owner))
+                steps = [step for change in changes.values() for step in change.steps]
+                self.feed.write(pipe, steps, commits, int(at or 0), feed_written)
                 pipe.set(self.keys.checkpoint, commits[-1].position)
                 await pipe.execute()
             except WatchError:
@@ -177,6 +188,8 @@ class RedisTaskViews:
             if change is None:
                 assert after is not None
                 change = changes[task_id] = _Change(after.owner_id, None, None)
+            if after is not None and after is not change.after:  # not a replayed commit
+                change.steps.append(FeedStep(commit.position, after))
             change.after = after
         return {tid: c for tid, c in changes.items() if c.after != c.before}
 
