@@ -10,6 +10,14 @@ LEASES = "projection_leases"
 CHECKPOINTS = "projection_checkpoints"
 # One document per block of global positions, inserted before any position of the block is used.
 POSITION_BLOCKS = "position_blocks"
+# Personal data (docs/privacy.md): data keys wrapped by a KEK (insert-only; erasure deletes a
+# user's), one check value per KEK, one tombstone per erased user, password hashes, and the
+# journal of rewritten legacy commits.
+DATA_KEYS = "data_keys"
+KEK_CHECKS = "key_encryption_keys"
+ERASED_SUBJECTS = "erased_subjects"
+CREDENTIALS = "credentials"
+LOG_REWRITES = "log_rewrites"
 
 # Redis keys. One prefix so a shared Redis can host several deployments side by side.
 PREFIX = "tf:"
@@ -18,6 +26,8 @@ POSITION_COUNTER = PREFIX + "log:position"
 POSITION_RESERVED = PREFIX + "log:position:reserved"
 SETTLED_HEAD = PREFIX + "log:settled"
 WAKE_CHANNEL = PREFIX + "log:wake"
+# An erased user's id, published so every process drops its cached data key at once.
+KEYS_ERASED_CHANNEL = PREFIX + "keys:erased"
 
 
 def commit_hint_key(position: int) -> str:
@@ -73,9 +83,10 @@ def revoked_family_key(family_id: str) -> str:
     return f"{PREFIX}auth:rfam:{family_id}"
 
 
-def email_user_key(email: str) -> str:
-    """The user id registered under a normalised e-mail address (a cache of the reservation)."""
-    return f"{PREFIX}auth:email:{email}"
+def email_user_key(email_digest: str) -> str:
+    """The user id registered under an e-mail address, by the address's keyed hash (a cache of
+    the reservation; the address itself never names a key)."""
+    return f"{PREFIX}auth:email:{email_digest}"
 
 
 READ_MODEL_NEXT = PREFIX + "rm:next"

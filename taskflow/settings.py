@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -64,6 +65,16 @@ class Settings(BaseSettings):
 
     # Keys the per-stream hash chain; lives only in configuration, never in the database.
     event_log_hmac_key: SecretStr = SecretStr("dev-only-event-log-key-change-me")
+    # Key-encryption keys (KEKs): each wraps the per-user data keys that encrypt personal data
+    # in the log (docs/privacy.md). Several by id so that one can be rotated out; the active one
+    # wraps new data keys. Each is 32 bytes, base64 ("kid:base64,kid2:base64").
+    data_keks: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=lambda: {"dev": SecretStr(DEV_KEK)}
+    )
+    data_kek_active: str = "dev"
+    # Keys the hash of a normalised e-mail address that reserves it and finds it at login, so
+    # the address itself is never a database key (docs/privacy.md).
+    email_hash_key: SecretStr = SecretStr("dev-only-email-hash-key-change-me-0123")
 
     # A position nobody has written after this long is sealed with a gap (DESIGN.md §3).
     gap_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
@@ -114,6 +125,34 @@ class Settings(BaseSettings):
             raise ValueError("at least one kid:secret pair is required")
         return keys
 
+    @field_validator("data_keks", mode="before")
+    @classmethod
+    def _parse_keks(cls, raw: object) -> object:
+        """Accept `kid:base64,kid2:base64` from the environment; every key 32 bytes."""
+        if isinstance(raw, str):
+            pairs = [part.strip().partition(":") for part in raw.split(",") if part.strip()]
+            if not pairs or any(not sep or not kid for kid, sep, _ in pairs):
+                raise ValueError("expected kid:base64 pairs, e.g. k1:" + KEK_EXAMPLE)
+            raw = {kid: secret for kid, _, secret in pairs}
+        if isinstance(raw, dict):
+            for kid, secret in raw.items():
+                value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+                if not _is_kek(str(value)):
+                    raise ValueError(
+                        f"key {kid!r} is not 32 bytes in base64; make one with: "
+                        "python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32))"
+                        ".decode())'"
+                    )
+        return raw
+
+    @field_validator("data_kek_active")
+    @classmethod
+    def _active_kek_known(cls, kid: str, info: object) -> str:
+        data = getattr(info, "data", {})
+        if "data_keks" in data and kid not in data["data_keks"]:
+            raise ValueError(f"{kid!r} is not one of DATA_KEKS")
+        return kid
+
     @field_validator("rate_limit_auth", "rate_limit_api")
     @classmethod
     def _parse_limit(cls, value: str) -> str:
@@ -136,6 +175,18 @@ class Settings(BaseSettings):
         if "jwt_keys" in data and kid not in data["jwt_keys"]:
             raise ValueError(f"JWT_ACTIVE_KID {kid!r} is not one of JWT_KEYS")
         return kid
+
+
+# The development KEK: 32 published bytes, for `make dev` and the tests only.
+DEV_KEK = "ZGV2LW9ubHkta2VrLW5ldmVyLWluLXByb2R1Y3Rpb24="
+KEK_EXAMPLE = "<32 random bytes in base64>"
+
+
+def _is_kek(value: str) -> bool:
+    try:
+        return len(base64.b64decode(value, validate=True)) == 32
+    except ValueError:
+        return False
 
 
 class SettingsError(Exception):

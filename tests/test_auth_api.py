@@ -28,6 +28,7 @@ from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshTokenReusedEr
 from taskflow.auth.tokens import issue_access_token
 from taskflow.commands.runner import Context
 from taskflow.commands.user_handlers import (
+    Accounts,
     EmailTakenError,
     InvalidCredentialsError,
     Trace,
@@ -175,7 +176,8 @@ async def test_concurrent_registrations_of_one_email_have_exactly_one_winner(
     assert {problem_type(body) for body in losers} == {"email-taken"}
     [reservation] = await db[names.EMAIL_RESERVATIONS].find({}).to_list()
     [winner] = [await r.json() for r in responses if r.status == 201]
-    assert reservation["_id"] == "race@example.com"
+    # Reserved under the address's keyed hash, never the address itself (docs/privacy.md).
+    assert reservation["_id"] == client.app[SERVICES].accounts.email_digest("race@example.com")
     assert reservation["user_id"] == winner["user_id"]
     [commit] = await user_commits(db)
     assert commit["stream_id"] == f"user-{winner['user_id']}"
@@ -358,19 +360,23 @@ async def test_malformed_json_is_400(client: Client) -> None:
 
 
 async def test_an_orphaned_reservation_is_reused_once_by_racing_registrations(
-    store: MongoEventStore, db: Db
+    accounts: Accounts, db: Db
 ) -> None:
     """A reservation left by a crash is taken over; the unique version key picks one racer."""
     await ensure_auth_indexes(db)
     old = datetime.now(UTC) - timedelta(hours=1)
     await db[names.EMAIL_RESERVATIONS].insert_one(
-        {"_id": "orphan@example.com", "user_id": "orphan-user", "reserved_at": old}
+        {
+            "_id": accounts.email_digest("orphan@example.com"),
+            "user_id": "orphan-user",
+            "reserved_at": old,
+        }
     )
 
     async def attempt(i: int) -> str:
         try:
             outcome = await handle_register_user(
-                store, db, email="orphan@example.com", display_name=f"R{i}", password=PASSWORD,
+                accounts, email="orphan@example.com", display_name=f"R{i}", password=PASSWORD,
                 trace=TRACE,
             )  # fmt: skip
         except EmailTakenError:
@@ -386,16 +392,20 @@ async def test_an_orphaned_reservation_is_reused_once_by_racing_registrations(
 
 
 async def test_a_fresh_reservation_with_an_empty_stream_counts_as_taken(
-    store: MongoEventStore, db: Db
+    accounts: Accounts, db: Db
 ) -> None:
     """A reservation younger than the orphan delay is a registration in flight: 409, no append."""
     await ensure_auth_indexes(db)
     await db[names.EMAIL_RESERVATIONS].insert_one(
-        {"_id": "busy@example.com", "user_id": "in-flight", "reserved_at": datetime.now(UTC)}
+        {
+            "_id": accounts.email_digest("busy@example.com"),
+            "user_id": "in-flight",
+            "reserved_at": datetime.now(UTC),
+        }
     )
     with pytest.raises(EmailTakenError):
         await handle_register_user(
-            store, db, email="busy@example.com", display_name="B", password=PASSWORD, trace=TRACE
+            accounts, email="busy@example.com", display_name="B", password=PASSWORD, trace=TRACE
         )
     assert await user_commits(db) == []
 
@@ -408,35 +418,36 @@ class BrokenStore(MongoEventStore):
 
 
 async def test_a_failed_append_releases_the_reservation(
-    store: MongoEventStore, db: Db, redis: Redis
+    accounts: Accounts, db: Db, redis: Redis, settings: Settings
 ) -> None:
     """If appending UserRegistered fails, the reservation is given back and the e-mail is free."""
     await ensure_auth_indexes(db)
     broken = BrokenStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3)
     with pytest.raises(AutoReconnect):
         await handle_register_user(
-            broken, db, email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE
-        )
+            Accounts.create(broken, db, redis, settings),
+            email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE,
+        )  # fmt: skip
     assert await db[names.EMAIL_RESERVATIONS].count_documents({}) == 0
+    assert await db[names.CREDENTIALS].count_documents({}) == 0  # its hash is not kept either
     outcome = await handle_register_user(
-        store, db, email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE
+        accounts, email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE
     )
     assert outcome.version == 1
 
 
-async def test_change_password_needs_the_current_one_and_replaces_it(
-    client: Client, store: MongoEventStore, db: Db
-) -> None:
+async def test_change_password_needs_the_current_one_and_replaces_it(client: Client) -> None:
     """Changing the password requires the current one; afterwards only the new one logs in."""
     user_id = (await (await register(client)).json())["user_id"]
     context = Context(actor=user_id, request_id="req-2", correlation_id="corr-2")
+    accounts = client.app[SERVICES].accounts
     with pytest.raises(InvalidCredentialsError):
         await handle_change_password(
-            store, user_id=user_id, current_password="wrong password", new_password="new password",
+            accounts, user_id=user_id, current_password="wrong password", new_password="new password",
             context=context,
         )  # fmt: skip
     outcome = await handle_change_password(
-        store, user_id=user_id, current_password=PASSWORD, new_password="new password",
+        accounts, user_id=user_id, current_password=PASSWORD, new_password="new password",
         context=context,
     )  # fmt: skip
     assert outcome.version == 2

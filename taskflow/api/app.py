@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+import pymongo
 import structlog
 from aiohttp import web
+from pymongo.errors import PyMongoError
 
 from taskflow.api import (
     command_problems,  # noqa: F401 - registers the problem mappers
@@ -34,6 +38,7 @@ from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.auth.denylist import DenyList
 from taskflow.bootstrap import Services, ensure_indexes, open_services
+from taskflow.privacy.keks import KekError
 from taskflow.projections.task_queries import TaskReads
 from taskflow.settings import Settings
 from taskflow.tasks import cancel_and_wait
@@ -41,6 +46,8 @@ from taskflow.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 # How long shutdown waits for a background task (the deny-list copy, the index task) to stop.
 SHUTDOWN_TASK_SECONDS = 10.0
+# How long start-up waits for MongoDB to test the KEKs before leaving it to the index task.
+KEK_CHECK_AT_START_SECONDS = 1.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -56,6 +63,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_indexes)
     app.cleanup_ctx.append(_deny_list_copy)
+    app.cleanup_ctx.append(_key_erasures)
     setup_routes(app)
     setup_cors(app, settings)
     return app
@@ -86,6 +94,23 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             if services.settings.rate_limit_enabled
             else None
         )
+        await _check_keks_at_start(services)
+        yield
+
+
+async def _check_keks_at_start(services: Services) -> None:
+    """Stop at start (KekError) when a KEK is missing or wrong; if MongoDB does not answer in
+    a second, the index task tests them once it does (`_create_indexes`)."""
+    try:
+        with pymongo.timeout(KEK_CHECK_AT_START_SECONDS):
+            await services.keys.check_keks()
+    except PyMongoError as exc:
+        log.warning("kek_check_deferred", error=repr(exc))
+
+
+async def _key_erasures(app: web.Application) -> AsyncIterator[None]:
+    """Forget erased users' data keys as soon as any process announces an erasure."""
+    async with _in_background(app[SERVICES].keys.listen()):
         yield
 
 
@@ -125,6 +150,12 @@ async def _create_indexes(services: Services, done: asyncio.Event, stopping: asy
     while not stopping.is_set():
         try:
             await ensure_indexes(services)
+            await services.keys.check_keks()
+        except KekError as exc:
+            # Found only now that MongoDB answers: stop as a failed start would have.
+            log.error("kek_refused", error=str(exc))
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         except Exception as exc:
             log.warning("indexes_not_created", error=repr(exc), retry_in=delay)
             await asyncio.sleep(delay)

@@ -26,7 +26,10 @@ from taskflow.commands.user_handlers import (
     authenticate_user,
     handle_register_user,
     load_user,
+    password_matches,
 )
+from taskflow.privacy.data_keys import SubjectErasedError
+from taskflow.privacy.erasure import handle_erase_user
 
 REFRESH_COOKIE = "taskflow_refresh"
 COOKIE_PATH = "/api/auth"  # the refresh token travels to the auth endpoints only
@@ -45,6 +48,12 @@ class RegisterBody(_Body):
     password: Password
 
 
+class EraseBody(_Body):
+    """DELETE /api/auth/me: the password again, so a stolen access token cannot erase."""
+
+    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX)]
+
+
 class LoginBody(_Body):
     """POST /api/auth/login: loosely checked, so a malformed e-mail is just a failed login."""
 
@@ -59,6 +68,7 @@ def setup_auth_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/refresh", refresh)
     app.router.add_post("/api/auth/logout", logout)
     app.router.add_get("/api/auth/me", me)
+    app.router.add_delete("/api/auth/me", erase_me)
 
 
 async def register(request: web.Request) -> web.Response:
@@ -66,8 +76,7 @@ async def register(request: web.Request) -> web.Response:
     body = await read_model(request, RegisterBody)
     services = _services(request)
     outcome = await handle_register_user(
-        services.store,
-        services.db,
+        services.accounts,
         email=body.email,
         display_name=body.display_name,
         password=body.password,
@@ -86,9 +95,7 @@ async def login(request: web.Request) -> web.Response:
     """Exchange e-mail and password for an access token and a new refresh-token family."""
     body = await read_model(request, LoginBody)
     services = _services(request)
-    user = await authenticate_user(
-        services.store, services.db, services.redis, body.email, body.password
-    )
+    user = await authenticate_user(services.accounts, body.email, body.password)
     refresh_token = await _refresh_tokens(services).issue(user.user_id, _now())
     return _signed_in(services, user, refresh_token)
 
@@ -101,7 +108,7 @@ async def refresh(request: web.Request) -> web.Response:
     services = _services(request)
     refresh_token = await _refresh_tokens(services).rotate(presented, _now())
     user = await load_user(services.store, refresh_token.user_id)
-    if user is None:
+    if user is None or user.erased:
         raise InvalidRefreshTokenError("the token's user does not exist")
     return _signed_in(services, user, refresh_token)
 
@@ -130,9 +137,37 @@ async def me(request: web.Request) -> web.Response:
     """The caller's profile, read from the user aggregate."""
     principal = await require_user(request)
     user = await load_user(_services(request).store, principal.user_id)
-    if user is None:
+    if user is None or user.erased:
         raise InvalidTokenError("the token's user does not exist")
     return json_response(_profile(user), headers={"Cache-Control": "private, no-cache"})
+
+
+async def erase_me(request: web.Request) -> web.Response:
+    """Erase the caller's account (docs/privacy.md): 204, then every token of theirs is refused."""
+    principal = await require_user(request)
+    body = await read_model(request, EraseBody)
+    services = _services(request)
+    user = await load_user(services.store, principal.user_id)
+    if user is None or user.erased:
+        raise InvalidTokenError("the token's user does not exist")
+    if not await password_matches(services.accounts, user, body.password):
+        raise InvalidCredentialsError("wrong password")
+    await handle_erase_user(
+        services.accounts,
+        services.keys,
+        _refresh_tokens(services),
+        user_id=user.user_id,
+        context=Trace(request[keys.REQUEST_ID], request[keys.CORRELATION_ID]).context(user.user_id),
+    )
+    response = web.Response(status=204)
+    response.del_cookie(
+        REFRESH_COOKIE,
+        path=COOKIE_PATH,
+        secure=services.settings.cookie_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
 
 
 def _signed_in(services: Services, user: UserState, refresh_token: RefreshToken) -> web.Response:
@@ -181,6 +216,14 @@ def _now() -> datetime:
 def auth_api_problem(exc: Exception) -> Problem | None:
     """The auth API's refusals, each under a stable type."""
     challenge = {"WWW-Authenticate": REALM}
+    if isinstance(exc, SubjectErasedError):  # a command racing its user's erasure
+        return Problem(
+            401,
+            "invalid-token",
+            "Authentication required",
+            "invalid or expired token",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
     if isinstance(exc, EmailTakenError):
         return Problem(
             409, "email-taken", "E-mail already registered", "This e-mail address is taken."

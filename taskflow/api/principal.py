@@ -36,6 +36,8 @@ async def require_user(request: web.Request) -> Principal:
     claims = verify_access_token(services.settings, _bearer(request), datetime.now(UTC))
     if await request.app[DENY_LIST].is_denied(claims.jti):
         raise InvalidTokenError("logged out")
+    if await services.keys.is_erased(claims.user_id):  # cached: no I/O on most requests
+        raise InvalidTokenError("the user is erased")
     return Principal(
         user_id=claims.user_id, roles=claims.roles, jti=claims.jti, expires_at=claims.expires_at
     )
@@ -51,10 +53,13 @@ class GuardedCaller:
     guard: DenyGuard
 
 
-def guarded_caller(request: web.Request) -> GuardedCaller:
-    """The caller named by `Authorization: Bearer`, its deny-list check left to the read."""
+async def guarded_caller(request: web.Request) -> GuardedCaller:
+    """The caller named by `Authorization: Bearer`, its deny-list check left to the read (the
+    erased check is made here: it is cached, so it costs no round trip)."""
     services = request.app[SERVICES]
     claims = verify_access_token(services.settings, _bearer(request), datetime.now(UTC))
+    if await services.keys.is_erased(claims.user_id):
+        raise InvalidTokenError("the user is erased")
     return GuardedCaller(claims.user_id, request.app[DENY_LIST].guard(claims.jti))
 
 

@@ -81,7 +81,7 @@ async def _caller(request: web.Request) -> GuardedCaller:
     A read that waits for a position first (read-your-writes) checks the deny list before it
     waits, as every other endpoint does; its read checks once more, which costs little there.
     """
-    caller = guarded_caller(request)
+    caller = await guarded_caller(request)
     if POSITION_HEADER in request.headers:
         await require_user(request)
     return caller

@@ -10,6 +10,7 @@ from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.events.codec import decode_events
 from taskflow.events.records import Commit
+from taskflow.events.sealing import erased_subject
 from taskflow.events.task_events import TaskEvent
 
 _WORD = re.compile(r"\w+")
@@ -33,6 +34,19 @@ def apply_commit(view: TaskState | None, commit: Commit) -> TaskState | None:
         assert isinstance(event, TaskEvent)
         view = TASK.evolve(view, event)
     return view
+
+
+def erased_owner(commit: Commit) -> str | None:
+    """The user whose erasure `commit` records (a UserErased of a user stream), if any."""
+    if commit.is_gap or not commit.stream_id.startswith("user-"):
+        return None
+    return next((user for e in commit.events if (user := erased_subject(e))), None)
+
+
+def without_personal_data(view: TaskState) -> TaskState:
+    """The view of an erased owner's task: what the log folds to once the owner's key is gone
+    (personal fields erased: "" and ()), everything else as it was (docs/privacy.md)."""
+    return view.model_copy(update={"title": "", "description": "", "tags": ()})
 
 
 def tokenize(text: str) -> list[str]:
