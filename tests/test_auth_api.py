@@ -443,8 +443,8 @@ async def test_change_password_needs_the_current_one_and_replaces_it(client: Cli
     accounts = client.app[SERVICES].accounts
     with pytest.raises(InvalidCredentialsError):
         await handle_change_password(
-            accounts, user_id=user_id, current_password="wrong password", new_password="new password",
-            context=context,
+            accounts, user_id=user_id, current_password="wrong password",
+            new_password="new password", context=context,
         )  # fmt: skip
     outcome = await handle_change_password(
         accounts, user_id=user_id, current_password=PASSWORD, new_password="new password",
