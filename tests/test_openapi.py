@@ -187,9 +187,25 @@ class Fuzzer:
         path = case.operation.path
         if path == "/api/auth/logout":
             return self.stranger(), {}
+        if path == "/api/auth/me" and case.method == "DELETE":
+            return self.fresh_account(), {}  # erasing `user` would end every later case
         if path == "/api/auth/refresh":
             return {}, {REFRESH_COOKIE: self.refresh_token or self.login()}
         return (self.auditor if path.startswith("/api/audit/") else self.user), {}
+
+    def fresh_account(self) -> dict[str, str]:
+        """A newly registered account's bearer header (its password is PASSWORD)."""
+        email = f"{uuid.uuid4().hex[:12]}@example.com"
+        body = {"email": email, "password": PASSWORD, "display_name": "Fresh"}
+        registered = self.session.post(f"{self.base_url}/api/auth/register", json=body, timeout=30)
+        assert registered.status_code == 201, registered.text
+        signed_in = self.session.post(
+            f"{self.base_url}/api/auth/login",
+            json={"email": email, "password": PASSWORD},
+            timeout=30,
+        )
+        assert signed_in.status_code == 200, signed_in.text
+        return {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
 
     def login(self) -> str:
         """A fresh refresh token of the user (each refresh rotates, and reuse revokes)."""

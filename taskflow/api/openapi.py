@@ -26,7 +26,7 @@ import taskflow
 
 # The views' own patterns (private there) are reused so that the document cannot drift from them.
 from taskflow.api.audit_routes import _STREAM_ID, AsOfQuery, FeedQuery, HistoryQuery
-from taskflow.api.auth_routes import REFRESH_COOKIE, LoginBody, RegisterBody
+from taskflow.api.auth_routes import REFRESH_COOKIE, EraseBody, LoginBody, RegisterBody
 from taskflow.api.headers import POSITION_HEADER, STALE_HEADER
 from taskflow.api.middlewares import CORRELATION_ID, REQUEST_ID
 from taskflow.api.problems import PROBLEM_TYPE_BASE
@@ -140,7 +140,15 @@ class TaskHistoryPage(_Shape):
 
 
 class CommitPage(_Shape):
-    """Commits of the event log, in log order."""
+    """Commits of the event log, in log order.
+
+    Each event's `data` is its payload in the current schema (older schemas are upcast on
+    read; no event shows a password hash). Personal fields (e-mail, display name, task title,
+    description, tags) are stored encrypted under their user's data key and shown decrypted.
+    Once that user is erased they cannot be: they are left out of `data`, and `data["~erased"]`
+    lists their names, e.g. `{"task_id": "…", "status": "todo", …, "~erased": ["title",
+    "description", "tags"]}`. Types, versions, positions, times, ids and metadata stay.
+    """
 
     items: list[Commit]
     next_after: int | None = Field(description="pass as `after` for the following page")
@@ -351,6 +359,30 @@ OPERATIONS: tuple[Operation, ...] = (
         "The caller's profile",
         (Reply(200, "The profile", Profile),),
         {401: "no valid access token, or its user does not exist"} | UNAVAILABLE,
+    ),
+    Operation(
+        "delete",
+        "/api/auth/me",
+        "eraseMe",
+        "auth",
+        "Erase the caller's account and personal data (needs the password again)",
+        (Reply(204, "Erased; the refresh cookie is cleared", headers=("Set-Cookie",)),),
+        {
+            **BODY_PROBLEMS,
+            401: "no valid access token, or a wrong password",
+            422: "the password is missing",
+            **UNAVAILABLE,
+        },
+        body=EraseBody,
+        example={"password": PASSWORD},
+        description=(
+            "Crypto-shredding (docs/privacy.md): the account's data key is destroyed, so the "
+            "e-mail, name and task texts stored in the event log can never be read again; its "
+            "sessions and tokens are refused from now on, its task views lose their texts, and "
+            "the e-mail can be registered anew. The log keeps the events (types, versions, "
+            "positions, times) and still verifies; auditors see the personal fields as erased "
+            '(`data["~erased"]`, see CommitPage).'
+        ),
     ),
     Operation(
         "post",
