@@ -3,11 +3,14 @@ erasure by crypto-shredding, KEK rotation and checks; on the real servers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +34,7 @@ from taskflow.events.records import Commit, Metadata, StoredEvent
 from taskflow.privacy.data_keys import DataKeys
 from taskflow.privacy.erasure import handle_erase_user
 from taskflow.privacy.keks import KeyEncryptionKeys
+from taskflow.projections.history import task_as_of
 from taskflow.projections.rebuild import rebuild
 from taskflow.settings import Settings
 from taskflow.text import as_text
@@ -350,6 +354,10 @@ async def test_erasure_leaves_no_plaintext_anywhere_and_the_log_still_verifies(
     assert created_event["data"]["status"] == "todo"
     assert all(c["recorded_at"] and c["position"] for c in commits)
 
+    then = await task_as_of(services.store, task["id"], version=1)  # time travel still folds
+    assert then is not None
+    assert (then.title, then.description, then.tags, then.version) == ("", "", (), 1)
+
     capsys.readouterr()
     assert await operations.audit_verify(settings) == 0
     assert await operations.erase_user(settings, user_id) == 0  # a second erasure is harmless
@@ -489,3 +497,36 @@ async def test_a_missing_or_wrong_kek_stops_the_process_at_start(
     unknown = _taskflow(settings, command, DATA_KEK_ACTIVE="nope")
     assert unknown.returncode == 2
     assert "DATA_KEK_ACTIVE" in unknown.stderr
+
+
+async def test_an_erasure_reaches_another_process_cached_key_at_once(
+    db: AsyncDatabase[dict[str, Any]], redis: Redis, settings: Settings
+) -> None:
+    """A process holding a user's key in its cache drops it when another process erases the
+    user: the announcement on `tf:keys:erased`, not the minute the entry would live."""
+    keks = KeyEncryptionKeys.from_settings(settings)
+    listening, eraser = DataKeys(db, redis, keks), DataKeys(db, redis, keks)
+    listener = asyncio.create_task(listening.listen())
+    try:
+        await until(lambda: _subscribed(redis))
+        await listening.sealing_key("u1")  # cached, live
+        assert not await listening.is_erased("u1")
+        await eraser.destroy("u1")
+        await until(lambda: listening.is_erased("u1"))
+        assert await listening.opening_key("u1", 1) is None
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+async def _subscribed(redis: Redis) -> bool:
+    [(_, count)] = await redis.pubsub_numsub(names.KEYS_ERASED_CHANNEL)
+    return int(count) > 0
+
+
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
