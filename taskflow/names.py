@@ -78,6 +78,17 @@ def refresh_token_key(token_hash: str) -> str:
     return f"{PREFIX}auth:rt:{token_hash}"
 
 
+def login_throttle_key(account: str) -> str:
+    """One account's failed password attempts in a row (auth/throttle.py); `account` is the
+    e-mail's keyed hash or a user id, never an address."""
+    return f"{PREFIX}auth:throttle:{account}"
+
+
+def refresh_successor_key(token_hash: str) -> str:
+    """The successor of a refresh token, encrypted, kept for its grace window only."""
+    return f"{PREFIX}auth:succ:{token_hash}"
+
+
 def revoked_family_key(family_id: str) -> str:
     """The Redis mirror of a refresh-token family's revocation (MongoDB is the authority)."""
     return f"{PREFIX}auth:rfam:{family_id}"

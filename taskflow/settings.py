@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from taskflow.events.group_insert import DEFAULT_MAX_BATCH
 
@@ -16,9 +24,17 @@ READ_MODELS: tuple[ReadModel, ...] = ("redis", "mongodb")
 
 
 class Settings(BaseSettings):
-    """Everything TaskFlow reads from its environment (README: Configuration)."""
+    """Everything TaskFlow reads from its environment (README: Configuration).
+
+    Every secret can also come from a file named by `<NAME>_FILE` (Docker and Kubernetes
+    secrets). Outside TASKFLOW_ENV=development no secret may be a built-in or example value.
+    """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # "development" (set by `make dev` and the tests) is the only environment in which the
+    # built-in keys are accepted; anything else is treated as production.
+    taskflow_env: str = "production"
 
     mongodb_uri: str = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
     mongodb_db: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "taskflow"
@@ -57,6 +73,13 @@ class Settings(BaseSettings):
     jwt_issuer: str = "taskflow"
     jwt_audience: str = "taskflow-api"
     access_token_ttl_seconds: Annotated[int, Field(ge=30, le=3600)] = 900
+    # Per-account login throttling (taskflow/auth/throttle.py): this many failures in a row are
+    # free, then each further one doubles a wait (from one second) up to the cap.
+    login_free_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    login_backoff_cap_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Two refreshes of one token within this many seconds get the same successor (two tabs);
+    # a token presented again later revokes its family. 0: every second use revokes.
+    refresh_grace_seconds: Annotated[float, Field(ge=0, le=60)] = 5.0
     # While Redis is down, an API process checks tokens against its copy of the deny list for
     # this long after the copy's last refresh, then fails closed (503). 0: fail closed at once.
     auth_deny_copy_max_age_seconds: Annotated[float, Field(ge=0, le=3600)] = 300.0
@@ -125,6 +148,35 @@ class Settings(BaseSettings):
             raise ValueError("at least one kid:secret pair is required")
         return keys
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`<NAME>_FILE` beside the environment (setting both is an error)."""
+        return (init_settings, SecretFiles(settings_cls), env_settings, dotenv_settings)
+
+    @model_validator(mode="after")
+    def _no_published_secrets(self) -> Settings:
+        """Outside development, refuse every secret that is built in or an example's."""
+        if self.taskflow_env == DEVELOPMENT:
+            return self
+        published = [name for name in SECRET_SETTINGS if _is_published(getattr(self, name))]
+        if published:
+            raise ValueError(
+                "; ".join(
+                    f"{name.upper()} holds a built-in or example key, refused outside "
+                    f"TASKFLOW_ENV={DEVELOPMENT}: make one with `{KEY_COMMANDS[name]}`"
+                    + (" and give it as kid:key" if name in KID_PAIRS else "")
+                    for name in published
+                )
+            )
+        return self
+
     @field_validator("data_keks", mode="before")
     @classmethod
     def _parse_keks(cls, raw: object) -> object:
@@ -168,6 +220,15 @@ class Settings(BaseSettings):
             return tuple(filter(None, (o.strip() for o in raw.split(","))))
         return raw
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        # Credentials (the refresh cookie) are always allowed here: "*" would hand them to any
+        # site, `null` (sandboxed frames, files) included. Name each origin.
+        if any(origin in {"*", "null"} for origin in origins):
+            raise ValueError("'*' and 'null' are refused: list each allowed origin")
+        return origins
+
     @field_validator("jwt_active_kid")
     @classmethod
     def _active_kid_known(cls, kid: str, info: object) -> str:
@@ -180,6 +241,61 @@ class Settings(BaseSettings):
 # The development KEK: 32 published bytes, for `make dev` and the tests only.
 DEV_KEK = "ZGV2LW9ubHkta2VrLW5ldmVyLWluLXByb2R1Y3Rpb24="
 KEK_EXAMPLE = "<32 random bytes in base64>"
+DEVELOPMENT = "development"
+
+# The secret settings: each may come from `<NAME>_FILE`, and the keys among them may not be
+# built-in or example values outside development (the command that makes a good one).
+SECRET_FILES = (
+    "mongodb_uri",
+    "redis_url",
+    "jwt_keys",
+    "event_log_hmac_key",
+    "data_keks",
+    "email_hash_key",
+    "sentry_dsn",
+)
+_RANDOM_TEXT = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+_RANDOM_KEK = "python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'"
+KEY_COMMANDS = {
+    "jwt_keys": _RANDOM_TEXT,
+    "event_log_hmac_key": _RANDOM_TEXT,
+    "data_keks": _RANDOM_KEK,
+    "email_hash_key": _RANDOM_TEXT,
+}
+SECRET_SETTINGS = tuple(KEY_COMMANDS)
+KID_PAIRS = frozenset({"jwt_keys", "data_keks"})
+# Markers of the values shipped in this repository (settings.py, deploy/taskflow.env.example).
+_PUBLISHED_MARKERS = ("dev-only", "change-me", "changeme", "replace-me", "example")
+
+
+def _is_published(value: object) -> bool:
+    """Whether a secret (or any secret of a kid:secret mapping) is a shipped value."""
+    if isinstance(value, dict):
+        return any(_is_published(v) for v in value.values())
+    text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return text == DEV_KEK or any(marker in text.lower() for marker in _PUBLISHED_MARKERS)
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """Secret settings read from the file that `<NAME>_FILE` names (trailing newline dropped)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in SECRET_FILES:
+            variable = name.upper()
+            path = os.environ.get(f"{variable}_FILE")
+            if path is None:
+                continue
+            if variable in os.environ:
+                raise SettingsError(f"{variable} and {variable}_FILE are both set: keep one")
+            try:
+                values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise SettingsError(f"{variable}_FILE: cannot read {path!r} ({exc})") from None
+        return values
 
 
 def _is_kek(value: str) -> bool:
@@ -204,7 +320,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            (f"{str(err['loc'][0]).upper()}: " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise SettingsError(f"invalid configuration: {problems}") from None

@@ -27,6 +27,8 @@ from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.settings import Settings
 
 TEST_HMAC_KEY = b"test-event-log-key"
+# The suite runs on the built-in development keys; the processes it starts inherit this.
+os.environ.setdefault("TASKFLOW_ENV", "development")
 
 # No per-example deadline: on a loaded 2-core machine a first example can take seconds, and a
 # property test must fail on properties, not on timing (the suite has a per-test timeout).
@@ -51,6 +53,7 @@ def settings() -> Settings:
     with SyncRedis.from_url(_service_url("REDIS_URL")) as sync_redis:
         sync_redis.flushdb()
     return Settings(
+        taskflow_env="development",
         mongodb_uri=_service_url("MONGODB_URI"),
         redis_url=_service_url("REDIS_URL"),
         mongodb_db=f"t_{uuid.uuid4().hex[:16]}",

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from taskflow import names, operations
 from taskflow.api.keys import SERVICES
-from taskflow.auth.tokens import issue_access_token
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.errors import DomainError
 from taskflow.commands.runner import Context, execute
@@ -32,11 +31,9 @@ from taskflow.settings import Settings
 from tests.api_support import Client, bearer, create_task, project
 
 
-def auditor(client: Client) -> dict[str, str]:
-    token = issue_access_token(
-        client.app[SERVICES].settings, uuid.uuid4().hex, ["auditor"], datetime.now(UTC)
-    )
-    return {"Authorization": f"Bearer {token.token}"}
+async def auditor(client: Client) -> dict[str, str]:
+    """A token of a (new) user who holds the auditor role."""
+    return await bearer(client, roles=["auditor"])
 
 
 changes = st.one_of(
@@ -84,7 +81,7 @@ async def test_as_of_version_k_is_the_fold_of_the_first_k_events(
 async def test_history_and_time_travel_over_http(client: Client) -> None:
     """The owner reads every change with its actor, and the task at any version or moment."""
     owner = uuid.uuid4().hex
-    auth = bearer(client, owner)
+    auth = await bearer(client, owner)
     task = await create_task(client, auth, title="v1")
     url = f"/api/tasks/{task['id']}"
     await asyncio.sleep(0.01)
@@ -114,19 +111,19 @@ async def test_history_and_time_travel_over_http(client: Client) -> None:
     assert (await client.get(f"{url}?version=99999999999999999999", headers=auth)).status == 422
     overflow = {"as_of": "9999-12-31T23:59:59-23:59"}
     assert (await client.get(url, params=overflow, headers=auth)).status == 422
-    intruder = bearer(client)
+    intruder = await bearer(client)
     assert (await client.get(f"{url}/history", headers=intruder)).status == 404
     assert (await client.get(f"{url}?version=1", headers=intruder)).status == 404
 
 
 async def test_audit_endpoints_are_for_auditors_and_read_only(client: Client) -> None:
     """Auditors read the ordered feed and whole streams; others get 403; nothing can be written."""
-    auth = bearer(client)
+    auth = await bearer(client)
     first = await create_task(client, auth, title="one")
     second = await create_task(client, auth, title="two")
     assert (await client.get("/api/audit/events", headers=auth)).status == 403
     assert (await client.get(f"/api/audit/streams/task-{first['id']}", headers=auth)).status == 403
-    audit = auditor(client)
+    audit = await auditor(client)
     feed = await (await client.get("/api/audit/events?after=0&limit=10", headers=audit)).json()
     assert [c["stream_id"] for c in feed["items"]] == [
         f"task-{first['id']}",
@@ -150,7 +147,7 @@ async def test_audit_verify_names_a_tampered_event_and_a_tampered_view(
     client: Client, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`taskflow audit verify` passes on a clean log and names each kind of tampering."""
-    auth = bearer(client)
+    auth = await bearer(client)
     tasks = [await create_task(client, auth, title=f"t{i}") for i in range(3)]
     await project(client)
     assert await operations.audit_verify(settings) == 0
@@ -194,7 +191,7 @@ def projector(settings: Settings, tmp_path: Path) -> Iterator[None]:
 @pytest.mark.usefixtures("projector")
 async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Client) -> None:
     """Reads keep finding every task during a rebuild; afterwards the new version equals the log."""
-    auth = bearer(client)
+    auth = await bearer(client)
     existing = [await create_task(client, auth, title=f"before {i}") for i in range(30)]
     services = client.app[SERVICES]
     for task in existing:  # wait until the projector process has them

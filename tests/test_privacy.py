@@ -38,7 +38,7 @@ from taskflow.projections.history import task_as_of
 from taskflow.projections.rebuild import rebuild
 from taskflow.settings import Settings
 from taskflow.text import as_text
-from tests.api_support import Client, ClientFactory, project, wait_ready
+from tests.api_support import SAME_SITE, Client, ClientFactory, project, wait_ready
 from tests.test_audit import auditor
 
 PASSWORD = "correct horse battery"
@@ -65,7 +65,7 @@ async def login(client: Client, email: str, password: str = PASSWORD) -> dict[st
 
 async def auditor_outputs(client: Client, settings: Settings, stream_ids: list[str]) -> bytes:
     """Everything an auditor can read: the feed, whole streams, and `taskflow audit export`."""
-    headers = auditor(client)
+    headers = await auditor(client)
     parts = [await (await client.get("/api/audit/events?limit=1000", headers=headers)).read()]
     for stream_id in stream_ids:
         response = await client.get(f"/api/audit/streams/{stream_id}", headers=headers)
@@ -338,11 +338,13 @@ async def test_erasure_leaves_no_plaintext_anywhere_and_the_log_still_verifies(
     assert (await client.get("/api/tasks", headers=auth)).status == 401
     assert (await client.get(f"/api/tasks/{task['id']}", headers=auth)).status == 401
     assert (await client.get("/api/auth/me", headers=auth)).status == 401
-    assert (await client.post("/api/auth/refresh")).status == 401
+    assert (await client.post("/api/auth/refresh", json={}, headers=SAME_SITE)).status == 401
     login_again = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
     assert login_again.status == 401
 
-    stream = await client.get(f"/api/audit/streams/task-{task['id']}", headers=auditor(client))
+    stream = await client.get(
+        f"/api/audit/streams/task-{task['id']}", headers=await auditor(client)
+    )
     commits = (await stream.json())["items"]
     assert [(c["first_version"], [e["type"] for e in c["events"]]) for c in commits] == [
         (1, ["TaskCreated"]),
@@ -367,7 +369,7 @@ async def test_erasure_leaves_no_plaintext_anywhere_and_the_log_still_verifies(
     rebuilt = await everything_stored([services.db, services.views_db], services.redis)
     assert plaintext(rebuilt, secrets) == []
     assert await operations.audit_verify(settings) == 0
-    bystander = await client.get(f"/api/audit/streams/user-{other}", headers=auditor(client))
+    bystander = await client.get(f"/api/audit/streams/user-{other}", headers=await auditor(client))
     assert b"bystander@example.com" in await bystander.read()  # others' data is untouched
 
     again = await register(client, email, "Somebody Else")
@@ -405,7 +407,7 @@ async def test_a_command_racing_the_erasure_leaves_nothing_readable(
     await project(client)
     stored = await everything_stored([services.db, services.views_db], services.redis)
     assert plaintext(stored, ["racingsecret", "racetag", "racer@example.com"]) == []
-    stream = await client.get(f"/api/audit/streams/task-{task_id}", headers=auditor(client))
+    stream = await client.get(f"/api/audit/streams/task-{task_id}", headers=await auditor(client))
     [commit] = (await stream.json())["items"]
     assert commit["events"][0]["data"]["~erased"] == ["title", "description", "tags"]
     assert await operations.audit_verify(settings) == 0
@@ -449,7 +451,7 @@ async def test_kek_rotation_keeps_everything_readable(
     new_auth = await login(rotated, "rotor@example.com")
     me = await (await rotated.get("/api/auth/me", headers=new_auth)).json()
     assert (me["email"], me["display_name"]) == ("rotor@example.com", "Rotor Rotation")
-    stream = await rotated.get(f"/api/audit/streams/task-{task_id}", headers=auditor(rotated))
+    stream = await rotated.get(f"/api/audit/streams/task-{task_id}", headers=await auditor(rotated))
     assert b"rotatedtitle" in await stream.read()
     assert await operations.audit_verify(only_new) == 0
     assert user_id

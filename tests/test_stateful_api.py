@@ -141,7 +141,8 @@ class TaskApiMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.auth = {user: bearer(self.client) for user in USERS}  # fresh users per example
+        # Fresh users per example.
+        self.auth = {user: self.loop.run_until_complete(bearer(self.client)) for user in USERS}
         self.tasks: dict[str, ModelTask] = {}
         self.unprojected = False
 
@@ -358,7 +359,7 @@ RETRY_SLOTS = 3
 @pytest.mark.usefixtures("mongo")  # drops the test's database afterwards
 async def test_a_hundred_writers_racing_on_one_task_lose_no_change(client: Client) -> None:
     """100 PATCHes racing with If-Match, retried after 412 with its ETag: every change is kept."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth)
     url = f"/api/tasks/{task['id']}"
     accepted: dict[int, tuple[int, int]] = {}  # writer -> (the If-Match it won with, new version)
@@ -419,7 +420,7 @@ async def test_a_due_date_with_microseconds_reads_the_same_from_both_read_models
     client: Client,
 ) -> None:
     """A due date finer than a millisecond is kept to the millisecond, everywhere alike (D2)."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth, due_at="2030-01-01T00:00:00.123456Z")
     assert task["due_at"] == "2030-01-01T00:00:00.123000Z"
     await project(client)
@@ -437,7 +438,7 @@ async def test_an_if_match_older_than_the_cached_head_is_refused_without_reading
     client: Client,
 ) -> None:
     """412s for an If-Match the cached head already disproves cost no MongoDB read."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth)
     url = f"/api/tasks/{task['id']}"
     changed = await client.patch(url, json={"title": "v2"}, headers={**auth, "If-Match": '"1"'})

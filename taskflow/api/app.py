@@ -33,7 +33,7 @@ from taskflow.api.keys import (
 from taskflow.api.middlewares import edge
 from taskflow.api.observability import setup_metrics_route
 from taskflow.api.openapi import setup_openapi_routes
-from taskflow.api.rate_limits import RateLimits, rate_limit
+from taskflow.api.rate_limits import RateLimits, add_rate_limit_headers, rate_limit
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.auth.denylist import DenyList
@@ -60,6 +60,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[INDEXES_READY] = asyncio.Event()
+    if settings.rate_limit_enabled:
+        app.on_response_prepare.append(add_rate_limit_headers)
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_indexes)
     app.cleanup_ctx.append(_deny_list_copy)

@@ -89,6 +89,13 @@ class Profile(_Shape):
     roles: list[str]
 
 
+class SameSiteBody(BaseModel):
+    """Any JSON object, `{}` will do: refresh and logout need an application/json body, which
+    another site cannot send without a CORS preflight."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 class AccessToken(_Shape):
     """A new access token (RFC 6749 §5.1); the refresh token travels in a cookie."""
 
@@ -235,6 +242,10 @@ TARGET_PROBLEMS = {
     **UNAVAILABLE,
 }
 AUDITOR = {**TOKEN, 403: "the caller lacks the auditor role"}
+SAME_SITE = {
+    403: "an Origin that is not allowed, or neither Origin nor X-Requested-With",
+    415: "the request is not application/json",
+}
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -304,7 +315,8 @@ OPERATIONS: tuple[Operation, ...] = (
         {
             **BODY_PROBLEMS,
             409: "the e-mail address is taken",
-            422: "a field is invalid (each is named)",
+            422: "a field is invalid (each is named); a password that is too common, too easy "
+            "to guess or the e-mail itself is refused",
             **UNAVAILABLE,
         },
         body=RegisterBody,
@@ -318,7 +330,14 @@ OPERATIONS: tuple[Operation, ...] = (
         "auth",
         "Exchange e-mail and password for an access token and a refresh cookie",
         (Reply(200, "Signed in", AccessToken, ("Set-Cookie",)),),
-        {**BODY_PROBLEMS, 401: "wrong e-mail or password", 422: "a field is invalid"} | UNAVAILABLE,
+        {
+            **BODY_PROBLEMS,
+            401: "wrong e-mail or password",
+            422: "a field is invalid",
+            429: "too many requests from this address, or too many wrong passwords for this "
+            "account (Retry-After says how long to wait)",
+        }
+        | UNAVAILABLE,
         body=LoginBody,
         example={"email": EMAIL, "password": PASSWORD},
         security=PUBLIC,
@@ -337,9 +356,21 @@ OPERATIONS: tuple[Operation, ...] = (
                 ("Set-Cookie",),
             ),
         ),
-        {401: "no, an expired, or a reused refresh token (reuse revokes the family)"} | UNAVAILABLE,
+        {
+            401: "no, an expired, or a reused refresh token (reuse revokes the family)",
+            **SAME_SITE,
+        }
+        | UNAVAILABLE,
         security=({"refreshCookie": []},),
-        description="A refresh token presented twice revokes its whole family.",
+        parameters=("X-Requested-With",),
+        body=SameSiteBody,
+        example={},
+        description=(
+            "A refresh token presented twice revokes its whole family, and every access token "
+            "issued with it, unless the second time comes within REFRESH_GRACE_SECONDS of the "
+            "first (two tabs): then both get the same successor. Needs Content-Type "
+            "application/json and an allowed Origin (or X-Requested-With without Origin)."
+        ),
     ),
     Operation(
         "post",
@@ -348,8 +379,16 @@ OPERATIONS: tuple[Operation, ...] = (
         "auth",
         "Deny-list the access token and revoke the refresh family",
         (Reply(204, "Signed out; the refresh cookie is cleared", headers=("Set-Cookie",)),),
-        TOKEN | UNAVAILABLE,
+        TOKEN | SAME_SITE | UNAVAILABLE,
         security=({"bearerAuth": [], "refreshCookie": []}, {"bearerAuth": []}),
+        parameters=("X-Requested-With",),
+        body=SameSiteBody,
+        example={},
+        description=(
+            "The family is the access token's own: the bearer token alone ends the session. "
+            "Needs Content-Type application/json and an allowed Origin (or X-Requested-With "
+            "without Origin)."
+        ),
     ),
     Operation(
         "get",
@@ -598,6 +637,12 @@ PARAMETERS: dict[str, Any] = {
     "If-Match": _header_param(
         "If-Match", _pattern(_ETAG.pattern), "the ETag the change is based on", required=True
     ),
+    "X-Requested-With": _header_param(
+        "X-Requested-With",
+        {"type": "string", "minLength": 1},
+        "any value; required when the request has no Origin header (a browser sends Origin, "
+        "and another site cannot add this header without a CORS preflight)",
+    ),
     "If-None-Match": _header_param(
         "If-None-Match", {"type": "string"}, "ETags the client has; a match answers 304"
     ),
@@ -668,7 +713,8 @@ PROBLEM_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     428: ("PreconditionRequired", "If-Match is required", ()),
     429: (
         "TooManyRequests",
-        "Rate limit exceeded (per IP on /api/auth, per user elsewhere)",
+        "Rate limit exceeded (per IP on login and register, per user elsewhere; a login also "
+        "per account)",
         ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
     ),
     503: ("ServiceUnavailable", "A backing service is unavailable", ("Retry-After",)),

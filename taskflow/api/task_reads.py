@@ -110,7 +110,14 @@ async def _read_your_writes(request: web.Request) -> dict[str, str]:
             400, "invalid-position", "Invalid position", f"{POSITION_HEADER} must be a number."
         )
     settings = request.app[keys.SETTINGS]
-    reached = await _reads(request).wait_for(int(raw), settings.read_your_writes_timeout_seconds)
+    position, reads = int(raw), _reads(request)
+    if await reads.projected_position() >= position:
+        return {}
+    # A position beyond every one the log has handed out cannot be waited for: stale, at once.
+    allocated = await request.app[keys.SERVICES].store.positions.allocated()
+    if allocated is not None and position > allocated:
+        return {STALE_HEADER: "true"}
+    reached = await reads.wait_for(position, settings.read_your_writes_timeout_seconds)
     return {} if reached else {STALE_HEADER: "true"}
 
 

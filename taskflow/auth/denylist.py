@@ -77,19 +77,20 @@ class DenyList:
         # process that logged the token out would otherwise accept it (seen in the outage test).
         self._copy = self._copy | {jti}
 
-    async def is_denied(self, jti: str) -> bool:
-        """Whether `jti` was logged out: Redis, else a recent copy, else AuthUnavailableError."""
+    async def is_denied(self, jti: str, family_id: str = "") -> bool:
+        """Whether `jti` was logged out, or its refresh family revoked (the family's mirror in
+        Redis, auth/refresh.py): Redis, else a recent copy, else AuthUnavailableError."""
         if not self.redis_answering():
             return self.denied_by_copy(jti)
         try:
             async with _guard():
-                return bool(await self._redis.exists(names.denied_jti_key(jti)))
+                return bool(await self._redis.exists(*_deny_keys(jti, family_id)))
         except AuthUnavailableError:
             return self.denied_by_copy(jti, redis_failed=True)
 
-    def guard(self, jti: str) -> DenyGuard:
-        """The check of `jti`, for a read to make in its own Redis round trip."""
-        return DenyGuard(self, jti)
+    def guard(self, jti: str, family_id: str = "") -> DenyGuard:
+        """The check of `jti` (and its family), for a read to make in its own Redis round trip."""
+        return DenyGuard(self, jti, family_id)
 
     def redis_answering(self) -> bool:
         """False for a while after Redis failed: checks then go straight to the copy."""
@@ -144,11 +145,14 @@ class DenyGuard:
 
     deny_list: DenyList
     jti: str
+    family_id: str = ""
     timeout: float = CHECK_TIMEOUT_SECONDS
 
     @property
-    def key(self) -> str:
-        return names.denied_jti_key(self.jti)
+    def keys(self) -> tuple[str, str]:
+        """The keys whose existence refuses the read: the token's deny entry, its family's
+        revocation."""
+        return _deny_keys(self.jti, self.family_id)
 
     def redis_answering(self) -> bool:
         return self.deny_list.redis_answering()
@@ -160,6 +164,12 @@ class DenyGuard:
 
     def refused(self) -> InvalidTokenError:
         return InvalidTokenError("logged out")
+
+
+def _deny_keys(jti: str, family_id: str) -> tuple[str, str]:
+    # A token without a family (issued before families were in tokens) names a key that never
+    # exists, so every check has the same shape.
+    return names.denied_jti_key(jti), names.revoked_family_key(family_id or "-")
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ from taskflow.commands.errors import (
     UserErasedError,
     UserNotFoundError,
 )
-from taskflow.events.task_values import EntityId, trimmed
+from taskflow.events.task_values import EntityId, printable, trimmed
 from taskflow.events.user_events import (
     UserErased,
     UserEvent,
@@ -84,7 +84,7 @@ def _email_field(raw: str) -> str:
 Email = Annotated[str, AfterValidator(_email_field)]
 """A normalised e-mail address (see `normalize_email`)."""
 
-DisplayName = Annotated[str, trimmed(DISPLAY_NAME_MAX)]
+DisplayName = Annotated[str, printable(), trimmed(DISPLAY_NAME_MAX)]
 """A display name: surrounding whitespace trimmed, 1 to 100 characters left."""
 
 CredentialId = Annotated[str, StringConstraints(min_length=1, max_length=256)]

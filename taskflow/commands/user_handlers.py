@@ -29,12 +29,13 @@ from redis.asyncio import Redis
 from taskflow import names
 from taskflow.auth.credentials import Credentials, is_legacy
 from taskflow.auth.passwords import (
-    PASSWORD_MAX,
-    PASSWORD_MIN,
+    WeakPasswordError,
+    check_new_password,
     hash_password,
     verify_dummy,
     verify_password,
 )
+from taskflow.auth.throttle import AccountThrottle
 from taskflow.commands.aggregates import USER
 from taskflow.commands.errors import InvalidCommandError, UserAlreadyRegisteredError
 from taskflow.commands.runner import Context, Outcome, PreconditionFailedError, execute, load
@@ -69,13 +70,17 @@ class Accounts:
     redis: Redis
     credentials: Credentials
     email_key: bytes
+    throttle: AccountThrottle
 
     @classmethod
     def create(
         cls, store: EventStore, db: AsyncDatabase[Document], redis: Redis, settings: Settings
     ) -> Accounts:
         key = settings.email_hash_key.get_secret_value().encode()
-        return cls(store, db, redis, Credentials(db), key)
+        throttle = AccountThrottle(
+            redis, settings.login_free_failures, settings.login_backoff_cap_seconds
+        )
+        return cls(store, db, redis, Credentials(db), key, throttle)
 
     def email_digest(self, normalized: str) -> str:
         """The keyed hash an address is reserved and looked up by."""
@@ -125,7 +130,7 @@ async def handle_register_user(
     orphan_after: timedelta = ORPHAN_AFTER,
 ) -> Outcome[UserState]:
     """Register an account; EmailTakenError if the normalised e-mail is registered already."""
-    _check_policy(password)
+    await _check_policy(password, email=_normalized_or_raw(email), display_name=display_name)
     store = accounts.store
     user_id = ids()
     # The hash is stored before the event that names it, so no event names a missing one.
@@ -178,10 +183,11 @@ async def handle_change_password(
     clock: Clock = utc_now,
 ) -> Outcome[UserState]:
     """Replace the password after checking the current one; InvalidCredentialsError if wrong."""
-    _check_policy(new_password)
     state, version = await load(accounts.store, USER, USER.stream_id(user_id))
-    if state is None or not await password_matches(accounts, state, current_password):
+    if state is None:
         raise InvalidCredentialsError("wrong password")
+    await check_password(accounts, state, current_password, clock())
+    await _check_policy(new_password, email=state.email, display_name=state.display_name)
     new_hash = await hash_password(new_password)
     credential_id = await accounts.credentials.add(user_id, new_hash)
     command = ChangePassword(user_id=user_id, credential_id=credential_id)
@@ -226,15 +232,33 @@ async def find_user_by_email(accounts: Accounts, email: str) -> UserState | None
     return user
 
 
-async def authenticate_user(accounts: Accounts, email: str, password: str) -> UserState:
-    """The account whose e-mail and password these are; InvalidCredentialsError otherwise."""
+async def authenticate_user(
+    accounts: Accounts, email: str, password: str, now: datetime | None = None
+) -> UserState:
+    """The account whose e-mail and password these are; InvalidCredentialsError otherwise, and
+    AccountThrottledError while the account must wait (taskflow/auth/throttle.py)."""
+    account = accounts.email_digest(_normalized_or_raw(email))
+    await accounts.throttle.attempt(account, now or utc_now())  # known account or not
     user = await find_user_by_email(accounts, email)
     if user is None:
         await verify_dummy(password)  # so an unknown e-mail takes as long as a wrong password
         raise InvalidCredentialsError("wrong e-mail or password")
     if not await password_matches(accounts, user, password):
         raise InvalidCredentialsError("wrong e-mail or password")
+    await accounts.throttle.succeeded(account)
     return user
+
+
+async def check_password(
+    accounts: Accounts, user: UserState, password: str, now: datetime | None = None
+) -> None:
+    """InvalidCredentialsError unless `password` is the user's, throttled as logins are (a
+    stolen access token must not make a way around the login's limits)."""
+    account = f"user:{user.user_id}"
+    await accounts.throttle.attempt(account, now or utc_now())
+    if not await password_matches(accounts, user, password):
+        raise InvalidCredentialsError("wrong password")
+    await accounts.throttle.succeeded(account)
 
 
 async def password_matches(accounts: Accounts, user: UserState, password: str) -> bool:
@@ -325,11 +349,19 @@ def _reservations(db: AsyncDatabase[Document]) -> AsyncCollection[Document]:
     )
 
 
-def _check_policy(password: str) -> None:
-    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        raise InvalidCommandError(
-            "password", f"must have {PASSWORD_MIN} to {PASSWORD_MAX} characters"
-        )
+async def _check_policy(password: str, *, email: str, display_name: str) -> None:
+    try:
+        await check_new_password(password, email=email, display_name=display_name)
+    except WeakPasswordError as exc:
+        raise InvalidCommandError("password", str(exc)) from None
+
+
+def _normalized_or_raw(email: str) -> str:
+    """The normalised address, or (not an address at all) the text as typed, folded."""
+    try:
+        return normalize_email(email)
+    except InvalidCommandError:
+        return email.strip().casefold()
 
 
 def _text(value: bytes | str) -> str:

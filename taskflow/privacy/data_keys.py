@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 import structlog
@@ -60,12 +61,22 @@ class SubjectErasedError(Exception):
         self.subject = subject
 
 
+class Standing(Enum):
+    """What this process knows of a user id (for refusing tokens of unknown or erased users)."""
+
+    LIVE = "live"  # has a data key, or was found in the log
+    ERASED = "erased"
+    UNKNOWN = "unknown"  # no data key: a user registered before keys existed, or nobody
+    ABSENT = "absent"  # looked up in the log too, and not there
+
+
 @dataclass(frozen=True)
 class _Entry:
     expires: float  # monotonic; math.inf for an erased user (erasure is final)
     erased: bool
     version: int = 0
-    key: AESGCM | None = None  # None for a user known to exist but whose key is not loaded
+    key: AESGCM | None = None  # None when the key is not loaded (or the user has none)
+    standing: Standing = Standing.LIVE
 
 
 class DataKeys:
@@ -152,21 +163,34 @@ class DataKeys:
 
     async def is_erased(self, subject: str) -> bool:
         """Whether `subject` was erased (cached; an unknown user is not erased)."""
+        return await self.standing(subject) is Standing.ERASED
+
+    async def standing(self, subject: str) -> Standing:
+        """Whether `subject` is a live, erased or unknown user: cached, so an authenticated
+        request usually asks nothing of MongoDB (at most one read per user a minute)."""
         entry = self._cached(subject)
         if entry is not None:
-            return entry.erased
+            return Standing.ERASED if entry.erased else entry.standing
         try:
-            tombstone = await self.erased.find_one({"_id": subject})
+            if await self.erased.find_one({"_id": subject}) is not None:
+                self.mark_erased(subject)
+                return Standing.ERASED
+            known = await self.keys.find_one({"user_id": subject}, {"_id": 1}) is not None
         except PyMongoError as exc:
-            # Reads are served from Redis while MongoDB is down (DESIGN.md §6); an erasure
-            # reached this process by its announcement unless that was lost too.
-            log.warning("erased_check_unavailable", error=repr(exc))
-            return False
-        if tombstone is not None:
-            self.mark_erased(subject)
-            return True
-        self._remember(subject, _Entry(self._clock() + self._cache_seconds, erased=False))
-        return False
+            # Reads are served from Redis while MongoDB is down (DESIGN.md §6): a user checked
+            # before stays cached, an erasure arrives by its announcement; the rest go on.
+            log.warning("user_check_unavailable", error=repr(exc))
+            return Standing.LIVE
+        standing = Standing.LIVE if known else Standing.UNKNOWN
+        self._remember(subject, self._entry(standing))
+        return standing
+
+    def settle(self, subject: str, *, exists: bool) -> None:
+        """Record what the log says of an UNKNOWN user (found: LIVE; not found: ABSENT)."""
+        self._remember(subject, self._entry(Standing.LIVE if exists else Standing.ABSENT))
+
+    def _entry(self, standing: Standing) -> _Entry:
+        return _Entry(self._clock() + self._cache_seconds, erased=False, standing=standing)
 
     def mark_erased(self, subject: str) -> None:
         """Forget `subject`'s key in this process for good (it was erased)."""

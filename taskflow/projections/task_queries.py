@@ -46,16 +46,16 @@ ViewJson = dict[str, Any]
 # of two about 210 us, a script about the same as one command; docs/benchmarks.md). -1 means
 # the guard refused, nil (None) that there is nothing stored.
 _GUARDED_HGET = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-return redis.call('HGET', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return -1 end
+return redis.call('HGET', KEYS[3], ARGV[1])
 """
 # The cached page's key holds the owner's generation, so the script reads the generation and
 # then the page it names: ARGV are the key's parts before and after the generation. (A key
 # built inside a script is not declared in KEYS; fine on one Redis, not on a Redis Cluster,
 # where none of a user's read-model keys share a hash slot anyway.)
 _GUARDED_PAGE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local generation = redis.call('GET', KEYS[2]) or '0'
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return -1 end
+local generation = redis.call('GET', KEYS[3]) or '0'
 local page = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if page then return {generation, page} end
 return {generation}
@@ -67,12 +67,13 @@ class ReadGuard(Protocol):
     """A condition a read must pass, checked in the read's own Redis round trip.
 
     The API's guard is the caller's deny-list entry (taskflow.auth.denylist.DenyGuard): the
-    read is refused when `key` exists in Redis; when Redis cannot answer, `check_without_redis`
-    decides (it raises to refuse) before the read goes to MongoDB.
+    read is refused when either of `keys` exists in Redis (the token's deny entry, its refresh
+    family's revocation); when Redis cannot answer, `check_without_redis` decides (it raises to
+    refuse) before the read goes to MongoDB.
     """
 
     @property
-    def key(self) -> str: ...
+    def keys(self) -> tuple[str, str]: ...
 
     @property
     def timeout(self) -> float: ...
@@ -165,7 +166,8 @@ class TaskReads:
         async def from_redis() -> ViewJson | None:
             keys = await self._keys()
             raw = self._allowed(
-                guard, await self._guarded_hget(keys=[guard.key, keys.tasks(owner)], args=[task_id])
+                guard,
+                await self._guarded_hget(keys=[*guard.keys, keys.tasks(owner)], args=[task_id]),
             )
             return orjson.loads(raw) if raw else None
 
@@ -262,7 +264,7 @@ class TaskReads:
         head, tail = _around_generation(keys, owner, f"{renderer.name}-{query.fingerprint()}")
         answer = self._allowed(
             guard,
-            await self._guarded_page(keys=[guard.key, keys.generation(owner)], args=[head, tail]),
+            await self._guarded_page(keys=[*guard.keys, keys.generation(owner)], args=[head, tail]),
         )
         generation, *cached = answer
         CACHE.labels("hit" if cached else "miss").inc()
