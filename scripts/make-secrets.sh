@@ -12,7 +12,9 @@ token() { python3 -c 'import secrets; print(secrets.token_urlsafe(48))'; }
 kek() { python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'; }
 write() {  # name value
   if [ -s "$dir/$1" ]; then echo "kept    $dir/$1"; return; fi
-  (umask 077; printf '%s\n' "$2" > "$dir/$1")
+  # Readable by the containers' unprivileged user (compose bind-mounts the file as it is); the
+  # directory (700) is what keeps other host users out.
+  (umask 022; printf '%s\n' "$2" > "$dir/$1")
   echo "written $dir/$1"
 }
 write jwt_keys "k1:$(token)"

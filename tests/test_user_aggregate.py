@@ -42,7 +42,13 @@ emails = st.builds(
     labels,
     st.sampled_from(["", " ", "\t"]),
 )
-display_names = st.text(min_size=1, max_size=100).filter(str.strip)
+# Display names hold no control or bidi characters (task_values.printable).
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+display_names = st.text(
+    st.characters(exclude_categories=["Cc", "Cs"], exclude_characters=BIDI),
+    min_size=1,
+    max_size=100,
+).filter(str.strip)
 credentials = st.sampled_from(["cred-a", "cred-b", "cred-c"])
 registrations = st.builds(
     RegisterUser,
