@@ -50,7 +50,8 @@ async def append_stream(store: EventStore, stream_id: str, count: int) -> None:
     """Append `count` commits of one small event each to a new stream, one after another."""
     batch = [([small_event(stream_id)], metadata()) for _ in range(count)]
     for version, (events, meta) in enumerate(batch):
-        await store.append(stream_id, version, events, meta)
+        # Personal data is sealed under its owner's key, as every task command's is.
+        await store.append(stream_id, version, events, meta, subject=f"{stream_id}-owner")
 
 
 async def raw_inserts(servers: Servers, writers: int, count: int) -> float:

@@ -17,6 +17,8 @@ from redis.asyncio import Redis
 from taskflow.bootstrap import Services, open_services
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.privacy.data_keys import DataKeys
+from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.settings import Settings, views_database_for
 
 Document = dict[str, Any]
@@ -77,6 +79,7 @@ class Servers:
             HashChain(key),
             gap_timeout=self.settings.gap_timeout_seconds,
             insert_batch=self.settings.log_insert_batch,
+            keys=DataKeys(db, self.redis, KeyEncryptionKeys.from_settings(self.settings)),
         )
         await store.ensure_indexes()
         return store

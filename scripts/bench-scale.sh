@@ -10,6 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+# Benchmarks run TaskFlow with its built-in development keys.
+export TASKFLOW_ENV=development
 
 if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   scripts/services.sh start scale

@@ -13,8 +13,11 @@ from pymongo.read_preferences import SecondaryPreferred
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from taskflow.auth.indexes import ensure_auth_indexes
+from taskflow.commands.user_handlers import Accounts
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.privacy.data_keys import DataKeys
+from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.settings import Settings
 
 Document = dict[str, Any]
@@ -31,6 +34,8 @@ class Services:
     read_db: AsyncDatabase[Document]  # the read models again, from secondaries when there are any
     redis: Redis
     store: MongoEventStore
+    keys: DataKeys  # the per-user data keys (docs/privacy.md)
+    accounts: Accounts  # what the user handlers need
 
 
 def read_preference(settings: Settings) -> SecondaryPreferred:
@@ -76,6 +81,7 @@ async def open_services(
     redis = redis_client(settings.redis_url, settings.redis_timeout_seconds)
     try:
         db = mongo.get_database(settings.mongodb_db, read_preference=ReadPreference.PRIMARY)
+        keys = DataKeys(db, redis, KeyEncryptionKeys.from_settings(settings))
         store = MongoEventStore(
             db,
             redis,
@@ -83,6 +89,7 @@ async def open_services(
             gap_timeout=settings.gap_timeout_seconds,
             head_ttl=settings.stream_head_ttl_seconds,
             insert_batch=settings.log_insert_batch,
+            keys=keys,
         )
         yield Services(
             settings=settings,
@@ -96,6 +103,8 @@ async def open_services(
             ),
             redis=redis,
             store=store,
+            keys=keys,
+            accounts=Accounts.create(store, db, redis, settings),
         )
     finally:
         await redis.aclose()
@@ -108,5 +117,7 @@ async def ensure_indexes(services: Services) -> None:
 
     await services.store.ensure_indexes()
     await ensure_auth_indexes(services.db)
+    await services.keys.ensure_indexes()
+    await services.accounts.credentials.ensure_indexes()
     for projection in projections(services):
         await projection.setup()

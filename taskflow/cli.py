@@ -16,6 +16,7 @@ from aiohttp import web
 
 from taskflow import __version__, operations
 from taskflow.logs import configure_logging, configure_sentry
+from taskflow.privacy.keks import KekError
 from taskflow.settings import Settings, SettingsError, load_settings
 
 
@@ -25,7 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = configured_settings()
     if settings is None:
         return 2
-    code: int = args.run(settings, args)
+    try:
+        code: int = args.run(settings, args)
+    except KekError as exc:  # a missing or wrong key-encryption key, found at start
+        print(f"taskflow: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     return code
 
 
@@ -62,6 +67,13 @@ def _operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     grant.add_argument("email")
     grant.add_argument("role", choices=["auditor"])
     grant.set_defaults(run=lambda s, a: _async(operations.grant_role(s, a.email, a.role)))
+    erase = users.add_parser("erase", help="erase a user: destroy their data key (privacy.md)")
+    erase.add_argument("user_id")
+    erase.set_defaults(run=lambda s, a: _async(operations.erase_user(s, a.user_id)))
+    keys = commands.add_parser("keys", help="data keys").add_subparsers(required=True)
+    keys.add_parser("rotate", help="re-wrap every data key under DATA_KEK_ACTIVE").set_defaults(
+        run=lambda s, a: _async(operations.keys_rotate(s))
+    )
     audit = commands.add_parser("audit", help="audit the log").add_subparsers(required=True)
     verify = audit.add_parser("verify", help="hash chains, seals and read models against the log")
     verify.add_argument(
@@ -71,6 +83,10 @@ def _operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="keep the log audit's progress in this file and resume from it if it exists",
     )
     verify.set_defaults(run=lambda s, a: _async(operations.audit_verify(s, a.state)))
+    audit.add_parser(
+        "rewrite-legacy",
+        help="remove password hashes and seal personal data in commits written before sealing",
+    ).set_defaults(run=lambda s, a: _async(operations.audit_rewrite_legacy(s)))
     export = audit.add_parser("export", help="NDJSON of the global feed")
     export.add_argument("--after", type=int, default=0, help="resume after this position")
     export.set_defaults(run=lambda s, a: _async(operations.audit_export(s, a.after, sys.stdout)))

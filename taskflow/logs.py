@@ -58,13 +58,45 @@ def configure_logging(level: str, *, json: bool = True) -> None:
         structlog.stdlib.ProcessorFormatter(
             # Lines from stdlib loggers (aiohttp, gunicorn, pymongo) name their logger, and
             # leave out the formatter's own bookkeeping (`_record`, `_from_structlog`).
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            # A stdlib record's traceback rendered as text (not the repr of a traceback object).
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.format_exc_info,
+            ],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in SERVER_LOGGERS:
+        server = logging.getLogger(name)
+        if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+            server.addFilter(MalformedRequestFilter())
+
+
+# The loggers aiohttp's HTTP parser reports through: its own, or gunicorn's in API_WORKERS mode.
+SERVER_LOGGERS = ("aiohttp.server", "gunicorn.error")
+
+
+class MalformedRequestFilter(logging.Filter):
+    """A request the HTTP parser refused (a bad request line, an over-long header) is the
+    client's fault: logged at INFO with its reason, never at ERROR with a traceback. Such
+    requests need no login and have no rate limit, so they must not fill the logs or Sentry.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed_request from %s: %s (%s)"
+            record.args = (remote, type(exc).__name__, str(exc.message)[:200])
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def configure_sentry(dsn: str | None, *, release: str) -> bool:

@@ -13,6 +13,14 @@ POSITION_BLOCKS = "position_blocks"
 # Seals of the whole log (insert-only, `_id` = the position sealed) and the sealer's checkpoint.
 LOG_SEALS = "log_seals"
 LOG_SEAL_CHECKPOINT = "log_seal_checkpoint"
+# Personal data (docs/privacy.md): data keys wrapped by a KEK (insert-only; erasure deletes a
+# user's), one check value per KEK, one tombstone per erased user, password hashes, and the
+# journal of rewritten legacy commits.
+DATA_KEYS = "data_keys"
+KEK_CHECKS = "key_encryption_keys"
+ERASED_SUBJECTS = "erased_subjects"
+CREDENTIALS = "credentials"
+LOG_REWRITES = "log_rewrites"
 
 # Redis keys. One prefix so a shared Redis can host several deployments side by side.
 PREFIX = "tf:"
@@ -21,6 +29,8 @@ POSITION_COUNTER = PREFIX + "log:position"
 POSITION_RESERVED = PREFIX + "log:position:reserved"
 SETTLED_HEAD = PREFIX + "log:settled"
 WAKE_CHANNEL = PREFIX + "log:wake"
+# An erased user's id, published so every process drops its cached data key at once.
+KEYS_ERASED_CHANNEL = PREFIX + "keys:erased"
 
 
 def commit_hint_key(position: int) -> str:
@@ -80,14 +90,26 @@ def refresh_token_key(token_hash: str) -> str:
     return f"{PREFIX}auth:rt:{token_hash}"
 
 
+def login_throttle_key(account: str) -> str:
+    """One account's failed password attempts in a row (auth/throttle.py); `account` is the
+    e-mail's keyed hash or a user id, never an address."""
+    return f"{PREFIX}auth:throttle:{account}"
+
+
+def refresh_successor_key(token_hash: str) -> str:
+    """The successor of a refresh token, encrypted, kept for its grace window only."""
+    return f"{PREFIX}auth:succ:{token_hash}"
+
+
 def revoked_family_key(family_id: str) -> str:
     """The Redis mirror of a refresh-token family's revocation (MongoDB is the authority)."""
     return f"{PREFIX}auth:rfam:{family_id}"
 
 
-def email_user_key(email: str) -> str:
-    """The user id registered under a normalised e-mail address (a cache of the reservation)."""
-    return f"{PREFIX}auth:email:{email}"
+def email_user_key(email_digest: str) -> str:
+    """The user id registered under an e-mail address, by the address's keyed hash (a cache of
+    the reservation; the address itself never names a key)."""
+    return f"{PREFIX}auth:email:{email_digest}"
 
 
 READ_MODEL_NEXT = PREFIX + "rm:next"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Never, TextIO, TypeVar
@@ -16,13 +17,17 @@ from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from taskflow import names
-from taskflow.bootstrap import Services, open_services
+from taskflow.auth.refresh import RefreshTokens
+from taskflow.bootstrap import Services, ensure_indexes, open_services
 from taskflow.commands.aggregates import USER
+from taskflow.commands.errors import UserNotFoundError
 from taskflow.commands.runner import Context, execute
 from taskflow.commands.user import GrantRole
 from taskflow.commands.user_handlers import find_user_by_email
 from taskflow.events.codec import commit_to_json
 from taskflow.events.log_seals import LogAudit
+from taskflow.privacy.erasure import handle_erase_user
+from taskflow.privacy.rewrite import rewrite_legacy
 from taskflow.projections.catalog import log_projections, projections
 from taskflow.projections.rebuild import RebuildVerificationError, rebuild
 from taskflow.projections.verify import ViewMismatch, verify_read_models
@@ -43,20 +48,79 @@ def _tick(bar: tqdm[Never]) -> None:
     bar.update(1)
 
 
+@asynccontextmanager
+async def _checked(settings: Settings) -> AsyncIterator[Services]:
+    """The services, once the KEKs are known to read this deployment's data keys (KekError)."""
+    async with open_services(settings) as services:
+        await services.keys.check_keks()
+        yield services
+
+
+def _operator_context() -> Context:
+    return Context(actor="operator", request_id=uuid.uuid4().hex, correlation_id="cli")
+
+
 async def grant_role(settings: Settings, email: str, role: str) -> int:
     """Grant a role (recorded as a UserRoleGranted event); it reaches tokens at the next login."""
-    async with open_services(settings) as services:
-        user = await find_user_by_email(services.store, services.db, services.redis, email)
+    async with _checked(settings) as services:
+        user = await find_user_by_email(services.accounts, email)
         if user is None:
             print(f"no user registered as {email!r}", file=sys.stderr)
             return 1
-        context = Context(actor="operator", request_id=uuid.uuid4().hex, correlation_id="cli")
+        context = _operator_context()
         command = GrantRole.model_validate({"user_id": user.user_id, "role": role})
         outcome = await execute(
             services.store, USER, user.user_id, command, context, datetime.now(UTC)
         )
         print(f"{email}: role {role} {'granted' if outcome.changed else 'already held'}")
         return 0
+
+
+async def erase_user(settings: Settings, user_id: str) -> int:
+    """Erase a user (docs/privacy.md); erasing again finishes an interrupted erasure."""
+    async with _checked(settings) as services:
+        await ensure_indexes(services)
+        refresh = RefreshTokens(services.db, services.redis, settings.refresh_token_ttl_seconds)
+        try:
+            outcome = await handle_erase_user(
+                services.accounts,
+                services.keys,
+                refresh,
+                user_id=user_id,
+                context=_operator_context(),
+            )
+        except UserNotFoundError:
+            print(f"no user {user_id!r}", file=sys.stderr)
+            return 1
+    print(f"user {user_id}: {'erased' if outcome.changed else 'was erased already'}")
+    return 0
+
+
+async def keys_rotate(settings: Settings) -> int:
+    """Re-wrap every data key under DATA_KEK_ACTIVE; then the other KEKs can be dropped."""
+    async with _checked(settings) as services:
+        with tqdm(desc="re-wrap", unit=" keys", file=sys.stderr) as bar:
+            done = await services.keys.rotate(lambda n: _tick(bar))
+    print(
+        f"keys rotate: {done} data keys re-wrapped under {settings.data_kek_active!r}; "
+        "KEKs other than it may now be removed from DATA_KEKS"
+    )
+    return 0
+
+
+async def audit_rewrite_legacy(settings: Settings) -> int:
+    """Remove password hashes and seal personal data in commits written before this version."""
+    async with _checked(settings) as services:
+        await ensure_indexes(services)
+        with _bar(await services.store.head_position(), "scan") as bar:
+            report = await rewrite_legacy(services, lambda position: _tick(bar))
+    for refusal in report.refused:
+        print(f"REFUSED {refusal}")
+    print(
+        f"rewrite-legacy: {report.commits} commits of {report.streams} streams rewritten, "
+        f"{report.reservations} e-mail reservations re-keyed, {len(report.refused)} refused"
+    )
+    return 1 if report.refused else 0
 
 
 async def audit_verify(settings: Settings, state_file: Path | None = None) -> int:
@@ -67,7 +131,7 @@ async def audit_verify(settings: Settings, state_file: Path | None = None) -> in
     state (every `AUDIT_SAVE_EVERY` positions), so a long audit beside running projectors ends.
     With `state_file` the state is also kept on disk: a verify that was stopped resumes there.
     """
-    async with open_services(settings) as services:
+    async with _checked(settings) as services:
         audit = await _audit_log(services, state_file)
         mismatches: list[ViewMismatch] = []
         for version in sorted(await _retrying(lambda: read_model_versions(services))):
@@ -183,7 +247,7 @@ def _sealed_to(audit: LogAudit) -> str:
 
 async def audit_export(settings: Settings, after: int, out: TextIO) -> int:
     """NDJSON of the global feed after a position; resume with --after <last position>."""
-    async with open_services(settings) as services:
+    async with _checked(settings) as services:
         head = await services.store.head_position()
         with _bar(max(head - after, 0), "export") as bar:
             async for commit in services.store.read_all(after):
@@ -225,7 +289,7 @@ async def projections_rebuild(settings: Settings, name: str) -> int:
     if name not in {"task_views", "all"}:
         print(f"unknown projection {name!r}: try task_views", file=sys.stderr)
         return 2
-    async with open_services(settings) as services:
+    async with _checked(settings) as services:
         bar = _bar(await services.store.head_position(), "rebuild")
 
         def progress(done: int, total: int) -> None:

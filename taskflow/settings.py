@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -26,10 +27,14 @@ class Settings(BaseSettings):
     """Everything TaskFlow reads from its environment (README: Configuration).
 
     Every secret can also come from a file named by `<NAME>_FILE` (Docker and Kubernetes
-    secrets).
+    secrets). Outside TASKFLOW_ENV=development no secret may be a built-in or example value.
     """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # "development" (set by `make dev` and the tests) is the only environment in which the
+    # built-in keys are accepted; anything else is treated as production.
+    taskflow_env: str = "production"
 
     mongodb_uri: str = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
     mongodb_db: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "taskflow"
@@ -68,6 +73,13 @@ class Settings(BaseSettings):
     jwt_issuer: str = "taskflow"
     jwt_audience: str = "taskflow-api"
     access_token_ttl_seconds: Annotated[int, Field(ge=30, le=3600)] = 900
+    # Per-account login throttling (taskflow/auth/throttle.py): this many failures in a row are
+    # free, then each further one doubles a wait (from one second) up to the cap.
+    login_free_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    login_backoff_cap_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Two refreshes of one token within this many seconds get the same successor (two tabs);
+    # a token presented again later revokes its family. 0: every second use revokes.
+    refresh_grace_seconds: Annotated[float, Field(ge=0, le=60)] = 5.0
     # While Redis is down, an API process checks tokens against its copy of the deny list for
     # this long after the copy's last refresh, then fails closed (503). 0: fail closed at once.
     auth_deny_copy_max_age_seconds: Annotated[float, Field(ge=0, le=3600)] = 300.0
@@ -76,6 +88,16 @@ class Settings(BaseSettings):
 
     # Keys the per-stream hash chain; lives only in configuration, never in the database.
     event_log_hmac_key: SecretStr = SecretStr("dev-only-event-log-key-change-me")
+    # Key-encryption keys (KEKs): each wraps the per-user data keys that encrypt personal data
+    # in the log (docs/privacy.md). Several by id so that one can be rotated out; the active one
+    # wraps new data keys. Each is 32 bytes, base64 ("kid:base64,kid2:base64").
+    data_keks: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=lambda: {"dev": SecretStr(DEV_KEK)}
+    )
+    data_kek_active: str = "dev"
+    # Keys the hash of a normalised e-mail address that reserves it and finds it at login, so
+    # the address itself is never a database key (docs/privacy.md).
+    email_hash_key: SecretStr = SecretStr("dev-only-email-hash-key-change-me-0123")
 
     # A position nobody has written after this long is sealed with a gap (DESIGN.md §3).
     gap_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
@@ -104,18 +126,6 @@ class Settings(BaseSettings):
 
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     sentry_dsn: SecretStr | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """`<NAME>_FILE` beside the environment (setting both is an error)."""
-        return (init_settings, SecretFiles(settings_cls), env_settings, dotenv_settings)
 
     # -- the live change feeds (docs/change-feed.md) --
     # Each owner's last changes kept in Redis for resuming (at least this many; Redis trims in
@@ -157,6 +167,63 @@ class Settings(BaseSettings):
             raise ValueError("at least one kid:secret pair is required")
         return keys
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`<NAME>_FILE` beside the environment (setting both is an error)."""
+        return (init_settings, SecretFiles(settings_cls), env_settings, dotenv_settings)
+
+    @model_validator(mode="after")
+    def _no_published_secrets(self) -> Settings:
+        """Outside development, refuse every secret that is built in or an example's."""
+        if self.taskflow_env == DEVELOPMENT:
+            return self
+        published = [name for name in SECRET_SETTINGS if _is_published(getattr(self, name))]
+        if published:
+            raise ValueError(
+                "; ".join(
+                    f"{name.upper()} holds a built-in or example key, refused outside "
+                    f"TASKFLOW_ENV={DEVELOPMENT}: make one with `{KEY_COMMANDS[name]}`"
+                    + (" and give it as kid:key" if name in KID_PAIRS else "")
+                    for name in published
+                )
+            )
+        return self
+
+    @field_validator("data_keks", mode="before")
+    @classmethod
+    def _parse_keks(cls, raw: object) -> object:
+        """Accept `kid:base64,kid2:base64` from the environment; every key 32 bytes."""
+        if isinstance(raw, str):
+            pairs = [part.strip().partition(":") for part in raw.split(",") if part.strip()]
+            if not pairs or any(not sep or not kid for kid, sep, _ in pairs):
+                raise ValueError("expected kid:base64 pairs, e.g. k1:" + KEK_EXAMPLE)
+            raw = {kid: secret for kid, _, secret in pairs}
+        if isinstance(raw, dict):
+            for kid, secret in raw.items():
+                value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+                if not _is_kek(str(value)):
+                    raise ValueError(
+                        f"key {kid!r} is not 32 bytes in base64; make one with: "
+                        "python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32))"
+                        ".decode())'"
+                    )
+        return raw
+
+    @field_validator("data_kek_active")
+    @classmethod
+    def _active_kek_known(cls, kid: str, info: object) -> str:
+        data = getattr(info, "data", {})
+        if "data_keks" in data and kid not in data["data_keks"]:
+            raise ValueError(f"{kid!r} is not one of DATA_KEKS")
+        return kid
+
     @field_validator("rate_limit_auth", "rate_limit_api")
     @classmethod
     def _parse_limit(cls, value: str) -> str:
@@ -172,6 +239,15 @@ class Settings(BaseSettings):
             return tuple(filter(None, (o.strip() for o in raw.split(","))))
         return raw
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        # Credentials (the refresh cookie) are always allowed here: "*" would hand them to any
+        # site, `null` (sandboxed frames, files) included. Name each origin.
+        if any(origin in {"*", "null"} for origin in origins):
+            raise ValueError("'*' and 'null' are refused: list each allowed origin")
+        return origins
+
     @field_validator("jwt_active_kid")
     @classmethod
     def _active_kid_known(cls, kid: str, info: object) -> str:
@@ -181,8 +257,42 @@ class Settings(BaseSettings):
         return kid
 
 
-# The secret settings, each of which may come from the file `<NAME>_FILE` names.
-SECRET_FILES = ("mongodb_uri", "redis_url", "jwt_keys", "event_log_hmac_key", "sentry_dsn")
+# The development KEK: 32 published bytes, for `make dev` and the tests only.
+DEV_KEK = "ZGV2LW9ubHkta2VrLW5ldmVyLWluLXByb2R1Y3Rpb24="
+KEK_EXAMPLE = "<32 random bytes in base64>"
+DEVELOPMENT = "development"
+
+# The secret settings: each may come from `<NAME>_FILE`, and the keys among them may not be
+# built-in or example values outside development (the command that makes a good one).
+SECRET_FILES = (
+    "mongodb_uri",
+    "redis_url",
+    "jwt_keys",
+    "event_log_hmac_key",
+    "data_keks",
+    "email_hash_key",
+    "sentry_dsn",
+)
+_RANDOM_TEXT = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+_RANDOM_KEK = "python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'"
+KEY_COMMANDS = {
+    "jwt_keys": _RANDOM_TEXT,
+    "event_log_hmac_key": _RANDOM_TEXT,
+    "data_keks": _RANDOM_KEK,
+    "email_hash_key": _RANDOM_TEXT,
+}
+SECRET_SETTINGS = tuple(KEY_COMMANDS)
+KID_PAIRS = frozenset({"jwt_keys", "data_keks"})
+# Markers of the values shipped in this repository (settings.py, deploy/taskflow.env.example).
+_PUBLISHED_MARKERS = ("dev-only", "change-me", "changeme", "replace-me", "example")
+
+
+def _is_published(value: object) -> bool:
+    """Whether a secret (or any secret of a kid:secret mapping) is a shipped value."""
+    if isinstance(value, dict):
+        return any(_is_published(v) for v in value.values())
+    text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return text == DEV_KEK or any(marker in text.lower() for marker in _PUBLISHED_MARKERS)
 
 
 class SecretFiles(PydanticBaseSettingsSource):
@@ -207,6 +317,13 @@ class SecretFiles(PydanticBaseSettingsSource):
         return values
 
 
+def _is_kek(value: str) -> bool:
+    try:
+        return len(base64.b64decode(value, validate=True)) == 32
+    except ValueError:
+        return False
+
+
 class SettingsError(Exception):
     """The environment does not describe a valid configuration."""
 
@@ -222,7 +339,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            (f"{str(err['loc'][0]).upper()}: " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise SettingsError(f"invalid configuration: {problems}") from None

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,17 +16,34 @@ from pymongo import AsyncMongoClient
 
 from taskflow.api.keys import SERVICES
 from taskflow.auth.tokens import issue_access_token
+from taskflow.bootstrap import open_services
 from taskflow.projections.catalog import catch_up, projections
+from taskflow.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
+# What refresh and logout need besides the cookie or token: a header no other site can send
+# without a preflight (the test client sends no Origin), with an application/json body.
+SAME_SITE = {"X-Requested-With": "taskflow-tests"}
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 
-def bearer(client: Client, user_id: str | None = None) -> dict[str, str]:
-    """Authorization for a (new) user id: a real token, verified by the real middleware."""
-    settings = client.app[SERVICES].settings
-    token = issue_access_token(settings, user_id or uuid.uuid4().hex, [], datetime.now(UTC))
+async def bearer(
+    client: Client, user_id: str | None = None, roles: Sequence[str] = ()
+) -> dict[str, str]:
+    """Authorization for a (new) user id: a real token, verified by the real middleware. The
+    user is made to exist first (its data key), as tokens of unknown users are refused."""
+    services = client.app[SERVICES]
+    user = user_id or uuid.uuid4().hex
+    await services.keys.sealing_key(user)
+    token = issue_access_token(services.settings, user, list(roles), datetime.now(UTC))
     return {"Authorization": f"Bearer {token.token}"}
+
+
+async def existing_user(settings: Settings, user_id: str) -> None:
+    """Make `user_id` a user the API knows (its data key), for tokens used against an API that
+    runs in another process."""
+    async with open_services(settings) as services:
+        await services.keys.sealing_key(user_id)
 
 
 async def wait_ready(client: Client) -> None:

@@ -19,11 +19,16 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from taskflow.bootstrap import redis_client
+from taskflow.commands.user_handlers import Accounts
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.privacy.data_keys import DataKeys
+from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.settings import Settings
 
 TEST_HMAC_KEY = b"test-event-log-key"
+# The suite runs on the built-in development keys; the processes it starts inherit this.
+os.environ.setdefault("TASKFLOW_ENV", "development")
 
 # No per-example deadline: on a loaded 2-core machine a first example can take seconds, and a
 # property test must fail on properties, not on timing (the suite has a per-test timeout).
@@ -48,6 +53,7 @@ def settings() -> Settings:
     with SyncRedis.from_url(_service_url("REDIS_URL")) as sync_redis:
         sync_redis.flushdb()
     return Settings(
+        taskflow_env="development",
         mongodb_uri=_service_url("MONGODB_URI"),
         redis_url=_service_url("REDIS_URL"),
         mongodb_db=f"t_{uuid.uuid4().hex[:16]}",
@@ -103,11 +109,28 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def store(db: AsyncDatabase[dict[str, Any]], redis: Redis) -> MongoEventStore:
-    """The event store on the real servers, indexes created, with a short gap timeout."""
-    store = MongoEventStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3)
+async def keys(db: AsyncDatabase[dict[str, Any]], redis: Redis, settings: Settings) -> DataKeys:
+    """The data keys on the real servers, under the settings' (development) KEK."""
+    keys = DataKeys(db, redis, KeyEncryptionKeys.from_settings(settings))
+    await keys.ensure_indexes()
+    return keys
+
+
+@pytest.fixture
+async def store(db: AsyncDatabase[dict[str, Any]], redis: Redis, keys: DataKeys) -> MongoEventStore:
+    """The event store on the real servers, indexes created, with a short gap timeout; personal
+    fields sealed under the test's data keys, as in a deployment."""
+    store = MongoEventStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3, keys=keys)
     await store.ensure_indexes()
     return store
+
+
+@pytest.fixture
+async def accounts(
+    store: MongoEventStore, db: AsyncDatabase[dict[str, Any]], redis: Redis, settings: Settings
+) -> Accounts:
+    """What the user handlers work with, on the test's store."""
+    return Accounts.create(store, db, redis, settings)
 
 
 def closed_port() -> int:

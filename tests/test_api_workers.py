@@ -17,6 +17,7 @@ import pytest
 
 from taskflow.auth.tokens import issue_access_token
 from taskflow.settings import Settings
+from tests.api_support import existing_user
 from tests.conftest import closed_port
 
 HEALTH_COUNT = 'taskflow_http_request_duration_seconds_count{method="GET",route="/api/health"'
@@ -108,6 +109,7 @@ async def test_two_workers_share_the_port_and_the_metrics_and_a_dead_one_is_repl
         metrics = _metrics_dir(process.pid)
 
         # Commands work through whichever worker takes the connection.
+        await existing_user(settings, "worker-user")
         token = issue_access_token(settings, "worker-user", [], datetime.now(UTC)).token
         auth = {"Authorization": f"Bearer {token}"}
         for n in range(6):

@@ -20,7 +20,6 @@ from pymongo.errors import AutoReconnect
 
 from taskflow import names, operations
 from taskflow.api.keys import SERVICES
-from taskflow.auth.tokens import issue_access_token
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.errors import DomainError
 from taskflow.commands.runner import Context, execute
@@ -38,11 +37,9 @@ from taskflow.settings import Settings
 from tests.api_support import Client, bearer, create_task, project
 
 
-def auditor(client: Client) -> dict[str, str]:
-    token = issue_access_token(
-        client.app[SERVICES].settings, uuid.uuid4().hex, ["auditor"], datetime.now(UTC)
-    )
-    return {"Authorization": f"Bearer {token.token}"}
+async def auditor(client: Client) -> dict[str, str]:
+    """A token of a (new) user who holds the auditor role."""
+    return await bearer(client, roles=["auditor"])
 
 
 changes = st.one_of(
@@ -90,7 +87,7 @@ async def test_as_of_version_k_is_the_fold_of_the_first_k_events(
 async def test_history_and_time_travel_over_http(client: Client) -> None:
     """The owner reads every change with its actor, and the task at any version or moment."""
     owner = uuid.uuid4().hex
-    auth = bearer(client, owner)
+    auth = await bearer(client, owner)
     task = await create_task(client, auth, title="v1")
     url = f"/api/tasks/{task['id']}"
     await asyncio.sleep(0.01)
@@ -127,7 +124,7 @@ async def test_history_and_time_travel_over_http(client: Client) -> None:
     assert await _invalid(client, f"{url}/history?after_version=4", auth) == ["after_version"]
     last = await client.get(f"{url}/history?after_version=3", headers=auth)
     assert (await last.json()) == {"items": [], "next": None}
-    intruder = bearer(client)
+    intruder = await bearer(client)
     assert (await client.get(f"{url}?version=4", headers=intruder)).status == 404
     assert (await client.get(f"{url}/history?after_version=4", headers=intruder)).status == 404
     assert (await client.get(f"{url}/history", headers=intruder)).status == 404
@@ -145,12 +142,12 @@ async def _invalid(
 
 async def test_audit_endpoints_are_for_auditors_and_read_only(client: Client) -> None:
     """Auditors read the ordered feed and whole streams; others get 403; nothing can be written."""
-    auth = bearer(client)
+    auth = await bearer(client)
     first = await create_task(client, auth, title="one")
     second = await create_task(client, auth, title="two")
     assert (await client.get("/api/audit/events", headers=auth)).status == 403
     assert (await client.get(f"/api/audit/streams/task-{first['id']}", headers=auth)).status == 403
-    audit = auditor(client)
+    audit = await auditor(client)
     feed = await (await client.get("/api/audit/events?after=0&limit=10", headers=audit)).json()
     assert [c["stream_id"] for c in feed["items"]] == [
         f"task-{first['id']}",
@@ -181,7 +178,7 @@ async def fill_with_gaps(store: MongoEventStore, count: int) -> None:
 async def test_the_feed_passes_over_gaps_and_says_where_it_ends(client: Client) -> None:
     """No empty page in the middle of the log: a page passes over runs of gaps (more than its
     `limit`), and `end` is true exactly when it reaches the settled head."""
-    auth, audit = bearer(client), auditor(client)
+    auth, audit = await bearer(client), await auditor(client)
     store = client.app[SERVICES].store
     first = await create_task(client, auth, title="one")
     await fill_with_gaps(store, 150)
@@ -214,7 +211,7 @@ async def test_audit_verify_names_a_tampered_event_and_a_tampered_view(
     client: Client, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`taskflow audit verify` passes on a clean log and names each kind of tampering."""
-    auth = bearer(client)
+    auth = await bearer(client)
     tasks = [await create_task(client, auth, title=f"t{i}") for i in range(3)]
     await project(client)
     assert await operations.audit_verify(settings) == 0
@@ -237,7 +234,7 @@ async def test_audit_verify_finds_a_removed_last_commit_and_says_how_far_it_is_s
 ) -> None:
     """A stream's last commit deleted after it was sealed: `audit verify` names the missing
     position and the seal over it (no chain is broken); it says how far the log is sealed."""
-    auth = bearer(client)
+    auth = await bearer(client)
     tasks = [await create_task(client, auth, title=f"t{i}") for i in range(3)]
     url = f"/api/tasks/{tasks[1]['id']}"
     changed = await client.patch(url, json={"title": "x"}, headers={**auth, "If-Match": '"1"'})
@@ -268,7 +265,7 @@ async def test_an_interrupted_audit_resumes_where_it_saved_and_finds_the_same(
     """`audit verify --state FILE`: a pass stopped part way (here: the server fails after the
     first saved state) is retried from that state, not from the start, and reports what an
     uninterrupted pass reports; the state file is gone once the audit is complete."""
-    auth = bearer(client)
+    auth = await bearer(client)
     tasks = [await create_task(client, auth, title=f"t{i}") for i in range(12)]
     services = client.app[SERVICES]
     await services.store.commits.update_one(
@@ -367,7 +364,7 @@ def projector(settings: Settings, tmp_path: Path) -> Iterator[None]:
 @pytest.mark.usefixtures("projector")
 async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Client) -> None:
     """Reads keep finding every task during a rebuild; afterwards the new version equals the log."""
-    auth = bearer(client)
+    auth = await bearer(client)
     existing = [await create_task(client, auth, title=f"before {i}") for i in range(30)]
     services = client.app[SERVICES]
     for task in existing:  # wait until the projector process has them
@@ -405,7 +402,7 @@ async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Cli
 async def test_a_projector_process_seals_the_log(client: Client) -> None:
     """The real `taskflow project` holds the log seal's lease and seals up to the head, gaps
     included, a seal per pass rather than per commit; the sealed log verifies."""
-    auth = bearer(client)
+    auth = await bearer(client)
     store = client.app[SERVICES].store
     tasks = [await create_task(client, auth, title=f"t{i}") for i in range(5)]
     await fill_with_gaps(store, 2)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import re
+import secrets
 import statistics
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -24,10 +33,16 @@ from taskflow.api.auth_routes import REFRESH_COOKIE
 from taskflow.api.keys import SERVICES
 from taskflow.auth.denylist import DenyList
 from taskflow.auth.indexes import ensure_auth_indexes
-from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshTokenReusedError, RefreshTokens
+from taskflow.auth.refresh import (
+    InvalidRefreshTokenError,
+    RefreshTokenReusedError,
+    RefreshTokens,
+    hash_token,
+)
 from taskflow.auth.tokens import issue_access_token
 from taskflow.commands.runner import Context
 from taskflow.commands.user_handlers import (
+    Accounts,
     EmailTakenError,
     InvalidCredentialsError,
     Trace,
@@ -38,7 +53,8 @@ from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
 from taskflow.projections.catalog import catch_up, projections
-from taskflow.settings import Settings
+from taskflow.settings import Settings, SettingsError, load_settings
+from tests.api_support import SAME_SITE
 from tests.conftest import TEST_HMAC_KEY, closed_port
 
 Client = TestClient[web.Request, web.Application]
@@ -84,12 +100,23 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def post_refresh(client: Client) -> aiohttp.ClientResponse:
+    """POST /api/auth/refresh as a same-site page would (the jar sends the cookie)."""
+    return await client.post("/api/auth/refresh", json={}, headers=SAME_SITE)
+
+
+async def post_logout(client: Client, access: str) -> aiohttp.ClientResponse:
+    """POST /api/auth/logout with the access token, as a same-site page would."""
+    return await client.post("/api/auth/logout", json={}, headers={**SAME_SITE, **bearer(access)})
+
+
 async def refresh_with(client: Client, refresh_token: str) -> aiohttp.ClientResponse:
     """POST /api/auth/refresh carrying exactly this cookie (no cookie jar involved)."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         response = await session.post(
             client.make_url("/api/auth/refresh"),
-            headers={"Cookie": f"{REFRESH_COOKIE}={refresh_token}"},
+            json={},
+            headers={**SAME_SITE, "Cookie": f"{REFRESH_COOKIE}={refresh_token}"},
         )
         await response.read()
         return response
@@ -122,7 +149,7 @@ async def test_register_login_me_refresh_logout_happy_path(client: Client) -> No
     assert me.status == 200
     assert await me.json() == {**profile, "roles": []}
 
-    refreshed = await client.post("/api/auth/refresh")  # the jar sends the cookie (Path matches)
+    refreshed = await post_refresh(client)  # the jar sends the cookie (Path matches)
     assert refreshed.status == 200
     body = await refreshed.json()
     assert body["token_type"] == "Bearer"
@@ -131,13 +158,13 @@ async def test_register_login_me_refresh_logout_happy_path(client: Client) -> No
     second_access = body["access_token"]
     assert (await client.get("/api/auth/me", headers=bearer(second_access))).status == 200
 
-    out = await client.post("/api/auth/logout", headers=bearer(second_access))
+    out = await post_logout(client, second_access)
     assert out.status == 204
     assert out.cookies[REFRESH_COOKIE].value == ""
     assert (await client.get("/api/auth/me", headers=bearer(second_access))).status == 401
-    # Logout denies the token it was sent with; an older one dies at its own (short) expiry.
-    assert (await client.get("/api/auth/me", headers=bearer(access))).status == 200
-    assert (await client.post("/api/auth/refresh")).status == 401  # the jar dropped the cookie
+    # Logout revokes the session's family: an older access token of it is refused at once too.
+    assert (await client.get("/api/auth/me", headers=bearer(access))).status == 401
+    assert (await post_refresh(client)).status == 401  # the jar dropped the cookie
 
 
 async def test_refresh_cookie_is_httponly_strict_and_scoped_to_the_auth_path(
@@ -175,7 +202,8 @@ async def test_concurrent_registrations_of_one_email_have_exactly_one_winner(
     assert {problem_type(body) for body in losers} == {"email-taken"}
     [reservation] = await db[names.EMAIL_RESERVATIONS].find({}).to_list()
     [winner] = [await r.json() for r in responses if r.status == 201]
-    assert reservation["_id"] == "race@example.com"
+    # Reserved under the address's keyed hash, never the address itself (docs/privacy.md).
+    assert reservation["_id"] == client.app[SERVICES].accounts.email_digest("race@example.com")
     assert reservation["user_id"] == winner["user_id"]
     [commit] = await user_commits(db)
     assert commit["stream_id"] == f"user-{winner['user_id']}"
@@ -218,23 +246,41 @@ async def test_login_and_me_work_from_mongodb_alone_after_redis_forgets(
     assert (await me.json())["user_id"] == profile["user_id"]
 
 
+@pytest.mark.parametrize("grace", [0.0, 5.0])
 async def test_fifty_concurrent_refreshes_of_one_token_have_one_winner_then_the_family_dies(
-    client: Client,
+    aiohttp_client: ClientFactory, settings: Settings, grace: float
 ) -> None:
-    """50 racing uses of one refresh token: one 200, and the reuse revokes the winner's family."""
+    """50 racing uses of one refresh token, decided by the unique insert. Without a grace
+    window: one 200, and the reuse revokes the winner's family. Within one: every racer gets
+    the winner's successor, and the family lives on."""
+    client = await ready_client(
+        aiohttp_client, settings.model_copy(update={"refresh_grace_seconds": grace})
+    )
     await register(client)
     _, refresh_token = await login(client)
     responses = await asyncio.gather(*(refresh_with(client, refresh_token) for _ in range(50)))
     statuses = sorted(response.status for response in responses)
+    winners = [r for r in responses if r.status == 200]
+    if grace:
+        assert statuses == [200] * 50
+        assert len({r.cookies[REFRESH_COOKIE].value for r in winners}) == 1
+        assert (await refresh_with(client, winners[0].cookies[REFRESH_COOKIE].value)).status == 200
+        return
     assert statuses == [200] + [401] * 49
-    [winner] = [r for r in responses if r.status == 200]
+    [winner] = winners
     assert (await refresh_with(client, winner.cookies[REFRESH_COOKIE].value)).status == 401
     _, fresh = await login(client)  # a new login starts a new, healthy family
     assert (await refresh_with(client, fresh)).status == 200
 
 
-async def test_presenting_a_retired_refresh_token_revokes_its_family(client: Client) -> None:
-    """After a rotation, the old token coming back kills the old and the current token alike."""
+async def test_presenting_a_retired_refresh_token_revokes_its_family(
+    aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    """After a rotation (and its grace window), the old token coming back kills the old and the
+    current token alike."""
+    client = await ready_client(
+        aiohttp_client, settings.model_copy(update={"refresh_grace_seconds": 0.0})
+    )
     await register(client)
     _, first = await login(client)
     rotated = await refresh_with(client, first)
@@ -248,7 +294,7 @@ async def test_presenting_a_retired_refresh_token_revokes_its_family(client: Cli
 
 async def test_refresh_without_a_cookie_or_with_a_made_up_token_is_401(client: Client) -> None:
     """No cookie, an empty one, an unknown or an absurdly long token: 401, nothing else."""
-    assert (await client.post("/api/auth/refresh")).status == 401
+    assert (await post_refresh(client)).status == 401
     for token in ("", "made-up-token", "x" * 4000):
         assert (await refresh_with(client, token)).status == 401
 
@@ -262,14 +308,15 @@ async def test_logout_denies_the_access_token_and_revokes_the_refresh_family(
     client.session.cookie_jar.clear()
     out = await client.post(
         "/api/auth/logout",
-        headers={**bearer(access), "Cookie": f"{REFRESH_COOKIE}={refresh_token}"},
+        json={},
+        headers={**SAME_SITE, **bearer(access), "Cookie": f"{REFRESH_COOKIE}={refresh_token}"},
     )
     assert out.status == 204
     denied = await client.get("/api/auth/me", headers=bearer(access))
     assert denied.status == 401
     assert denied.headers["WWW-Authenticate"].startswith("Bearer")
     assert (await denied.json())["detail"] == "invalid or expired token"
-    assert (await client.post("/api/auth/logout", headers=bearer(access))).status == 401
+    assert (await post_logout(client, access)).status == 401
     assert (await refresh_with(client, refresh_token)).status == 401
 
 
@@ -308,7 +355,7 @@ async def test_deny_list_unreachable_fails_closed_with_503(
     assert response.status == 503
     assert response.headers["Retry-After"]
     assert problem_type(await response.json()) == "auth-unavailable"
-    logout = await client.post("/api/auth/logout", headers=bearer(token))
+    logout = await post_logout(client, token)
     assert logout.status == 503
 
 
@@ -358,19 +405,23 @@ async def test_malformed_json_is_400(client: Client) -> None:
 
 
 async def test_an_orphaned_reservation_is_reused_once_by_racing_registrations(
-    store: MongoEventStore, db: Db
+    accounts: Accounts, db: Db
 ) -> None:
     """A reservation left by a crash is taken over; the unique version key picks one racer."""
     await ensure_auth_indexes(db)
     old = datetime.now(UTC) - timedelta(hours=1)
     await db[names.EMAIL_RESERVATIONS].insert_one(
-        {"_id": "orphan@example.com", "user_id": "orphan-user", "reserved_at": old}
+        {
+            "_id": accounts.email_digest("orphan@example.com"),
+            "user_id": "orphan-user",
+            "reserved_at": old,
+        }
     )
 
     async def attempt(i: int) -> str:
         try:
             outcome = await handle_register_user(
-                store, db, email="orphan@example.com", display_name=f"R{i}", password=PASSWORD,
+                accounts, email="orphan@example.com", display_name=f"R{i}", password=PASSWORD,
                 trace=TRACE,
             )  # fmt: skip
         except EmailTakenError:
@@ -386,16 +437,20 @@ async def test_an_orphaned_reservation_is_reused_once_by_racing_registrations(
 
 
 async def test_a_fresh_reservation_with_an_empty_stream_counts_as_taken(
-    store: MongoEventStore, db: Db
+    accounts: Accounts, db: Db
 ) -> None:
     """A reservation younger than the orphan delay is a registration in flight: 409, no append."""
     await ensure_auth_indexes(db)
     await db[names.EMAIL_RESERVATIONS].insert_one(
-        {"_id": "busy@example.com", "user_id": "in-flight", "reserved_at": datetime.now(UTC)}
+        {
+            "_id": accounts.email_digest("busy@example.com"),
+            "user_id": "in-flight",
+            "reserved_at": datetime.now(UTC),
+        }
     )
     with pytest.raises(EmailTakenError):
         await handle_register_user(
-            store, db, email="busy@example.com", display_name="B", password=PASSWORD, trace=TRACE
+            accounts, email="busy@example.com", display_name="B", password=PASSWORD, trace=TRACE
         )
     assert await user_commits(db) == []
 
@@ -408,35 +463,36 @@ class BrokenStore(MongoEventStore):
 
 
 async def test_a_failed_append_releases_the_reservation(
-    store: MongoEventStore, db: Db, redis: Redis
+    accounts: Accounts, db: Db, redis: Redis, settings: Settings
 ) -> None:
     """If appending UserRegistered fails, the reservation is given back and the e-mail is free."""
     await ensure_auth_indexes(db)
     broken = BrokenStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3)
     with pytest.raises(AutoReconnect):
         await handle_register_user(
-            broken, db, email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE
-        )
+            Accounts.create(broken, db, redis, settings),
+            email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE,
+        )  # fmt: skip
     assert await db[names.EMAIL_RESERVATIONS].count_documents({}) == 0
+    assert await db[names.CREDENTIALS].count_documents({}) == 0  # its hash is not kept either
     outcome = await handle_register_user(
-        store, db, email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE
+        accounts, email="retry@example.com", display_name="R", password=PASSWORD, trace=TRACE
     )
     assert outcome.version == 1
 
 
-async def test_change_password_needs_the_current_one_and_replaces_it(
-    client: Client, store: MongoEventStore, db: Db
-) -> None:
+async def test_change_password_needs_the_current_one_and_replaces_it(client: Client) -> None:
     """Changing the password requires the current one; afterwards only the new one logs in."""
     user_id = (await (await register(client)).json())["user_id"]
     context = Context(actor=user_id, request_id="req-2", correlation_id="corr-2")
+    accounts = client.app[SERVICES].accounts
     with pytest.raises(InvalidCredentialsError):
         await handle_change_password(
-            store, user_id=user_id, current_password="wrong password", new_password="new password",
-            context=context,
+            accounts, user_id=user_id, current_password="wrong password",
+            new_password="new password", context=context,
         )  # fmt: skip
     outcome = await handle_change_password(
-        store, user_id=user_id, current_password=PASSWORD, new_password="new password",
+        accounts, user_id=user_id, current_password=PASSWORD, new_password="new password",
         context=context,
     )  # fmt: skip
     assert outcome.version == 2
@@ -494,7 +550,7 @@ async def test_reads_refuse_a_logged_out_token_as_soon_as_the_logout_answered(
     reads = [f"/api/tasks/{task['id']}", "/api/tasks", "/api/tasks?limit=5"]
     for path in reads:  # the pages are cached now
         assert (await client.get(path, headers=bearer(access))).status == 200
-    assert (await client.post("/api/auth/logout", headers=bearer(access))).status == 204
+    assert (await post_logout(client, access)).status == 204
     for path in [*reads, "/api/tasks?priority=low"]:
         for extra in [{}, {"X-TaskFlow-Position": position}]:
             response = await client.get(path, headers={**bearer(access), **extra})
@@ -529,3 +585,313 @@ async def test_the_process_that_logs_a_token_out_refuses_it_from_its_copy_at_onc
     await deny_list.deny("jti-1", now + timedelta(minutes=5), now)
     assert deny_list.denied_by_copy("jti-1")
     assert not deny_list.denied_by_copy("jti-2")
+
+
+# -- secure defaults (issue 21) -----------------------------------------------------------------
+
+ENV_EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "taskflow.env.example"
+SECRETS = ("JWT_KEYS", "EVENT_LOG_HMAC_KEY", "DATA_KEKS", "EMAIL_HASH_KEY")
+
+
+@pytest.mark.parametrize("command", [["serve"], ["project"]])
+def test_a_process_outside_development_with_a_built_in_key_refuses_to_start(
+    settings: Settings, command: list[str]
+) -> None:
+    """Without TASKFLOW_ENV=development the built-in keys stop the process at start, with a
+    message naming each setting and a command that makes a good key."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"TASKFLOW_ENV", *SECRETS, *(f"{name}_FILE" for name in SECRETS)}
+    }
+    env.update(MONGODB_URI=settings.mongodb_uri, REDIS_URL=settings.redis_url, HTTP_PORT="0")
+    started = subprocess.run(
+        [sys.executable, "-m", "taskflow", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert started.returncode == 2, started.stderr
+    for name in SECRETS:
+        assert f"{name} holds a built-in or example key" in started.stderr
+    assert "TASKFLOW_ENV=development" in started.stderr
+    assert "secrets.token_urlsafe(48)" in started.stderr
+    assert "base64.b64encode(os.urandom(32))" in started.stderr
+
+
+def good_secrets() -> dict[str, str]:
+    """A valid value of every secret setting, made as the error messages say."""
+    return {
+        "JWT_KEYS": f"k1:{secrets.token_urlsafe(48)}",
+        "EVENT_LOG_HMAC_KEY": secrets.token_urlsafe(48),
+        "DATA_KEKS": f"k1:{base64.b64encode(os.urandom(32)).decode()}",
+        "EMAIL_HASH_KEY": secrets.token_urlsafe(48),
+    }
+
+
+@pytest.mark.parametrize("name", SECRETS)
+def test_the_example_env_file_placeholders_fail_validation(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Each secret placeholder of deploy/taskflow.env.example (once uncommented) is refused,
+    naming the setting, whatever else is set."""
+    example = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.lstrip("#").partition("=")
+        if sep and re.fullmatch(r"[A-Z_]+", key):
+            example[key] = value
+    values = {**good_secrets(), name: example[name]}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("JWT_ACTIVE_KID", "k1")
+    monkeypatch.setenv("DATA_KEK_ACTIVE", "k1")
+    monkeypatch.setenv("TASKFLOW_ENV", "production")
+    with pytest.raises(SettingsError, match=name):
+        load_settings()
+    monkeypatch.setenv(name, good_secrets()[name])
+    assert load_settings().taskflow_env == "production"  # only the placeholder was refused
+
+
+def test_every_secret_can_come_from_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: Settings
+) -> None:
+    """`<NAME>_FILE` names a file holding the secret (Docker secrets); both at once, or an
+    unreadable file, stop the process naming the setting."""
+    values = {
+        **good_secrets(),
+        "MONGODB_URI": settings.mongodb_uri,
+        "REDIS_URL": settings.redis_url,
+    }
+    for name, value in values.items():
+        monkeypatch.delenv(name, raising=False)
+        path = tmp_path / name.lower()
+        path.write_text(value + "\n", encoding="utf-8")
+        monkeypatch.setenv(f"{name}_FILE", str(path))
+    monkeypatch.setenv("TASKFLOW_ENV", "production")
+    monkeypatch.setenv("JWT_ACTIVE_KID", "k1")
+    monkeypatch.setenv("DATA_KEK_ACTIVE", "k1")
+    loaded = load_settings()
+    assert loaded.jwt_keys["k1"].get_secret_value() == values["JWT_KEYS"].removeprefix("k1:")
+    assert loaded.event_log_hmac_key.get_secret_value() == values["EVENT_LOG_HMAC_KEY"]
+    assert loaded.data_keks["k1"].get_secret_value() == values["DATA_KEKS"].removeprefix("k1:")
+    assert loaded.email_hash_key.get_secret_value() == values["EMAIL_HASH_KEY"]
+    assert (loaded.mongodb_uri, loaded.redis_url) == (settings.mongodb_uri, settings.redis_url)
+    monkeypatch.setenv("EMAIL_HASH_KEY", secrets.token_urlsafe(48))
+    with pytest.raises(SettingsError, match="EMAIL_HASH_KEY and EMAIL_HASH_KEY_FILE"):
+        load_settings()
+    monkeypatch.delenv("EMAIL_HASH_KEY")
+    monkeypatch.setenv("EMAIL_HASH_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="EMAIL_HASH_KEY_FILE: cannot read"):
+        load_settings()
+
+
+@pytest.mark.parametrize("origins", ["*", "https://app.example.com,*", "null"])
+def test_a_wildcard_cors_origin_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, origins: str
+) -> None:
+    """Credentials are always allowed here, so `*` (or `null`) would hand them to any site."""
+    monkeypatch.setenv("CORS_ORIGINS", origins)
+    with pytest.raises(SettingsError, match="CORS_ORIGINS"):
+        load_settings()
+
+
+async def throttled_client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
+    """The app behind a trusted proxy (X-Forwarded-For names the client), 3 free failures and
+    a one-second cap on the per-account wait."""
+    throttled = settings.model_copy(
+        update={
+            "login_free_failures": 3,
+            "login_backoff_cap_seconds": 1.0,
+            "trust_forwarded_for": True,
+        }
+    )
+    return await ready_client(aiohttp_client, throttled)
+
+
+async def test_password_guessing_is_throttled_per_account_whatever_the_address(
+    aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    """Guesses from 30 addresses: the free failures get 401, then 429 with Retry-After and the
+    password is not even checked, the right one included; once the wait (at most the cap) is
+    over the owner logs in, which starts the count again."""
+    client = await throttled_client(aiohttp_client, settings)
+    assert (await register(client)).status == 201
+    answers = []
+    for n in range(30):
+        response = await client.post(
+            "/api/auth/login",
+            json={"email": "alice@example.com", "password": f"guess {n}"},
+            headers={"X-Forwarded-For": f"198.51.100.{n}"},
+        )
+        answers.append(response.status)
+        if response.status == 429:
+            assert 1 <= int(response.headers["Retry-After"]) <= 1  # never beyond the cap
+            assert (await response.json())["type"].endswith("login-throttled")
+    assert answers[:4] == [401, 401, 401, 401]  # three free, the fourth starts the wait
+    assert answers.count(429) >= 20
+    owner = await client.post(
+        "/api/auth/login", json={"email": "Alice@Example.com", "password": PASSWORD}
+    )
+    deadline = time.monotonic() + 10
+    while owner.status == 429:  # the cap bounds the owner's wait
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+        owner = await client.post(
+            "/api/auth/login", json={"email": "alice@example.com", "password": PASSWORD}
+        )
+    assert owner.status == 200
+    wrong = await client.post(
+        "/api/auth/login", json={"email": "alice@example.com", "password": "one more guess"}
+    )
+    assert wrong.status == 401  # the success started the count again
+
+
+async def test_me_refresh_and_logout_do_not_spend_the_login_budget(
+    aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    """Login and register have a small per-address budget; /me and refresh are ordinary API
+    calls. Every answer of a limited route, 401s included, carries the RateLimit-* headers."""
+    client = await ready_client(
+        aiohttp_client, settings.model_copy(update={"rate_limit_auth": "3/minute"})
+    )
+    assert (await register(client)).status == 201
+    access, _ = await login(client)
+    for _ in range(5):
+        assert (await client.get("/api/auth/me", headers=bearer(access))).status == 200
+    assert (await post_refresh(client)).status == 200
+    anonymous = await client.get("/api/tasks")
+    assert anonymous.status == 401
+    assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(anonymous.headers)
+    wrong = await client.post(
+        "/api/auth/login", json={"email": "alice@example.com", "password": "not the one"}
+    )
+    assert wrong.status == 401  # the third of three: /me and refresh took nothing
+    assert wrong.headers["RateLimit-Limit"] == "3"
+    assert wrong.headers["RateLimit-Remaining"] == "0"
+
+
+async def test_logout_with_the_access_token_alone_revokes_the_refresh_family(
+    client: Client,
+) -> None:
+    """The access token names its family: a logout that carries only it ends the session."""
+    await register(client)
+    access, refresh_token = await login(client)
+    client.session.cookie_jar.clear()
+    assert (await post_logout(client, access)).status == 204
+    assert (await refresh_with(client, refresh_token)).status == 401
+
+
+async def test_revoking_a_family_refuses_its_access_tokens_at_once(client: Client) -> None:
+    """A reused refresh token revokes its family, and every access token issued with it is
+    refused at once, on guarded reads and writes alike, not at its expiry."""
+    await register(client)
+    first_access, first_refresh = await login(client)
+    other_access, _ = await login(client)  # another session (family) of the same user
+    client.session.cookie_jar.clear()
+    rotated = await refresh_with(client, first_refresh)
+    assert rotated.status == 200
+    second_access = (await rotated.json())["access_token"]
+    services = client.app[SERVICES]
+    await services.redis.delete(names.refresh_successor_key(hash_token(first_refresh)))
+    assert (await refresh_with(client, first_refresh)).status == 401  # reuse: family revoked
+    for access in (first_access, second_access):
+        assert (await client.get("/api/auth/me", headers=bearer(access))).status == 401
+        assert (await client.get("/api/tasks", headers=bearer(access))).status == 401
+        made = await client.post("/api/tasks", json={"title": "t"}, headers=bearer(access))
+        assert made.status == 401
+    assert (await client.get("/api/tasks", headers=bearer(other_access))).status == 200
+
+
+async def test_two_refreshes_within_the_grace_window_get_the_same_successor(
+    aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    """Two tabs refreshing one token at once both get the same successor and stay signed in;
+    the successor is kept only encrypted and only for the window; after it, a reuse revokes."""
+    client = await ready_client(
+        aiohttp_client, settings.model_copy(update={"refresh_grace_seconds": 1.0})
+    )
+    await register(client)
+    _, refresh_token = await login(client)
+    client.session.cookie_jar.clear()
+    first, second = await asyncio.gather(
+        refresh_with(client, refresh_token), refresh_with(client, refresh_token)
+    )
+    assert (first.status, second.status) == (200, 200)
+    successor = first.cookies[REFRESH_COOKIE].value
+    assert second.cookies[REFRESH_COOKIE].value == successor
+    redis = client.app[SERVICES].redis
+    slot = names.refresh_successor_key(hash_token(refresh_token))
+    kept = await redis.get(slot)
+    assert kept is not None
+    assert successor.encode() not in kept
+    assert 0 < await redis.ttl(slot) <= 1
+    deadline = time.monotonic() + 10
+    while await redis.exists(slot):  # the window closes by itself
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert (await refresh_with(client, refresh_token)).status == 401  # reuse after the window
+    assert (await refresh_with(client, successor)).status == 401  # ... revoked the family
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({}, {}, 403),  # neither Origin nor the custom header
+        ({"Origin": "https://evil.example"}, {}, 403),
+        ({"Origin": "https://evil.example", "X-Requested-With": "x"}, {}, 403),
+        ({"X-Requested-With": "x", "Content-Type": "text/plain"}, "{}", 415),
+        ({"Origin": "https://app.example.com"}, {}, 200),
+    ],
+)
+async def test_refresh_and_logout_need_json_and_a_same_site_request(
+    aiohttp_client: ClientFactory,
+    settings: Settings,
+    headers: dict[str, str],
+    body: Any,
+    status: int,
+) -> None:
+    """The cookie alone is not enough: an allowed Origin, or X-Requested-With without one, and
+    an application/json body (a cross-site form or text/plain fetch can send neither)."""
+    client = await ready_client(
+        aiohttp_client, settings.model_copy(update={"cors_origins": ("https://app.example.com",)})
+    )
+    await register(client)
+    access, refresh_token = await login(client)
+    cookie = {"Cookie": f"{REFRESH_COOKIE}={refresh_token}"}
+    payload = {"data": body} if isinstance(body, str) else {"json": body}
+    refreshed = await client.post("/api/auth/refresh", headers={**cookie, **headers}, **payload)
+    assert refreshed.status == status
+    out = await client.post("/api/auth/logout", headers={**bearer(access), **headers}, **payload)
+    assert out.status == (204 if status == 200 else status)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["password", "12345678", "        ", "qwertyuiop", "alice@example.com", "ALICE@example.com"],
+)
+async def test_weak_passwords_and_the_email_are_refused(client: Client, password: str) -> None:
+    """NIST 800-63B: common or easily guessed passwords (zxcvbn's lists, repeats, keyboard
+    runs) and the account's own e-mail are refused with 422 naming the password."""
+    refused = await register(client, password=password)
+    assert refused.status == 422
+    assert (await refused.json())["field"] == "password"
+    assert (await register(client, password="seventeen purple lanterns")).status == 201
+
+
+async def test_tokens_of_unknown_users_and_untyped_tokens_are_refused(client: Client) -> None:
+    """A genuine token of a user that does not exist, or one whose header does not type it as
+    an access token, is 401 on reads and writes."""
+    settings = client.app[SERVICES].settings
+    stranger = issue_access_token(settings, uuid.uuid4().hex, [], datetime.now(UTC)).token
+    await register(client)
+    access, _ = await login(client)
+    claims = jwt.decode(access, options={"verify_signature": False})
+    kid = settings.jwt_active_kid
+    untyped = jwt.encode(claims, settings.jwt_keys[kid].get_secret_value(), headers={"kid": kid})
+    for token in (stranger, untyped):
+        assert (await client.get("/api/tasks", headers=bearer(token))).status == 401
+        made = await client.post("/api/tasks", json={"title": "t"}, headers=bearer(token))
+        assert made.status == 401
+    assert (await client.get("/api/tasks", headers=bearer(access))).status == 200

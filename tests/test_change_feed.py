@@ -25,7 +25,15 @@ from taskflow.projections.rebuild import rebuild
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.worker import Supervisor
 from taskflow.settings import Settings
-from tests.api_support import Client, ClientFactory, bearer, create_task, live_projector, project
+from tests.api_support import (
+    SAME_SITE,
+    Client,
+    ClientFactory,
+    bearer,
+    create_task,
+    live_projector,
+    project,
+)
 from tests.change_feed_support import OpenStream, as_changes, changes_in_log
 from tests.fault_tools import until
 
@@ -83,7 +91,7 @@ async def test_a_stream_sends_each_change_in_log_order_as_get_shows_it(
     """From position 0: every change of the caller's tasks, `id` its position, `data` the task as
     GET /api/tasks/{id} shows it with its ETag; a deleted task says so."""
     client = await make_client()
-    auth = bearer(client, "ada")
+    auth = await bearer(client, "ada")
     task = await create_task(client, auth, title="write", tags=["work"])
     await change(client, auth, task, status="in_progress")
     deleted = await client.delete(
@@ -114,7 +122,7 @@ async def test_a_new_stream_starts_now_and_follows_live_changes(make_client: Mak
     """Without a position the stream starts at the read model's checkpoint (`ready`'s id) and
     then sends each change as the projector applies it; other owners' changes never come."""
     client = await make_client()
-    ada, bob = bearer(client, "ada"), bearer(client, "bob")
+    ada, bob = await bearer(client, "ada"), await bearer(client, "bob")
     old = await create_task(client, ada, title="before")
     await project(client)
     stream = await open_stream(client, **ada)
@@ -144,7 +152,7 @@ async def test_a_client_that_hangs_up_at_random_and_resumes_misses_nothing(
     none twice, none of bob's."""
     rng = random.Random(seed)
     client = await make_client()
-    ada, bob = bearer(client, "ada"), bearer(client, "bob")
+    ada, bob = await bearer(client, "ada"), await bearer(client, "bob")
     received: list[Any] = []
     done = asyncio.Event()
 
@@ -191,7 +199,7 @@ async def test_a_position_older_than_the_kept_history_gets_one_reset(
     oldest kept one gets `reset` (with the checkpoint as its id), then live changes; resuming
     from within the history gets exactly the changes after it."""
     client = await make_client(change_feed_history=10)
-    auth = bearer(client, "ada")
+    auth = await bearer(client, "ada")
     task = await create_task(client, auth, title="busy")
     for n in range(230):  # Redis trims whole nodes of 100 entries (MAXLEN ~)
         await change(client, auth, task, title=f"busy {n}")
@@ -226,17 +234,15 @@ async def test_the_audit_feed_sends_every_commit_to_auditors_only(make_client: M
     """Auditors get every commit of the log (users' and tasks') as GET /api/audit/events shows
     them, from any position on; anyone else gets 403."""
     client = await make_client()
-    settings = client.app[SERVICES].settings
-    auditor = issue_access_token(settings, "auditor-1", ["auditor"], datetime.now(UTC)).token
-    audit = {"Authorization": f"Bearer {auditor}"}
+    audit = await bearer(client, "auditor-1", roles=["auditor"])
     registered = await client.post(
         "/api/auth/register",
         json={"email": "ada@example.com", "password": "correct horse battery", "display_name": "A"},
     )
     assert registered.status == 201
-    ada = bearer(client, "ada")
+    ada = await bearer(client, "ada")
     await create_task(client, ada, title="one")
-    await create_task(client, bearer(client, "bob"), title="two")
+    await create_task(client, await bearer(client, "bob"), title="two")
     await project(client)
 
     refused = await client.get("/api/audit/changes", headers=ada)
@@ -268,7 +274,7 @@ async def test_a_stream_ticket_opens_one_stream_once(make_client: MakeClient) ->
     """POST /api/stream-tickets gives a one-time ticket: it opens a stream as the caller once;
     again, or unknown, it is a 401; an access token in the URL is refused outright."""
     client = await make_client()
-    auth = bearer(client, "ada")
+    auth = await bearer(client, "ada")
     issued = await client.post("/api/stream-tickets", headers=auth)
     assert issued.status == 201
     body = await issued.json()
@@ -300,7 +306,7 @@ async def test_a_stream_ticket_opens_one_stream_once(make_client: MakeClient) ->
 async def test_a_ticket_expires_unused(make_client: MakeClient) -> None:
     """A ticket not used within STREAM_TICKET_TTL_SECONDS is refused (401)."""
     client = await make_client(stream_ticket_ttl_seconds=1)
-    issued = await client.post("/api/stream-tickets", headers=bearer(client, "ada"))
+    issued = await client.post("/api/stream-tickets", headers=await bearer(client, "ada"))
     ticket = (await issued.json())["ticket"]
     redis = client.app[SERVICES].redis
 
@@ -320,13 +326,13 @@ async def test_logout_ends_the_stream_within_seconds(
     CHANGE_FEED_AUTH_CHECK_SECONDS or so, for a header stream and a ticket stream alike: found
     in the process's copy of the deny list, or (a copy never trusted) by asking Redis."""
     client = await make_client(auth_deny_copy_max_age_seconds=copy_max_age)
-    auth = bearer(client, "ada")
+    auth = await bearer(client, "ada")
     ticket = (await (await client.post("/api/stream-tickets", headers=auth)).json())["ticket"]
     by_header = await open_stream(client, **auth)
     by_ticket = await open_stream(client, f"/api/tasks/changes?ticket={ticket}")
-    other = await open_stream(client, **bearer(client, "ada"))  # another login of ada's
+    other = await open_stream(client, **await bearer(client, "ada"))  # another login of ada's
     await by_ticket.wait_for(lambda s: bool(s.named("ready")))
-    logged_out = await client.post("/api/auth/logout", headers=auth)
+    logged_out = await client.post("/api/auth/logout", json={}, headers={**SAME_SITE, **auth})
     assert logged_out.status == 204
     started = time.monotonic()
     for stream in (by_header, by_ticket):
@@ -343,6 +349,7 @@ async def test_a_stream_ends_when_its_token_expires(make_client: MakeClient) -> 
     client = await make_client()
     settings = client.app[SERVICES].settings
     issued_at = datetime.now(UTC) - timedelta(seconds=settings.access_token_ttl_seconds - 2)
+    await client.app[SERVICES].keys.sealing_key("ada")  # a user the API knows
     token = issue_access_token(settings, "ada", [], issued_at).token
     stream = await open_stream(client, Authorization=f"Bearer {token}")
     await stream.wait_for(lambda s: bool(s.named("end")), seconds=15)
@@ -353,10 +360,10 @@ async def test_heartbeats_and_the_per_process_cap(make_client: MakeClient) -> No
     """Comment lines come every CHANGE_FEED_HEARTBEAT_SECONDS; beyond CHANGE_FEED_MAX_STREAMS a
     stream request gets 503 with Retry-After, and a closed stream frees its place."""
     client = await make_client(change_feed_max_streams=2)
-    first = await open_stream(client, **bearer(client, "ada"))
-    second = await open_stream(client, **bearer(client, "bob"))
+    first = await open_stream(client, **await bearer(client, "ada"))
+    second = await open_stream(client, **await bearer(client, "bob"))
     await first.wait_for(lambda s: len(s.named(":")) >= 2, seconds=10)
-    full = await client.get("/api/tasks/changes", headers=bearer(client, "cy"))
+    full = await client.get("/api/tasks/changes", headers=await bearer(client, "cy"))
     assert full.status == 503
     assert full.headers["Retry-After"] == "5"
     assert (await full.json())["type"].endswith("too-many-streams")
@@ -367,7 +374,7 @@ async def test_heartbeats_and_the_per_process_cap(make_client: MakeClient) -> No
         return hub.open_streams < 2
 
     await until(freed, 20, "the closed stream to be noticed")
-    third = await open_stream(client, **bearer(client, "cy"))
+    third = await open_stream(client, **await bearer(client, "cy"))
     await third.close()
     await first.close()
 
@@ -380,7 +387,7 @@ async def test_shutdown_ends_every_stream_with_end(
 
     client = await aiohttp_client(create_app(settings.model_copy(update=FAST)))
     await wait_ready(client)
-    streams = [await open_stream(client, **bearer(client, f"u{n}")) for n in range(3)]
+    streams = [await open_stream(client, **await bearer(client, f"u{n}")) for n in range(3)]
     for stream in streams:
         await stream.wait_for(lambda s: bool(s.named("ready")))
     await asyncio.wait_for(client.server.close(), 15)  # the server's shutdown, not the client's
@@ -408,7 +415,7 @@ async def test_a_slow_subscriber_is_cut_off_and_the_others_keep_their_latency(
     buffers are full, and is cut off (`too-slow`); meanwhile another client of the same owner
     and a client of another owner get every change, as fast as before it stalled."""
     client = await make_client(change_feed_buffer=32, max_body_bytes=1_000_000)
-    ada, bob = bearer(client, "ada"), bearer(client, "bob")
+    ada, bob = await bearer(client, "ada"), await bearer(client, "bob")
     hub = client.app[CHANGE_HUB]
     port = client.server.port
     assert port is not None
@@ -470,7 +477,7 @@ async def test_a_rebuild_switches_streams_to_the_new_version_without_a_replay(
     nothing old and missing nothing new, without reconnecting."""
     client = await make_client(projector_poll_seconds=0.05, lease_ttl_seconds=2)
     services = client.app[SERVICES]
-    auth = bearer(client, "ada")
+    auth = await bearer(client, "ada")
     task = await create_task(client, auth, title="before the rebuild")
     for n in range(5):
         await change(client, auth, task, title=f"before {n}")
@@ -511,7 +518,7 @@ async def test_a_catch_up_overlapping_live_changes_sends_each_change_once(
     """A stream joins the process's reader of its feed before it reads its snapshot, so changes
     that land in between come both ways: each is sent once, in order."""
     client = await make_client()
-    ada = bearer(client, "ada")
+    ada = await bearer(client, "ada")
     first = await open_stream(client, **ada)  # the process reads ada's feed from now on
     read_snapshot = feed_reads.read_snapshot
     landed: list[int] = []
@@ -545,7 +552,7 @@ async def test_batches_applied_without_feeds_move_the_floor_and_resumes_from_bef
     client = await make_client()
     services = client.app[SERVICES]
     keys = client.app[CHANGE_HUB].keys
-    auth = bearer(client, "ada")
+    auth = await bearer(client, "ada")
     first = await create_task(client, auth, title="with feeds")
     await project(client)
     # As if the batches since position 1 had been applied by a projector without feeds.

@@ -22,6 +22,7 @@ from taskflow.bootstrap import open_services
 from taskflow.projections.lease import Lease
 from taskflow.projections.redis_views import NAME
 from taskflow.settings import Settings
+from tests.api_support import existing_user
 from tests.change_feed_support import Change, changes_in_log
 from tests.fault_tools import (  # noqa: F401 - the *_fixture import registers the fixture
     TaskflowProcess,
@@ -36,7 +37,10 @@ pytestmark = [pytest.mark.usefixtures("mongo"), pytest.mark.slow, pytest.mark.ti
 LEASE_TTL = "1.5"
 
 
-def _auth(settings: Settings, user: str) -> dict[str, str]:
+async def _auth(settings: Settings, user: str) -> dict[str, str]:
+    """A token of `user`, made a user the API processes know first (unknown users' tokens are
+    refused)."""
+    await existing_user(settings, user)
     token = issue_access_token(settings, user, [], datetime.now(UTC)).token
     return {"Authorization": f"Bearer {token}"}
 
@@ -174,7 +178,7 @@ async def test_kill_9_of_the_api_serving_a_stream_loses_nothing(
     taskflow_processes.extend([*apis, projector])
     for child in (*apis, projector):
         child.start()
-    ada, bob = _auth(settings, "ada"), _auth(settings, "bob")
+    ada, bob = await _auth(settings, "ada"), await _auth(settings, "bob")
     follower = Follower([api.base_url for api in apis], ada)
     bases = [api.base_url for api in apis]
     writers = [Writer(bases[n:] + bases[:n], [ada, bob], seed=n) for n in range(2)]
@@ -213,7 +217,7 @@ async def test_a_projector_killed_and_taken_over_loses_nothing(
     taskflow_processes.extend([api, first, second])
     api.start()
     first.start()
-    ada, bob = _auth(settings, "ada"), _auth(settings, "bob")
+    ada, bob = await _auth(settings, "ada"), await _auth(settings, "bob")
     follower = Follower([api.base_url], ada)
     writer = Writer([api.base_url], [ada, bob], seed=11)
     stop = asyncio.Event()

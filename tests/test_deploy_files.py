@@ -46,6 +46,9 @@ SETTINGS = (
     "JWT_KEYS",
     "JWT_ACTIVE_KID",
     "EVENT_LOG_HMAC_KEY",
+    "DATA_KEKS",
+    "DATA_KEK_ACTIVE",
+    "EMAIL_HASH_KEY",
     "READ_MAX_STALENESS_SECONDS",
     "CORS_ORIGINS",
     "SENTRY_DSN",
@@ -130,6 +133,23 @@ def test_app_service_uses_replica_set_and_waits_for_init(
     assert _environment(service)["MONGODB_URI"] == MONGODB_URI
     assert service["depends_on"]["mongo-init"] == {"condition": "service_completed_successfully"}
     assert service["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_read_every_key_from_a_docker_secret(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    """The keys reach the processes as Docker secrets (`<NAME>_FILE`), never in the env file."""
+    keys = ("JWT_KEYS", "EVENT_LOG_HMAC_KEY", "DATA_KEKS", "EMAIL_HASH_KEY")
+    service = services[name]
+    env = _environment(service)
+    mounted = set(service.get("secrets") or [])
+    for key in keys:
+        assert env[f"{key}_FILE"] == f"/run/secrets/{key.lower()}"
+        assert key.lower() in mounted
+        assert key not in env
+    text = ENV_EXAMPLE.read_text(encoding="utf-8")
+    assert not [key for key in keys if re.search(rf"^{key}=", text, re.MULTILINE)]
 
 
 def test_depends_on_always_states_a_condition(services: dict[str, dict[str, Any]]) -> None:

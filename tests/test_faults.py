@@ -36,7 +36,15 @@ from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.task_queries import TaskQuery, TaskReads
 from taskflow.projections.verify import verify_read_models
 from taskflow.settings import Settings
-from tests.api_support import Client, ClientFactory, create_task, project, wait_ready
+from tests.api_support import (
+    SAME_SITE,
+    Client,
+    ClientFactory,
+    create_task,
+    existing_user,
+    project,
+    wait_ready,
+)
 from tests.fault_tools import (  # noqa: F401 - the *_fixture imports register fixtures
     PrivateServer,
     TaskflowProcess,
@@ -54,7 +62,15 @@ pytestmark = pytest.mark.usefixtures("mongo")  # drops each test's database afte
 Statuses = collections.Counter[int]
 
 
-def token(settings: Settings, user_id: str) -> dict[str, str]:
+_EXISTING: set[tuple[str, str]] = set()
+
+
+async def token(settings: Settings, user_id: str) -> dict[str, str]:
+    """A token of `user_id`, made a user the API knows first (tokens of unknown users are
+    refused)."""
+    if (settings.mongodb_db, user_id) not in _EXISTING:
+        await existing_user(settings, user_id)
+        _EXISTING.add((settings.mongodb_db, user_id))
     issued = issue_access_token(settings, user_id, [], datetime.now(UTC))
     return {"Authorization": f"Bearer {issued.token}"}
 
@@ -130,7 +146,7 @@ class RetryingClients:
         await asyncio.gather(*(worker() for _ in range(CLIENTS)))
 
     async def _until_acked(self, http: aiohttp.ClientSession, user: str, key: str) -> None:
-        headers = {**token(self.settings, user), "Idempotency-Key": key}
+        headers = {**await token(self.settings, user), "Idempotency-Key": key}
         body = {"title": f"task for {key}", "tags": ["fault"]}
         while True:
             try:
@@ -175,7 +191,7 @@ async def test_kill_9_of_the_api_under_retries_commits_every_key_exactly_once(
         await asyncio.wait_for(load, 90)
         # Every client retries once more after its acknowledgement: the original comes back.
         for (user, key), first in list(clients.acked.items())[:20]:
-            headers = {**token(settings, user), "Idempotency-Key": key}
+            headers = {**await token(settings, user), "Idempotency-Key": key}
             body = {"title": f"task for {key}", "tags": ["fault"]}
             async with http.post(f"{api.base_url}/api/tasks", json=body, headers=headers) as again:
                 assert again.status == 201
@@ -298,10 +314,11 @@ async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_rec
     taskflow_processes.append(projector)
     projector.start()
     owner = uuid.uuid4().hex
-    auth = token(on_private, owner)
+    auth = await token(on_private, owner)
     before = [await create_task(client, auth, title=f"before {i}") for i in range(5)]
-    logged_out = token(on_private, owner)
-    assert (await client.post("/api/auth/logout", headers=logged_out)).status == 204
+    logged_out = await token(on_private, owner)
+    logout = await client.post("/api/auth/logout", json={}, headers={**SAME_SITE, **logged_out})
+    assert logout.status == 204
     load = Load()
     created: list[str] = []
 
@@ -403,7 +420,7 @@ async def test_mongodb_outage_writes_get_503_no_partial_commit_and_it_recovers(
     )
     client = await aiohttp_client(create_app(on_private))
     await until(lambda: _ready(client), 30, "the app to be ready")
-    auth = token(on_private, uuid.uuid4().hex)
+    auth = await token(on_private, uuid.uuid4().hex)
     tasks = [await create_task(client, auth, title=f"task {i}") for i in range(4)]
     await project(client)
     versions = {task["id"]: 1 for task in tasks}
@@ -555,7 +572,7 @@ async def test_a_bad_network_never_hangs_a_request_past_its_timeouts_nor_gives_5
     async with behind_proxies(settings) as (proxied, mongo_proxy, redis_proxy):
         client = await aiohttp_client(create_app(proxied))
         await until(lambda: _ready(client), 30, "the app to be ready")
-        auth = token(proxied, uuid.uuid4().hex)
+        auth = await token(proxied, uuid.uuid4().hex)
         tasks = [await create_task(client, auth, title=f"task {i}") for i in range(3)]
         await project(client)
         versions = {task["id"]: 1 for task in tasks}

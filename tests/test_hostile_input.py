@@ -8,12 +8,16 @@ victim's, and nothing is written that should not be.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import itertools
 import json
+import logging
 import re
+import sys
+import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -29,10 +33,20 @@ from taskflow.api.keys import SERVICES
 from taskflow.api.observability import SECURITY_HEADERS
 from taskflow.auth.tokens import issue_access_token
 from taskflow.bootstrap import redis_client
+from taskflow.logs import configure_logging
 from taskflow.projections.task_queries import TaskQuery, TaskReads
 from taskflow.settings import Settings
-from tests.api_support import Client, ClientFactory, bearer, create_task, project, wait_ready
+from tests.api_support import (
+    SAME_SITE,
+    Client,
+    ClientFactory,
+    bearer,
+    create_task,
+    project,
+    wait_ready,
+)
 from tests.conftest import closed_port
+from tests.fault_tools import until
 
 pytestmark = pytest.mark.usefixtures("mongo")  # drops each test's database afterwards
 
@@ -93,7 +107,7 @@ class World:
 @pytest.fixture
 async def world(client: Client) -> World:
     attacker_id = uuid.uuid4().hex
-    victim, attacker = bearer(client), bearer(client, attacker_id)
+    victim, attacker = await bearer(client), await bearer(client, attacker_id)
     victim_task = await create_task(client, victim, title=VICTIM_TITLE, tags=["secret"])
     attacker_task = await create_task(client, attacker, title="mine")
     await project(client)
@@ -224,9 +238,7 @@ async def test_operator_texts_in_task_read_parameters_are_refused(
 
 async def test_operator_texts_in_the_audit_feed_parameters_are_refused(world: World) -> None:
     """The auditor's feed parameters carrying operator text: 422 (and 403 for non-auditors)."""
-    settings = world.client.app[SERVICES].settings
-    issued = issue_access_token(settings, uuid.uuid4().hex, ["auditor"], datetime.now(UTC))
-    auditor = {"Authorization": f"Bearer {issued.token}"}
+    auditor = await bearer(world.client, roles=["auditor"])
     for param in ["after", "limit", "after[$gt]", "$where"]:
         for text in OPERATOR_TEXTS:
             query = urllib.parse.urlencode({param: text})
@@ -272,8 +284,9 @@ async def test_operator_texts_in_headers_and_cookies_are_inert(world: World) -> 
         assert await world.safe(await client.get(url, headers=position)) == 400
         forged = {"Authorization": f"Bearer {text}"}
         assert await world.safe(await client.get("/api/tasks", headers=forged)) == 401
-        cookie = {"Cookie": f"taskflow_refresh={urllib.parse.quote(text)}"}
-        assert await world.safe(await client.post("/api/auth/refresh", headers=cookie)) == 401
+        cookie = {**SAME_SITE, "Cookie": f"taskflow_refresh={urllib.parse.quote(text)}"}
+        refreshed = await client.post("/api/auth/refresh", json={}, headers=cookie)
+        assert await world.safe(refreshed) == 401
         traced = await client.get("/api/health", headers={"X-Request-ID": text})
         assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", traced.headers["X-Request-ID"])
 
@@ -625,3 +638,151 @@ async def test_security_headers_on_every_kind_of_answer(
         assert response.headers.get("Server") == "TaskFlow", status  # no versions disclosed
         if status >= 400:
             assert response.content_type == "application/problem+json", status
+
+
+# -- secure defaults (issue 21) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"title": "first", "title": "second"}',
+        b'{"title": "t", "tags": ["a"], "tags": ["b"]}',
+        b'{"title": "t", "description": "d", "due_at": null, "due_at": "2030-01-01T00:00:00Z"}',
+    ],
+)
+async def test_duplicate_json_keys_are_400_and_write_nothing(world: World, body: bytes) -> None:
+    """A key given twice means different things to different parsers: 400, nothing stored."""
+    client = world.client
+    before = await client.get("/api/tasks", headers=world.attacker)
+    response = await client.post(
+        "/api/tasks",
+        data=body,
+        headers={**world.attacker, "Content-Type": "application/json"},
+    )
+    assert await world.safe(response) == 400
+    assert (await response.json())["type"].endswith("duplicate-json-key")
+    register = b'{"email": "d@example.com", "email": "e@example.com", "password": "x"}'
+    again = await client.post(
+        "/api/auth/register", data=register, headers={"Content-Type": "application/json"}
+    )
+    assert await world.safe(again) == 400
+    after = await client.get("/api/tasks", headers=world.attacker)
+    assert (await after.json())["items"] == (await before.json())["items"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nul\x00byte",
+        "ansi \x1b[31mred\x1b[0m",
+        "bell\x07",
+        "del\x7f",
+        "c1 \x85 next line",
+        "c1\x9b",
+        "bidi \u202egnp.exe",
+        "isolate \u2066x\u2069",
+        "embed \u202ax\u202c",
+    ],
+)
+async def test_control_and_bidi_characters_are_refused_in_titles_and_tags(
+    world: World, text: str
+) -> None:
+    """C0/C1 controls (NUL, ANSI escapes, DEL, NEL) and bidi overrides: 422 in a title, a tag
+    or a description, on create and on change; nothing is stored."""
+    client, auth = world.client, world.attacker
+    task = world.attacker_task
+    attempts = [
+        await client.post("/api/tasks", json={"title": text}, headers=auth),
+        await client.post("/api/tasks", json={"title": "t", "tags": [text]}, headers=auth),
+        await client.post("/api/tasks", json={"title": "t", "description": text}, headers=auth),
+        await client.patch(
+            f"/api/tasks/{task['id']}",
+            json={"title": text},
+            headers={**auth, "If-Match": f'"{task["version"]}"'},
+        ),
+    ]
+    assert [await world.safe(answer) for answer in attempts] == [422] * 4
+    bodies = [await answer.json() for answer in attempts]
+    assert [body["errors"][0]["field"] for body in bodies] == [
+        "title",
+        "tags.0",
+        "description",
+        "title",
+    ]
+
+
+async def test_tabs_and_newlines_are_kept_in_descriptions(world: World) -> None:
+    """Descriptions are prose: tab and line breaks are the control characters they may hold."""
+    description = "line one\n\tindented\r\nline three"
+    made = await world.client.post(
+        "/api/tasks", json={"title": "t", "description": description}, headers=world.attacker
+    )
+    assert made.status == 201
+    assert (await made.json())["description"] == description
+
+
+async def test_a_position_beyond_the_log_is_answered_stale_at_once(world: World) -> None:
+    """A read asking for a position no write has returned is not held for the wait's bound."""
+    far = {**world.attacker, "X-TaskFlow-Position": str(10**15)}
+    for path in ["/api/tasks", f"/api/tasks/{world.attacker_task['id']}", "/api/tasks/stats"]:
+        started = time.monotonic()
+        response = await world.client.get(path, headers=far)
+        assert response.status == 200
+        assert response.headers["X-TaskFlow-Stale"] == "true"
+        assert time.monotonic() - started < 1.0  # READ_YOUR_WRITES_TIMEOUT_SECONDS is 2
+
+
+async def test_malformed_http_is_logged_at_info_with_its_reason(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request the HTTP parser refuses (over-long header, bad request line) is an INFO line
+    naming the reason, never an ERROR with a traceback; tracebacks that are logged render as
+    text in the JSON lines."""
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    configure_logging("INFO", json=True)
+    handler = root.handlers[0]
+    root.addHandler(caplog.handler)
+    try:
+        server = world.client.server
+        for raw in [
+            b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
+            b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        ]:
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(raw)
+            await writer.drain()
+            status_line = await reader.readline()
+            assert b" 400 " in status_line, status_line
+            writer.close()
+            await writer.wait_closed()
+        await until(lambda: _malformed_lines(caplog), 10, "two malformed_request lines")
+        server_records = [r for r in caplog.records if r.name == "aiohttp.server"]
+        assert all(r.levelno < logging.WARNING and not r.exc_info for r in server_records)
+        try:
+            raise ZeroDivisionError("boom")
+        except ZeroDivisionError:
+            record = logging.LogRecord(
+                "x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()
+            )
+        rendered = json.loads(handler.format(record))
+        assert "Traceback (most recent call last)" in rendered["exception"]
+        assert "<traceback object" not in json.dumps(rendered)
+    finally:
+        root.handlers[:], level = kept
+        root.setLevel(level)
+
+
+async def _malformed_lines(caplog: pytest.LogCaptureFixture) -> bool:
+    return sum("malformed_request" in r.getMessage() for r in caplog.records) >= 2
+
+
+@pytest.mark.parametrize("depth", [40, 900, 1000])
+async def test_deeply_nested_bodies_are_400(world: World, depth: int) -> None:
+    """Nesting no body needs (within orjson's limit or past it) is a 400, never a 500."""
+    body = b'{"title": "t", "tags": ' + b"[" * depth + b"]" * depth + b"}"
+    response = await world.client.post(
+        "/api/tasks", data=body, headers={**world.attacker, "Content-Type": "application/json"}
+    )
+    assert await world.safe(response) == 400

@@ -9,7 +9,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -32,9 +31,7 @@ from schemathesis.errors import FailureGroup
 
 from taskflow.api.app import create_app
 from taskflow.api.auth_routes import REFRESH_COOKIE
-from taskflow.api.keys import SERVICES
 from taskflow.api.openapi import OPENAPI
-from taskflow.auth.tokens import issue_access_token
 from taskflow.settings import Settings
 from tests.api_support import (
     Client,
@@ -135,7 +132,6 @@ class Fuzzer:
     base_url: str
     user: dict[str, str]
     auditor: dict[str, str]
-    stranger: Callable[[], dict[str, str]]  # a new user's token: logout must not end `user`'s
     email: str
     tasks: dict[str, int]  # the user's seeded tasks and their current versions
     session: requests.Session = field(default_factory=requests.Session)
@@ -202,11 +198,28 @@ class Fuzzer:
 
     def credentials(self, case: Case) -> tuple[dict[str, str], dict[str, str]]:
         path = case.operation.path
+        same_site = {"X-Requested-With": "fuzz"}  # what refresh and logout need besides
         if path == "/api/auth/logout":
-            return self.stranger(), {}
+            return {**self.fresh_account(), **same_site}, {}  # a logout of `user` ends it
+        if path == "/api/auth/me" and case.method == "DELETE":
+            return self.fresh_account(), {}  # erasing `user` would end every later case
         if path == "/api/auth/refresh":
-            return {}, {REFRESH_COOKIE: self.refresh_token or self.login()}
+            return same_site, {REFRESH_COOKIE: self.refresh_token or self.login()}
         return (self.auditor if path.startswith("/api/audit/") else self.user), {}
+
+    def fresh_account(self) -> dict[str, str]:
+        """A newly registered account's bearer header (its password is PASSWORD)."""
+        email = f"{uuid.uuid4().hex[:12]}@example.com"
+        body = {"email": email, "password": PASSWORD, "display_name": "Fresh"}
+        registered = self.session.post(f"{self.base_url}/api/auth/register", json=body, timeout=30)
+        assert registered.status_code == 201, registered.text
+        signed_in = self.session.post(
+            f"{self.base_url}/api/auth/login",
+            json={"email": email, "password": PASSWORD},
+            timeout=30,
+        )
+        assert signed_in.status_code == 200, signed_in.text
+        return {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
 
     def login(self) -> str:
         """A fresh refresh token of the user (each refresh rotates, and reuse revokes)."""
@@ -234,7 +247,7 @@ async def fuzzer(client: Client) -> Fuzzer:
         json={"email": email, "password": PASSWORD, "display_name": "Fuzz"},
     )
     assert registered.status == 201, await registered.text()
-    user = bearer(client, (await registered.json())["user_id"])
+    user = await bearer(client, (await registered.json())["user_id"])
     seeded = [
         await create_task(client, user, title="write the report", tags=["work"]),
         await create_task(client, user, title="pay rent", due_at="2000-01-01T00:00:00Z"),
@@ -245,17 +258,14 @@ async def fuzzer(client: Client) -> Fuzzer:
     return Fuzzer(
         base_url=str(client.make_url("")).rstrip("/"),
         user=user,
-        auditor=auditor(client),
-        stranger=lambda: bearer(client),
+        auditor=await auditor(client),
         email=email,
         tasks={task["id"]: task["version"] for task in seeded},
     )
 
 
-def auditor(client: Client) -> dict[str, str]:
-    settings = client.app[SERVICES].settings
-    token = issue_access_token(settings, uuid.uuid4().hex, ["auditor"], datetime.now(UTC))
-    return {"Authorization": f"Bearer {token.token}"}
+async def auditor(client: Client) -> dict[str, str]:
+    return await bearer(client, roles=["auditor"])
 
 
 def rotated(response: schemathesis.Response) -> str | None:

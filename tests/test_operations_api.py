@@ -41,7 +41,7 @@ def sample(metrics: str, name: str, **labels: str) -> float:
 async def test_metrics_appear_and_move(client: Client) -> None:
     """/metrics exposes request durations, commands and appends, and they count real traffic."""
     before = await (await client.get("/metrics")).text()
-    auth = bearer(client)
+    auth = await bearer(client)
     await create_task(client, auth)
     after = await (await client.get("/metrics")).text()
     route = {"route": "/api/tasks", "method": "POST", "status": "201"}
@@ -67,7 +67,7 @@ async def test_a_burst_past_the_limit_gets_429_with_headers(client: Client) -> N
     assert response.headers["RateLimit-Limit"] == "3"
     assert response.headers["RateLimit-Remaining"] == "0"
     assert response.content_type == "application/problem+json"
-    auth, other = bearer(client), bearer(client)
+    auth, other = await bearer(client), await bearer(client)
     answers = [(await client.get("/api/tasks", headers=auth)).status for _ in range(6)]
     assert answers == [200] * 5 + [429]
     assert (await client.get("/api/tasks", headers=other)).status == 200  # a budget per user
@@ -87,7 +87,7 @@ async def test_rate_limits_fail_open_when_redis_is_down(
     client = await aiohttp_client(create_app(dead))
     health = [(await client.get("/api/health")).status for _ in range(3)]
     assert health == [200, 200, 200]
-    me = await client.get("/api/auth/me", headers=bearer(client))
+    me = await client.get("/api/auth/me", headers=await bearer(client))
     assert me.status == 503
 
 

@@ -8,6 +8,7 @@ TRUST_FORWARDED_FOR that docker-compose.yml gives the API replicas.
 from __future__ import annotations
 
 import ssl
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,13 @@ def _from(address: str) -> aiohttp.ClientSession:
 async def _login(
     http: aiohttp.ClientSession, conf: NginxConf, headers: dict[str, str] | None = None
 ) -> int:
-    """A failed login through nginx (401 while the client's auth budget lasts, then 429)."""
-    body = {"email": "nobody@example.com", "password": "not the password at all"}
+    """A failed login through nginx (401 while the client's auth budget lasts, then 429).
+
+    Each attempt names another address: the per-account throttle (five failures per account)
+    must not be what answers 429 here, only the per-address bucket under test.
+    """
+    email = f"nobody-{uuid.uuid4().hex[:12]}@example.com"
+    body = {"email": email, "password": "not the password at all"}
     url = f"http://127.0.0.1:{conf.http_port}/api/auth/login"
     async with http.post(url, json=body, headers=headers or {}) as response:
         await response.read()

@@ -19,7 +19,7 @@ from taskflow.auth.denylist import DenyList
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.verify import verify_read_models
 from taskflow.settings import Settings
-from tests.api_support import Client, ClientFactory, create_task, wait_ready
+from tests.api_support import SAME_SITE, Client, ClientFactory, create_task, wait_ready
 from tests.fault_tools import (  # noqa: F401 - the fixture import registers it
     TaskflowProcess,
     taskflow_env,
@@ -86,10 +86,11 @@ async def test_a_flushed_redis_never_answers_a_task_as_missing_unmarked_and_logo
     projector.start()
     services = client.app[SERVICES]
     owner = uuid.uuid4().hex
-    auth = token(settings, owner)
+    auth = await token(settings, owner)
     acked = [await create_task(client, auth, title=f"before {i}") for i in range(12)]
-    logged_out = token(settings, owner)
-    assert (await client.post("/api/auth/logout", headers=logged_out)).status == 204
+    logged_out = await token(settings, owner)
+    logout = await client.post("/api/auth/logout", json={}, headers={**SAME_SITE, **logged_out})
+    assert logout.status == 204
     await until(lambda: projected_to(services, acked[-1]["_position"]), 60, "the projector")
     live = RedisViewKeys(1).live
     await until(lambda: redis.exists(live), 30, "the Redis views to be live")

@@ -20,6 +20,7 @@ from taskflow import names
 from taskflow.auth.tokens import issue_access_token
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.settings import Settings
+from tests.api_support import existing_user
 from tests.conftest import closed_port
 from tests.workload import write_workload
 
@@ -66,6 +67,7 @@ async def test_sigterm_lets_an_in_flight_request_finish(
     api = _start(["serve"], env, tmp_path / "api.log")
     processes.append(api)
     base = f"http://127.0.0.1:{port}"
+    await existing_user(settings, "someone")
     token = issue_access_token(settings, "someone", [], datetime.now(UTC)).token
     async with aiohttp.ClientSession() as http:
         for _ in range(200):

@@ -47,10 +47,14 @@ zones = st.sampled_from(
 aware_datetimes = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=zones
 )
-titles = st.text(min_size=1, max_size=TITLE_MAX).filter(str.strip)
-descriptions = st.text(max_size=300)
+# Titles and tags hold no control characters; descriptions only tabs and line breaks; neither
+# holds bidi controls (task_values.printable).
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+printable = st.characters(exclude_categories=["Cc", "Cs"], exclude_characters=BIDI)
+titles = st.text(printable, min_size=1, max_size=TITLE_MAX).filter(str.strip)
+descriptions = st.text(printable | st.sampled_from("\t\n\r"), max_size=300)
 # A small pool makes changes overlap existing tags; "\uff26..." is full-width "FULL" (NFKC).
-tag_pool = ["work", "Home", "  Deep \t Work ", "b:c", "x.y", "q_1", "\uff26\uff35\uff2c\uff2c"]
+tag_pool = ["work", "Home", "  Deep   Work ", "b:c", "x.y", "q_1", "\uff26\uff35\uff2c\uff2c"]
 raw_tags = st.sampled_from(tag_pool) | st.from_regex(r"[A-Za-z0-9_:.-]{1,32}", fullmatch=True)
 tag_lists = st.lists(raw_tags, max_size=TAGS_MAX)
 field_values: dict[str, st.SearchStrategy[Any]] = {

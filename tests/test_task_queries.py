@@ -120,7 +120,7 @@ async def test_every_query_gives_the_same_pages_from_redis_and_from_mongodb(
 ) -> None:
     """Both read models (Redis first, MongoDB as fallback) answer every query as the model does."""
     owner = uuid.uuid4().hex
-    auth = bearer(client, owner)
+    auth = await bearer(client, owner)
     await seed(client, auth)
     services = client.app[SERVICES]
     live = TaskReads(services.redis, services.read_db)
@@ -147,9 +147,9 @@ async def test_every_query_gives_the_same_pages_from_redis_and_from_mongodb(
 
 @dataclass(frozen=True)
 class OpenGuard:
-    """A ReadGuard whose key is never set: the read always goes on (with or without Redis)."""
+    """A ReadGuard whose keys are never set: the read always goes on (with or without Redis)."""
 
-    key: str = "test:guard:never-set"
+    keys: tuple[str, str] = ("test:guard:never-set", "test:guard:never-set-either")
     complete_key: str = "test:guard:complete"  # set by the test: the guard's list is complete
     timeout: float = 2.0
 
@@ -172,7 +172,7 @@ async def test_a_rendered_page_is_the_same_cached_uncached_and_from_mongodb(
     """The page cache keeps the API's rendered page: a hit gives the miss's bytes, which are
     MongoDB's; list_tasks' own cache (TaskState pages) and the rendered pages never mix."""
     owner = uuid.uuid4().hex
-    auth = bearer(client, owner)
+    auth = await bearer(client, owner)
     await seed(client, auth)
     services = client.app[SERVICES]
     live = TaskReads(services.redis, services.read_db)
@@ -208,7 +208,7 @@ async def _all_views(reads: TaskReads, owner: str) -> Any:
 
 async def test_pages_are_stable_while_tasks_are_inserted(client: Client) -> None:
     """Walking pages while new tasks arrive shows every earlier task exactly once."""
-    auth = bearer(client)
+    auth = await bearer(client)
     before = {(await create_task(client, auth, title=f"t{i}"))["id"] for i in range(15)}
     await project(client)
     seen: list[str] = []
@@ -230,7 +230,7 @@ async def test_pages_are_stable_while_tasks_are_inserted(client: Client) -> None
 
 async def test_list_pages_are_never_stale_once_projected(client: Client) -> None:
     """A cached list page is retired by the owner's generation as soon as a change is projected."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth, title="first title")
     await project(client)
     first = await (await client.get("/api/tasks", headers=auth)).json()
@@ -251,7 +251,7 @@ async def test_list_pages_are_never_stale_once_projected(client: Client) -> None
 
 async def test_stats_endpoint_counts_by_status_and_overdue(client: Client) -> None:
     """GET /api/tasks/stats reflects the projected counts of the caller's tasks only."""
-    auth, other = bearer(client), bearer(client)
+    auth, other = await bearer(client), await bearer(client)
     await create_task(client, auth, due_at=(NOW - timedelta(hours=1)).isoformat())
     await create_task(client, auth, status="done")
     await create_task(client, other)
@@ -279,14 +279,14 @@ async def test_stats_endpoint_counts_by_status_and_overdue(client: Client) -> No
 )
 async def test_hostile_or_malformed_query_parameters_are_422(client: Client, params: str) -> None:
     """Operators, unknown fields, bad values and over-long lists never reach a query."""
-    response = await client.get(f"/api/tasks?{params}", headers=bearer(client))
+    response = await client.get(f"/api/tasks?{params}", headers=await bearer(client))
     assert response.status == 422, await response.text()
     assert response.content_type == "application/problem+json"
 
 
 async def test_a_forged_cursor_is_400(client: Client) -> None:
     """A cursor that this API did not issue, or issued for another order, is refused."""
-    auth = bearer(client)
+    auth = await bearer(client)
     for cursor in ("not-base64!", "WyJ4Il0", "WyJkdWUiLCJhc2MiLG51bGwsIngiXQ"):
         response = await client.get(f"/api/tasks?next={cursor}", headers=auth)
         assert response.status == 400, cursor

@@ -29,7 +29,7 @@ async def commit_count(client: Client) -> int:
 
 async def test_create_then_read_through_the_projection(client: Client) -> None:
     """A created task has Location, ETag and position; once projected it reads back the same."""
-    auth = bearer(client)
+    auth = await bearer(client)
     response = await client.post(
         "/api/tasks",
         json={
@@ -66,7 +66,7 @@ async def test_create_then_read_through_the_projection(client: Client) -> None:
 
 async def test_patch_emits_only_real_changes_and_needs_if_match(client: Client) -> None:
     """PATCH is a merge patch guarded by If-Match; each changed field is one event."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth, description="d", due_at="2030-01-01T00:00:00Z")
     url = f"/api/tasks/{task['id']}"
     assert (await client.patch(url, json={"title": "x"}, headers=auth)).status == 428
@@ -92,7 +92,7 @@ async def test_patch_emits_only_real_changes_and_needs_if_match(client: Client) 
 async def test_null_in_a_merge_patch_clears_or_is_refused_naming_the_field(client: Client) -> None:
     """RFC 7396: null clears description, due_at and tags; for title, status or priority it is
     a 422 naming that field (not the body), and nothing is written."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(
         client, auth, description="d", due_at="2030-01-01T00:00:00Z", tags=["a", "b"]
     )
@@ -123,7 +123,7 @@ async def test_null_in_a_merge_patch_clears_or_is_refused_naming_the_field(clien
 
 async def test_delete_accepts_only_restore_and_hides_the_task(client: Client) -> None:
     """A deleted task disappears from reads, refuses changes, and comes back on restore."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth)
     url = f"/api/tasks/{task['id']}"
     deleted = await client.delete(url, headers={**auth, "If-Match": '"1"'})
@@ -143,7 +143,7 @@ async def test_delete_accepts_only_restore_and_hides_the_task(client: Client) ->
 
 async def test_another_users_task_is_404_everywhere(client: Client) -> None:
     """Every endpoint answers 404 for someone else's task, even with a correct If-Match."""
-    owner, intruder = bearer(client), bearer(client)
+    owner, intruder = await bearer(client), await bearer(client)
     task = await create_task(client, owner)
     await project(client)
     url = f"/api/tasks/{task['id']}"
@@ -183,7 +183,7 @@ async def test_bad_input_is_422_naming_the_field_and_writes_nothing(
     client: Client, body: dict[str, Any], field: str
 ) -> None:
     """Unknown, operator-shaped, mistyped and over-long fields are refused before any write."""
-    response = await client.post("/api/tasks", json=body, headers=bearer(client))
+    response = await client.post("/api/tasks", json=body, headers=await bearer(client))
     assert response.status == 422
     assert response.content_type == "application/problem+json"
     problem = await response.json()
@@ -193,7 +193,7 @@ async def test_bad_input_is_422_naming_the_field_and_writes_nothing(
 
 async def test_malformed_and_oversized_bodies(client: Client) -> None:
     """Broken JSON is 400, a non-JSON body 415, an oversized one 413; nothing is written."""
-    auth = bearer(client)
+    auth = await bearer(client)
     broken = await client.post(
         "/api/tasks", data=b"{", headers={**auth, "Content-Type": "application/json"}
     )
@@ -214,7 +214,7 @@ async def test_malformed_and_oversized_bodies(client: Client) -> None:
 
 async def test_idempotency_key_replays_the_original_create(client: Client) -> None:
     """A retried POST with the same key returns the first task and writes nothing more."""
-    auth = {**bearer(client), "Idempotency-Key": "create-42"}
+    auth = {**await bearer(client), "Idempotency-Key": "create-42"}
     first = await client.post("/api/tasks", json={"title": "once"}, headers=auth)
     second = await client.post("/api/tasks", json={"title": "once"}, headers=auth)
     assert (first.status, second.status) == (201, 201)
@@ -230,7 +230,7 @@ async def test_idempotency_key_replays_the_original_create(client: Client) -> No
 async def test_idempotency_compares_the_parsed_request_not_its_bytes(client: Client) -> None:
     """The same JSON with other whitespace, key order or spelling replays with its key; another
     command with the key is still refused (create and patch alike)."""
-    auth = bearer(client)
+    auth = await bearer(client)
     raw = {**auth, "Content-Type": "application/json", "Idempotency-Key": "create-7"}
     first = await client.post(
         "/api/tasks", data=b'{"title":"once","tags":["Work"],"priority":"high"}', headers=raw
@@ -270,7 +270,7 @@ async def test_a_write_answered_503_after_it_was_stored_replays_with_its_key(
     """The log insert lands but its reply is lost (a timeout, a dropped connection, a failed
     group-commit batch): the client gets 503; its retry with the same Idempotency-Key answers
     the stored outcome, even once another command has reloaded the stream's head."""
-    auth = bearer(client)
+    auth = await bearer(client)
     store = client.app[SERVICES].store
     real_insert = store._insert
 
@@ -313,7 +313,7 @@ async def test_an_insert_sent_again_after_it_was_applied_is_answered_as_done(
     """The driver retries an insert whose reply was lost, and the retry meets the first try's
     document: without an Idempotency-Key that was a 409 (create) or 412 (PATCH) for a write
     that was in fact committed; it is the write's own success."""
-    auth = bearer(client)
+    auth = await bearer(client)
     store = client.app[SERVICES].store
     real_insert = store._insert
 
@@ -341,7 +341,7 @@ async def test_an_append_that_finds_no_free_position_is_503_and_stores_nothing(
 ) -> None:
     """A counter that keeps handing out settled positions (every one sealed first) ends in a
     503 with Retry-After, not a 500, and nothing is stored."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth)
     store = client.app[SERVICES].store
 
@@ -357,7 +357,7 @@ async def test_an_append_that_finds_no_free_position_is_503_and_stores_nothing(
 
 async def test_two_patches_with_the_same_if_match_one_wins(client: Client) -> None:
     """Concurrent PATCHes pinned to one version: exactly one 200, the other 412."""
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth)
     url = f"/api/tasks/{task['id']}"
     for round_ in range(3):
@@ -372,7 +372,7 @@ async def test_two_patches_with_the_same_if_match_one_wins(client: Client) -> No
 
 async def test_a_read_carrying_a_write_position_sees_the_write(client: Client) -> None:
     """With a projector running, every read that carries its write's position sees that write."""
-    auth = bearer(client)
+    auth = await bearer(client)
     async with live_projector(client):
         for i in range(10):
             task = await create_task(client, auth, title=f"t{i}")
@@ -389,7 +389,7 @@ async def test_a_position_not_reached_in_time_is_flagged_stale(
 ) -> None:
     """Without a projector the bounded wait passes and the response says it may be stale."""
     settings.read_your_writes_timeout_seconds = 0.05
-    auth = bearer(client)
+    auth = await bearer(client)
     task = await create_task(client, auth)
     read = await client.get(
         "/api/tasks", headers={**auth, "X-TaskFlow-Position": str(task["_position"])}

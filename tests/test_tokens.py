@@ -67,7 +67,8 @@ def sign(
     algorithm: str = "HS256",
     headers: dict[str, Any] | None = None,
 ) -> str:
-    return jwt.encode(payload, secret, algorithm=algorithm, headers=headers or {"kid": "k1"})
+    headers = headers or {"kid": "k1", "typ": "at+jwt"}
+    return jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
 
 
 def b64(data: dict[str, Any] | bytes) -> str:
@@ -77,7 +78,7 @@ def b64(data: dict[str, Any] | bytes) -> str:
 
 def forge(header: dict[str, Any], payload: dict[str, Any], secret: str = SECRET) -> str:
     """An HS256 token with any header at all (PyJWT refuses to encode some hostile ones)."""
-    signing_input = f"{b64({'alg': 'HS256', 'typ': 'JWT', **header})}.{b64(payload)}"
+    signing_input = f"{b64({'alg': 'HS256', 'typ': 'at+jwt', **header})}.{b64(payload)}"
     mac = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64(mac)}"
 
@@ -98,9 +99,18 @@ def test_issued_token_verifies_and_carries_every_claim() -> None:
     assert verified.expires_at == NOW + timedelta(seconds=900)
     assert len(verified.jti) == 32
     header = jwt.get_unverified_header(issued.token)
-    assert header == {"alg": "HS256", "typ": "JWT", "kid": "k1"}
+    assert header == {"alg": "HS256", "typ": "at+jwt", "kid": "k1"}
     payload = jwt.decode(issued.token, options={"verify_signature": False})
     assert {"typ": "access", "iss": "taskflow", "aud": "taskflow-api"}.items() <= payload.items()
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "refresh+jwt", None, 1])
+def test_a_header_that_does_not_type_the_token_as_an_access_token_is_refused(typ: Any) -> None:
+    """The header's `typ` is checked too (RFC 8725 §3.11): only "at+jwt" is an access token,
+    however genuine the signature and claims."""
+    header = {"kid": "k1"} if typ is None else {"kid": "k1", "typ": typ}
+    token = forge(header, claims()) if typ is not None else sign(claims(), headers=header)
+    assert rejected(token)
 
 
 def test_each_token_gets_its_own_jti() -> None:

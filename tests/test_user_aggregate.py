@@ -13,11 +13,13 @@ from taskflow.commands.errors import (
     DomainError,
     InvalidCommandError,
     UserAlreadyRegisteredError,
+    UserErasedError,
     UserNotFoundError,
 )
 from taskflow.commands.user import (
     EMAIL_MAX,
     ChangePassword,
+    EraseUser,
     GrantRole,
     RegisterUser,
     UserCommand,
@@ -27,7 +29,7 @@ from taskflow.commands.user import (
     fold,
     normalize_email,
 )
-from taskflow.events.user_events import UserEvent, UserPasswordChanged
+from taskflow.events.user_events import UserErased, UserEvent, UserPasswordChanged
 
 USER_ID = "user-1"
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -40,18 +42,25 @@ emails = st.builds(
     labels,
     st.sampled_from(["", " ", "\t"]),
 )
-display_names = st.text(min_size=1, max_size=100).filter(str.strip)
-hashes = st.sampled_from(["$argon2id$a", "$argon2id$b", "$argon2id$c"])
+# Display names hold no control or bidi characters (task_values.printable).
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+display_names = st.text(
+    st.characters(exclude_categories=["Cc", "Cs"], exclude_characters=BIDI),
+    min_size=1,
+    max_size=100,
+).filter(str.strip)
+credentials = st.sampled_from(["cred-a", "cred-b", "cred-c"])
 registrations = st.builds(
     RegisterUser,
     user_id=st.just(USER_ID),
     email=emails,
     display_name=display_names,
-    password_hash=hashes,
+    credential_id=credentials,
 )
 commands: st.SearchStrategy[UserCommand] = st.one_of(
-    st.builds(ChangePassword, user_id=st.just(USER_ID), password_hash=hashes),
+    st.builds(ChangePassword, user_id=st.just(USER_ID), credential_id=credentials),
     st.just(GrantRole(user_id=USER_ID, role="auditor")),
+    st.just(EraseUser(user_id=USER_ID)),
     registrations,
 )
 
@@ -65,10 +74,15 @@ def _registered(command: RegisterUser) -> UserState:
 def _check_invariants(state: UserState, events: list[UserEvent]) -> None:
     assert fold(events) == state
     assert state.version == len(events)
-    assert state.email == normalize_email(state.email)
-    assert 1 <= len(state.display_name) <= 100
+    if state.erased:  # nothing personal is left in an erased account's state
+        assert (state.email, state.display_name) == ("", "")
+    else:
+        assert state.email == normalize_email(state.email)
+        assert 1 <= len(state.display_name) <= 100
     assert len(set(state.roles)) == len(state.roles)
     assert state.created_at <= state.updated_at
+    # No event carries a credential, only the id of one (taskflow/auth/credentials.py).
+    assert all("password_hash" not in e.model_dump() for e in events)
 
 
 @given(first=registrations, rest=st.lists(commands, max_size=10))
@@ -83,6 +97,10 @@ def test_any_command_sequence_folds_and_keeps_invariants(
             with pytest.raises(UserAlreadyRegisteredError):
                 decide(state, command, START)
             continue
+        if state is not None and state.erased and not isinstance(command, EraseUser):
+            with pytest.raises(UserErasedError):
+                decide(state, command, START)
+            continue
         new_events = decide(state, command, START + timedelta(minutes=step))
         events += new_events
         state = fold(new_events, state)
@@ -92,24 +110,44 @@ def test_any_command_sequence_folds_and_keeps_invariants(
 
 @given(command=registrations)
 def test_registration_folds_to_the_commanded_values(command: RegisterUser) -> None:
-    """A registered user has the command's normalised e-mail, name and hash, and no roles."""
+    """A registered user has the command's normalised e-mail, name and credential, no roles."""
     state = _registered(command)
     assert state.model_dump(include=set(RegisterUser.model_fields)) == command.model_dump()
     assert (state.roles, state.version, state.created_at) == ((), 1, START)
     assert state.email == state.email.strip().lower()
 
 
-@given(register=registrations, password_hash=hashes)
-def test_changing_the_password_folds_to_the_new_hash(
-    register: RegisterUser, password_hash: str
+@given(register=registrations, credential_id=credentials)
+def test_changing_the_password_folds_to_the_new_credential(
+    register: RegisterUser, credential_id: str
 ) -> None:
-    """After a password change the state holds the new hash; the same hash again is a no-op."""
-    command = ChangePassword(user_id=USER_ID, password_hash=password_hash)
+    """After a password change the state names the new credential; the same one is a no-op."""
+    command = ChangePassword(user_id=USER_ID, credential_id=credential_id)
     before = _registered(register)
     after = fold(decide(before, command, START), before)
     assert after is not None
-    assert after.password_hash == password_hash
+    assert after.credential_id == credential_id
     assert decide(after, command, START) == []
+
+
+@given(register=registrations, rest=st.lists(commands, max_size=5))
+def test_erasure_forgets_the_personal_data_and_is_final(
+    register: RegisterUser, rest: list[UserCommand]
+) -> None:
+    """Erasing leaves no e-mail or name in the state; a second erasure is a no-op, and every
+    other command is refused."""
+    before = _registered(register)
+    events = decide(before, EraseUser(user_id=USER_ID), START)
+    assert [type(e) for e in events] == [UserErased]
+    erased = fold(events, before)
+    assert erased is not None
+    assert (erased.erased, erased.email, erased.display_name) == (True, "", "")
+    assert decide(erased, EraseUser(user_id=USER_ID), START) == []
+    for command in rest:
+        if isinstance(command, EraseUser):
+            continue
+        with pytest.raises((UserErasedError, UserAlreadyRegisteredError)):
+            decide(erased, command, START)
 
 
 @given(register=registrations)
@@ -126,8 +164,9 @@ def test_granting_a_held_role_is_a_no_op(register: RegisterUser) -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        ChangePassword(user_id=USER_ID, password_hash="h"),
+        ChangePassword(user_id=USER_ID, credential_id="c"),
         GrantRole(user_id=USER_ID, role="auditor"),
+        EraseUser(user_id=USER_ID),
     ],
 )
 def test_commands_on_a_missing_user_are_refused(command: UserCommand) -> None:
@@ -145,7 +184,7 @@ def test_a_role_outside_the_known_set_is_invalid() -> None:
 def test_evolve_refuses_an_impossible_history() -> None:
     """An event before UserRegistered is a corrupt stream, not something to fold silently."""
     with pytest.raises(ValueError, match="before UserRegistered"):
-        evolve(None, UserPasswordChanged(user_id=USER_ID, occurred_at=START, password_hash="h"))
+        evolve(None, UserPasswordChanged(user_id=USER_ID, occurred_at=START, credential_id="c"))
 
 
 @given(raw=emails)
@@ -182,4 +221,4 @@ def test_malformed_emails_are_refused(raw: str) -> None:
 def test_register_user_rejects_a_malformed_email_as_validation() -> None:
     """Inside the command model a bad address is an ordinary pydantic validation error."""
     with pytest.raises(ValidationError, match="not a valid e-mail"):
-        RegisterUser(user_id=USER_ID, email="nope", display_name="N", password_hash="h")
+        RegisterUser(user_id=USER_ID, email="nope", display_name="N", credential_id="c")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+import pymongo
 import structlog
 from aiohttp import web
+from pymongo.errors import PyMongoError
 
 from taskflow import names
 from taskflow.api import (
@@ -33,12 +37,13 @@ from taskflow.api.keys import (
 from taskflow.api.middlewares import edge
 from taskflow.api.observability import setup_metrics_route
 from taskflow.api.openapi import setup_openapi_routes
-from taskflow.api.rate_limits import RateLimits, rate_limit
+from taskflow.api.rate_limits import RateLimits, add_rate_limit_headers, rate_limit
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.auth.denylist import DenyList
 from taskflow.auth.stream_tickets import StreamTickets
 from taskflow.bootstrap import Services, ensure_indexes, open_services
+from taskflow.privacy.keks import KekError
 from taskflow.projections.feed_hub import open_change_hub
 from taskflow.projections.task_queries import TaskReads
 from taskflow.settings import Settings
@@ -47,6 +52,8 @@ from taskflow.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 # How long shutdown waits for a background task (the deny-list copy, the index task) to stop.
 SHUTDOWN_TASK_SECONDS = 10.0
+# How long start-up waits for MongoDB to test the KEKs before leaving it to the index task.
+KEK_CHECK_AT_START_SECONDS = 1.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -59,11 +66,14 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[INDEXES_READY] = asyncio.Event()
+    if settings.rate_limit_enabled:
+        app.on_response_prepare.append(add_rate_limit_headers)
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_indexes)
     app.cleanup_ctx.append(_deny_list_copy)
     app.cleanup_ctx.append(_change_feeds)
     app.on_shutdown.append(end_streams)
+    app.cleanup_ctx.append(_key_erasures)
     setup_routes(app)
     setup_cors(app, settings)
     return app
@@ -90,18 +100,37 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             services.redis,
             services.read_db,
             wait_seconds=services.settings.read_your_writes_timeout_seconds,
-            head=services.store.head_position,
+            allocated=services.store.allocated_position,
         )
         app[DENY_LIST] = DenyList(
             services.redis,
             services.db[names.DENIED_TOKENS],
             stale_limit=services.settings.auth_deny_copy_max_age_seconds,
+            families=services.db[names.REFRESH_FAMILIES_REVOKED],
+            family_window=services.settings.access_token_ttl_seconds,
         )
         app[RATE_LIMITS] = (
             RateLimits.create(services.settings, services.redis)
             if services.settings.rate_limit_enabled
             else None
         )
+        await _check_keks_at_start(services)
+        yield
+
+
+async def _check_keks_at_start(services: Services) -> None:
+    """Stop at start (KekError) when a KEK is missing or wrong; if MongoDB does not answer in
+    a second, the index task tests them once it does (`_create_indexes`)."""
+    try:
+        with pymongo.timeout(KEK_CHECK_AT_START_SECONDS):
+            await services.keys.check_keks()
+    except PyMongoError as exc:
+        log.warning("kek_check_deferred", error=repr(exc))
+
+
+async def _key_erasures(app: web.Application) -> AsyncIterator[None]:
+    """Forget erased users' data keys as soon as any process announces an erasure."""
+    async with _in_background(app[SERVICES].keys.listen()):
         yield
 
 
@@ -158,6 +187,12 @@ async def _create_indexes(services: Services, done: asyncio.Event, stopping: asy
     while not stopping.is_set():
         try:
             await ensure_indexes(services)
+            await services.keys.check_keks()
+        except KekError as exc:
+            # Found only now that MongoDB answers: stop as a failed start would have.
+            log.error("kek_refused", error=str(exc))
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         except Exception as exc:
             log.warning("indexes_not_created", error=repr(exc), retry_in=delay)
             await asyncio.sleep(delay)

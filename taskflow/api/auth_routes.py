@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StringConstraints
@@ -16,6 +17,7 @@ from taskflow.api.principal import REALM, require_user
 from taskflow.api.problems import Problem
 from taskflow.auth.passwords import PASSWORD_MAX, Password
 from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshToken, RefreshTokens
+from taskflow.auth.throttle import AccountThrottledError
 from taskflow.auth.tokens import InvalidTokenError, issue_access_token
 from taskflow.bootstrap import Services
 from taskflow.commands.user import EMAIL_MAX, DisplayName, Email, UserState
@@ -24,9 +26,12 @@ from taskflow.commands.user_handlers import (
     InvalidCredentialsError,
     Trace,
     authenticate_user,
+    check_password,
     handle_register_user,
     load_user,
 )
+from taskflow.privacy.data_keys import SubjectErasedError
+from taskflow.privacy.erasure import handle_erase_user
 
 REFRESH_COOKIE = "taskflow_refresh"
 COOKIE_PATH = "/api/auth"  # the refresh token travels to the auth endpoints only
@@ -45,6 +50,12 @@ class RegisterBody(_Body):
     password: Password
 
 
+class EraseBody(_Body):
+    """DELETE /api/auth/me: the password again, so a stolen access token cannot erase."""
+
+    password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX)]
+
+
 class LoginBody(_Body):
     """POST /api/auth/login: loosely checked, so a malformed e-mail is just a failed login."""
 
@@ -59,6 +70,7 @@ def setup_auth_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/refresh", refresh)
     app.router.add_post("/api/auth/logout", logout)
     app.router.add_get("/api/auth/me", me)
+    app.router.add_delete("/api/auth/me", erase_me)
 
 
 async def register(request: web.Request) -> web.Response:
@@ -66,8 +78,7 @@ async def register(request: web.Request) -> web.Response:
     body = await read_model(request, RegisterBody)
     services = _services(request)
     outcome = await handle_register_user(
-        services.store,
-        services.db,
+        services.accounts,
         email=body.email,
         display_name=body.display_name,
         password=body.password,
@@ -86,35 +97,42 @@ async def login(request: web.Request) -> web.Response:
     """Exchange e-mail and password for an access token and a new refresh-token family."""
     body = await read_model(request, LoginBody)
     services = _services(request)
-    user = await authenticate_user(
-        services.store, services.db, services.redis, body.email, body.password
-    )
+    user = await authenticate_user(services.accounts, body.email, body.password)
     refresh_token = await _refresh_tokens(services).issue(user.user_id, _now())
     return _signed_in(services, user, refresh_token)
 
 
 async def refresh(request: web.Request) -> web.Response:
     """Rotate the refresh cookie: a new access token and the family's next refresh token."""
+    require_same_site(request)
     presented = request.cookies.get(REFRESH_COOKIE)
     if not presented:
         raise InvalidRefreshTokenError("no refresh token")
     services = _services(request)
     refresh_token = await _refresh_tokens(services).rotate(presented, _now())
     user = await load_user(services.store, refresh_token.user_id)
-    if user is None:
+    if user is None or user.erased:
         raise InvalidRefreshTokenError("the token's user does not exist")
     return _signed_in(services, user, refresh_token)
 
 
 async def logout(request: web.Request) -> web.Response:
-    """Deny the access token until it expires, revoke the refresh family, drop the cookie."""
+    """Deny the access token until it expires, revoke the refresh family, drop the cookie.
+
+    The family is the one the access token names (`fam`), so a logout that carries only the
+    bearer token ends the session too; a refresh cookie sent along is revoked as well.
+    """
+    require_same_site(request)
     principal = await require_user(request)
     services = _services(request)
     now = _now()
     await request.app[keys.DENY_LIST].deny(principal.jti, principal.expires_at, now)
+    tokens = _refresh_tokens(services)
+    if principal.family_id:
+        await tokens.revoke_family(principal.family_id, principal.user_id, now, reason="logout")
     presented = request.cookies.get(REFRESH_COOKIE)
     if presented:
-        await _refresh_tokens(services).revoke_family_of(presented, now, reason="logout")
+        await tokens.revoke_family_of(presented, now, reason="logout")
     response = web.Response(status=204)
     response.del_cookie(
         REFRESH_COOKIE,
@@ -130,14 +148,43 @@ async def me(request: web.Request) -> web.Response:
     """The caller's profile, read from the user aggregate."""
     principal = await require_user(request)
     user = await load_user(_services(request).store, principal.user_id)
-    if user is None:
+    if user is None or user.erased:
         raise InvalidTokenError("the token's user does not exist")
     return json_response(_profile(user), headers={"Cache-Control": "private, no-cache"})
 
 
+async def erase_me(request: web.Request) -> web.Response:
+    """Erase the caller's account (docs/privacy.md): 204, then every token of theirs is refused."""
+    principal = await require_user(request)
+    body = await read_model(request, EraseBody)
+    services = _services(request)
+    user = await load_user(services.store, principal.user_id)
+    if user is None or user.erased:
+        raise InvalidTokenError("the token's user does not exist")
+    await check_password(services.accounts, user, body.password)
+    await handle_erase_user(
+        services.accounts,
+        services.keys,
+        _refresh_tokens(services),
+        user_id=user.user_id,
+        context=Trace(request[keys.REQUEST_ID], request[keys.CORRELATION_ID]).context(user.user_id),
+    )
+    response = web.Response(status=204)
+    response.del_cookie(
+        REFRESH_COOKIE,
+        path=COOKIE_PATH,
+        secure=services.settings.cookie_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
 def _signed_in(services: Services, user: UserState, refresh_token: RefreshToken) -> web.Response:
     settings = services.settings
-    access = issue_access_token(settings, user.user_id, user.roles, _now())
+    access = issue_access_token(
+        settings, user.user_id, user.roles, _now(), family_id=refresh_token.family_id
+    )
     body = {
         "access_token": access.token,
         "token_type": "Bearer",
@@ -170,7 +217,39 @@ def _services(request: web.Request) -> Services:
 
 
 def _refresh_tokens(services: Services) -> RefreshTokens:
-    return RefreshTokens(services.db, services.redis, services.settings.refresh_token_ttl_seconds)
+    settings = services.settings
+    return RefreshTokens(
+        services.db,
+        services.redis,
+        settings.refresh_token_ttl_seconds,
+        grace_seconds=settings.refresh_grace_seconds,
+    )
+
+
+CSRF_HEADER = "X-Requested-With"
+
+
+def require_same_site(request: web.Request) -> None:
+    """Refresh and logout act on the cookie, which a browser sends with any site's request:
+    they need `application/json` (a form or a `text/plain` fetch from another site cannot send
+    it without a CORS preflight) and an allowed Origin, or, without Origin, the custom header
+    X-Requested-With (which no other site can add without a preflight either)."""
+    if request.content_type != "application/json":
+        raise Problem(
+            415, "unsupported-media-type", "Unsupported media type", "Send application/json."
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        allowed = request.app[keys.SETTINGS].cors_origins
+        if origin not in allowed and urlsplit(origin).netloc != request.host:
+            raise Problem(403, "cross-site-request", "Forbidden", "This origin may not do that.")
+    elif not request.headers.get(CSRF_HEADER):
+        raise Problem(
+            403,
+            "cross-site-request",
+            "Forbidden",
+            f"Send an Origin header or {CSRF_HEADER} with this request.",
+        )
 
 
 def _now() -> datetime:
@@ -181,6 +260,22 @@ def _now() -> datetime:
 def auth_api_problem(exc: Exception) -> Problem | None:
     """The auth API's refusals, each under a stable type."""
     challenge = {"WWW-Authenticate": REALM}
+    if isinstance(exc, AccountThrottledError):
+        return Problem(
+            429,
+            "login-throttled",
+            "Too many failed attempts",
+            "Too many wrong passwords for this account; wait before trying again.",
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    if isinstance(exc, SubjectErasedError):  # a command racing its user's erasure
+        return Problem(
+            401,
+            "invalid-token",
+            "Authentication required",
+            "invalid or expired token",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
     if isinstance(exc, EmailTakenError):
         return Problem(
             409, "email-taken", "E-mail already registered", "This e-mail address is taken."

@@ -16,6 +16,7 @@ _DOMAIN: dict[type[errors.DomainError], tuple[int, str]] = {
     errors.TaskDeletedError: (409, "Task is deleted"),
     errors.TaskNotDeletedError: (409, "Task is not deleted"),
     errors.UserAlreadyRegisteredError: (409, "Already registered"),
+    errors.UserErasedError: (410, "Account erased"),
     errors.InvalidCommandError: (422, "The request is not valid"),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
@@ -41,9 +42,49 @@ async def read_model(request: web.Request, model: type[M]) -> M:
         raise Problem(
             400, "malformed-json", "Malformed JSON", "The body is not valid JSON."
         ) from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise Problem(400, "malformed-json", "Malformed JSON", "The body is nested too deeply.")
+    _refuse_duplicate_keys(raw)
     if not isinstance(data, dict):
         raise Problem(422, "validation-error", "The request is not valid", "Send a JSON object.")
     return model.model_validate(data)
+
+
+# No request body needs more than a few levels; the duplicate-key parser below recurses per
+# level, so anything deeper is refused before it (orjson itself stops at 1,024).
+MAX_JSON_DEPTH = 32
+
+
+def _depth(data: Any) -> int:
+    """How deeply arrays and objects nest in `data` (iteratively: no recursion to exhaust)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                children = value.values() if isinstance(value, dict) else value
+                stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    """400 when an object names a key twice: parsers disagree on which one counts (orjson
+    keeps the last), so such a body means different things to different readers."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        if len(set(keys)) != len(keys):
+            repeated = next(key for key in keys if keys.count(key) > 1)
+            raise Problem(
+                400,
+                "duplicate-json-key",
+                "Malformed JSON",
+                f"The key {repeated[:64]!r} appears more than once in one object.",
+            )
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)  # valid JSON, and shallow: checked before
 
 
 def query_model(

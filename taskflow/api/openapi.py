@@ -27,7 +27,7 @@ import taskflow
 
 # The views' own patterns (private there) are reused so that the document cannot drift from them.
 from taskflow.api.audit_routes import _STREAM_ID, AsOfQuery, FeedQuery, HistoryQuery
-from taskflow.api.auth_routes import REFRESH_COOKIE, LoginBody, RegisterBody
+from taskflow.api.auth_routes import REFRESH_COOKIE, EraseBody, LoginBody, RegisterBody
 from taskflow.api.change_feeds import (
     AUDIT_CHANGES_PATH,
     TASK_CHANGES_PATH,
@@ -97,6 +97,13 @@ class Profile(_Shape):
     roles: list[str]
 
 
+class SameSiteBody(BaseModel):
+    """Any JSON object, `{}` will do: refresh and logout need an application/json body, which
+    another site cannot send without a CORS preflight."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 class AccessToken(_Shape):
     """A new access token (RFC 6749 §5.1); the refresh token travels in a cookie."""
 
@@ -148,7 +155,15 @@ class TaskHistoryPage(_Shape):
 
 
 class CommitPage(_Shape):
-    """Commits of the event log, in log order; gaps (unused positions) are passed over."""
+    """Commits of the event log, in log order; gaps (unused positions) are passed over.
+
+    Each event's `data` is its payload in the current schema (older schemas are upcast on
+    read; no event shows a password hash). Personal fields (e-mail, display name, task title,
+    description, tags) are stored encrypted under their user's data key and shown decrypted.
+    Once that user is erased they cannot be: they are left out of `data`, and `data["~erased"]`
+    lists their names, e.g. `{"task_id": "…", "status": "todo", …, "~erased": ["title",
+    "description", "tags"]}`. Types, versions, positions, times, ids and metadata stay.
+    """
 
     items: list[Commit]
     next_after: int | None = Field(
@@ -392,6 +407,10 @@ FEED_PAGES = (
     "is settled yet). Poll from there for newer commits. A page passes over at most "
     f"{FEED_GAPS_MAX:,} gaps: after a longer run of them, a page may be empty with `end` false."
 )
+SAME_SITE = {
+    403: "an Origin that is not allowed, or neither Origin nor X-Requested-With",
+    415: "the request is not application/json",
+}
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -461,7 +480,8 @@ OPERATIONS: tuple[Operation, ...] = (
         {
             **BODY_PROBLEMS,
             409: "the e-mail address is taken",
-            422: "a field is invalid (each is named)",
+            422: "a field is invalid (each is named); a password that is too common, too easy "
+            "to guess or the e-mail itself is refused",
             **REGISTER_UNAVAILABLE,
         },
         body=RegisterBody,
@@ -475,7 +495,14 @@ OPERATIONS: tuple[Operation, ...] = (
         "auth",
         "Exchange e-mail and password for an access token and a refresh cookie",
         (Reply(200, "Signed in", AccessToken, ("Set-Cookie",)),),
-        {**BODY_PROBLEMS, 401: "wrong e-mail or password", 422: "a field is invalid"} | UNAVAILABLE,
+        {
+            **BODY_PROBLEMS,
+            401: "wrong e-mail or password",
+            422: "a field is invalid",
+            429: "too many requests from this address, or too many wrong passwords for this "
+            "account (Retry-After says how long to wait)",
+        }
+        | UNAVAILABLE,
         body=LoginBody,
         example={"email": EMAIL, "password": PASSWORD},
         security=PUBLIC,
@@ -494,9 +521,21 @@ OPERATIONS: tuple[Operation, ...] = (
                 ("Set-Cookie",),
             ),
         ),
-        {401: "no, an expired, or a reused refresh token (reuse revokes the family)"} | UNAVAILABLE,
+        {
+            401: "no, an expired, or a reused refresh token (reuse revokes the family)",
+            **SAME_SITE,
+        }
+        | UNAVAILABLE,
         security=({"refreshCookie": []},),
-        description="A refresh token presented twice revokes its whole family.",
+        parameters=("X-Requested-With",),
+        body=SameSiteBody,
+        example={},
+        description=(
+            "A refresh token presented twice revokes its whole family, and every access token "
+            "issued with it, unless the second time comes within REFRESH_GRACE_SECONDS of the "
+            "first (two tabs): then both get the same successor. Needs Content-Type "
+            "application/json and an allowed Origin (or X-Requested-With without Origin)."
+        ),
     ),
     Operation(
         "post",
@@ -505,8 +544,16 @@ OPERATIONS: tuple[Operation, ...] = (
         "auth",
         "Deny-list the access token and revoke the refresh family",
         (Reply(204, "Signed out; the refresh cookie is cleared", headers=("Set-Cookie",)),),
-        TOKEN | UNAVAILABLE,
+        TOKEN | SAME_SITE | UNAVAILABLE,
         security=({"bearerAuth": [], "refreshCookie": []}, {"bearerAuth": []}),
+        parameters=("X-Requested-With",),
+        body=SameSiteBody,
+        example={},
+        description=(
+            "The family is the access token's own: the bearer token alone ends the session. "
+            "Needs Content-Type application/json and an allowed Origin (or X-Requested-With "
+            "without Origin)."
+        ),
     ),
     Operation(
         "get",
@@ -516,6 +563,30 @@ OPERATIONS: tuple[Operation, ...] = (
         "The caller's profile",
         (Reply(200, "The profile", Profile),),
         {401: "no valid access token, or its user does not exist"} | UNAVAILABLE,
+    ),
+    Operation(
+        "delete",
+        "/api/auth/me",
+        "eraseMe",
+        "auth",
+        "Erase the caller's account and personal data (needs the password again)",
+        (Reply(204, "Erased; the refresh cookie is cleared", headers=("Set-Cookie",)),),
+        {
+            **BODY_PROBLEMS,
+            401: "no valid access token, or a wrong password",
+            422: "the password is missing",
+            **UNAVAILABLE,
+        },
+        body=EraseBody,
+        example={"password": PASSWORD},
+        description=(
+            "Crypto-shredding (docs/privacy.md): the account's data key is destroyed, so the "
+            "e-mail, name and task texts stored in the event log can never be read again; its "
+            "sessions and tokens are refused from now on, its task views lose their texts, and "
+            "the e-mail can be registered anew. The log keeps the events (types, versions, "
+            "positions, times) and still verifies; auditors see the personal fields as erased "
+            '(`data["~erased"]`, see CommitPage).'
+        ),
     ),
     Operation(
         "post",
@@ -779,6 +850,12 @@ PARAMETERS: dict[str, Any] = {
     "If-Match": _header_param(
         "If-Match", _pattern(_ETAG.pattern), "the ETag the change is based on", required=True
     ),
+    "X-Requested-With": _header_param(
+        "X-Requested-With",
+        {"type": "string", "minLength": 1},
+        "any value; required when the request has no Origin header (a browser sends Origin, "
+        "and another site cannot add this header without a CORS preflight)",
+    ),
     "If-None-Match": _header_param(
         "If-None-Match", {"type": "string"}, "ETags the client has; a match answers 304"
     ),
@@ -856,7 +933,8 @@ PROBLEM_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     428: ("PreconditionRequired", "If-Match is required", ()),
     429: (
         "TooManyRequests",
-        "Rate limit exceeded (per IP on /api/auth, per user elsewhere)",
+        "Rate limit exceeded (per IP on login and register, per user elsewhere; a login also "
+        "per account)",
         ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
     ),
     503: ("ServiceUnavailable", "A backing service is unavailable", ("Retry-After",)),

@@ -12,6 +12,9 @@ from taskflow.api.middlewares import register_problem_mapper
 from taskflow.api.problems import Problem
 from taskflow.auth.denylist import AuthUnavailableError, DenyGuard
 from taskflow.auth.tokens import InvalidTokenError, verify_access_token
+from taskflow.bootstrap import Services
+from taskflow.commands.user_handlers import load_user
+from taskflow.privacy.data_keys import Standing
 
 REALM = 'Bearer realm="taskflow"'
 
@@ -28,17 +31,35 @@ class Principal:
     roles: tuple[str, ...]
     jti: str
     expires_at: datetime
+    family_id: str = ""
 
 
 async def require_user(request: web.Request) -> Principal:
     """The caller named by `Authorization: Bearer`; 401 for any token problem, 503 fail-closed."""
     services = request.app[SERVICES]
     claims = verify_access_token(services.settings, _bearer(request), datetime.now(UTC))
-    if await request.app[DENY_LIST].is_denied(claims.jti):
-        raise InvalidTokenError("logged out")
+    if await request.app[DENY_LIST].is_denied(claims.jti, claims.family_id):
+        raise InvalidTokenError("logged out, or its session was revoked")
+    await require_standing(services, claims.user_id)
     return Principal(
-        user_id=claims.user_id, roles=claims.roles, jti=claims.jti, expires_at=claims.expires_at
+        user_id=claims.user_id,
+        roles=claims.roles,
+        jti=claims.jti,
+        expires_at=claims.expires_at,
+        family_id=claims.family_id,
     )
+
+
+async def require_standing(services: Services, user_id: str) -> None:
+    """InvalidTokenError unless `user_id` is a live user: a token of an unknown or erased user
+    is refused (cached, so this costs no I/O on most requests; docs/privacy.md)."""
+    standing = await services.keys.standing(user_id)
+    if standing is Standing.UNKNOWN:  # no data key: registered before keys existed, or nobody
+        user = await load_user(services.store, user_id)
+        services.keys.settle(user_id, exists=user is not None and not user.erased)
+        standing = await services.keys.standing(user_id)
+    if standing is not Standing.LIVE:
+        raise InvalidTokenError("the token's user does not exist")
 
 
 @dataclass(frozen=True)
@@ -51,11 +72,13 @@ class GuardedCaller:
     guard: DenyGuard
 
 
-def guarded_caller(request: web.Request) -> GuardedCaller:
-    """The caller named by `Authorization: Bearer`, its deny-list check left to the read."""
+async def guarded_caller(request: web.Request) -> GuardedCaller:
+    """The caller named by `Authorization: Bearer`, its deny-list check left to the read (the
+    standing check is made here: it is cached, so it costs no round trip)."""
     services = request.app[SERVICES]
     claims = verify_access_token(services.settings, _bearer(request), datetime.now(UTC))
-    return GuardedCaller(claims.user_id, request.app[DENY_LIST].guard(claims.jti))
+    await require_standing(services, claims.user_id)
+    return GuardedCaller(claims.user_id, request.app[DENY_LIST].guard(claims.jti, claims.family_id))
 
 
 def _bearer(request: web.Request) -> str:

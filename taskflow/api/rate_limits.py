@@ -1,4 +1,7 @@
-"""Rate limits in Redis (the `limits` library): per client IP on auth, per user elsewhere.
+"""Rate limits in Redis (the `limits` library): per client IP on login and registration, per
+user (else per IP) on everything else, refresh and /api/auth/me included, so that a page that
+calls /me on load does not spend the login budget. Every answer of a limited route carries the
+RateLimit-* headers, errors included. Logins are also throttled per account (auth/throttle.py).
 
 When Redis cannot answer, limits fail OPEN (the request goes on, a warning is logged and
 counted): authenticated endpoints already fail closed on the deny-list check, and login is
@@ -29,6 +32,9 @@ from taskflow.settings import Settings
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _UNLIMITED = {"/api/health", "/api/ready", "/metrics"}
+# The routes that take a password from anyone: a small budget per address.
+_AUTH_BUCKET = frozenset({"/api/auth/login", "/api/auth/register"})
+_HEADERS = web.RequestKey("rate_limit_headers", dict[str, str])
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class RateLimits:
     def scope(self, request: web.Request) -> tuple[str, RateLimitItem, str]:
         """Which limit applies: per IP on auth endpoints, per user (else per IP) elsewhere."""
         ip = client_ip(request, self.settings)
-        if request.path.startswith("/api/auth/"):
+        if request.path in _AUTH_BUCKET:
             return "auth", self.auth, f"ip:{ip}"
         return "api", self.api, self._user(request) or f"ip:{ip}"
 
@@ -110,6 +116,14 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
             f"Limit {item.amount} per {item.multiples} {item.GRANULARITY.name}; retry later.",
             headers={**headers, "Retry-After": str(max(reset, 1))},
         )
-    response = await handler(request)
-    response.headers.update(headers)
-    return response
+    request[_HEADERS] = headers  # set on the answer whatever it is (`add_rate_limit_headers`)
+    return await handler(request)
+
+
+async def add_rate_limit_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the RateLimit-* headers on every answer of a limited route, the
+    problem answers the edge middleware makes of errors (401, 404, ...) included."""
+    headers = request.get(_HEADERS) if isinstance(request, web.Request) else None
+    if headers:
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)

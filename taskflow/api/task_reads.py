@@ -48,8 +48,11 @@ async def get_task(request: web.Request) -> web.Response:
     view, stale = served.value, served.stale
     if stale and position is not None:
         # The caller wrote at `position` and the read models are behind it (the projector lags,
-        # or Redis lost its data): the task's own stream answers instead, never a bare 404.
-        view, stale = await _from_the_log(request, caller.user_id, task_id), False
+        # or Redis lost its data): the task's own stream answers instead, never a bare 404. It
+        # holds every write up to now, so it is stale only for a position no write was given.
+        view = await _from_the_log(request, caller.user_id, task_id)
+        allocated = await request.app[keys.SERVICES].store.allocated_position()
+        stale = allocated is not None and position > allocated
     if view is None:
         detail = f"task {task_id!r} does not exist"
         raise Problem(404, "task-not-found", "Task not found", detail, headers=_stale(stale))
@@ -88,7 +91,7 @@ async def _caller(request: web.Request) -> GuardedCaller:
     A read that waits for a position first (read-your-writes) checks the deny list before it
     waits, as every other endpoint does; its read checks once more, which costs little there.
     """
-    caller = guarded_caller(request)
+    caller = await guarded_caller(request)
     if POSITION_HEADER in request.headers:
         await require_user(request)
     return caller

@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -61,8 +61,8 @@ RELOAD_CHUNK = 500
 Document = dict[str, Any]
 # One round trip: 1 denied, 0 not denied, -1 Redis's copy is not known complete.
 _CHECK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 return -1
 """
 _UNCHECKED = -1
@@ -81,11 +81,18 @@ class DenyList:
         record: AsyncCollection[Document],
         *,
         stale_limit: float,
+        families: AsyncCollection[Document] | None = None,
+        family_window: float = 3600.0,
         refresh_every: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`record`: the logouts' durable record; `families`: the refresh families' revocations
+        (auth/refresh.py), of which those of the last `family_window` seconds (the access
+        tokens' lifetime) are copied back to Redis when its copy is reloaded."""
         self._redis = redis
         self._record = record
+        self._families = families
+        self._family_window = family_window
         self._stale_limit = stale_limit
         self._refresh_every = refresh_every
         self._clock = clock
@@ -112,34 +119,38 @@ class DenyList:
         # process that logged the token out would otherwise accept it (seen in the outage test).
         self._copy = self._copy | {jti}
 
-    async def is_denied(self, jti: str) -> bool:
-        """Whether `jti` was logged out: Redis (or MongoDB while Redis's copy is incomplete),
-        else a recent in-process copy, else AuthUnavailableError."""
+    async def is_denied(self, jti: str, family_id: str = "") -> bool:
+        """Whether `jti` was logged out, or its refresh family revoked: Redis (or MongoDB while
+        Redis's copy is incomplete), else a recent in-process copy, else AuthUnavailableError."""
         if not self.redis_answering():
             return self.denied_by_copy(jti)
         try:
             async with _guard():
                 answer = await self._check(
-                    keys=[names.denied_jti_key(jti), names.DENY_LIST_COMPLETE]
+                    keys=[*_deny_keys(jti, family_id), names.DENY_LIST_COMPLETE]
                 )
         except AuthUnavailableError:
             return self.denied_by_copy(jti, redis_failed=True)
         if answer == _UNCHECKED:
-            return await self.denied_in_record(jti)
+            return await self.denied_in_record(jti, family_id)
         return bool(answer)
 
-    async def denied_in_record(self, jti: str) -> bool:
-        """Whether MongoDB's record holds `jti` (for the moments Redis's copy is incomplete);
-        when MongoDB cannot answer either, the in-process copy decides (if recent enough)."""
+    async def denied_in_record(self, jti: str, family_id: str = "") -> bool:
+        """Whether MongoDB's records refuse the token: its logout, or its family's revocation
+        (for the moments Redis's copy is incomplete); when MongoDB cannot answer either, the
+        in-process copy decides (if recent enough)."""
         try:
-            doc = await self._record.find_one({"_id": jti})
+            if await self._record.find_one({"_id": jti}) is not None:
+                return True
+            if self._families is None or not family_id:
+                return False
+            return await self._families.find_one({"_id": family_id}) is not None
         except PyMongoError:
             return self.denied_by_copy(jti)
-        return doc is not None
 
-    def guard(self, jti: str) -> DenyGuard:
-        """The check of `jti`, for a read to make in its own Redis round trip."""
-        return DenyGuard(self, jti)
+    def guard(self, jti: str, family_id: str = "") -> DenyGuard:
+        """The check of `jti` (and its family), for a read to make in its own Redis round trip."""
+        return DenyGuard(self, jti, family_id)
 
     def redis_answering(self) -> bool:
         """False for a while after Redis failed: checks then go straight to the copy."""
@@ -183,8 +194,16 @@ class DenyList:
         Marked only after every token is in Redis: a check meanwhile reads MongoDB. Any number
         of processes may reload at once; each writes the same keys.
         """
+        window = math.ceil(self._family_window)
         try:
             records = await self._record.find({"expires_at": {"$gt": now}}).to_list()
+            families = (
+                []
+                if self._families is None
+                else await self._families.find(
+                    {"revoked_at": {"$gt": now - timedelta(seconds=window)}}, {"_id": 1}
+                ).to_list()
+            )
         except PyMongoError as exc:
             raise AuthUnavailableError("the deny list's record cannot be read") from exc
         for start in range(0, len(records), RELOAD_CHUNK):
@@ -193,9 +212,16 @@ class DenyList:
                     remaining = math.ceil((doc["expires_at"] - now).total_seconds())
                     _copy_to(pipe, doc["_id"], doc["expires_at"], max(remaining, 1))
                 await pipe.execute()
+        for start in range(0, len(families), RELOAD_CHUNK):
+            async with _guard(), self._redis.pipeline(transaction=False) as pipe:
+                for doc in families[start : start + RELOAD_CHUNK]:
+                    # The family's access tokens expire within the window; its refresh tokens
+                    # are checked against MongoDB by refresh.py whatever Redis holds.
+                    pipe.set(names.revoked_family_key(str(doc["_id"])), b"1", ex=window)
+                await pipe.execute()
         async with _guard():
             await self._redis.set(names.DENY_LIST_COMPLETE, 1)
-        log.info("deny_list_reloaded", tokens=len(records))
+        log.info("deny_list_reloaded", tokens=len(records), families=len(families))
         return frozenset(str(doc["_id"]) for doc in records)
 
     async def keep_copy(self, now: Callable[[], datetime]) -> None:
@@ -229,19 +255,23 @@ class DenyGuard:
 
     deny_list: DenyList
     jti: str
+    family_id: str = ""
     timeout: float = CHECK_TIMEOUT_SECONDS
 
     @property
-    def key(self) -> str:
-        return names.denied_jti_key(self.jti)
+    def keys(self) -> tuple[str, str]:
+        """The keys whose existence refuses the read: the token's deny entry, its family's
+        revocation."""
+        return _deny_keys(self.jti, self.family_id)
 
     @property
     def complete_key(self) -> str:
         return names.DENY_LIST_COMPLETE
 
     async def check_durably(self) -> None:
-        """Refuse a logged-out token by MongoDB's record (Redis's copy is being reloaded)."""
-        if await self.deny_list.denied_in_record(self.jti):
+        """Refuse a logged-out token (or one of a revoked family) by MongoDB's records (Redis's
+        copy is being reloaded)."""
+        if await self.deny_list.denied_in_record(self.jti, self.family_id):
             raise self.refused()
 
     def redis_answering(self) -> bool:
@@ -254,6 +284,12 @@ class DenyGuard:
 
     def refused(self) -> InvalidTokenError:
         return InvalidTokenError("logged out")
+
+
+def _deny_keys(jti: str, family_id: str) -> tuple[str, str]:
+    # A token without a family (issued before families were in tokens) names a key that never
+    # exists, so every check has the same shape.
+    return names.denied_jti_key(jti), names.revoked_family_key(family_id or "-")
 
 
 @asynccontextmanager

@@ -2,22 +2,36 @@
 
 Races are decided by unique `_id` inserts (DESIGN.md §3), never by conditional updates:
 - using a token inserts its hash into `refresh_tokens_used`: the one insert that succeeds wins the
-  rotation; a DuplicateKeyError means the token was used before (reuse), which revokes its family;
+  rotation; a DuplicateKeyError means the token was used before (reuse), which revokes its family,
+  unless it comes within the grace window (REFRESH_GRACE_SECONDS) of the first use: two tabs
+  refreshing at once then both get the same successor. The successor is kept only for the
+  window, in Redis (expiring with it), and only encrypted under a key derived from the presented
+  token, so only a holder of that token can read it; only the winner of the insert stores it,
+  so nothing can reopen a closed window;
 - revoking inserts the family id into `refresh_families_revoked` (a duplicate is already done),
   mirrored into Redis so refusals are cheap; MongoDB stays the authority.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import hashlib
+import math
+import os
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pymongo import ReadPreference, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -29,6 +43,8 @@ from taskflow import names
 Document = dict[str, Any]
 TOKEN_BYTES = 32
 MAX_TOKEN_LENGTH = 128  # token_urlsafe(32) is 43 characters; anything far longer is not ours
+# How long a refresh that lost the race waits for the winner to store the shared successor.
+SUCCESSOR_WAIT_SECONDS = 1.0
 
 
 class InvalidRefreshTokenError(Exception):
@@ -66,36 +82,51 @@ def hash_token(token: str) -> str:
 class RefreshTokens:
     """Issue, rotate and revoke refresh tokens on MongoDB (authority) and Redis (fast path)."""
 
-    def __init__(self, db: AsyncDatabase[Document], redis: Redis, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        redis: Redis,
+        ttl_seconds: int,
+        grace_seconds: float = 0.0,
+    ) -> None:
         self.tokens = _collection(db, names.REFRESH_TOKENS)
         self.used = _collection(db, names.REFRESH_TOKENS_USED)
         self.revoked = _collection(db, names.REFRESH_FAMILIES_REVOKED)
         self._redis = redis
         self._ttl = ttl_seconds
+        self._grace = grace_seconds
 
     async def issue(
         self, user_id: str, now: datetime, family_id: str | None = None
     ) -> RefreshToken:
         """A new token in `family_id`, or in a new family (a new login) when None."""
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+        return await self._issue(secrets.token_urlsafe(TOKEN_BYTES), user_id, now, family_id)
+
+    async def _issue(
+        self, token: str, user_id: str, now: datetime, family_id: str | None
+    ) -> RefreshToken:
+        """Store `token` (once: a racer of the grace window may store the same one first)."""
         record = _Record(user_id, family_id or uuid.uuid4().hex, now + timedelta(seconds=self._ttl))
         token_hash = hash_token(token)
-        await self.tokens.insert_one(
-            {
-                "_id": token_hash,
-                "user_id": record.user_id,
-                "family_id": record.family_id,
-                "issued_at": now,
-                "expires_at": record.expires_at,
-            }
-        )
+        with contextlib.suppress(DuplicateKeyError):
+            await self.tokens.insert_one(
+                {
+                    "_id": token_hash,
+                    "user_id": record.user_id,
+                    "family_id": record.family_id,
+                    "issued_at": now,
+                    "expires_at": record.expires_at,
+                }
+            )
         await self._cache(token_hash, record, now)
         return RefreshToken(token, record.user_id, record.family_id, record.expires_at)
 
     async def rotate(self, presented: str, now: datetime) -> RefreshToken:
-        """Retire `presented` and issue the next token of its family; the first use wins."""
+        """Retire `presented` and issue the next token of its family; the first use wins, and a
+        second use within the grace window gets the same successor (see the module docstring)."""
         token_hash = hash_token(presented)
         record = await self._valid_record(presented, token_hash, now)
+        slot = names.refresh_successor_key(token_hash)
         try:
             await self.used.insert_one(
                 {
@@ -106,9 +137,32 @@ class RefreshTokens:
                 }
             )
         except DuplicateKeyError:
-            await self.revoke_family(record.family_id, record.user_id, now, reason="reuse")
-            raise RefreshTokenReusedError("refresh token reused; its family is revoked") from None
-        return await self.issue(record.user_id, now, family_id=record.family_id)
+            successor = await self._successor(slot, presented)
+            if successor is None:  # used before, and no window open (or none at all)
+                await self.revoke_family(record.family_id, record.user_id, now, reason="reuse")
+                raise RefreshTokenReusedError(
+                    "refresh token reused; its family is revoked"
+                ) from None
+            return await self._issue(successor, record.user_id, now, record.family_id)
+        successor = secrets.token_urlsafe(TOKEN_BYTES)
+        if self._grace > 0:  # only the winner of the insert opens the window
+            sealed = _seal_successor(presented, successor)
+            await self._redis.set(slot, sealed, ex=max(1, math.ceil(self._grace)))
+        return await self._issue(successor, record.user_id, now, record.family_id)
+
+    async def _successor(self, slot: str, presented: str) -> str | None:
+        """The successor kept for this token's grace window, if the window is open. The winner
+        stores it just after its insert, so a racer that lost waits for it a little."""
+        if self._grace <= 0:
+            return None
+        deadline = time.monotonic() + min(self._grace, SUCCESSOR_WAIT_SECONDS)
+        while True:
+            sealed = await self._redis.get(slot)
+            if sealed is not None:
+                return _open_successor(presented, sealed)
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.02)
 
     async def revoke_family_of(self, presented: str, now: datetime, reason: str) -> None:
         """Revoke the family `presented` belongs to, if it is one of ours (logout)."""
@@ -158,6 +212,27 @@ class RefreshTokens:
     async def _mirror_revocation(self, family_id: str) -> None:
         # A family's newest token expires at most one TTL after its revocation.
         await self._redis.set(names.revoked_family_key(family_id), b"1", ex=self._ttl)
+
+
+def _successor_key(presented: str) -> AESGCM:
+    """A key only a holder of `presented` can derive (the token has 256 random bits)."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"taskflow refresh successor")
+    return AESGCM(hkdf.derive(presented.encode()))
+
+
+def _seal_successor(presented: str, successor: str) -> bytes:
+    nonce = os.urandom(12)
+    return base64.b64encode(
+        nonce + _successor_key(presented).encrypt(nonce, successor.encode(), None)
+    )
+
+
+def _open_successor(presented: str, sealed: bytes | str) -> str | None:
+    raw = base64.b64decode(sealed)
+    try:
+        return _successor_key(presented).decrypt(raw[:12], raw[12:], None).decode()
+    except (InvalidTag, ValueError):
+        return None
 
 
 def _collection(db: AsyncDatabase[Document], name: str) -> AsyncCollection[Document]:

@@ -18,6 +18,9 @@ from taskflow.settings import Settings
 # confusion (https://datatracker.ietf.org/doc/html/rfc8725#section-3.1).
 ALGORITHMS = ["HS256"]
 ACCESS = "access"
+# The header's explicit type (RFC 8725 §3.11, RFC 9068): a JWT of another kind signed with the
+# same key is not an access token.
+HEADER_TYPE = "at+jwt"
 # Tolerated clock difference between the API instance that issued a token and the one checking
 # it, for `iat`/`nbf` only: an expired token is expired.
 CLOCK_SKEW_SECONDS = 5
@@ -37,6 +40,7 @@ class AccessClaims:
     roles: tuple[str, ...]
     issued_at: datetime
     expires_at: datetime
+    family_id: str = ""  # the refresh-token family the token was issued with ("" for none)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class _Payload(BaseModel):
     nbf: Timestamp
     exp: Timestamp
     roles: list[NonEmpty]
+    fam: Annotated[str, StringConstraints(max_length=256)] = ""
 
 
 def issue_access_token(
@@ -73,8 +78,13 @@ def issue_access_token(
     now: datetime,
     *,
     jti: str | None = None,
+    family_id: str = "",
 ) -> AccessToken:
-    """A token for `user_id` signed with the active key, valid from `now` for the configured TTL."""
+    """A token for `user_id` signed with the active key, valid from `now` for the configured TTL.
+
+    `family_id` names the refresh-token family it comes with: revoking the family (logout,
+    reuse, erasure) refuses the token at once (principal.py, auth/denylist.py).
+    """
     issued = int(now.timestamp())
     payload: dict[str, Any] = {
         "sub": user_id,
@@ -86,9 +96,11 @@ def issue_access_token(
         "nbf": issued,
         "exp": issued + settings.access_token_ttl_seconds,
         "roles": list(roles),
+        "fam": family_id,
     }
     kid = settings.jwt_active_kid
-    token = jwt.encode(payload, _key(settings, kid), algorithm=ALGORITHMS[0], headers={"kid": kid})
+    headers = {"kid": kid, "typ": HEADER_TYPE}
+    token = jwt.encode(payload, _key(settings, kid), algorithm=ALGORITHMS[0], headers=headers)
     return AccessToken(token=token, claims=_claims(_Payload.model_validate(payload)))
 
 
@@ -132,12 +144,14 @@ def _verified(
 
 
 def _kid(token: str, keys: Mapping[str, str]) -> str:
-    """The header's key id, if it names one of our keys (anything else is not our token)."""
+    """The header's key id, if it names one of our keys and the header types the token as an
+    access token (anything else is not our token)."""
     try:
-        kid = jwt.get_unverified_header(token).get("kid")
+        header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise InvalidTokenError("invalid or expired token") from exc
-    if not isinstance(kid, str) or kid not in keys:
+    kid = header.get("kid")
+    if not isinstance(kid, str) or kid not in keys or header.get("typ") != HEADER_TYPE:
         raise InvalidTokenError("invalid or expired token")
     return kid
 
@@ -159,4 +173,5 @@ def _claims(payload: _Payload) -> AccessClaims:
         roles=tuple(payload.roles),
         issued_at=datetime.fromtimestamp(payload.iat, UTC),
         expires_at=datetime.fromtimestamp(payload.exp, UTC),
+        family_id=payload.fam,
     )

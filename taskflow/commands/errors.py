@@ -75,6 +75,16 @@ class UserNotFoundError(DomainError):
         self.user_id = user_id
 
 
+class UserErasedError(DomainError):
+    """The account was erased: it takes no command but another erasure (which changes nothing)."""
+
+    code = "user_erased"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id!r} is erased")
+        self.user_id = user_id
+
+
 class InvalidCommandError(DomainError):
     """A field breaks a domain rule that the command model's own validation cannot see."""
 

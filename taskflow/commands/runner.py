@@ -7,12 +7,13 @@ unique version key, so a stale snapshot only costs a conflict and one reload fro
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from taskflow.commands.errors import DomainError
 from taskflow.events.base import DomainEvent
@@ -41,12 +42,17 @@ class PreconditionFailedError(Exception):
 
 @dataclass(frozen=True)
 class Aggregate(Generic[S, C, E]):
-    """An aggregate type: its stream prefix, state model and pure functions."""
+    """An aggregate type: its stream prefix, state model and pure functions.
+
+    `subject` names the user a state's personal data is about: the store encrypts the stream's
+    personal fields and snapshots under that user's data key (docs/privacy.md).
+    """
 
     name: str
     state_type: type[S]
     decide: Callable[[S | None, C, datetime], Sequence[E]]
     evolve: Callable[[S | None, E], S]
+    subject: Callable[[S], str]
 
     def stream_id(self, entity_id: str) -> str:
         return f"{self.name}-{entity_id}"
@@ -109,11 +115,14 @@ async def _load(
     if not fresh:
         head = await store.stream_head(stream_id)
         if head is not None and head.snapshot is not None:
-            return aggregate.state_type.model_validate_json(head.snapshot), head
+            with contextlib.suppress(ValidationError):  # a snapshot of an older state shape
+                return aggregate.state_type.model_validate_json(head.snapshot), head
     head, commits = await store.load_head(stream_id)
     state = aggregate.fold(commits)
     if state is not None:  # the next command (or read) then starts from the snapshot again
-        await store.cache_snapshot(stream_id, head, state.model_dump_json().encode())
+        await store.cache_snapshot(
+            stream_id, head, state.model_dump_json().encode(), subject=aggregate.subject(state)
+        )
     return state, head
 
 
@@ -248,6 +257,7 @@ async def _decide_and_append(
         snapshot=new_state.model_dump_json().encode(),
         # The head just read: `append` need not read it again (one Redis round trip less).
         prev_hash=head.hash,
+        subject=aggregate.subject(new_state),
     )
     if result.replayed:
         return await _replay(store, aggregate, result)

@@ -13,10 +13,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from taskflow.commands.errors import (
     InvalidCommandError,
     UserAlreadyRegisteredError,
+    UserErasedError,
     UserNotFoundError,
 )
-from taskflow.events.task_values import EntityId, trimmed
+from taskflow.events.task_values import EntityId, printable, trimmed
 from taskflow.events.user_events import (
+    UserErased,
     UserEvent,
     UserPasswordChanged,
     UserRegistered,
@@ -25,10 +27,11 @@ from taskflow.events.user_events import (
 
 __all__ = [
     "ChangePassword",
+    "CredentialId",
     "DisplayName",
     "Email",
+    "EraseUser",
     "GrantRole",
-    "PasswordHash",
     "RegisterUser",
     "Role",
     "UserCommand",
@@ -81,29 +84,33 @@ def _email_field(raw: str) -> str:
 Email = Annotated[str, AfterValidator(_email_field)]
 """A normalised e-mail address (see `normalize_email`)."""
 
-DisplayName = Annotated[str, trimmed(DISPLAY_NAME_MAX)]
+DisplayName = Annotated[str, printable(), trimmed(DISPLAY_NAME_MAX)]
 """A display name: surrounding whitespace trimmed, 1 to 100 characters left."""
 
-PasswordHash = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-"""An encoded password hash (argon2id, computed by the handler); never a password."""
+CredentialId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+"""The id of a stored password hash (taskflow/auth/credentials.py); never the hash itself."""
 
 Role = Literal["auditor"]
 """The roles that can be granted."""
 
 
 class UserState(BaseModel):
-    """A user account as its events describe it; `version` counts the events folded into it."""
+    """A user account as its events describe it; `version` counts the events folded into it.
+
+    An erased account keeps its id, roles and times; its e-mail and name are "".
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     user_id: str
     email: str
     display_name: str
-    password_hash: str
+    credential_id: str
     roles: tuple[str, ...]
     created_at: datetime
     updated_at: datetime
     version: int
+    erased: bool = False
 
 
 class _UserCommand(BaseModel):
@@ -115,17 +122,17 @@ class _UserCommand(BaseModel):
 
 
 class RegisterUser(_UserCommand):
-    """Create an account (the handler reserves the e-mail address first)."""
+    """Create an account (the handler reserves the e-mail address and stores the credential)."""
 
     email: Email
     display_name: DisplayName
-    password_hash: PasswordHash
+    credential_id: CredentialId
 
 
 class ChangePassword(_UserCommand):
-    """Replace the account's password hash."""
+    """Make the stored credential `credential_id` the account's password."""
 
-    password_hash: PasswordHash
+    credential_id: CredentialId
 
 
 class GrantRole(_UserCommand):
@@ -134,7 +141,11 @@ class GrantRole(_UserCommand):
     role: Role
 
 
-UserCommand = RegisterUser | ChangePassword | GrantRole
+class EraseUser(_UserCommand):
+    """Forget the account's personal data (the handler destroys its data key)."""
+
+
+UserCommand = RegisterUser | ChangePassword | GrantRole | EraseUser
 
 
 def decide(state: UserState | None, command: UserCommand, now: datetime) -> list[UserEvent]:
@@ -147,17 +158,21 @@ def decide(state: UserState | None, command: UserCommand, now: datetime) -> list
         raise UserNotFoundError(command.user_id)
     if command.user_id != state.user_id:
         raise InvalidCommandError("user_id", "does not match the user the command was sent to")
+    if isinstance(command, EraseUser):
+        return [] if state.erased else [UserErased(user_id=state.user_id, occurred_at=now)]
+    if state.erased:
+        raise UserErasedError(state.user_id)
     if isinstance(command, ChangePassword):
         return _change_password(state, command, now)
     return _grant(state, command, now)
 
 
 def _change_password(state: UserState, command: ChangePassword, now: datetime) -> list[UserEvent]:
-    if command.password_hash == state.password_hash:
+    if command.credential_id == state.credential_id:
         return []
     return [
         UserPasswordChanged(
-            user_id=state.user_id, occurred_at=now, password_hash=command.password_hash
+            user_id=state.user_id, occurred_at=now, credential_id=command.credential_id
         )
     ]
 
@@ -193,10 +208,12 @@ def _registered(state: UserState | None, event: UserRegistered) -> UserState:
 def _changes(state: UserState, event: UserEvent) -> dict[str, Any]:
     """The fields that `event` sets on `state`."""
     match event:
-        case UserPasswordChanged(password_hash=password_hash):
-            return {"password_hash": password_hash}
+        case UserPasswordChanged(credential_id=credential_id):
+            return {"credential_id": credential_id}
         case UserRoleGranted(role=role):
             return {"roles": state.roles if role in state.roles else (*state.roles, role)}
+        case UserErased():
+            return {"erased": True, "email": "", "display_name": ""}
     raise TypeError(f"the user aggregate does not know {type(event).__name__}")
 
 

@@ -3,11 +3,16 @@
 E-mail uniqueness is a set-wide rule the user aggregate cannot check alone (DESIGN.md §4): the
 normalised address is reserved by a unique `_id` insert into `email_reservations` before
 UserRegistered is appended, and the unique `(stream_id, first_version)` key of the log decides
-between registrations that reuse an orphaned reservation.
+between registrations that reuse an orphaned reservation. The reservation's `_id` is a keyed
+hash (HMAC-SHA-256 under EMAIL_HASH_KEY) of the normalised address, never the address
+(docs/privacy.md); so is the Redis cache of it. Password hashes live in `credentials`
+(taskflow/auth/credentials.py), named by the user's events.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,18 +27,21 @@ from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
 from taskflow import names
+from taskflow.auth.credentials import Credentials, is_legacy
 from taskflow.auth.passwords import (
-    PASSWORD_MAX,
-    PASSWORD_MIN,
+    WeakPasswordError,
+    check_new_password,
     hash_password,
     verify_dummy,
     verify_password,
 )
+from taskflow.auth.throttle import AccountThrottle
 from taskflow.commands.aggregates import USER
 from taskflow.commands.errors import InvalidCommandError, UserAlreadyRegisteredError
 from taskflow.commands.runner import Context, Outcome, PreconditionFailedError, execute, load
 from taskflow.commands.user import ChangePassword, RegisterUser, UserState, normalize_email
 from taskflow.events.store import ConcurrencyError, EventStore
+from taskflow.settings import Settings
 
 Document = dict[str, Any]
 Clock = Callable[[], datetime]
@@ -49,9 +57,34 @@ EMAIL_CACHE_SECONDS = 24 * 3600
 class EmailTakenError(Exception):
     """The normalised e-mail address belongs to another account (or a registration in flight)."""
 
-    def __init__(self, email: str) -> None:
+    def __init__(self) -> None:
         super().__init__("this e-mail address is already registered")
-        self.email = email
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """What the user handlers work with: the log, the auth collections, Redis, the e-mail key."""
+
+    store: EventStore
+    db: AsyncDatabase[Document]
+    redis: Redis
+    credentials: Credentials
+    email_key: bytes
+    throttle: AccountThrottle
+
+    @classmethod
+    def create(
+        cls, store: EventStore, db: AsyncDatabase[Document], redis: Redis, settings: Settings
+    ) -> Accounts:
+        key = settings.email_hash_key.get_secret_value().encode()
+        throttle = AccountThrottle(
+            redis, settings.login_free_failures, settings.login_backoff_cap_seconds
+        )
+        return cls(store, db, redis, Credentials(db), key, throttle)
+
+    def email_digest(self, normalized: str) -> str:
+        """The keyed hash an address is reserved and looked up by."""
+        return hmac.new(self.email_key, normalized.encode(), hashlib.sha256).hexdigest()
 
 
 class InvalidCredentialsError(Exception):
@@ -71,7 +104,7 @@ class Trace:
 
 @dataclass(frozen=True)
 class _Reservation:
-    email: str
+    digest: str
     user_id: str
     reserved_at: datetime
     owned: bool  # made by this registration, which may therefore release it
@@ -86,8 +119,7 @@ def new_user_id() -> str:
 
 
 async def handle_register_user(
-    store: EventStore,
-    db: AsyncDatabase[Document],
+    accounts: Accounts,
     *,
     email: str,
     display_name: str,
@@ -98,15 +130,27 @@ async def handle_register_user(
     orphan_after: timedelta = ORPHAN_AFTER,
 ) -> Outcome[UserState]:
     """Register an account; EmailTakenError if the normalised e-mail is registered already."""
-    _check_policy(password)
+    await _check_policy(password, email=_normalized_or_raw(email), display_name=display_name)
+    store = accounts.store
+    user_id = ids()
+    # The hash is stored before the event that names it, so no event names a missing one.
+    credential_id = await accounts.credentials.add(user_id, await hash_password(password))
     command = RegisterUser(
-        user_id=ids(),
-        email=email,
-        display_name=display_name,
-        password_hash=await hash_password(password),
+        user_id=user_id, email=email, display_name=display_name, credential_id=credential_id
     )
-    reservations = _reservations(db)
-    reservation = await _reserve(store, reservations, command, clock(), orphan_after)
+    reservations = _reservations(accounts.db)
+    try:
+        reservation = await _reserve(
+            store,
+            reservations,
+            accounts.email_digest(command.email),
+            user_id,
+            clock(),
+            orphan_after,
+        )
+    except EmailTakenError:
+        await accounts.credentials.discard(credential_id)
+        raise
     command = command.model_copy(update={"user_id": reservation.user_id})
     try:
         return await execute(
@@ -120,15 +164,17 @@ async def handle_register_user(
             new_stream=True,  # no log read: the unique version key decides between registrations
         )
     except (PreconditionFailedError, UserAlreadyRegisteredError, ConcurrencyError):
-        raise EmailTakenError(command.email) from None  # another registration won the user id
+        await accounts.credentials.discard(credential_id)
+        raise EmailTakenError() from None  # another registration won the user id
     except Exception:
+        await accounts.credentials.discard(credential_id)
         if reservation.owned:
             await _release(store, reservations, reservation, clock(), orphan_after)
         raise
 
 
 async def handle_change_password(
-    store: EventStore,
+    accounts: Accounts,
     *,
     user_id: str,
     current_password: str,
@@ -137,13 +183,23 @@ async def handle_change_password(
     clock: Clock = utc_now,
 ) -> Outcome[UserState]:
     """Replace the password after checking the current one; InvalidCredentialsError if wrong."""
-    _check_policy(new_password)
-    state, version = await load(store, USER, USER.stream_id(user_id))
-    if state is None or not await verify_password(state.password_hash, current_password):
+    state, version = await load(accounts.store, USER, USER.stream_id(user_id))
+    if state is None:
         raise InvalidCredentialsError("wrong password")
-    command = ChangePassword(user_id=user_id, password_hash=await hash_password(new_password))
-    # Pinned to the version the current password was checked against: a concurrent change wins.
-    return await execute(store, USER, user_id, command, context, clock(), expected_version=version)
+    await check_password(accounts, state, current_password, clock())
+    await _check_policy(new_password, email=state.email, display_name=state.display_name)
+    new_hash = await hash_password(new_password)
+    credential_id = await accounts.credentials.add(user_id, new_hash)
+    command = ChangePassword(user_id=user_id, credential_id=credential_id)
+    try:
+        # Pinned to the version the current password was checked against: a concurrent change
+        # wins, and the credential this one stored is never named.
+        return await execute(
+            accounts.store, USER, user_id, command, context, clock(), expected_version=version
+        )
+    except Exception:
+        await accounts.credentials.discard(credential_id)
+        raise
 
 
 async def load_user(store: EventStore, user_id: str) -> UserState | None:
@@ -152,56 +208,91 @@ async def load_user(store: EventStore, user_id: str) -> UserState | None:
     return state
 
 
-async def find_user_by_email(
-    store: EventStore, db: AsyncDatabase[Document], redis: Redis, email: str
-) -> UserState | None:
+async def find_user_by_email(accounts: Accounts, email: str) -> UserState | None:
     """The account registered under `email` (any spelling of it), or None."""
     try:
         normalized = normalize_email(email)
     except InvalidCommandError:
         return None
-    key = names.email_user_key(normalized)
-    cached = await redis.get(key)
-    user_id = _text(cached) if cached is not None else await _reserved_user(db, normalized)
-    user = None if user_id is None else await load_user(store, user_id)
+    digest = accounts.email_digest(normalized)
+    key = names.email_user_key(digest)
+    cached = await accounts.redis.get(key)
+    user_id = (
+        _text(cached)
+        if cached is not None
+        else await _reserved_user(accounts.db, digest, normalized)
+    )
+    user = None if user_id is None else await load_user(accounts.store, user_id)
+    if user is not None and user.erased:
+        return None
     if user is not None and cached is None:
-        # Safe to cache for long: a reservation is only ever released while its stream is empty.
-        await redis.set(key, user.user_id, ex=EMAIL_CACHE_SECONDS)
+        # Safe to cache for long: a reservation is released only while its stream is empty,
+        # or by an erasure, which deletes this entry too.
+        await accounts.redis.set(key, user.user_id, ex=EMAIL_CACHE_SECONDS)
     return user
 
 
 async def authenticate_user(
-    store: EventStore, db: AsyncDatabase[Document], redis: Redis, email: str, password: str
+    accounts: Accounts, email: str, password: str, now: datetime | None = None
 ) -> UserState:
-    """The account whose e-mail and password these are; InvalidCredentialsError otherwise."""
-    user = await find_user_by_email(store, db, redis, email)
+    """The account whose e-mail and password these are; InvalidCredentialsError otherwise, and
+    AccountThrottledError while the account must wait (taskflow/auth/throttle.py)."""
+    account = accounts.email_digest(_normalized_or_raw(email))
+    await accounts.throttle.attempt(account, now or utc_now())  # known account or not
+    user = await find_user_by_email(accounts, email)
     if user is None:
         await verify_dummy(password)  # so an unknown e-mail takes as long as a wrong password
         raise InvalidCredentialsError("wrong e-mail or password")
-    if not await verify_password(user.password_hash, password):
+    if not await password_matches(accounts, user, password):
         raise InvalidCredentialsError("wrong e-mail or password")
+    await accounts.throttle.succeeded(account)
     return user
+
+
+async def check_password(
+    accounts: Accounts, user: UserState, password: str, now: datetime | None = None
+) -> None:
+    """InvalidCredentialsError unless `password` is the user's, throttled as logins are (a
+    stolen access token must not make a way around the login's limits)."""
+    account = f"user:{user.user_id}"
+    await accounts.throttle.attempt(account, now or utc_now())
+    if not await password_matches(accounts, user, password):
+        raise InvalidCredentialsError("wrong password")
+    await accounts.throttle.succeeded(account)
+
+
+async def password_matches(accounts: Accounts, user: UserState, password: str) -> bool:
+    """Whether `password` is the user's current one (its hash read from `credentials`)."""
+    password_hash = await accounts.credentials.hash_of(user.credential_id)
+    if password_hash is None and is_legacy(user.credential_id):
+        # Registered before hashes left the log: file them under their legacy ids, once.
+        stored = await accounts.store.read_stored(USER.stream_id(user.user_id))
+        await accounts.credentials.adopt_legacy(user.user_id, stored)
+        password_hash = await accounts.credentials.hash_of(user.credential_id)
+    if password_hash is None:
+        await verify_dummy(password)
+        return False
+    return await verify_password(password_hash, password)
 
 
 async def _reserve(
     store: EventStore,
     reservations: AsyncCollection[Document],
-    command: RegisterUser,
+    digest: str,
+    user_id: str,
     now: datetime,
     orphan_after: timedelta,
 ) -> _Reservation:
-    """Reserve the e-mail for `command.user_id`, or take over an orphaned reservation of it."""
+    """Reserve the address (by its digest) for `user_id`, or take over an orphaned reservation."""
     for _ in range(2):  # a second try only if a failed registration released it meanwhile
         try:
-            await reservations.insert_one(
-                {"_id": command.email, "user_id": command.user_id, "reserved_at": now}
-            )
-            return _Reservation(command.email, command.user_id, now, owned=True)
+            await reservations.insert_one({"_id": digest, "user_id": user_id, "reserved_at": now})
+            return _Reservation(digest, user_id, now, owned=True)
         except DuplicateKeyError:
-            held = await reservations.find_one({"_id": command.email})
+            held = await reservations.find_one({"_id": digest})
         if held is not None:
             return await _orphan(store, held, now, orphan_after)
-    raise EmailTakenError(command.email)
+    raise EmailTakenError()
 
 
 async def _orphan(
@@ -212,7 +303,7 @@ async def _orphan(
     reserved_at = _utc(held.get("reserved_at") or datetime.min)
     _, version = await load(store, USER, USER.stream_id(held["user_id"]))
     if version > 0 or now - reserved_at < orphan_after:
-        raise EmailTakenError(held["_id"])
+        raise EmailTakenError()
     return _Reservation(held["_id"], held["user_id"], reserved_at, owned=False)
 
 
@@ -230,15 +321,24 @@ async def _release(
         _, version = await load(store, USER, USER.stream_id(reservation.user_id), fresh=True)
         if version == 0:
             await reservations.delete_one(
-                {"_id": reservation.email, "user_id": reservation.user_id}
+                {"_id": reservation.digest, "user_id": reservation.user_id}
             )
     except Exception as exc:  # the original failure matters more; an orphan is reusable anyway
         log.warning("email_reservation_not_released", error=repr(exc))
 
 
-async def _reserved_user(db: AsyncDatabase[Document], email: str) -> str | None:
-    held = await _reservations(db).find_one({"_id": email})
+async def _reserved_user(db: AsyncDatabase[Document], digest: str, email: str) -> str | None:
+    held = await _reservations(db).find_one({"_id": digest})
+    if held is None:
+        # Reserved before addresses were hashed, and `taskflow audit rewrite-legacy` has not
+        # re-keyed it yet (one more read for an unknown address until it has).
+        held = await _reservations(db).find_one({"_id": email})
     return None if held is None else str(held["user_id"])
+
+
+def reservations_of(db: AsyncDatabase[Document]) -> AsyncCollection[Document]:
+    """The e-mail reservations (for erasure, which frees an address, and the legacy rewrite)."""
+    return _reservations(db)
 
 
 def _reservations(db: AsyncDatabase[Document]) -> AsyncCollection[Document]:
@@ -249,11 +349,19 @@ def _reservations(db: AsyncDatabase[Document]) -> AsyncCollection[Document]:
     )
 
 
-def _check_policy(password: str) -> None:
-    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        raise InvalidCommandError(
-            "password", f"must have {PASSWORD_MIN} to {PASSWORD_MAX} characters"
-        )
+async def _check_policy(password: str, *, email: str, display_name: str) -> None:
+    try:
+        await check_new_password(password, email=email, display_name=display_name)
+    except WeakPasswordError as exc:
+        raise InvalidCommandError("password", str(exc)) from None
+
+
+def _normalized_or_raw(email: str) -> str:
+    """The normalised address, or (not an address at all) the text as typed, folded."""
+    try:
+        return normalize_email(email)
+    except InvalidCommandError:
+        return email.strip().casefold()
 
 
 def _text(value: bytes | str) -> str:

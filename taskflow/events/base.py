@@ -12,12 +12,17 @@ class DomainEvent(BaseModel):
 
     Subclasses set `event_type` (never renamed once stored) and `schema_version` (bumped when the
     payload's shape changes, with an upcaster registered for the old version, see `upcasters.py`).
+    `personal_fields` name the fields that hold personal data: the store keeps them encrypted
+    under the subject's data key (`sealing.py`, docs/privacy.md). `erases_subject` marks the
+    event that records the erasure of the user named by its `user_id`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
+    personal_fields: ClassVar[tuple[str, ...]] = ()
+    erases_subject: ClassVar[bool] = False
 
 
 _REGISTRY: dict[str, type[DomainEvent]] = {}

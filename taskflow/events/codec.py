@@ -6,6 +6,7 @@ canonical bytes the hash chain signs.
 
 from __future__ import annotations
 
+import typing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ import orjson
 
 from taskflow.events.base import DomainEvent, event_class, event_payload
 from taskflow.events.records import Commit, StoredEvent
+from taskflow.events.sealing import ERASED, SEALED
 from taskflow.events.upcasters import upcast
 
 
@@ -27,10 +29,36 @@ def encode_event(event: DomainEvent, version: int) -> StoredEvent:
 
 
 def decode_event(stored: StoredEvent) -> DomainEvent:
-    """The current-schema event for `stored`, upcasting old payloads on the way."""
+    """The current-schema event for `stored`, upcasting old payloads on the way.
+
+    `stored` must be open (sealing.open_event): personal fields of an erased subject, listed
+    under `~erased`, decode to erased values, "" for text and () for tags.
+    """
     cls = event_class(stored.type)
+    if SEALED in stored.data:
+        raise ValueError(f"a sealed {stored.type} event must be opened before it is decoded")
     data = upcast(stored.type, stored.schema_version, cls.schema_version, stored.data)
+    erased = data.pop(ERASED, None)
+    for name in erased or ():
+        data[name] = _erased_value(cls.model_fields[name].annotation)
     return cls.model_validate(data)
+
+
+def current_schema(stored: StoredEvent) -> StoredEvent:
+    """`stored` as the current schema writes it: old payloads upcast (what every reader sees;
+    a v1 user event's password hash, for one, is gone)."""
+    try:
+        target = event_class(stored.type).schema_version
+    except KeyError:
+        return stored
+    if stored.schema_version == target:
+        return stored
+    data = upcast(stored.type, stored.schema_version, target, stored.data)
+    return stored.model_copy(update={"schema_version": target, "data": data})
+
+
+def _erased_value(annotation: Any) -> Any:
+    return () if typing.get_origin(annotation) is tuple else ""
 
 
 def decode_events(commit: Commit) -> list[DomainEvent]:

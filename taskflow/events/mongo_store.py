@@ -31,6 +31,7 @@ from taskflow.events.codec import (
     commit_from_json,
     commit_to_document,
     commit_to_json,
+    current_schema,
     encode_event,
     to_millis,
 )
@@ -39,9 +40,26 @@ from taskflow.events.group_insert import DEFAULT_MAX_BATCH, GroupInsert
 from taskflow.events.log_reader import LogReader, documents_ahead, in_position_order
 from taskflow.events.log_seals import LogAudit, LogAuditor, Seal
 from taskflow.events.positions import PositionCounter
-from taskflow.events.records import AppendResult, BrokenLink, Commit, Metadata, StreamHead
+from taskflow.events.records import (
+    AppendResult,
+    BrokenLink,
+    Commit,
+    Metadata,
+    StoredEvent,
+    StreamHead,
+)
+from taskflow.events.sealing import (
+    erased_subject,
+    open_event,
+    open_snapshot,
+    seal_event,
+    seal_snapshot,
+    sealed_by,
+    snapshot_sealed_by,
+)
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
 from taskflow.metrics import APPENDS, CONFLICTS
+from taskflow.privacy.data_keys import DataKeys, SubjectErasedError
 from taskflow.text import as_text
 
 log = structlog.get_logger(__name__)
@@ -84,8 +102,20 @@ class PositionUnavailableError(Exception):
     """Every position this append took was settled by someone else first."""
 
 
+Sealer = Callable[[StoredEvent], StoredEvent]
+
+
+def _as_stored(stored: StoredEvent) -> StoredEvent:
+    return stored
+
+
 class MongoEventStore:
-    """`EventStore` on MongoDB; see the module docstring and docs/event-log.md."""
+    """`EventStore` on MongoDB; see the module docstring and docs/event-log.md.
+
+    With `keys`, personal fields are stored sealed under their subject's data key, and so are
+    state snapshots; every read but `read_stored` opens them (sealing.py, docs/privacy.md).
+    Without (some tests and benchmarks of the log alone), events are stored as they come.
+    """
 
     def __init__(
         self,
@@ -98,6 +128,7 @@ class MongoEventStore:
         head_ttl: int = 0,
         insert_batch: int = DEFAULT_MAX_BATCH,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        keys: DataKeys | None = None,
     ) -> None:
         self.commits: AsyncCollection[dict[str, Any]] = db.get_collection(
             names.COMMITS,
@@ -113,6 +144,7 @@ class MongoEventStore:
         self._redis = redis
         self._chain = chain
         self._clock = clock
+        self.keys = keys
         # 0: heads never expire. A command on a stream without a head reads the stream from
         # MongoDB, which on FerretDB scans the whole log (seconds at 10,000 commits), so an
         # idle task must not lose its head just for being idle (docs/benchmarks.md, Scale).
@@ -131,7 +163,8 @@ class MongoEventStore:
 
     @property
     def chain(self) -> HashChain:
-        """The keyed hash chain the log is signed with (the log seal signs with it too)."""
+        """The keyed hash chain the log is signed with (the log seal signs with it too; for
+        verifying and re-chaining the log)."""
         return self._chain
 
     async def ensure_indexes(self) -> None:
@@ -154,6 +187,7 @@ class MongoEventStore:
         idempotency_key: str | None = None,
         snapshot: bytes | None = None,
         prev_hash: str | None = None,
+        subject: str | None = None,
     ) -> AppendResult:
         if not events:
             raise ValueError("an append needs at least one event")
@@ -161,11 +195,19 @@ class MongoEventStore:
             earlier = await self.replayed(metadata.actor, idempotency_key, metadata.fingerprint)
             if earlier is not None:
                 return earlier
+        seal, snapshot = await self._sealing(subject, events, snapshot)
         try:
             if prev_hash is None or expected_version == 0:
                 prev_hash = await self._prev_hash(stream_id, expected_version)
             return await self._insert_with_position(
-                stream_id, expected_version, events, metadata, idempotency_key, prev_hash, snapshot
+                stream_id,
+                expected_version,
+                events,
+                metadata,
+                idempotency_key,
+                prev_hash,
+                snapshot,
+                seal,
             )
         except ConcurrencyError:
             CONFLICTS.inc()
@@ -187,10 +229,11 @@ class MongoEventStore:
         idempotency_key: str | None,
         prev_hash: str,
         snapshot: bytes | None,
+        seal: Sealer = _as_stored,
     ) -> AppendResult:
         first = expected_version + 1
         commit_id = f"{stream_id}:{first}"
-        stored = tuple(encode_event(event, first + i) for i, event in enumerate(events))
+        stored = tuple(seal(encode_event(event, first + i)) for i, event in enumerate(events))
         unsigned = Commit(
             commit_id=commit_id,
             stream_id=stream_id,
@@ -243,6 +286,34 @@ class MongoEventStore:
         await self._announce(commit, snapshot, idempotency_key)
         await self._reserve_ahead()
         return _result_of(commit)
+
+    async def _sealing(
+        self, subject: str | None, events: Sequence[DomainEvent], snapshot: bytes | None
+    ) -> tuple[Sealer, bytes | None]:
+        """How to seal this append's events, and its snapshot sealed (None: not to be kept).
+
+        SubjectErasedError when an event holds personal data of an erased subject. An event
+        without personal data may still follow an erasure (the erasure's own event does), but
+        no snapshot of an erased subject's stream is kept: there is no key to seal it with.
+        """
+        if self.keys is None:
+            return _as_stored, snapshot
+        personal = any(event.personal_fields for event in events)
+        if subject is None:
+            if personal:
+                raise ValueError("events with personal fields need the subject they are about")
+            return _as_stored, snapshot
+        try:
+            version, key = await self.keys.sealing_key(subject)
+        except SubjectErasedError:
+            if personal:
+                raise
+            return _as_stored, None
+
+        def seal(stored: StoredEvent) -> StoredEvent:
+            return seal_event(stored, subject, version, key)
+
+        return seal, None if snapshot is None else seal_snapshot(snapshot, subject, version, key)
 
     async def _reserve_ahead(self) -> None:
         """The commit is stored: a failure here only means a later take reserves the block."""
@@ -370,6 +441,14 @@ class MongoEventStore:
     async def read_stream(
         self, stream_id: str, to_version: int | None = None, as_of: datetime | None = None
     ) -> list[Commit]:
+        commits = await self.read_stored(stream_id, to_version, as_of)
+        return [await self.open(commit) for commit in commits]
+
+    async def read_stored(
+        self, stream_id: str, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[Commit]:
+        """The stream's commits exactly as stored: sealed, in their stored schema (the hash
+        chain and the rewrite of legacy events need this form; nothing else should)."""
         query: dict[str, Any] = {"stream_id": stream_id}
         if to_version is not None:
             query["first_version"] = {"$lte": to_version}
@@ -393,8 +472,17 @@ class MongoEventStore:
         return StreamHead(
             version=int(version),
             hash=as_text(hash_),
-            snapshot=snapshot or None,
+            snapshot=await self._open_snapshot(snapshot) if snapshot else None,
         )
+
+    async def _open_snapshot(self, raw: bytes | str) -> bytes | None:
+        """A cached snapshot in plain bytes; None when its subject's key is gone."""
+        raw = raw.encode() if isinstance(raw, str) else raw
+        sealed = snapshot_sealed_by(raw)
+        if sealed is None:
+            return raw
+        key = None if self.keys is None else await self.keys.opening_key(*sealed)
+        return None if key is None else open_snapshot(raw, key)
 
     async def load_head(self, stream_id: str) -> tuple[StreamHead, list[Commit]]:
         commits = await self.read_stream(stream_id)
@@ -412,7 +500,15 @@ class MongoEventStore:
             )
         return head, commits
 
-    async def cache_snapshot(self, stream_id: str, head: StreamHead, snapshot: bytes) -> None:
+    async def cache_snapshot(
+        self, stream_id: str, head: StreamHead, snapshot: bytes, subject: str | None = None
+    ) -> None:
+        if self.keys is not None and subject is not None:
+            try:
+                version, key = await self.keys.sealing_key(subject)
+            except SubjectErasedError:
+                return  # nothing to seal it with, and it may not be kept in plain text
+            snapshot = seal_snapshot(snapshot, subject, version, key)
         await self._best_effort(
             self._set_head(
                 keys=[names.stream_head_key(stream_id)],
@@ -441,7 +537,7 @@ class MongoEventStore:
         count = 0
         async with contextlib.aclosing(self.reader.read(after_position)) as commits:
             async for commit in commits:
-                yield commit
+                yield await self.open(commit)
                 count += 1
                 if limit is not None and count >= limit:
                     return
@@ -453,6 +549,12 @@ class MongoEventStore:
         For auditors: it reads what MongoDB holds (not the Redis hints) and does not wait at
         holes; `read_all` is the gap-safe reader for anything that keeps a checkpoint.
         """
+        async with contextlib.aclosing(self.scan_stored(after_position)) as commits:
+            async for commit in commits:
+                yield await self.open(commit)
+
+    async def scan_stored(self, after_position: int = 0) -> AsyncGenerator[Commit, None]:
+        """`scan` without opening: every document exactly as stored."""
         query = {"position": {"$gt": after_position}}
         cursor = self.commits.find(query).batch_size(1000)
         async with (
@@ -469,7 +571,7 @@ class MongoEventStore:
         return await self.positions.allocated()
 
     async def verify(self, stream_id: str) -> BrokenLink | None:
-        return self._chain.verify_stream(await self.read_stream(stream_id))
+        return self._chain.verify_stream(await self.read_stored(stream_id))
 
     async def verify_all(
         self, progress: Callable[[int], None] = lambda position: None
@@ -487,7 +589,8 @@ class MongoEventStore:
     ) -> LogAudit:
         """Every stream's chain, every seal and the log's contiguity, in one streamed pass.
 
-        The log is read once, in position order, straight from MongoDB (`scan`); the seals,
+        The log is read once, in position order, straight from MongoDB as signed (`scan_stored`:
+        personal data still sealed, so no key is needed); the seals,
         a far smaller collection, are read beside it in position order and merged in. Every
         `save_every` positions the auditor's state goes to `save`; `resume` (such a state)
         goes on after the last position it covered, so a pass cut off by a timeout or a
@@ -503,7 +606,7 @@ class MongoEventStore:
         query = self.seals.find({"_id": {"$gt": after}}).sort("_id", ASCENDING).batch_size(1000)
         async with (
             contextlib.aclosing(documents_ahead(query)) as seal_docs,
-            contextlib.aclosing(self.scan(after)) as log,
+            contextlib.aclosing(self.scan_stored(after)) as log,
         ):
             seal = await _next_seal(seal_docs)
             saved = after
@@ -525,6 +628,28 @@ class MongoEventStore:
                 seal = await _next_seal(seal_docs)
         return auditor.finish(beyond)
 
+    async def open(self, commit: Commit) -> Commit:
+        """`commit` as readers see it: personal fields opened with their subject's key (listed
+        as erased when it is destroyed) and payloads in the current schema. An erasure event
+        marks its user erased in this process before anything after it is opened."""
+        if commit.is_gap:
+            return commit
+        events = []
+        for stored in commit.events:
+            opened = stored
+            sealed = sealed_by(stored)
+            if sealed is not None:
+                key = None if self.keys is None else await self.keys.opening_key(*sealed)
+                opened = open_event(stored, key)
+            opened = current_schema(opened)
+            erased = erased_subject(opened)
+            if erased is not None and self.keys is not None:
+                self.keys.mark_erased(erased)
+            events.append(opened)
+        if all(a is b for a, b in zip(events, commit.events, strict=True)):
+            return commit
+        return commit.model_copy(update={"events": tuple(events)})
+
 
 async def _next_seal(docs: AsyncGenerator[dict[str, Any], None]) -> Seal | None:
     doc = await anext(docs, None)
@@ -544,6 +669,28 @@ def _same_commit(stored: Commit, commit: Commit) -> bool:
 def _is_head(head: StreamHead, commit: Commit) -> bool:
     """Whether the cached head is `commit` (someone read it from the log before we announced)."""
     return head.version == commit.last_version and head.hash == commit.hash
+
+    async def open(self, commit: Commit) -> Commit:
+        """`commit` as readers see it: personal fields opened with their subject's key (listed
+        as erased when it is destroyed) and payloads in the current schema. An erasure event
+        marks its user erased in this process before anything after it is opened."""
+        if commit.is_gap:
+            return commit
+        events = []
+        for stored in commit.events:
+            opened = stored
+            sealed = sealed_by(stored)
+            if sealed is not None:
+                key = None if self.keys is None else await self.keys.opening_key(*sealed)
+                opened = open_event(stored, key)
+            opened = current_schema(opened)
+            erased = erased_subject(opened)
+            if erased is not None and self.keys is not None:
+                self.keys.mark_erased(erased)
+            events.append(opened)
+        if all(a is b for a, b in zip(events, commit.events, strict=True)):
+            return commit
+        return commit.model_copy(update={"events": tuple(events)})
 
 
 def _idempotency(actor: str, key: str | None) -> str | None:

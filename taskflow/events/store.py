@@ -36,11 +36,14 @@ class EventStore(Protocol):
         idempotency_key: str | None = None,
         snapshot: bytes | None = None,
         prev_hash: str | None = None,
+        subject: str | None = None,
     ) -> AppendResult:
         """Store `events` atomically as versions expected+1..; ConcurrencyError if moved on.
 
         `prev_hash`: the chain hash at `expected_version`, when the caller has just read the
         head it builds on (saves reading it again; a stale head loses at the unique version).
+        `subject`: the user the events' personal fields (and the snapshot) are about; they are
+        stored encrypted under that user's data key (docs/privacy.md).
         """
         ...
 
@@ -48,6 +51,12 @@ class EventStore(Protocol):
         self, stream_id: str, to_version: int | None = None, as_of: datetime | None = None
     ) -> list[Commit]:
         """The stream's commits in version order, optionally up to a version or a moment."""
+        ...
+
+    async def read_stored(
+        self, stream_id: str, to_version: int | None = None, as_of: datetime | None = None
+    ) -> list[Commit]:
+        """`read_stream` exactly as stored: personal fields sealed, old schemas not upcast."""
         ...
 
     async def stream_head(self, stream_id: str) -> StreamHead | None:
@@ -58,7 +67,9 @@ class EventStore(Protocol):
         """The head read from the log itself, with the commits it was built from."""
         ...
 
-    async def cache_snapshot(self, stream_id: str, head: StreamHead, snapshot: bytes) -> None:
+    async def cache_snapshot(
+        self, stream_id: str, head: StreamHead, snapshot: bytes, subject: str | None = None
+    ) -> None:
         """Remember the state at `head` (folded from the log) beside the cached head."""
         ...
 

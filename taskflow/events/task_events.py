@@ -22,6 +22,7 @@ class TaskCreated(TaskEvent):
     """A task came into existence with these initial values."""
 
     event_type = "TaskCreated"
+    personal_fields = ("title", "description", "tags")
 
     owner_id: str
     title: str
@@ -37,6 +38,7 @@ class TaskRenamed(TaskEvent):
     """The task's title changed."""
 
     event_type = "TaskRenamed"
+    personal_fields = ("title",)
 
     title: str
 
@@ -46,6 +48,7 @@ class TaskDescriptionChanged(TaskEvent):
     """The task's description changed."""
 
     event_type = "TaskDescriptionChanged"
+    personal_fields = ("description",)
 
     description: str
 
@@ -90,6 +93,7 @@ class TaskTagged(TaskEvent):
     """These tags were added to the task, after the ones it already had."""
 
     event_type = "TaskTagged"
+    personal_fields = ("tags",)
 
     tags: tuple[str, ...]
 
@@ -99,6 +103,7 @@ class TaskUntagged(TaskEvent):
     """These tags were removed from the task."""
 
     event_type = "TaskUntagged"
+    personal_fields = ("tags",)
 
     tags: tuple[str, ...]
 

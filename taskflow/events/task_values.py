@@ -16,6 +16,9 @@ TAGS_MAX = 20
 ID_MAX = 128
 
 _TAG_PUNCTUATION = frozenset("-_:.")
+# Bidirectional embeddings, overrides and isolates (LRE..RLO, LRI..PDI): they reorder how the
+# text around them is displayed, so a title could show something else than it says.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class Status(StrEnum):
@@ -59,6 +62,21 @@ def trimmed(max_length: int) -> AfterValidator:
     return AfterValidator(check)
 
 
+def printable(allowed: str = "") -> AfterValidator:
+    """A validator: refuse C0 and C1 control characters (NUL, ESC of ANSI sequences, DEL, ...)
+    other than those in `allowed`, and bidirectional override characters."""
+
+    def check(value: str) -> str:
+        for ch in value:
+            if ch in _BIDI_CONTROLS:
+                raise ValueError("must not contain bidirectional control characters")
+            if unicodedata.category(ch) == "Cc" and ch not in allowed:
+                raise ValueError(f"must not contain control characters (found U+{ord(ch):04X})")
+        return value
+
+    return AfterValidator(check)
+
+
 def normalize_tag(raw: str) -> str:
     """The canonical form of a tag (see `Tag`); ValueError when it cannot be one."""
     # NFKC first so that full-width and composed/decomposed spellings give the same tag.
@@ -86,14 +104,16 @@ EntityId = Annotated[
 ]
 """An aggregate or user id: short, and free of anything a query language could interpret."""
 
-Title = Annotated[str, trimmed(TITLE_MAX)]
-"""A task title: surrounding whitespace trimmed, 1 to 200 characters left."""
+Title = Annotated[str, printable(), trimmed(TITLE_MAX)]
+"""A task title: no control or bidi characters; surrounding whitespace trimmed, 1 to 200 left."""
 
-Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
-"""A task description, possibly empty, at most 10,000 characters."""
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX), printable("\t\n\r")]
+"""A task description, possibly empty, at most 10,000 characters; tabs and line breaks are the
+only control characters it may hold, and no bidi controls."""
 
-Tag = Annotated[str, AfterValidator(normalize_tag)]
-"""A tag: NFKC, trimmed, lower case, inner whitespace runs as "-", 1-32 letters, digits, -_:."""
+Tag = Annotated[str, printable(), AfterValidator(normalize_tag)]
+"""A tag: no control or bidi characters; NFKC, trimmed, lower case, inner whitespace runs as
+"-", 1-32 letters, digits, -_:."""
 
 Tags = Annotated[tuple[Tag, ...], AfterValidator(normalize_tags)]
 """Up to 20 normalised tags, duplicates dropped, order of first appearance kept."""

@@ -31,9 +31,11 @@ from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.views import (
     TaskHistory,
     apply_or_repair,
+    erased_owner,
     task_id_of,
     view_document,
     view_from_document,
+    without_personal_data,
 )
 
 NAME = "task_views_mongo"
@@ -160,7 +162,12 @@ class MongoTaskViews:
             return
         task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
         await self._load(_to_look_up(task_commits, self._known))
-        for commit in task_commits:
+        for commit in commits:
+            if owner := erased_owner(commit):
+                await self._erase_owned(owner)  # every view of theirs loses its personal data
+                continue
+            if commit.is_gap or not commit.stream_id.startswith("task-"):
+                continue
             task_id = task_id_of(commit)
             before = self._known(task_id)
             if before is None and commit.first_version == 1:
@@ -190,6 +197,21 @@ class MongoTaskViews:
         self._staged.clear()  # written: they stay in the cache
         self._new.clear()
         self._staged_to = 0
+
+    async def _erase_owned(self, owner: str) -> None:
+        """Stage the erased form of every view of `owner`: stored, remembered or staged.
+
+        A read by owner (a scan on FerretDB; erasures are rare, and this is the projector's
+        own pass, not a request).
+        """
+        owned = {doc["_id"]: doc async for doc in self.views.find({"owner_id": owner})}
+        owned_ids = set(owned) | {t for t, v in self._staged.items() if v.owner_id == owner}
+        for task_id in owned_ids:
+            view = self._known(task_id) or view_from_document(owned[task_id])
+            erased = without_personal_data(view)
+            if erased != view:
+                self._remember(erased)
+                self._staged[task_id] = erased
 
     def _known(self, task_id: str) -> TaskState | None:
         # Staged views are looked up first: the cache may have evicted one of them, and the

@@ -24,7 +24,14 @@ from taskflow.events.records import Commit
 from taskflow.projections.feed_writes import DEFAULT_HISTORY, FeedStep, FeedWriter
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.runtime import LeaseLostError
-from taskflow.projections.views import TaskHistory, apply_or_repair, search_terms, task_id_of
+from taskflow.projections.views import (
+    TaskHistory,
+    apply_or_repair,
+    erased_owner,
+    search_terms,
+    task_id_of,
+    without_personal_data,
+)
 from taskflow.text import as_text
 
 NAME = "task_views_redis"
@@ -170,18 +177,36 @@ class RedisTaskViews:
                     pipe.incr(self.keys.generation(owner))
                 steps = [step for change in changes.values() for step in change.steps]
                 self.feed.write(pipe, steps, commits, int(at or 0), feed_written)
+                for erased in {user for c in commits if (user := erased_owner(c))}:
+                    # Their change feed held their tasks' texts: gone with the erasure, in log
+                    # order, so no entry written before it (by this batch included) is left.
+                    pipe.delete(self.keys.feed(erased))
                 pipe.set(self.keys.checkpoint, commits[-1].position)
                 await pipe.execute()
             except WatchError:
                 raise LeaseLostError(self.name) from None
 
     async def _fold(self, commits: Sequence[Commit]) -> dict[str, _Change]:
-        """Each touched task's view before and after the batch."""
+        """Each touched task's view before and after the batch.
+
+        A user's erasure turns every view of theirs, stored or folded so far, into its erased
+        form (`without_personal_data`): titles, descriptions, tags and search terms go.
+        """
         task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
         task_ids = list(dict.fromkeys(task_id_of(c) for c in task_commits))
         changes = {t: _Change(v.owner_id, v, v) for t in task_ids if (v := self._cache.get(t))}
         changes.update(await self._read([t for t in task_ids if t not in changes]))
-        for commit in task_commits:
+        erasures = {c.position: owner for c in commits if (owner := erased_owner(c))}
+        for owner in set(erasures.values()):
+            await self._read_owned(owner, changes)
+        for commit in commits:
+            if commit.position in erasures:
+                for owned in changes.values():
+                    if owned.owner == erasures[commit.position] and owned.after is not None:
+                        owned.after = without_personal_data(owned.after)
+                continue
+            if commit.is_gap or not commit.stream_id.startswith("task-"):
+                continue
             task_id = task_id_of(commit)
             change = changes.get(task_id)
             after = await apply_or_repair(change.after if change else None, commit, self._history)
@@ -209,6 +234,14 @@ class RedisTaskViews:
                 before = TaskState.model_validate_json(raw) if raw else None
                 changes[task_id] = _Change(owner, before, before)
         return changes
+
+    async def _read_owned(self, owner: str, changes: dict[str, _Change]) -> None:
+        """Add every stored view of `owner` not in `changes` yet (an erasure touches them all)."""
+        for task_id, raw in (await self._redis.hgetall(self.keys.tasks(owner))).items():
+            known = as_text(task_id)
+            if known not in changes:
+                view = self._cache.get(known) or TaskState.model_validate_json(raw)
+                changes[known] = _Change(owner, view, view)
 
     def _remember(self, task_id: str, view: TaskState) -> None:
         self._cache[task_id] = view

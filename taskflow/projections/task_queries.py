@@ -48,15 +48,16 @@ ViewJson = dict[str, Any]
 # The guarded reads: the guard's keys are checked in the same script as the read, so both take
 # one round trip (on this API each Redis command costs about 150 us of CPU in redis-py, a pipeline
 # of two about 210 us, a script about the same as one command; docs/benchmarks.md). The script
-# answers REFUSED when the guard refuses, UNCHECKED when Redis's copy of the guard's list is not
-# known complete (Redis lost its data and it is being reloaded), NOT_LIVE when the Redis views
-# have not caught up with the log since Redis started, and nil (None) when nothing is stored.
+# answers REFUSED when the guard refuses (KEYS[1], KEYS[2]: the token's deny entry, its refresh
+# family's revocation), UNCHECKED when Redis's copy of the guard's list is not known complete
+# (Redis lost its data and it is being reloaded), NOT_LIVE when the Redis views have not caught
+# up with the log since Redis started, and nil (None) when nothing is stored.
 _GUARD = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-if redis.call('EXISTS', KEYS[2]) == 0 then return -3 end
-if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return -3 end
+if redis.call('EXISTS', KEYS[4]) == 0 then return -2 end
 """
-_GUARDED_HGET = _GUARD + "return redis.call('HGET', KEYS[4], ARGV[1])\n"
+_GUARDED_HGET = _GUARD + "return redis.call('HGET', KEYS[5], ARGV[1])\n"
 # The cached page's key holds the owner's generation, so the script reads the generation and
 # then the page it names: ARGV are the key's parts before and after the generation. (A key
 # built inside a script is not declared in KEYS; fine on one Redis, not on a Redis Cluster,
@@ -64,7 +65,7 @@ _GUARDED_HGET = _GUARD + "return redis.call('HGET', KEYS[4], ARGV[1])\n"
 _GUARDED_PAGE = (
     _GUARD
     + """
-local generation = redis.call('GET', KEYS[4]) or '0'
+local generation = redis.call('GET', KEYS[5]) or '0'
 local page = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if page then return {generation, page} end
 return {generation}
@@ -82,14 +83,14 @@ class ReadGuard(Protocol):
     """A condition a read must pass, checked in the read's own Redis round trip.
 
     The API's guard is the caller's deny-list entry (taskflow.auth.denylist.DenyGuard): the
-    read is refused when `key` exists in Redis. Redis's copy of the list is complete only while
-    `complete_key` exists; otherwise `check_durably` decides from the list's durable record.
-    When Redis cannot answer, `check_without_redis` decides (it raises to refuse). Then the
-    read goes to MongoDB.
+    read is refused when either of `keys` exists in Redis (the token's deny entry, its refresh
+    family's revocation). Redis's copy of the list is complete only while `complete_key`
+    exists; otherwise `check_durably` decides from the list's durable record. When Redis cannot
+    answer, `check_without_redis` decides (it raises to refuse). Then the read goes to MongoDB.
     """
 
     @property
-    def key(self) -> str: ...
+    def keys(self) -> tuple[str, str]: ...
 
     @property
     def complete_key(self) -> str: ...
@@ -191,12 +192,12 @@ class TaskReads:
         read_db: AsyncDatabase[dict[str, Any]],
         *,
         wait_seconds: float = 2.0,
-        head: Callable[[], Awaitable[int]] | None = None,
+        allocated: Callable[[], Awaitable[int | None]] | None = None,
     ) -> None:
         self._redis = redis
         self._db = read_db
         self._wait_seconds = wait_seconds
-        self._head = head
+        self._allocated = allocated
         self._active: tuple[float, int] = (0.0, 1)
         self._guarded_hget: AsyncScript = redis.register_script(_GUARDED_HGET)
         self._guarded_page: AsyncScript = redis.register_script(_GUARDED_PAGE)
@@ -324,15 +325,17 @@ class TaskReads:
 
     async def wait_for(self, position: int | None) -> bool:
         """Wait (bounded) until reads reflect `position`; False if the bound passed first, or at
-        once when `position` is beyond the log's settled head (nothing will ever reach it)."""
+        once when `position` is beyond every one the log has handed out (nothing will ever reach
+        it; when Redis lost the counter that cannot be told, and the wait is bounded as always)."""
         if position is None:
             return True
         deadline = time.monotonic() + self._wait_seconds
         checked_head = False
         while await self.projected_position() < position:
-            if not checked_head and self._head is not None:
+            if not checked_head and self._allocated is not None:
                 checked_head = True
-                if position > await self._head():
+                allocated = await self._allocated()
+                if allocated is not None and position > allocated:
                     return False
             if time.monotonic() >= deadline:
                 return False
@@ -491,7 +494,7 @@ class _UncheckedError(Exception):
 
 
 def _guard_keys(guard: ReadGuard, keys: RedisViewKeys) -> list[str]:
-    return [guard.key, guard.complete_key, keys.live]
+    return [*guard.keys, guard.complete_key, keys.live]
 
 
 def _require_live(flag: Any) -> None:

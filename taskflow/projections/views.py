@@ -11,6 +11,7 @@ from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.events.codec import decode_events
 from taskflow.events.records import Commit
+from taskflow.events.sealing import erased_subject
 from taskflow.events.store import EventStore
 from taskflow.events.task_events import TaskEvent
 
@@ -70,6 +71,19 @@ async def apply_or_repair(
 
 def task_id_of(commit: Commit) -> str:
     return commit.stream_id.removeprefix("task-")
+
+
+def erased_owner(commit: Commit) -> str | None:
+    """The user whose erasure `commit` records (a UserErased of a user stream), if any."""
+    if commit.is_gap or not commit.stream_id.startswith("user-"):
+        return None
+    return next((user for e in commit.events if (user := erased_subject(e))), None)
+
+
+def without_personal_data(view: TaskState) -> TaskState:
+    """The view of an erased owner's task: what the log folds to once the owner's key is gone
+    (personal fields erased: "" and ()), everything else as it was (docs/privacy.md)."""
+    return view.model_copy(update={"title": "", "description": "", "tags": ()})
 
 
 def tokenize(text: str) -> list[str]:

@@ -369,12 +369,16 @@ async def run_worker(settings: Settings) -> None:
     if settings.metrics_port:
         await serve_metrics(settings)
     async with open_services(settings) as services:
+        await services.keys.check_keks()  # a missing or wrong KEK stops the process here
         await services.store.ensure_indexes()
         supervisor = Supervisor(services, holder, stopping)
         listener = asyncio.create_task(listen_for_appends(services.redis, supervisor.drivers))
+        # The projector decrypts what it projects: erased users' keys are dropped on the spot.
+        erasures = asyncio.create_task(services.keys.listen())
         log.info("projector_started", holder=holder)
         try:
             await supervisor.run()
         finally:
+            await cancel_and_wait(erasures)
             await cancel_and_wait(listener)
     log.info("projector_stopped", holder=holder)

@@ -1,0 +1,117 @@
+"""Erasure of a user by crypto-shredding (docs/privacy.md).
+
+The log is append-only and hash-chained, so nothing in it is deleted: the user's personal data
+there is ciphertext under their data key, and destroying the key erases it. Around that:
+
+1. the data key is destroyed (a tombstone first, so no process can make a new one; every process
+   is told to forget its cached copy), so from here on nothing personal of the user opens;
+2. every refresh family of the user is revoked; their access tokens are refused by the erased
+   check every authenticated request makes (principal.py);
+3. their password hashes are deleted;
+4. UserErased is appended to their stream: it holds no personal data, and the projectors,
+   meeting it in log order, strip the user's task views of titles, descriptions, tags and
+   search terms (projections/views.py `without_personal_data`);
+5. the e-mail reservation is deleted, so the address can be registered again;
+6. Redis entries outside the read models are deleted: the cached stream heads of the user and
+   their tasks, cached list pages and idempotent outcomes (those hold only ciphertext or ids,
+   or are short-lived, but need not wait to expire).
+
+Every step is idempotent, so erasing twice, or again after a crash, is harmless and finishes
+what was left. An erasure racing a command cannot leave readable data: a command that still
+had the key appends ciphertext under a key that no longer exists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from taskflow import names
+from taskflow.auth.refresh import RefreshTokens
+from taskflow.commands.aggregates import USER
+from taskflow.commands.errors import UserNotFoundError
+from taskflow.commands.runner import Context, Outcome, execute
+from taskflow.commands.user import EraseUser, UserState
+from taskflow.commands.user_handlers import Accounts, load_user, reservations_of
+from taskflow.privacy.data_keys import DataKeys
+from taskflow.projections.redis_keys import RedisViewKeys
+from taskflow.text import as_text
+
+Clock = Callable[[], datetime]
+SCAN_BATCH = 1000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def handle_erase_user(
+    accounts: Accounts,
+    keys: DataKeys,
+    refresh_tokens: RefreshTokens,
+    *,
+    user_id: str,
+    context: Context,
+    clock: Clock = _utc_now,
+) -> Outcome[UserState]:
+    """Erase `user_id` (see the module docstring); UserNotFoundError if there is no such user."""
+    user = await load_user(accounts.store, user_id)
+    if user is None:
+        raise UserNotFoundError(user_id)
+    # Computed while the address can still be read (a second erasure finds it by user id).
+    digest = accounts.email_digest(user.email) if user.email else None
+    await keys.destroy(user_id)
+    await _revoke_sessions(refresh_tokens, user_id, clock())
+    await accounts.credentials.erase(user_id)
+    outcome = await execute(
+        accounts.store, USER, user_id, EraseUser(user_id=user_id), context, clock()
+    )
+    await reservations_of(accounts.db).delete_many({"user_id": user_id})
+    if digest is not None:
+        await accounts.redis.delete(names.email_user_key(digest))
+    await purge_redis(accounts.redis, user_id)
+    return outcome
+
+
+async def _revoke_sessions(refresh_tokens: RefreshTokens, user_id: str, now: datetime) -> None:
+    families = {
+        str(doc["family_id"])
+        async for doc in refresh_tokens.tokens.find({"user_id": user_id}, {"family_id": 1})
+    }
+    for family_id in families:
+        await refresh_tokens.revoke_family(family_id, user_id, now, reason="erasure")
+
+
+async def purge_redis(redis: Redis, user_id: str) -> None:
+    """Delete the user's cached stream heads, list pages, change feeds and idempotent outcomes.
+
+    The task views themselves are the projectors' (they erase them in log order). Finding the
+    pages and outcomes takes a SCAN of the whole key space: an erasure is rare, and no request
+    path pays for it.
+    """
+    heads = [names.stream_head_key(USER.stream_id(user_id))]
+    for version in await _read_model_versions(redis):
+        task_ids = await redis.hkeys(RedisViewKeys(version).tasks(user_id))
+        heads += [names.stream_head_key(f"task-{as_text(t)}") for t in task_ids]
+    await redis.unlink(*heads)
+    pattern = re.compile(
+        rf"^{re.escape(names.PREFIX)}(idem:{re.escape(user_id)}:|rm:\d+:u:{re.escape(user_id)}:(page:|feed$))".encode()
+    )
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=f"{names.PREFIX}*", count=SCAN_BATCH):
+        raw = key if isinstance(key, bytes) else str(key).encode()
+        if pattern.match(raw):
+            batch.append(raw)
+        if len(batch) >= SCAN_BATCH:
+            await redis.unlink(*batch)
+            batch = []
+    if batch:
+        await redis.unlink(*batch)
+
+
+async def _read_model_versions(redis: Redis) -> set[int]:
+    active, building = await redis.mget([names.READ_MODEL_ACTIVE, names.READ_MODEL_NEXT])
+    return {int(v) for v in (active, building) if v} or {1}
