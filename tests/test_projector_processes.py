@@ -33,6 +33,7 @@ from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.verify import compare, fold_all_tasks, mongo_views, redis_views
 from taskflow.settings import Settings
+from tests.conftest import TEST_HMAC_KEY
 from tests.fault_tools import free_port
 from tests.workload import write_workload
 
@@ -51,7 +52,8 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subproce
         "LEASE_TTL_SECONDS": str(LEASE_TTL),
         "PROJECTOR_POLL_SECONDS": "0.1",
         "GAP_TIMEOUT_SECONDS": "0.3",
-        "EVENT_LOG_HMAC_KEY": settings.event_log_hmac_key.get_secret_value(),
+        # The key the `store` fixture signs the log with: the processes seal it with the same.
+        "EVENT_LOG_HMAC_KEY": TEST_HMAC_KEY.decode(),
         "LOG_LEVEL": "INFO",
         "METRICS_PORT": "0",
     }
@@ -514,7 +516,9 @@ async def test_a_paused_holder_never_moves_a_view_or_checkpoint_back(
     assert monitor.samples > 10
     assert monitor.backwards == []
     await assert_models_equal_the_log(store, redis, views_db)
-    assert await store.verify_all() == []
+    audit = await store.audit()  # what `taskflow audit verify` checks of the log
+    assert audit.ok, audit
+    assert audit.seals > 0  # the processes sealed the log as they went
     for pid, path in logs.items():
         retried = lines_of(path, "projection_refused") + lines_of(path, "projection_failed")
         assert len(retried) <= 10, f"process {pid} kept retrying: {len(retried)} failed passes"
