@@ -12,7 +12,7 @@ fuzz:           ## the long schemathesis run: 500 random cases per operation (do
 
 lint:           ## ruff and mypy only
 	scripts/bootstrap.sh
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports
 
 bench:          ## benchmarks against the local servers (docs/benchmarks.md)
 	scripts/bench.sh

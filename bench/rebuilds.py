@@ -19,8 +19,9 @@ from bench.reads import _drop_hints
 from bench.servers import Servers
 from bench.sizes import Sizes
 from bench.stats import Comparison, Trial, alternate
+from taskflow.bootstrap import rebuild_read_models
 from taskflow.events.mongo_store import MongoEventStore
-from taskflow.projections.rebuild import DROP_GRACE_SECONDS, rebuild
+from taskflow.projections.rebuild import DROP_GRACE_SECONDS
 from tests.workload import write_workload
 
 
@@ -78,7 +79,7 @@ async def _rebuild(servers: Servers, store: MongoEventStore) -> float:
         servers.services, db=db, views_db=views, read_db=views, store=store
     )
     start = time.perf_counter()
-    await rebuild(services)
+    await rebuild_read_models(services)
     return time.perf_counter() - start - DROP_GRACE_SECONDS
 
 

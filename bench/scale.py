@@ -40,12 +40,11 @@ from bench.stats import percentile
 from bench.watch import ViewWatch
 from taskflow import names
 from taskflow.auth.tokens import issue_access_token
-from taskflow.bootstrap import open_services
+from taskflow.bootstrap import open_services, rebuild_read_models
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.logs import configure_logging
 from taskflow.projections.mongo_views import MongoTaskViews
-from taskflow.projections.rebuild import rebuild
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.runtime import run_until_caught_up
 from taskflow.settings import Settings
@@ -479,7 +478,7 @@ async def _rebuild(
             MongoTaskViews(services.views_db, active + 1),
         )
         start = time.perf_counter()
-        task = asyncio.create_task(rebuild(services))
+        task = asyncio.create_task(rebuild_read_models(services))
         while await redis_views.position() < head:
             if task.done():
                 task.result()  # raises what failed

@@ -14,11 +14,12 @@ from pymongo import ReadPreference
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
-from taskflow.bootstrap import Services, open_services
+from taskflow.bootstrap import open_services
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.privacy.data_keys import DataKeys
 from taskflow.privacy.keks import KeyEncryptionKeys
+from taskflow.services import Services
 from taskflow.settings import Settings, views_database_for
 
 Document = dict[str, Any]

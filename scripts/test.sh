@@ -10,6 +10,7 @@ export TASKFLOW_ENV=development
 
 echo "== ruff"; $PY/ruff check . && $PY/ruff format --check .
 echo "== mypy --strict"; $PY/mypy
+echo "== import-linter (the layers: .importlinter)"; $PY/lint-imports --no-cache
 # nginx, docker-compose, shellcheck and actionlint for the deployment tests (when missing).
 scripts/services.sh install-tools
 

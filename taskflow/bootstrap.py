@@ -2,40 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from pymongo import AsyncMongoClient, ReadPreference
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_preferences import SecondaryPreferred
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from taskflow import names
 from taskflow.auth.indexes import ensure_auth_indexes
 from taskflow.commands.user_handlers import Accounts
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.privacy.data_keys import DataKeys
 from taskflow.privacy.keks import KeyEncryptionKeys
-from taskflow.settings import Settings
+from taskflow.projections.log_seal import LogSeal
+from taskflow.projections.mongo_views import MongoTaskViews
+from taskflow.projections.rebuild import RebuildResult, rebuild
+from taskflow.projections.redis_views import RedisTaskViews
+from taskflow.projections.runtime import Projection
+from taskflow.projections.views import log_history
+from taskflow.services import Services
+from taskflow.settings import READ_MODELS, ReadModel, Settings
 
 Document = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Services:
-    """Everything a process shares: clients, and the components built on them."""
-
-    settings: Settings
-    mongo: AsyncMongoClient[Document]
-    db: AsyncDatabase[Document]  # primary: the log, leases, auth
-    views_db: AsyncDatabase[Document]  # primary: the MongoDB read models and their checkpoints
-    read_db: AsyncDatabase[Document]  # the read models again, from secondaries when there are any
-    redis: Redis
-    store: MongoEventStore
-    keys: DataKeys  # the per-user data keys (docs/privacy.md)
-    accounts: Accounts  # what the user handlers need
 
 
 def read_preference(settings: Settings) -> SecondaryPreferred:
@@ -113,11 +104,50 @@ async def open_services(
 
 async def ensure_indexes(services: Services) -> None:
     """Every index the process relies on; idempotent, run at start-up."""
-    from taskflow.projections.catalog import projections  # the catalog needs Services
-
     await services.store.ensure_indexes()
     await ensure_auth_indexes(services.db)
     await services.keys.ensure_indexes()
     await services.accounts.credentials.ensure_indexes()
     for projection in projections(services):
         await projection.setup()
+
+
+# -- the projections: which exist, built from a process's services ------------------------------
+
+
+def projections(
+    services: Services, version: int = 1, read_models: Collection[ReadModel] = READ_MODELS
+) -> list[Projection]:
+    """The projections of `read_models`: the Redis views serve reads, MongoDB views back them."""
+    made: list[Projection] = []
+    history = log_history(services.store)  # repairs a view found behind the log
+    if "redis" in read_models:
+        made.append(
+            RedisTaskViews(
+                services.redis,
+                version,
+                history=history,
+                allocated=services.store.allocated_position,
+                feed_history=services.settings.change_feed_history,
+            )
+        )
+    if "mongodb" in read_models:
+        # The views live in a database of their own; their lease, as every lease, in the log's.
+        leases = services.db[names.LEASES]
+        made.append(MongoTaskViews(services.views_db, version, leases=leases, history=history))
+    return made
+
+
+def log_projections(services: Services) -> list[Projection]:
+    """The projections of the log itself, not of a read-model version: the log seal.
+
+    Every projector process runs them (one holds each lease), whatever its read models.
+    """
+    return [LogSeal(services.db, services.store.chain)]
+
+
+async def rebuild_read_models(
+    services: Services, progress: Callable[[int, int], None] = lambda done, total: None
+) -> RebuildResult:
+    """`projections.rebuild.rebuild` with this process's projections of each version."""
+    return await rebuild(services, lambda version: projections(services, version), progress)

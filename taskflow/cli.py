@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -14,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from taskflow import __version__, operations
-from taskflow.logs import configure_logging, configure_sentry
+from taskflow import operations
 from taskflow.privacy.keks import KekError
-from taskflow.settings import Settings, SettingsError, load_settings
+from taskflow.settings import Settings
+from taskflow.startup import configured_settings, new_event_loop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,19 +31,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskflow: invalid configuration: {exc}", file=sys.stderr)
         return 2
     return code
-
-
-def configured_settings() -> Settings | None:
-    """The settings, with logging and Sentry set up from them; None, said why, if invalid."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"taskflow: {exc}", file=sys.stderr)
-        return None
-    configure_logging(settings.log_level, json=settings.log_json)
-    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
-    configure_sentry(dsn, release=f"taskflow@{__version__}")
-    return settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,7 +88,8 @@ def _operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _async(work: Coroutine[Any, Any, int]) -> int:
-    return asyncio.run(work)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(work)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -112,11 +99,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         exec_workers()  # does not return: this process becomes gunicorn's arbiter
     from taskflow.api.app import create_app
 
-    _use_uvloop()
     print(f"TaskFlow API on http://{settings.http_host}:{settings.http_port}", file=sys.stderr)
     # run_app handles SIGTERM: it stops accepting, lets in-flight requests finish, then cleans up.
     web.run_app(
         create_app(settings),
+        loop=new_event_loop(),
         host=settings.http_host,
         port=settings.http_port,
         shutdown_timeout=10.0,
@@ -127,10 +114,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _project(settings: Settings, args: argparse.Namespace) -> int:
-    from taskflow.projections.worker import run_worker
+    from taskflow.projector import run_worker
 
-    _use_uvloop()
-    asyncio.run(run_worker(settings))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(run_worker(settings))
     return 0
 
 
@@ -153,10 +140,3 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
             continue
     stop(signal.SIGTERM, None)
     return max(child.wait() or 0 for child in children)
-
-
-def _use_uvloop() -> None:
-    if os.name != "nt":
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

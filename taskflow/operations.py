@@ -18,20 +18,27 @@ from tqdm import tqdm
 
 from taskflow import names
 from taskflow.auth.refresh import RefreshTokens
-from taskflow.bootstrap import Services, ensure_indexes, open_services
+from taskflow.bootstrap import (
+    ensure_indexes,
+    log_projections,
+    open_services,
+    projections,
+    rebuild_read_models,
+)
 from taskflow.commands.aggregates import USER
+from taskflow.commands.erasure import handle_erase_user
 from taskflow.commands.errors import UserNotFoundError
 from taskflow.commands.runner import Context, execute
 from taskflow.commands.user import GrantRole
 from taskflow.commands.user_handlers import find_user_by_email
 from taskflow.events.codec import commit_to_json
 from taskflow.events.log_seals import LogAudit
-from taskflow.privacy.erasure import handle_erase_user
-from taskflow.privacy.rewrite import rewrite_legacy
-from taskflow.projections.catalog import log_projections, projections
-from taskflow.projections.rebuild import RebuildVerificationError, rebuild
+from taskflow.legacy_rewrite import rewrite_legacy
+from taskflow.projections.erasure_purge import purge_caches_of
+from taskflow.projections.rebuild import RebuildVerificationError
 from taskflow.projections.verify import ViewMismatch, verify_read_models
-from taskflow.projections.worker import read_model_versions
+from taskflow.projector import read_model_versions
+from taskflow.services import Services
 from taskflow.settings import Settings
 
 T = TypeVar("T")
@@ -89,6 +96,7 @@ async def erase_user(settings: Settings, user_id: str) -> int:
                 user_id=user_id,
                 context=_operator_context(),
             )
+            await purge_caches_of(services.redis, user_id)
         except UserNotFoundError:
             print(f"no user {user_id!r}", file=sys.stderr)
             return 1
@@ -298,7 +306,7 @@ async def projections_rebuild(settings: Settings, name: str) -> int:
             bar.refresh()
 
         try:
-            result = await rebuild(services, progress)
+            result = await rebuild_read_models(services, progress)
         except RebuildVerificationError as exc:
             bar.close()
             print(f"rebuild verification failed, reads stay on the current version: {exc}")

@@ -16,7 +16,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from taskflow.events.group_insert import DEFAULT_MAX_BATCH
+# The most commits one `insert_many` of the log carries (LOG_INSERT_BATCH, events/group_insert.py).
+# Batches reach it only when that many appends of one process wait at once; it bounds one
+# insert's size and time.
+DEFAULT_MAX_BATCH = 100
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 ReadModel = Literal["redis", "mongodb"]

@@ -16,8 +16,8 @@ from pymongo import AsyncMongoClient
 
 from taskflow.api.keys import SERVICES
 from taskflow.auth.tokens import issue_access_token
-from taskflow.bootstrap import open_services
-from taskflow.projections.catalog import catch_up, projections
+from taskflow.bootstrap import open_services, projections
+from taskflow.projections.runtime import catch_up
 from taskflow.settings import Settings
 
 Client = TestClient[web.Request, web.Application]

@@ -20,6 +20,7 @@ from pymongo.errors import AutoReconnect
 
 from taskflow import names, operations
 from taskflow.api.keys import SERVICES
+from taskflow.bootstrap import log_projections, rebuild_read_models
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.errors import DomainError
 from taskflow.commands.runner import Context, execute
@@ -28,9 +29,7 @@ from taskflow.events.codec import commit_to_document
 from taskflow.events.gaps import make_gap
 from taskflow.events.log_reader import in_position_order
 from taskflow.events.mongo_store import MongoEventStore
-from taskflow.projections.catalog import log_projections
 from taskflow.projections.history import task_as_of, task_history
-from taskflow.projections.rebuild import rebuild
 from taskflow.projections.runtime import run_until_caught_up
 from taskflow.projections.verify import verify_read_models
 from taskflow.settings import Settings
@@ -386,7 +385,7 @@ async def test_rebuild_while_writing_and_reading_never_misses_a_task(client: Cli
             await asyncio.sleep(0.05)  # reads share this process with the rebuild's own driver
 
     load = [asyncio.create_task(keep_writing()), asyncio.create_task(keep_reading())]
-    result = await rebuild(services)
+    result = await rebuild_read_models(services)
     running = False
     await asyncio.gather(*load)
     assert (result.old_version, result.new_version) == (1, 2)

@@ -40,6 +40,7 @@ from taskflow.auth.refresh import (
     hash_token,
 )
 from taskflow.auth.tokens import issue_access_token
+from taskflow.bootstrap import projections
 from taskflow.commands.runner import Context
 from taskflow.commands.user_handlers import (
     Accounts,
@@ -52,7 +53,7 @@ from taskflow.commands.user_handlers import (
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
-from taskflow.projections.catalog import catch_up, projections
+from taskflow.projections.runtime import catch_up
 from taskflow.settings import Settings, SettingsError, load_settings
 from tests.api_support import SAME_SITE
 from tests.conftest import TEST_HMAC_KEY, closed_port

@@ -18,12 +18,12 @@ import pytest
 from taskflow.api.app import create_app
 from taskflow.api.keys import CHANGE_HUB, SERVICES
 from taskflow.auth.tokens import issue_access_token
+from taskflow.bootstrap import rebuild_read_models
 from taskflow.metrics import CHANGE_STREAMS_ENDED
 from taskflow.projections import feed_reads
 from taskflow.projections.feed_reads import entry_position
-from taskflow.projections.rebuild import rebuild
 from taskflow.projections.redis_keys import RedisViewKeys
-from taskflow.projections.worker import Supervisor
+from taskflow.projector import Supervisor
 from taskflow.settings import Settings
 from tests.api_support import (
     SAME_SITE,
@@ -493,7 +493,7 @@ async def test_a_rebuild_switches_streams_to_the_new_version_without_a_replay(
             await change(client, auth, task, title=f"during {n}")
 
     try:
-        result, _ = await asyncio.gather(rebuild(services), write_meanwhile())
+        result, _ = await asyncio.gather(rebuild_read_models(services), write_meanwhile())
         assert (result.old_version, result.new_version) == (1, 2)
 
         async def followed() -> bool:

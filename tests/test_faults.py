@@ -28,13 +28,14 @@ from pymongo.uri_parser import parse_uri
 from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.auth.tokens import issue_access_token
-from taskflow.bootstrap import Services, open_services
+from taskflow.bootstrap import open_services, projections
 from taskflow.events.records import Commit
-from taskflow.projections.catalog import catch_up, projections
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_views import RedisTaskViews
+from taskflow.projections.runtime import catch_up
 from taskflow.projections.task_queries import TaskQuery, TaskReads
 from taskflow.projections.verify import verify_read_models
+from taskflow.services import Services
 from taskflow.settings import Settings
 from tests.api_support import (
     SAME_SITE,

@@ -24,7 +24,8 @@ from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.auth.passwords import hash_password
 from taskflow.auth.refresh import RefreshTokens
-from taskflow.bootstrap import Services
+from taskflow.bootstrap import rebuild_read_models
+from taskflow.commands.erasure import handle_erase_user
 from taskflow.commands.runner import Context
 from taskflow.commands.task import CreateTask
 from taskflow.commands.task_handlers import handle_create_task
@@ -32,10 +33,10 @@ from taskflow.events.codec import commit_to_document, to_millis
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit, Metadata, StoredEvent
 from taskflow.privacy.data_keys import DataKeys
-from taskflow.privacy.erasure import handle_erase_user
 from taskflow.privacy.keks import KeyEncryptionKeys
+from taskflow.projections.erasure_purge import purge_caches_of
 from taskflow.projections.history import task_as_of
-from taskflow.projections.rebuild import rebuild
+from taskflow.services import Services
 from taskflow.settings import Settings
 from taskflow.text import as_text
 from tests.api_support import SAME_SITE, Client, ClientFactory, project, wait_ready
@@ -366,7 +367,7 @@ async def test_erasure_leaves_no_plaintext_anywhere_and_the_log_still_verifies(
     assert await operations.audit_verify(settings) == 0
     assert await operations.erase_user(settings, user_id) == 0  # a second erasure is harmless
     assert "was erased already" in capsys.readouterr().out
-    result = await rebuild(services)
+    result = await rebuild_read_models(services)
     assert result.new_version == 2
     rebuilt = await everything_stored([services.db, services.views_db], services.redis)
     assert plaintext(rebuilt, secrets) == []
@@ -399,6 +400,7 @@ async def test_a_command_racing_the_erasure_leaves_nothing_readable(
         user_id=user_id,
         context=Context(actor="operator", request_id="r", correlation_id="c"),
     )
+    await purge_caches_of(services.redis, user_id)
     task_id = uuid.uuid4().hex
     await handle_create_task(
         late_store,

@@ -19,13 +19,13 @@ from taskflow.commands.task import ChangeTask, CreateTask
 from taskflow.commands.task_handlers import handle_change_task, handle_create_task
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
+from taskflow.projections.driver import ProjectionDriver
 from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.redis_views import CheckpointMovedError, RedisTaskViews
 from taskflow.projections.runtime import run_until_caught_up
 from taskflow.projections.verify import compare, fold_all_tasks, redis_views
-from taskflow.projections.worker import ProjectionDriver
 from tests.test_projector_processes import until
 from tests.workload import write_workload
 

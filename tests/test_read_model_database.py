@@ -14,9 +14,10 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from taskflow import names
-from taskflow.bootstrap import Services, ensure_indexes, open_services
-from taskflow.projections.catalog import catch_up, projections
+from taskflow.bootstrap import ensure_indexes, open_services, projections
 from taskflow.projections.mongo_view_writes import CHECKPOINT_ID
+from taskflow.projections.runtime import catch_up
+from taskflow.services import Services
 from taskflow.settings import Settings
 from tests.workload import write_workload
 

@@ -10,13 +10,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from taskflow import names
-from taskflow.bootstrap import ensure_indexes, open_services
+from taskflow.bootstrap import ensure_indexes, open_services, projections, rebuild_read_models
 from taskflow.commands.runner import Context
 from taskflow.commands.task import CreateTask
 from taskflow.commands.task_handlers import handle_create_task
-from taskflow.projections.catalog import catch_up, projections
-from taskflow.projections.rebuild import rebuild
 from taskflow.projections.redis_keys import RedisViewKeys
+from taskflow.projections.runtime import catch_up
 from taskflow.settings import Settings
 
 TASKS = 12
@@ -38,7 +37,7 @@ async def test_rebuild_without_a_settled_head_in_redis_rebuilds_every_task(
         hints = [key async for key in redis.scan_iter(match=names.PREFIX + "log:at:*")]
         await redis.delete(names.SETTLED_HEAD, *hints)  # what a Redis restart loses
 
-        result = await rebuild(services)
+        result = await rebuild_read_models(services)
 
         assert result.position == TASKS
         assert await redis.hlen(RedisViewKeys(2).tasks(owner)) == TASKS

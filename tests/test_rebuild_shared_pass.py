@@ -15,7 +15,7 @@ from pymongo.monitoring import CommandListener, CommandStartedEvent
 from redis.asyncio import Redis
 
 from taskflow import names
-from taskflow.bootstrap import Services, ensure_indexes, open_services
+from taskflow.bootstrap import ensure_indexes, open_services, projections, rebuild_read_models
 from taskflow.commands.runner import Context
 from taskflow.commands.task import ChangeTask, CreateTask
 from taskflow.commands.task_handlers import handle_change_task, handle_create_task
@@ -23,12 +23,11 @@ from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
 from taskflow.projections import shared_pass
-from taskflow.projections.catalog import catch_up, projections
 from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
-from taskflow.projections.rebuild import rebuild
-from taskflow.projections.runtime import LeaseLostError
+from taskflow.projections.runtime import LeaseLostError, catch_up
 from taskflow.projections.verify import verify_read_models
+from taskflow.services import Services
 from taskflow.settings import Settings
 from tests.workload import write_workload
 
@@ -85,7 +84,7 @@ async def test_rebuild_reads_the_log_once_for_both_read_models_and_the_verificat
         )
         watched = dataclasses.replace(services, mongo=counted, db=db, store=store)
 
-        result = await rebuild(watched)
+        result = await rebuild_read_models(watched)
 
         assert finds.count == 1
         assert result.new_version == 2
@@ -104,7 +103,7 @@ async def test_rebuild_leaves_a_held_lease_to_its_holder_and_takes_over_when_it_
     other = Lease(services.db[names.LEASES], mongo_v2.name, "another-process", ttl=2.0)
     assert await other.acquire()  # it never renews: a holder that died
 
-    result = await rebuild(services)
+    result = await rebuild_read_models(services)
 
     assert result.new_version == 2
     assert await verify_read_models(services, 2) == []
@@ -141,7 +140,7 @@ async def test_a_lease_lost_in_the_middle_of_the_pass_is_handed_to_a_standby(
         await stage(views, commits)
 
     monkeypatch.setattr(MongoTaskViews, "stage", stage_then_lose_the_lease)
-    result = await rebuild(services)
+    result = await rebuild_read_models(services)
 
     assert result.new_version == 2
     assert await verify_read_models(services, 2) == []

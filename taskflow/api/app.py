@@ -28,7 +28,6 @@ from taskflow.api.keys import (
     CHANGE_HUB,
     DENY_LIST,
     INDEXES_READY,
-    RATE_LIMITS,
     SERVICES,
     SETTINGS,
     STREAM_TICKETS,
@@ -37,15 +36,16 @@ from taskflow.api.keys import (
 from taskflow.api.middlewares import edge
 from taskflow.api.observability import setup_metrics_route
 from taskflow.api.openapi import setup_openapi_routes
-from taskflow.api.rate_limits import RateLimits, add_rate_limit_headers, rate_limit
+from taskflow.api.rate_limits import RATE_LIMITS, RateLimits, add_rate_limit_headers, rate_limit
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.auth.denylist import DenyList
 from taskflow.auth.stream_tickets import StreamTickets
-from taskflow.bootstrap import Services, ensure_indexes, open_services
+from taskflow.bootstrap import ensure_indexes, open_services
 from taskflow.privacy.keks import KekError
 from taskflow.projections.feed_hub import open_change_hub
 from taskflow.projections.task_queries import TaskReads
+from taskflow.services import Services
 from taskflow.settings import Settings
 from taskflow.tasks import cancel_and_wait
 

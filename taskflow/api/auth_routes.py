@@ -19,7 +19,7 @@ from taskflow.auth.passwords import PASSWORD_MAX, Password
 from taskflow.auth.refresh import InvalidRefreshTokenError, RefreshToken, RefreshTokens
 from taskflow.auth.throttle import AccountThrottledError
 from taskflow.auth.tokens import InvalidTokenError, issue_access_token
-from taskflow.bootstrap import Services
+from taskflow.commands.erasure import handle_erase_user
 from taskflow.commands.user import EMAIL_MAX, DisplayName, Email, UserState
 from taskflow.commands.user_handlers import (
     EmailTakenError,
@@ -31,7 +31,8 @@ from taskflow.commands.user_handlers import (
     load_user,
 )
 from taskflow.privacy.data_keys import SubjectErasedError
-from taskflow.privacy.erasure import handle_erase_user
+from taskflow.projections.erasure_purge import purge_caches_of
+from taskflow.services import Services
 
 REFRESH_COOKIE = "taskflow_refresh"
 COOKIE_PATH = "/api/auth"  # the refresh token travels to the auth endpoints only
@@ -169,6 +170,7 @@ async def erase_me(request: web.Request) -> web.Response:
         user_id=user.user_id,
         context=Trace(request[keys.REQUEST_ID], request[keys.CORRELATION_ID]).context(user.user_id),
     )
+    await purge_caches_of(services.redis, user.user_id)
     response = web.Response(status=204)
     response.del_cookie(
         REFRESH_COOKIE,

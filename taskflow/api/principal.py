@@ -12,9 +12,9 @@ from taskflow.api.middlewares import register_problem_mapper
 from taskflow.api.problems import Problem
 from taskflow.auth.denylist import AuthUnavailableError, DenyGuard
 from taskflow.auth.tokens import InvalidTokenError, verify_access_token
-from taskflow.bootstrap import Services
 from taskflow.commands.user_handlers import load_user
 from taskflow.privacy.data_keys import Standing
+from taskflow.services import Services
 
 REALM = 'Bearer realm="taskflow"'
 

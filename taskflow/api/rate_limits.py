@@ -23,7 +23,6 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
-from taskflow.api import keys
 from taskflow.api.problems import Problem
 from taskflow.auth.tokens import InvalidTokenError, verify_access_token
 from taskflow.metrics import RATE_LIMITED
@@ -79,6 +78,10 @@ class RateLimits:
         return f"user:{claims.user_id}"
 
 
+# The app's limits; None when RATE_LIMIT_ENABLED is false.
+RATE_LIMITS: web.AppKey[RateLimits | None] = web.AppKey("rate_limits")
+
+
 def client_ip(request: web.Request, settings: Settings) -> str:
     """The caller's address; behind a trusted proxy, the last X-Forwarded-For hop it added."""
     forwarded = request.headers.get("X-Forwarded-For", "")
@@ -90,7 +93,7 @@ def client_ip(request: web.Request, settings: Settings) -> str:
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count the request against its scope's limit; 429 with Retry-After past it."""
-    limits = request.app[keys.RATE_LIMITS]
+    limits = request.app[RATE_LIMITS]
     if limits is None or request.path in _UNLIMITED or request.method == "OPTIONS":
         return await handler(request)
     scope, item, key = limits.scope(request)

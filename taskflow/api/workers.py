@@ -30,8 +30,8 @@ from prometheus_client import multiprocess
 
 from taskflow.api.app import create_app
 from taskflow.api.observability import MULTIPROC_DIR
-from taskflow.cli import configured_settings
 from taskflow.settings import Settings
+from taskflow.startup import configured_settings
 
 # Set when `taskflow serve` made the metrics directory itself: it is removed on exit.
 _OWNED_DIR = "TASKFLOW_OWNS_METRICS_DIR"

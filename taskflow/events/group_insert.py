@@ -28,9 +28,6 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError,
 
 from taskflow.metrics import LOG_INSERT_BATCH
 
-# The most commits one `insert_many` carries (Settings.log_insert_batch). Batches reach it only
-# when that many appends of one process wait at once; it bounds one insert's size and time.
-DEFAULT_MAX_BATCH = 100
 _DUPLICATE_KEY = 11000
 
 Document = dict[str, Any]

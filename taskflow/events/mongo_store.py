@@ -36,7 +36,7 @@ from taskflow.events.codec import (
     to_millis,
 )
 from taskflow.events.gaps import make_gap
-from taskflow.events.group_insert import DEFAULT_MAX_BATCH, GroupInsert
+from taskflow.events.group_insert import GroupInsert
 from taskflow.events.log_reader import LogReader, documents_ahead, in_position_order
 from taskflow.events.log_seals import LogAudit, LogAuditor, Seal
 from taskflow.events.positions import PositionCounter
@@ -60,6 +60,7 @@ from taskflow.events.sealing import (
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
 from taskflow.metrics import APPENDS, CONFLICTS
 from taskflow.privacy.data_keys import DataKeys, SubjectErasedError
+from taskflow.settings import DEFAULT_MAX_BATCH
 from taskflow.text import as_text
 
 log = structlog.get_logger(__name__)
@@ -569,6 +570,11 @@ class MongoEventStore:
 
     async def allocated_position(self) -> int | None:
         return await self.positions.allocated()
+
+    async def highest_stored_position(self) -> int:
+        cursor = self.commits.find({}, {"position": 1}).sort("position", -1).limit(1)
+        last = await cursor.to_list()
+        return int(last[0]["position"]) if last else 0
 
     async def verify(self, stream_id: str) -> BrokenLink | None:
         return self._chain.verify_stream(await self.read_stored(stream_id))

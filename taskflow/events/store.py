@@ -96,6 +96,11 @@ class EventStore(Protocol):
         """The highest position up to which every position is settled (commit or gap)."""
         ...
 
+    async def highest_stored_position(self) -> int:
+        """The highest position the log holds (0 when empty), read from the log itself: for
+        maintenance when Redis lost what tells it cheaply (on FerretDB a sort of the log)."""
+        ...
+
     async def allocated_position(self) -> int | None:
         """The highest position handed out to an appender so far; None when not known (Redis
         lost the counter; the next append or read re-seeds it)."""

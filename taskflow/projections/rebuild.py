@@ -19,12 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from taskflow import names
-from taskflow.bootstrap import Services
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.read_model_versions import active_version, record_switch
 from taskflow.projections.redis_views import RedisTaskViews
+from taskflow.projections.runtime import Projection
 from taskflow.projections.shared_pass import SharedPass
 from taskflow.projections.verify import ViewMismatch, verify_against
+from taskflow.services import Services
 
 # Reads cache the active version for a second; the old version is dropped only after this.
 DROP_GRACE_SECONDS = 5.0
@@ -48,14 +49,20 @@ class RebuildResult:
 
 
 async def rebuild(
-    services: Services, progress: Progress = lambda done, total: None
+    services: Services,
+    targets: Callable[[int], list[Projection]],
+    progress: Progress = lambda done, total: None,
 ) -> RebuildResult:
-    """Rebuild the task read models into the next version and switch reads over to it."""
+    """Rebuild the task read models into the next version and switch reads over to it.
+
+    `targets(version)`: the projections of one read-model version (the composition root's
+    `bootstrap.projections`; `bootstrap.rebuild_read_models` wires the two).
+    """
     redis = services.redis
     active = await active_version(redis, services.views_db)
     building = int(await redis.get(names.READ_MODEL_NEXT) or 0) or active + 1
     holder = f"{socket.gethostname()}:{os.getpid()}:rebuild:{uuid.uuid4().hex[:8]}"
-    shared = SharedPass(services, building, holder)
+    shared = SharedPass(services, targets(building), holder)
     # The leases are taken before the next version is announced, so the projector processes
     # that start drivers for it find them held and stand by: one read of the log builds both.
     await shared.take_leases()
@@ -99,9 +106,7 @@ async def _head(services: Services) -> Callable[[], Awaitable[int]]:
 
 async def _highest_stored(services: Services) -> int:
     """The highest position in the log (one sorted read: a scan on FerretDB, fine for a rebuild)."""
-    cursor = services.store.commits.find({}, {"position": 1}).sort("position", -1).limit(1)
-    last = await cursor.to_list()
-    return int(last[0]["position"]) if last else 0
+    return await services.store.highest_stored_position()
 
 
 async def drop_version(services: Services, version: int) -> None:

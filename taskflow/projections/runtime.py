@@ -142,3 +142,17 @@ async def apply_batch(projection: Projection, batch: Sequence[Commit], term: int
     PROJECTION_POSITION.labels(projection.name).set(batch[-1].position)
     age = (datetime.now(UTC) - batch[-1].recorded_at).total_seconds()
     PROJECTION_LAG_SECONDS.labels(projection.name).set(max(age, 0.0))
+
+
+async def catch_up(store: EventStore, targets: list[Projection]) -> int:
+    """Bring every projection up to the log's settled head now (tests, one-shot runs), without
+    a lease (term 0), and mark each caught up. The number of positions applied.
+
+    Indexes are the start-up's job (`bootstrap.ensure_indexes`), not repeated here.
+    """
+    total = 0
+    for projection in targets:
+        result = await one_pass(store, projection)
+        await projection.caught_up(result.position, 0)
+        total += result.applied
+    return total

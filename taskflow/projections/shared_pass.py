@@ -1,7 +1,7 @@
 """The rebuild's driver: one read of the log feeds every projection it holds and a fold of the log.
 
 A projector process gives each projection a driver of its own, and each reads the log
-(worker.py). Built that way, a rebuild from position zero streamed the whole log once per
+(driver.py). Built that way, a rebuild from position zero streamed the whole log once per
 projection and once more for the verification, and FerretDB sorts the whole collection before
 each such read (docs/benchmarks.md, Rebuild). Here one streamed read (`store.read_all`, gap-safe)
 is cut into batches; each batch goes to every projection this process holds the lease of, and
@@ -30,16 +30,15 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from taskflow import names
-from taskflow.bootstrap import Services
 from taskflow.commands.task import TaskState
 from taskflow.events.records import Commit
-from taskflow.projections.catalog import projections
+from taskflow.projections.driver import ProjectionDriver
 from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_views import CheckpointMovedError
 from taskflow.projections.runtime import LeaseLostError, Projection, apply_batch
 from taskflow.projections.verify import fold_commit
-from taskflow.projections.worker import ProjectionDriver
+from taskflow.services import Services
 from taskflow.tasks import batches, cancel_and_wait, read_ahead
 
 # Larger than a worker's batches (runtime.DEFAULT_BATCH): a catch-up from zero writes each
@@ -67,10 +66,11 @@ class _Fed:
 class SharedPass:
     """Builds one read-model version from a single read of the log; see the module docstring."""
 
-    def __init__(self, services: Services, version: int, holder: str) -> None:
+    def __init__(self, services: Services, targets: list[Projection], holder: str) -> None:
+        """Build `targets` (one read-model version's projections, from the composition root)."""
         self._services = services
         self._ttl = services.settings.lease_ttl_seconds
-        self.targets = projections(services, version)
+        self.targets = targets
         self._leases = {
             p.name: Lease(services.db[names.LEASES], p.name, holder, ttl=self._ttl)
             for p in self.targets

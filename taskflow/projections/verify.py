@@ -9,7 +9,6 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
-from taskflow.bootstrap import Services
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.events.records import Commit
@@ -19,6 +18,7 @@ from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.views import apply_commit, task_id_of, view_from_document
+from taskflow.services import Services
 from taskflow.text import as_text
 
 

@@ -12,9 +12,10 @@ there is ciphertext under their data key, and destroying the key erases it. Arou
    meeting it in log order, strip the user's task views of titles, descriptions, tags and
    search terms (projections/views.py `without_personal_data`);
 5. the e-mail reservation is deleted, so the address can be registered again;
-6. Redis entries outside the read models are deleted: the cached stream heads of the user and
-   their tasks, cached list pages and idempotent outcomes (those hold only ciphertext or ids,
-   or are short-lived, but need not wait to expire).
+6. the caches around the read models (projections/erasure_purge.py, which the caller runs
+   after this handler): the cached stream heads of the user and their tasks, cached list pages,
+   change feeds and idempotent outcomes (those hold only ciphertext or ids, or are short-lived,
+   but need not wait to expire).
 
 Every step is idempotent, so erasing twice, or again after a crash, is harmless and finishes
 what was left. An erasure racing a command cannot leave readable data: a command that still
@@ -23,11 +24,8 @@ had the key appends ciphertext under a key that no longer exists.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-
-from redis.asyncio import Redis
 
 from taskflow import names
 from taskflow.auth.refresh import RefreshTokens
@@ -37,11 +35,8 @@ from taskflow.commands.runner import Context, Outcome, execute
 from taskflow.commands.user import EraseUser, UserState
 from taskflow.commands.user_handlers import Accounts, load_user, reservations_of
 from taskflow.privacy.data_keys import DataKeys
-from taskflow.projections.redis_keys import RedisViewKeys
-from taskflow.text import as_text
 
 Clock = Callable[[], datetime]
-SCAN_BATCH = 1000
 
 
 def _utc_now() -> datetime:
@@ -72,7 +67,6 @@ async def handle_erase_user(
     await reservations_of(accounts.db).delete_many({"user_id": user_id})
     if digest is not None:
         await accounts.redis.delete(names.email_user_key(digest))
-    await purge_redis(accounts.redis, user_id)
     return outcome
 
 
@@ -83,35 +77,3 @@ async def _revoke_sessions(refresh_tokens: RefreshTokens, user_id: str, now: dat
     }
     for family_id in families:
         await refresh_tokens.revoke_family(family_id, user_id, now, reason="erasure")
-
-
-async def purge_redis(redis: Redis, user_id: str) -> None:
-    """Delete the user's cached stream heads, list pages, change feeds and idempotent outcomes.
-
-    The task views themselves are the projectors' (they erase them in log order). Finding the
-    pages and outcomes takes a SCAN of the whole key space: an erasure is rare, and no request
-    path pays for it.
-    """
-    heads = [names.stream_head_key(USER.stream_id(user_id))]
-    for version in await _read_model_versions(redis):
-        task_ids = await redis.hkeys(RedisViewKeys(version).tasks(user_id))
-        heads += [names.stream_head_key(f"task-{as_text(t)}") for t in task_ids]
-    await redis.unlink(*heads)
-    pattern = re.compile(
-        rf"^{re.escape(names.PREFIX)}(idem:{re.escape(user_id)}:|rm:\d+:u:{re.escape(user_id)}:(page:|feed$))".encode()
-    )
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=f"{names.PREFIX}*", count=SCAN_BATCH):
-        raw = key if isinstance(key, bytes) else str(key).encode()
-        if pattern.match(raw):
-            batch.append(raw)
-        if len(batch) >= SCAN_BATCH:
-            await redis.unlink(*batch)
-            batch = []
-    if batch:
-        await redis.unlink(*batch)
-
-
-async def _read_model_versions(redis: Redis) -> set[int]:
-    active, building = await redis.mget([names.READ_MODEL_ACTIVE, names.READ_MODEL_NEXT])
-    return {int(v) for v in (active, building) if v} or {1}

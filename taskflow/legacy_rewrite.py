@@ -28,11 +28,11 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from taskflow import names
-from taskflow.bootstrap import Services
 from taskflow.commands.user_handlers import reservations_of
 from taskflow.events.codec import commit_to_document, commit_to_json, current_schema
 from taskflow.events.records import Commit, StoredEvent
 from taskflow.events.sealing import plaintext_fields, seal_event
+from taskflow.services import Services
 
 Progress = Callable[[int], None]
 

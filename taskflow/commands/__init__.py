@@ -1,0 +1,1 @@
+"""The write side: command models, the pure decide/evolve of each aggregate, the handlers."""
