@@ -1,11 +1,16 @@
-# One command per habit (STYLE.md): make dev, make test, make lint, make bench.
-.PHONY: dev test fuzz lint bench bench-scale services-stop
+# One command per habit: make dev, make test, make check, make lint, make bench.
+.PHONY: dev test check fuzz lint bench bench-scale services-stop
 
 dev:            ## run TaskFlow (local services + API + projector)
 	scripts/dev.sh
 
-test:           ## the whole suite: ruff, mypy --strict, pytest on real local servers
+test:           ## the whole suite: ruff, mypy --strict, import-linter, pytest on real local servers
 	scripts/test.sh
+
+check:          ## the fast loop: the static checks and the tests that need no servers (< 1 min)
+	scripts/bootstrap.sh
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports
+	TASKFLOW_ENV=development .venv/bin/pytest -q -m "not servers"
 
 fuzz:           ## the long schemathesis run: 500 random cases per operation (docs/reliability.md)
 	TASKFLOW_FUZZ=1 scripts/test.sh tests/test_openapi.py -k long_fuzz

@@ -167,7 +167,12 @@ start() {
   mkdir -p "$dir/ferretdb" "$dir/redis"
   local redis_port mongo_port debug_port handler
   redis_port="$(free_port)"; mongo_port="$(free_port)"; debug_port="$(free_port)"
-  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dir/redis" --save "" --appendonly no \
+  # Development data outlives a restart (an append-only file under .state/PROFILE/redis): `make
+  # dev` stopped and started again resumes where it was instead of rebuilding its Redis read
+  # model from the log. The test profile, disposable, writes nothing to disk.
+  local persistence=(--appendonly yes --appendfsync everysec)
+  [ "$profile" != test ] || persistence=(--appendonly no)
+  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dir/redis" --save "" "${persistence[@]}" \
     --databases 64 --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
   case "$BACKEND" in
     sqlite) handler=(--handler=sqlite --sqlite-url="file:$dir/ferretdb/") ;;

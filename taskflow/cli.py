@@ -10,8 +10,11 @@ import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from taskflow import operations
 from taskflow.privacy.keks import KekError
@@ -30,7 +33,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KekError as exc:  # a missing or wrong key-encryption key, found at start
         print(f"taskflow: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except (PyMongoError, RedisError, OSError) as exc:  # one sentence, not a traceback
+        print(f"taskflow: {_unreachable(settings, exc)}", file=sys.stderr)
+        return 3
     return code
+
+
+def _unreachable(settings: Settings, exc: Exception) -> str:
+    """Which server could not be reached, and what to do, in one sentence."""
+    if isinstance(exc, PyMongoError):
+        where = f"MongoDB at {_without_password(settings.mongodb_uri)}"
+    elif isinstance(exc, RedisError):
+        where = f"Redis at {_without_password(settings.redis_url)}"
+    else:
+        where = "a server"
+    return (
+        f"cannot reach {where} ({type(exc).__name__}); is it running (`make dev` starts the "
+        "development services), and are MONGODB_URI and REDIS_URL right?"
+    )
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _parser() -> argparse.ArgumentParser:

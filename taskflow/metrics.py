@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_DURATION = Histogram(
@@ -53,3 +55,14 @@ CHANGE_STREAMS_ENDED = Counter(
 CHANGE_EVENTS = Counter(
     "taskflow_change_events_sent_total", "Change-feed events written to clients", ["feed"]
 )
+
+
+def forget_projection_metrics(names: list[str]) -> None:
+    """Drop the series of projections no longer run here (a read-model version retired by a
+    rebuild's switch): scraped on, they would report a frozen position and lag for good."""
+    for name in names:
+        for metric in (PROJECTION_POSITION, PROJECTION_LAG_EVENTS, PROJECTION_LAG_SECONDS):
+            with contextlib.suppress(KeyError):
+                metric.remove(name)
+        with contextlib.suppress(KeyError):
+            PROJECTION_BATCH.remove(name)

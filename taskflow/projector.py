@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from taskflow import names
 from taskflow.bootstrap import log_projections, open_services, projections
+from taskflow.metrics import forget_projection_metrics
 from taskflow.projections.driver import ProjectionDriver
 from taskflow.projections.lease import Lease
 from taskflow.projections.read_model_versions import active_version
@@ -130,10 +131,13 @@ class Supervisor:
             return
         retired, tasks = group
         retired.set()
+        names_ = []
         for driver in [d for d in self.drivers if d.stopping is retired]:
             driver.wake.set()
             self.drivers.remove(driver)
+            names_.append(driver.projection.name)
         await asyncio.gather(*tasks, return_exceptions=True)
+        forget_projection_metrics(names_)  # a retired version's series would stay at their last
         log.info("read_model_version_stopped", version=version)
 
 

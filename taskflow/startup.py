@@ -6,14 +6,24 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 from taskflow import __version__
 from taskflow.logs import configure_logging, configure_sentry
 from taskflow.settings import Settings, SettingsError, load_settings
 
+# What `scripts/services.sh start dev` writes for the processes it serves.
+DEVELOPMENT_SERVICES = ("MONGODB_URI", "REDIS_URL")
+
 
 def configured_settings() -> Settings | None:
-    """The settings, with logging and Sentry set up from them; None, said why, if invalid."""
+    """The settings, with logging and Sentry set up from them; None, said why, if invalid.
+
+    Where neither MONGODB_URI nor REDIS_URL is set and `make dev`'s services are running (their
+    addresses are in `.state/dev/services.env`; the ports change at every start), those are
+    used, as development: the operator commands then work beside `make dev` as they are.
+    """
+    use_development_services()
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -23,6 +33,24 @@ def configured_settings() -> Settings | None:
     dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None
     configure_sentry(dsn, release=f"taskflow@{__version__}")
     return settings
+
+
+def use_development_services(state: Path | None = None) -> Path | None:
+    """Take MONGODB_URI and REDIS_URL from the running development services, when neither is
+    set; the file used, if any. TASKFLOW_ENV becomes `development` unless it is set."""
+    if "MONGODB_URI" in os.environ or "REDIS_URL" in os.environ:
+        return None
+    state = state or Path(os.environ.get("TASKFLOW_STATE_DIR", ".state"))
+    found = state / "dev" / "services.env"
+    if not found.is_file():
+        return None
+    for line in found.read_text(encoding="utf-8").splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name in DEVELOPMENT_SERVICES:
+            os.environ[name] = value
+    os.environ.setdefault("TASKFLOW_ENV", "development")
+    print(f"taskflow: using the development services of {found}", file=sys.stderr)
+    return found
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -43,6 +44,43 @@ def _service_url(name: str) -> str:
     return url
 
 
+def _redis_url() -> str:
+    """REDIS_URL, with a logical database of this worker's own when pytest-xdist runs the suite
+    in several processes: each test flushes its database, which must not be another worker's.
+    (MongoDB needs nothing alike: every test has a database of its own.)"""
+    url = urlsplit(_service_url("REDIS_URL"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if not worker.startswith("gw"):
+        return url.geturl()
+    return url._replace(path=f"/{int(worker[2:]) + 1}").geturl()
+
+
+# Fixtures that need the servers `make test` starts: tests using any of them are marked
+# `servers`, and `make check` runs the others (pyproject.toml, docs/development.md).
+SERVER_FIXTURES = frozenset(
+    {
+        "settings",
+        "mongo",
+        "db",
+        "views_db",
+        "redis",
+        "store",
+        "client",
+        "services",
+        "aiohttp_client",
+        "private_redis",
+        "private_ferretdb",
+        "taskflow_processes",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
 @pytest.fixture
 def settings() -> Settings:
     """Settings pointing at the test servers, with a database of the test's own.
@@ -50,12 +88,12 @@ def settings() -> Settings:
     The Redis logical database is flushed first: a deployment owns its Redis database (the
     counter, log hints and read models are not prefixed by the MongoDB database name).
     """
-    with SyncRedis.from_url(_service_url("REDIS_URL")) as sync_redis:
+    with SyncRedis.from_url(_redis_url()) as sync_redis:
         sync_redis.flushdb()
     return Settings(
         taskflow_env="development",
         mongodb_uri=_service_url("MONGODB_URI"),
-        redis_url=_service_url("REDIS_URL"),
+        redis_url=_redis_url(),
         mongodb_db=f"t_{uuid.uuid4().hex[:16]}",
         gap_timeout_seconds=0.3,
         # Races of 50 clients from one address are the point of several tests; the limits
