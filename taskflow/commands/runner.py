@@ -57,6 +57,14 @@ class Aggregate(Generic[S, C, E]):
     def stream_id(self, entity_id: str) -> str:
         return f"{self.name}-{entity_id}"
 
+    def owns(self, commit: Commit) -> bool:
+        """Whether `commit` is one of this aggregate's (not a gap, not another aggregate's)."""
+        return not commit.is_gap and commit.stream_id.startswith(f"{self.name}-")
+
+    def entity_id(self, stream_id: str) -> str:
+        """The id of the entity a stream of this aggregate is about (`stream_id`'s inverse)."""
+        return stream_id.removeprefix(f"{self.name}-")
+
     def fold(self, commits: Sequence[Commit]) -> S | None:
         state: S | None = None
         for commit in commits:

@@ -12,7 +12,7 @@ import re
 from redis.asyncio import Redis
 
 from taskflow import names
-from taskflow.commands.aggregates import USER
+from taskflow.commands.aggregates import TASK, USER
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.text import as_text
 
@@ -29,7 +29,7 @@ async def purge_caches_of(redis: Redis, user_id: str) -> None:
     heads = [names.stream_head_key(USER.stream_id(user_id))]
     for version in await _read_model_versions(redis):
         task_ids = await redis.hkeys(RedisViewKeys(version).tasks(user_id))
-        heads += [names.stream_head_key(f"task-{as_text(t)}") for t in task_ids]
+        heads += [names.stream_head_key(TASK.stream_id(as_text(t))) for t in task_ids]
     await redis.unlink(*heads)
     pattern = re.compile(
         rf"^{re.escape(names.PREFIX)}(idem:{re.escape(user_id)}:|rm:\d+:u:{re.escape(user_id)}:(page:|feed$))".encode()

@@ -18,6 +18,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from taskflow import names
+from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.events.records import Commit
 from taskflow.projections.mongo_view_writes import (
@@ -160,13 +161,13 @@ class MongoTaskViews:
         """Fold `commits` into the views to write (reads only views neither known nor new)."""
         if not commits:
             return
-        task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
+        task_commits = [c for c in commits if TASK.owns(c)]
         await self._load(_to_look_up(task_commits, self._known))
         for commit in commits:
             if owner := erased_owner(commit):
                 await self._erase_owned(owner)  # every view of theirs loses its personal data
                 continue
-            if commit.is_gap or not commit.stream_id.startswith("task-"):
+            if not TASK.owns(commit):
                 continue
             task_id = task_id_of(commit)
             before = self._known(task_id)

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
+from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import Status, TaskState
 from taskflow.events.records import Commit
 from taskflow.projections.feed_writes import DEFAULT_HISTORY, FeedStep, FeedWriter
@@ -192,7 +193,7 @@ class RedisTaskViews:
         A user's erasure turns every view of theirs, stored or folded so far, into its erased
         form (`without_personal_data`): titles, descriptions, tags and search terms go.
         """
-        task_commits = [c for c in commits if not c.is_gap and c.stream_id.startswith("task-")]
+        task_commits = [c for c in commits if TASK.owns(c)]
         task_ids = list(dict.fromkeys(task_id_of(c) for c in task_commits))
         changes = {t: _Change(v.owner_id, v, v) for t in task_ids if (v := self._cache.get(t))}
         changes.update(await self._read([t for t in task_ids if t not in changes]))
@@ -205,7 +206,7 @@ class RedisTaskViews:
                     if owned.owner == erasures[commit.position] and owned.after is not None:
                         owned.after = without_personal_data(owned.after)
                 continue
-            if commit.is_gap or not commit.stream_id.startswith("task-"):
+            if not TASK.owns(commit):
                 continue
             task_id = task_id_of(commit)
             change = changes.get(task_id)

@@ -46,9 +46,9 @@ async def fold_all_tasks(
 
 def fold_commit(states: dict[str, TaskState], commit: Commit) -> None:
     """Fold one commit of the log into `states` (task id → state); other streams are skipped."""
-    if commit.is_gap or not commit.stream_id.startswith("task-"):
+    if not TASK.owns(commit):
         return
-    task_id = commit.stream_id.removeprefix("task-")
+    task_id = TASK.entity_id(commit.stream_id)
     folded = apply_commit(states.get(task_id), commit)
     if folded is not None:
         states[task_id] = folded
@@ -146,7 +146,7 @@ async def compare_in_one_pass(
     async for commit in log:
         check_checkpoints(commit.position - 1)
         fold_commit(states, commit)
-        if commit.is_gap or not commit.stream_id.startswith("task-"):
+        if not TASK.owns(commit):
             continue
         task_id = task_id_of(commit)
         state = states[task_id]

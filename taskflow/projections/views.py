@@ -70,7 +70,7 @@ async def apply_or_repair(
 
 
 def task_id_of(commit: Commit) -> str:
-    return commit.stream_id.removeprefix("task-")
+    return TASK.entity_id(commit.stream_id)
 
 
 def erased_owner(commit: Commit) -> str | None:
