@@ -1,4 +1,4 @@
-# One command per habit (STYLE.md): make dev, make test, make lint, make bench.
+# One command per habit: make dev, make test, make lint, make bench; CI runs what a person runs.
 .PHONY: dev test fuzz lint bench bench-scale services-stop
 
 dev:            ## run TaskFlow (local services + API + projector)
