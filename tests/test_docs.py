@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from taskflow.settings import SECRET_FILES, Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Design notes kept outside the repository: a reader of the repository cannot follow a reference
@@ -39,3 +41,33 @@ def test_no_tracked_file_cites_a_document_outside_the_repository() -> None:
         if _OUTSIDE.search(line)
     ]
     assert citing == []
+
+
+def configuration_rows() -> dict[str, str]:
+    """The README's Configuration table: each row's first cell, by the variables it names."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = line.split("|")
+        if not line.startswith("| `") or len(cells) < 4:
+            continue
+        for name in re.findall(r"`([^`]+)`", cells[1]):
+            rows[name] = line
+    return rows
+
+
+def test_the_readme_documents_every_setting_and_only_settings() -> None:
+    """Every field of `Settings` has a row in the README's Configuration table, and every
+    variable the table names is a field (a `<NAME>_FILE` row may describe the file variants)."""
+    documented = {name for name in configuration_rows() if re.fullmatch(r"[A-Z][A-Z0-9_]*", name)}
+    fields = {name.upper() for name in Settings.model_fields}
+    assert sorted(fields - documented) == [], "settings missing from the README's table"
+    assert sorted(documented - fields) == [], "README rows naming no setting"
+
+
+def test_the_readme_names_every_secret_that_a_file_may_hold() -> None:
+    """The `<NAME>_FILE` row lists exactly the settings read from files (settings.SECRET_FILES)."""
+    row = configuration_rows()["<NAME>_FILE"]
+    listed = set(re.findall(r"`([A-Z][A-Z0-9_]*)`", row))
+    assert listed == {name.upper() for name in SECRET_FILES}
