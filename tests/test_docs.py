@@ -71,3 +71,66 @@ def test_the_readme_names_every_secret_that_a_file_may_hold() -> None:
     row = configuration_rows()["<NAME>_FILE"]
     listed = set(re.findall(r"`([A-Z][A-Z0-9_]*)`", row))
     assert listed == {name.upper() for name in SECRET_FILES}
+
+
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+# A section cited by name, as in (docs/<page>.md, "<section>"), the comma optional.
+_CITED_SECTION = re.compile(r"(docs/[\w.-]+\.md),? \"([^\"\n]+)\"")
+
+
+def heading_anchors(markdown: Path) -> dict[str, str]:
+    """The headings of a Markdown file by the anchor GitHub gives each (fenced code skipped)."""
+    anchors: dict[str, str] = {}
+    fenced = False
+    for line in markdown.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or not line.startswith("#"):
+            continue
+        title = line.lstrip("#").strip()
+        anchor = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        suffix, number = anchor, 0
+        while suffix in anchors:
+            number += 1
+            suffix = f"{anchor}-{number}"
+        anchors[suffix] = title
+    return anchors
+
+
+def markdown_links() -> list[tuple[Path, str]]:
+    """Every relative link of every tracked Markdown file, outside fenced code."""
+    links: list[tuple[Path, str]] = []
+    for path in tracked_files():
+        if path.suffix != ".md":
+            continue
+        fenced = False
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("```"):
+                fenced = not fenced
+            if not fenced:
+                links += [(path, target) for target in _LINK.findall(line) if ":" not in target]
+    return links
+
+
+def test_every_link_between_the_docs_reaches_its_file_and_section() -> None:
+    """A relative Markdown link names a file that exists and, after `#`, one of its headings."""
+    broken = []
+    for source, target in markdown_links():
+        name, _, anchor = target.partition("#")
+        resolved = (source.parent / name).resolve() if name else source
+        if not resolved.is_file() or (anchor and anchor not in heading_anchors(resolved)):
+            broken.append(f"{source.relative_to(ROOT)}: {target}")
+    assert broken == []
+
+
+def test_every_section_cited_by_name_exists() -> None:
+    """`docs/<page>.md, "<section>"` in a comment or a doc names a heading of that page."""
+    missing = []
+    for path in tracked_files():
+        if not path.is_file() or path.suffix not in {".py", ".md", ".sh", ".toml", ".yml"}:
+            continue
+        for doc, section in _CITED_SECTION.findall(path.read_text(encoding="utf-8")):
+            titles = heading_anchors(ROOT / doc).values() if (ROOT / doc).is_file() else []
+            if not any(section.lower() in title.lower() for title in titles):
+                missing.append(f"{path.relative_to(ROOT)}: {doc}, {section!r}")
+    assert missing == []
