@@ -1,4 +1,5 @@
-# One command per habit: make dev, make test, make check, make lint, make bench.
+# One command per habit: make dev, make test, make check, make lint, make bench; CI runs what a
+# person runs.
 .PHONY: dev test check fuzz lint bench bench-scale services-stop
 
 dev:            ## run TaskFlow (local services + API + projector)

@@ -139,8 +139,9 @@ async def _run(options: Options, mongodb_uri: str, redis_url: str, out: Path) ->
         )
 
     # The bench's own clients wait up to 2 min on a socket: FerretDB sorts a whole collection
-    # before it returns a sorted read's first batch (DESIGN.md §9), which at 100,000 commits on
-    # a loaded machine exceeds TaskFlow's default of 10 s. The API and projector keep defaults.
+    # before it returns a sorted read's first batch (docs/design.md, FerretDB), which at 100,000
+    # commits on a loaded machine exceeds TaskFlow's default of 10 s. The API and projector keep
+    # defaults.
     settings = Settings(
         mongodb_uri=mongodb_uri, redis_url=redis_url, log_json=False, mongodb_timeout_ms=60_000
     )

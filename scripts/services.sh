@@ -2,7 +2,7 @@
 # Installs (only when missing) and starts the local services TaskFlow runs on:
 # Redis from Debian's redis-server package and FerretDB v1 (MongoDB wire protocol) on SQLite,
 # or, with FERRETDB_BACKEND=postgresql, on a PostgreSQL server of its own (Debian's postgresql).
-# Everything binds to 127.0.0.1 on free ports; state lives under .state/ (see DESIGN.md §9).
+# Everything binds to 127.0.0.1 on free ports; state lives under .state/ (docs/design.md, FerretDB).
 #
 #   scripts/services.sh install            install redis-server, build FerretDB once
 #   scripts/services.sh install-wrk        install wrk, the HTTP benchmarks' load generator
@@ -129,7 +129,7 @@ install_ferretdb() {
   export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOTELEMETRY=off
   local dir work
   # The published module lacks build/version/version.txt, so a plain `go install` panics at start
-  # (DESIGN.md §9): build from a writable copy with the file written in.
+  # (docs/design.md, "Building FerretDB"): build from a writable copy with the file written in.
   dir="$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')"
   [ -n "$dir" ] || { log "go mod download gave no module directory"; exit 1; }
   work="$(mktemp -d)"

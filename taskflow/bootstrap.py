@@ -30,7 +30,7 @@ Document = dict[str, Any]
 
 
 def read_preference(settings: Settings) -> SecondaryPreferred:
-    """Read models fan out to secondaries, bounded by maxStalenessSeconds (DESIGN.md §6)."""
+    """Read models fan out to secondaries, bounded by maxStalenessSeconds (docs/design.md)."""
     return SecondaryPreferred(max_staleness=settings.read_max_staleness_seconds or -1)
 
 

@@ -49,7 +49,8 @@ def idempotency_key(actor: str, key: str) -> str:
 
 
 # Read models in Redis live under a version prefix, so a rebuild can fill the next version while
-# the active one serves (DESIGN.md §5); `READ_MODEL_ACTIVE` names the version reads use.
+# the active one serves (docs/design.md, Projections); `READ_MODEL_ACTIVE` names the version
+# reads use.
 READ_MODEL_ACTIVE = PREFIX + "rm:active"
 
 

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     # the address itself is never a database key (docs/privacy.md).
     email_hash_key: SecretStr = SecretStr("dev-only-email-hash-key-change-me-0123")
 
-    # A position nobody has written after this long is sealed with a gap (DESIGN.md §3).
+    # A position nobody has written after this long is sealed with a gap (docs/event-log.md).
     gap_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     lease_ttl_seconds: Annotated[float, Field(ge=0.5, le=300)] = 10.0
     projector_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5

@@ -339,7 +339,7 @@ async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_rec
             await until(load.count(201), 30, "writes before the outage")
             await private_redis.kill()
             await until(load.count(503), 30, "503s during the outage")
-            # The read side falls back to the MongoDB read model (DESIGN.md §6)...
+            # The read side falls back to the MongoDB read model (docs/design.md, Reads)...
             now, started = datetime.now(UTC), time.monotonic()
             for task in before:
                 view = await reads.get(owner, task["id"])

@@ -31,7 +31,8 @@ CORRELATION_ID = "X-Correlation-ID"
 CLIENT_CLOSED = 499
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-# Exceptions from layers below the API map to problems here, and only here (STYLE.md habit 4).
+# Exceptions from layers below the API map to problems here, and only here: views stay thin
+# (docs/design.md, Errors).
 ProblemMapper = Callable[[Exception], Problem | None]
 _mappers: list[ProblemMapper] = []
 

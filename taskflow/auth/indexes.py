@@ -9,7 +9,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from taskflow import names
 
-# The races themselves are decided by the unique `_id` of each collection (DESIGN.md §3): the
+# The races themselves are decided by the unique `_id` of each collection (docs/concurrency.md): the
 # e-mail in email_reservations, the token hash in refresh_tokens_used, the family id in
 # refresh_families_revoked. The secondary indexes below serve per-user and per-family look-ups
 # on real MongoDB (revoking every session of a user, auditing a family), and creating them also

@@ -1,6 +1,6 @@
 """Refresh tokens: opaque, stored only as hashes, rotated on every use within a family.
 
-Races are decided by unique `_id` inserts (DESIGN.md §3), never by conditional updates:
+Races are decided by unique `_id` inserts (docs/concurrency.md), never by conditional updates:
 - using a token inserts its hash into `refresh_tokens_used`: the one insert that succeeds wins the
   rotation; a DuplicateKeyError means the token was used before (reuse), which revokes its family,
   unless it comes within the grace window (REFRESH_GRACE_SECONDS) of the first use: two tabs

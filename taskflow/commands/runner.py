@@ -1,8 +1,9 @@
 """Runs one command against one aggregate: load (cached head first), decide, append.
 
 The cached head in Redis (version, hash, state snapshot) saves re-reading the stream on every
-command (DESIGN.md §9). It can lag the log but never lead it, and the append is guarded by the
-unique version key, so a stale snapshot only costs a conflict and one reload from the log.
+command (docs/design.md, FerretDB). It can lag the log but never lead it, and the append is
+guarded by the unique version key, so a stale snapshot only costs a conflict and one reload from
+the log.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from taskflow.events.store import EventStore
 def owned_by(
     owner_id: str, task_id: str, *, must_exist: bool
 ) -> Callable[[TaskState | None], None]:
-    """Refuse another owner's task exactly as a missing one, so ids leak nothing (DESIGN.md §7)."""
+    """Refuse another owner's task exactly as a missing one: ids leak nothing (docs/design.md)."""
 
     def check(state: TaskState | None) -> None:
         if (state is None and must_exist) or (state is not None and state.owner_id != owner_id):

@@ -1,6 +1,6 @@
 """User command handlers (register, change password) and the user look-ups login needs.
 
-E-mail uniqueness is a set-wide rule the user aggregate cannot check alone (DESIGN.md §4): the
+E-mail uniqueness is a set-wide rule the user aggregate cannot check alone (docs/design.md): the
 normalised address is reserved by a unique `_id` insert into `email_reservations` before
 UserRegistered is appended, and the unique `(stream_id, first_version)` key of the log decides
 between registrations that reuse an orphaned reservation. The reservation's `_id` is a keyed

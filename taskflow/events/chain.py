@@ -1,4 +1,4 @@
-"""The keyed hash chain that makes tampering with a stream evident (DESIGN.md §3)."""
+"""The keyed hash chain that makes tampering with a stream evident (docs/event-log.md)."""
 
 from __future__ import annotations
 

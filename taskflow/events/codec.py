@@ -98,7 +98,7 @@ def canonical_bytes(commit: Commit) -> bytes:
     """The bytes the hash chain signs: everything that describes the commit but its position.
 
     The position is left out on purpose: a writer whose position was sealed retries with a new
-    one (DESIGN.md §3), and the global order is guarded by the unique index, not the chain.
+    one (docs/event-log.md), and the global order is guarded by the unique index, not the chain.
     """
     body = {
         "stream_id": commit.stream_id,

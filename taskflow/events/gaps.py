@@ -1,4 +1,4 @@
-"""Gaps: the no-op documents that settle positions no commit will ever use (DESIGN.md §3)."""
+"""Gaps: the no-op documents that settle positions no commit will ever use (docs/event-log.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The event store on MongoDB (the log) with Redis as its accelerator (counter, hints, heads).
 
-Every race is decided by one insert under a unique index (DESIGN.md §3): `_id` and
+Every race is decided by one insert under a unique index (docs/concurrency.md): `_id` and
 `(stream_id, first_version)` decide the version, `position` the global order, `idempotency`
 the retried command. Redis only speeds the common case up; MongoDB stays the authority.
 """

@@ -1,6 +1,6 @@
 """The global position counter: Redis INCR, with every block of positions reserved in MongoDB.
 
-A MongoDB `$inc` is not atomic on the local server (DESIGN.md §3); Redis INCR is. Redis can lose
+A MongoDB `$inc` is not atomic on the local server (docs/design.md); Redis INCR is. Redis can lose
 the counter, though, and finding the log's highest position again is a sorted read of the whole
 log (on FerretDB a scan and a sort in Go: 7.8 s at 10,000 commits, over 60 s at 100,000). So
 positions are handed out in blocks of `BLOCK`: before a position of block `b` is used, a

@@ -37,7 +37,7 @@ class StoredEvent(Frozen):
 class Commit(Frozen):
     """One document of the log: the events of one append, stored all-or-nothing.
 
-    A `gap` is the no-op document that fills a position nobody committed (DESIGN.md §3).
+    A `gap` is the no-op document that fills a position nobody committed (docs/event-log.md).
     """
 
     kind: Literal["commit", "gap"] = "commit"

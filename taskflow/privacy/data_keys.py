@@ -1,7 +1,7 @@
 """Per-user data keys: stored wrapped in MongoDB, cached unwrapped in each process, destroyed on
 erasure (crypto-shredding, docs/privacy.md).
 
-Storage (every race decided by a unique insert, DESIGN.md §3):
+Storage (every race decided by a unique insert, docs/concurrency.md):
 - `data_keys`: one document per wrapping of a key, `_id` "<user>:v<version>" for the first
   wrapping (its insert decides which of two racing creators' keys is the user's) and
   "<user>:v<version>:<kek>" for a re-wrapping by a KEK rotation. Insert-only; the one delete is
@@ -177,8 +177,8 @@ class DataKeys:
                 return Standing.ERASED
             known = await self.keys.find_one({"user_id": subject}, {"_id": 1}) is not None
         except PyMongoError as exc:
-            # Reads are served from Redis while MongoDB is down (DESIGN.md §6): a user checked
-            # before stays cached, an erasure arrives by its announcement; the rest go on.
+            # Reads are served from Redis while MongoDB is down (docs/design.md, Reads): a user
+            # checked before stays cached, an erasure arrives by its announcement; the rest go on.
             log.warning("user_check_unavailable", error=repr(exc))
             return Standing.LIVE
         standing = Standing.LIVE if known else Standing.UNKNOWN

@@ -47,7 +47,7 @@ NAME = "task_views_mongo"
 # this much more and write a busy task once per pass.
 PACE_SECONDS = 0.5
 # On FerretDB every replace of a stored view scans the view collection in SQLite (an `_id`
-# filter is not served by its `_id` index: DESIGN.md §9), so keeping 10,000 views current took
+# filter is not served by its `_id` index: docs/design.md), so keeping 10,000 views current took
 # FerretDB's whole core under load and slowed every append queued behind it (docs/benchmarks.md,
 # "Scale"). Passes may take at most this share of the time; when behind, the views lag more
 # instead. On a real MongoDB a pass is an index lookup per view and far shorter than the pace.
@@ -238,7 +238,7 @@ def _to_look_up(
     """Tasks whose stored view the batch needs: not known, and not created in this batch.
 
     A stream whose first commit here starts at version 1 is a creation; there is nothing to
-    read yet, and on FerretDB the `$in` lookup scans the whole collection (DESIGN.md §9).
+    read yet, and on FerretDB the `$in` lookup scans the whole collection (docs/design.md).
     """
     first: dict[str, int] = {}
     for commit in task_commits:

@@ -123,7 +123,7 @@ def correlation_ids(batch: Sequence[Commit]) -> list[str]:
 async def apply_batch(projection: Projection, batch: Sequence[Commit], term: int) -> None:
     """Apply one batch, logging it with its correlation ids and recording its metrics."""
     # The batch's correlation ids go on every line logged while it is applied, so an operator
-    # can follow a request from the API's log into the projector's (DESIGN.md §7).
+    # can follow a request from the API's log into the projector's (docs/operations.md).
     context = {
         "projection": projection.name,
         "positions": f"{batch[0].position}-{batch[-1].position}",

@@ -166,7 +166,7 @@ class Served(Generic[T]):
     `stale`: the read carried a position and no read model had reached it in time, or the
     answer came from the MongoDB views (Redis cannot answer, or its views are being rebuilt
     after Redis lost its data) and their checkpoint does not show they reached the position,
-    or no position was given to compare with (docs/operations.md, "Reads while Redis recovers").
+    or no position was given to compare with (docs/operations.md, "When Redis loses its data").
     """
 
     value: T
