@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +13,13 @@ from typing import Any, Never, TextIO, TypeVar
 import orjson
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 from tqdm import tqdm
 
 from taskflow import names
@@ -210,15 +216,24 @@ def _store_state(path: Path | None, state: dict[str, Any] | None) -> None:
 
 async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
     """`step`, tried again after a server error (1 s, 2 s, 4 s...) up to `AUDIT_ATTEMPTS` times."""
-    for attempt in range(1, AUDIT_ATTEMPTS + 1):
-        try:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((PyMongoError, RedisError)),
+        wait=wait_exponential(multiplier=1, min=1, max=8),
+        stop=stop_after_attempt(AUDIT_ATTEMPTS),
+        before_sleep=_say_retrying,
+        reraise=True,
+    ):
+        with attempt:
             return await step()
-        except (PyMongoError, RedisError) as exc:
-            if attempt == AUDIT_ATTEMPTS:
-                raise
-            print(f"audit: {exc!r}; trying again ({attempt}/{AUDIT_ATTEMPTS})", file=sys.stderr)
-            await asyncio.sleep(2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+
+def _say_retrying(state: RetryCallState) -> None:
+    failure = state.outcome.exception() if state.outcome else None
+    print(
+        f"audit: {failure!r}; trying again ({state.attempt_number}/{AUDIT_ATTEMPTS})",
+        file=sys.stderr,
+    )
 
 
 def _log_findings(audit: LogAudit) -> list[str]:

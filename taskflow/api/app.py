@@ -14,6 +14,12 @@ import pymongo
 import structlog
 from aiohttp import web
 from pymongo.errors import PyMongoError
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception,
+    wait_exponential,
+)
 
 from taskflow import names
 from taskflow.api import (
@@ -183,20 +189,28 @@ async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]
 
 
 async def _create_indexes(services: Services, done: asyncio.Event, stopping: asyncio.Event) -> None:
-    delay = 0.5
-    while not stopping.is_set():
-        try:
-            await ensure_indexes(services)
-            await services.keys.check_keks()
-        except KekError as exc:
-            # Found only now that MongoDB answers: stop as a failed start would have.
-            log.error("kek_refused", error=str(exc))
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        except Exception as exc:
-            log.warning("indexes_not_created", error=repr(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
-        else:
-            done.set()
-            return
+    """Create the indexes (and check the KEKs) once MongoDB answers, retrying meanwhile
+    (0.5 s, doubling to 10 s) for as long as the app runs."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(lambda exc: not isinstance(exc, KekError)),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        stop=lambda state: stopping.is_set(),
+        before_sleep=lambda state: log.warning(
+            "indexes_not_created",
+            error=repr(state.outcome.exception() if state.outcome else None),
+            retry_in=state.upcoming_sleep,
+        ),
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                await ensure_indexes(services)
+                await services.keys.check_keks()
+    except KekError as exc:
+        # Found only now that MongoDB answers: stop as a failed start would have.
+        log.error("kek_refused", error=str(exc))
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    except RetryError:
+        return  # the app is stopping
+    done.set()

@@ -9,10 +9,10 @@ that never replace a newer view, make a replayed batch change nothing.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cachetools import LRUCache
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -104,7 +104,7 @@ class MongoTaskViews:
         self._legacy_checkpoints = db[names.CHECKPOINTS]
         self._leases = leases
         self._history = history
-        self._cache: OrderedDict[str, TaskState] = OrderedDict()
+        self._cache: LRUCache[str, TaskState] = LRUCache(maxsize=CACHE_SIZE)
         # The checkpoint this process last wrote (-1: none). The cache holds what this process
         # wrote; it is trusted only while the checkpoint is still there (no one else wrote).
         self._written_to = -1
@@ -226,10 +226,7 @@ class MongoTaskViews:
                 self._remember(view_from_document(doc))
 
     def _remember(self, view: TaskState) -> None:
-        self._cache[view.task_id] = view
-        self._cache.move_to_end(view.task_id)
-        while len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+        self._cache[view.task_id] = view  # the least recently used one goes past CACHE_SIZE
 
 
 def _to_look_up(

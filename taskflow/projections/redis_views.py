@@ -11,10 +11,10 @@ answers again.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
@@ -92,7 +92,7 @@ class RedisTaskViews:
         self._marked_live = False  # since this process last lost track of the checkpoint
         self.keys = RedisViewKeys(version)
         self.feed = FeedWriter(self.keys, feed_history)
-        self._cache: OrderedDict[str, TaskState] = OrderedDict()
+        self._cache: LRUCache[str, TaskState] = LRUCache(maxsize=CACHE_SIZE)
         self._written_to = -1  # the checkpoint this process last wrote; -1: none or unknown
 
     async def setup(self) -> None:
@@ -245,10 +245,7 @@ class RedisTaskViews:
                 changes[known] = _Change(owner, view, view)
 
     def _remember(self, task_id: str, view: TaskState) -> None:
-        self._cache[task_id] = view
-        self._cache.move_to_end(task_id)
-        while len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+        self._cache[task_id] = view  # the least recently used one goes past CACHE_SIZE
 
     def _forget(self) -> None:
         self._cache.clear()
