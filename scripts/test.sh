@@ -19,10 +19,10 @@ if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   trap 'scripts/services.sh stop test' EXIT
   set -a; . .state/test/services.env; set +a
 fi
-# Several pytest processes (pytest-xdist), a file's tests in one of them; each process has a
+# Several pytest processes (pytest-xdist), tests handed out one by one; each process has a
 # Redis logical database of its own (tests/conftest.py). PYTEST_WORKERS=0 runs in this process.
 workers="${PYTEST_WORKERS:-3}"
 xdist=()
-[ "$workers" = 0 ] || xdist=(-n "$workers" --dist loadfile)
+[ "$workers" = 0 ] || xdist=(-n "$workers" --dist load)
 echo "== pytest, ${workers} workers (MongoDB: $MONGODB_URI, Redis: $REDIS_URL)"
 $PY/pytest "${xdist[@]}" "$@"
