@@ -7,6 +7,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Never, TextIO, TypeVar
@@ -123,6 +124,46 @@ async def audit_rewrite_legacy(settings: Settings) -> int:
     return 1 if report.refused else 0
 
 
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `audit verify` found: the log's audit and the read models' mismatches."""
+
+    audit: LogAudit
+    mismatches: list[ViewMismatch]
+
+    @property
+    def ok(self) -> bool:
+        return self.audit.ok and not self.mismatches
+
+    @property
+    def missing_positions(self) -> int:
+        return sum(last - first + 1 for first, last in self.audit.missing)
+
+    def findings(self) -> list[str]:
+        """One line per finding (and per unsettled range, which is not one)."""
+        return _log_findings(self.audit) + [
+            f"MISMATCH {mismatch.model} task {mismatch.task_id}: log says version "
+            f"{mismatch.expected_version}, read model has {mismatch.found_version}"
+            for mismatch in self.mismatches
+        ]
+
+    def summary(self) -> str:
+        audit = self.audit
+        return (
+            f"audit verify: {'OK' if self.ok else 'FAILED'} — {audit.last_position} positions, "
+            f"{len(audit.broken)} broken chains, {len(audit.seal_problems)} seal problems, "
+            f"{self.missing_positions} missing positions, {len(self.mismatches)} read-model "
+            "mismatches"
+        )
+
+    def sealed(self) -> str:
+        return _sealed_to(self.audit)
+
+
+Progress = Callable[[int, int], None]
+"""Told (position reached, head when the pass began) as a pass over the log goes on."""
+
+
 async def audit_verify(settings: Settings, state_file: Path | None = None) -> int:
     """Check the log (stream chains, seals, contiguity) and every task view; 1 on any finding.
 
@@ -132,33 +173,34 @@ async def audit_verify(settings: Settings, state_file: Path | None = None) -> in
     With `state_file` the state is also kept on disk: a verify that was stopped resumes there.
     """
     async with _checked(settings) as services:
-        audit = await _audit_log(services, state_file)
-        mismatches: list[ViewMismatch] = []
-        for version in sorted(await _retrying(lambda: read_model_versions(services))):
-
-            async def check(version: int = version) -> list[ViewMismatch]:
-                return await verify_read_models(services, version)
-
-            mismatches += await _retrying(check)
-    for line in _log_findings(audit):
+        report = await verify_log_and_views(services, state_file)
+    for line in report.findings():
         print(line)
-    for mismatch in mismatches:
-        print(
-            f"MISMATCH {mismatch.model} task {mismatch.task_id}: log says version "
-            f"{mismatch.expected_version}, read model has {mismatch.found_version}"
-        )
-    ok = audit.ok and not mismatches
-    missing = sum(last - first + 1 for first, last in audit.missing)
-    print(
-        f"audit verify: {'OK' if ok else 'FAILED'} — {audit.last_position} positions, "
-        f"{len(audit.broken)} broken chains, {len(audit.seal_problems)} seal problems, "
-        f"{missing} missing positions, {len(mismatches)} read-model mismatches"
-    )
-    print(_sealed_to(audit))
-    return 0 if ok else 1
+    print(report.summary())
+    print(report.sealed())
+    return 0 if report.ok else 1
 
 
-async def _audit_log(services: Services, state_file: Path | None) -> LogAudit:
+async def verify_log_and_views(
+    services: Services, state_file: Path | None = None, progress: Progress | None = None
+) -> VerifyReport:
+    """The log's audit, then every read-model version checked against the log (each step
+    retried after a server error). `progress` follows the log's pass; without it a progress
+    bar on stderr does (the CLI). Also what the API's verification jobs run (audit_jobs.py)."""
+    audit = await _audit_log(services, state_file, progress)
+    mismatches: list[ViewMismatch] = []
+    for version in sorted(await _retrying(lambda: read_model_versions(services))):
+
+        async def check(version: int = version) -> list[ViewMismatch]:
+            return await verify_read_models(services, version)
+
+        mismatches += await _retrying(check)
+    return VerifyReport(audit, mismatches)
+
+
+async def _audit_log(
+    services: Services, state_file: Path | None, progress: Progress | None = None
+) -> LogAudit:
     """The log's audit, resumed from `state_file` if it holds one, and retried from the last
     saved state when a read fails; the state file is removed once the audit is complete."""
     saved = _load_state(state_file)
@@ -172,6 +214,10 @@ async def _audit_log(services: Services, state_file: Path | None) -> LogAudit:
 
     async def one_pass() -> LogAudit:
         head = await services.store.head_position()
+        if progress is not None:
+            return await services.store.audit(
+                lambda position: progress(position, head), resume=saved, save=save
+            )
         with _bar(head, "log") as bar:
             return await services.store.audit(lambda position: _tick(bar), resume=saved, save=save)
 
@@ -257,27 +303,59 @@ async def audit_export(settings: Settings, after: int, out: TextIO) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class ProjectionStatus:
+    """Where one projection stands: its position, the log's head, and its lease."""
+
+    name: str
+    position: int
+    head: int
+    lease_holder: str | None
+    lease_expires_at: datetime | None
+
+    @property
+    def lag(self) -> int:
+        return max(self.head - self.position, 0)
+
+
+async def projection_statuses(services: Services) -> list[ProjectionStatus]:
+    """Every projection of every read-model version, and the log's own (the seal)."""
+    head = await services.store.head_position()
+    versions = sorted(await read_model_versions(services))
+    targets = log_projections(services)
+    targets += [p for version in versions for p in projections(services, version)]
+    statuses = []
+    for projection in targets:
+        lease = await _latest_lease(services, projection.name)
+        holder, expires = lease.get("holder"), lease.get("expires_at")
+        statuses.append(
+            ProjectionStatus(
+                projection.name,
+                await projection.position(),
+                head,
+                None if holder is None else str(holder),
+                expires if isinstance(expires, datetime) else None,
+            )
+        )
+    return statuses
+
+
 async def projections_status(settings: Settings) -> int:
     """Each projection's position, the head, the lag and the lease holder."""
     async with open_services(settings) as services:
-        head = await services.store.head_position()
-        rows = [("projection", "position", "head", "lag", "lease holder", "lease expires")]
-        versions = sorted(await read_model_versions(services))
-        targets = log_projections(services)
-        targets += [p for version in versions for p in projections(services, version)]
-        for projection in targets:
-            position = await projection.position()
-            lease = await _latest_lease(services, projection.name)
-            rows.append(
-                (
-                    projection.name,
-                    str(position),
-                    str(head),
-                    str(head - position),
-                    str(lease.get("holder", "-")),
-                    str(lease.get("expires_at", "-")),
-                )
-            )
+        statuses = await projection_statuses(services)
+    rows = [("projection", "position", "head", "lag", "lease holder", "lease expires")]
+    rows += [
+        (
+            status.name,
+            str(status.position),
+            str(status.head),
+            str(status.head - status.position),
+            status.lease_holder or "-",
+            "-" if status.lease_expires_at is None else str(status.lease_expires_at),
+        )
+        for status in statuses
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

@@ -20,9 +20,11 @@ from taskflow.api import (
     command_problems,  # noqa: F401 - registers the problem mappers
     health,
 )
+from taskflow.api.audit_job_routes import setup_audit_job_routes
 from taskflow.api.audit_routes import setup_audit_routes
 from taskflow.api.auth_routes import setup_auth_routes
 from taskflow.api.change_feeds import end_streams, setup_change_feed_routes, watch_logouts
+from taskflow.api.console import setup_console_routes
 from taskflow.api.cors import setup_cors
 from taskflow.api.keys import (
     CHANGE_HUB,
@@ -90,7 +92,9 @@ def setup_routes(app: web.Application) -> None:
     setup_task_read_routes(app)
     setup_task_write_routes(app)
     setup_audit_routes(app)
+    setup_audit_job_routes(app)
     setup_openapi_routes(app)
+    setup_console_routes(app)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
