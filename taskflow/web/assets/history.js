@@ -13,8 +13,8 @@ const LABELS = {title: 'Title', description: 'Description', status: 'Status', pr
 
 function value(name, raw) {
   if (raw === null || raw === undefined || raw === '' || (Array.isArray(raw) && !raw.length)) return '—';
-  if (name === 'status') return STATUS_LABELS[raw] || raw;
-  if (name === 'priority') return PRIORITY_LABELS[raw] || raw;
+  if (name.endsWith('status')) return STATUS_LABELS[raw] || raw;
+  if (name.endsWith('priority')) return PRIORITY_LABELS[raw] || raw;
   if (name === 'due_at') return when(raw);
   if (Array.isArray(raw)) return raw.join(', ');
   return String(raw);

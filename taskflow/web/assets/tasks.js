@@ -9,6 +9,9 @@ import {
 } from './ui.js';
 
 const PAGE = 20;
+const FIELD_LABELS = {
+  title: 'Title', description: 'Description', status: 'Status', priority: 'Priority', due_at: 'Due', tags: 'Tags',
+};
 
 // -- shared pieces ------------------------------------------------------------------------------
 
@@ -240,7 +243,7 @@ export function tasksPage() {
         }
         save.disabled = true;
         notice.replaceChildren();
-        await this.save(patch, base.version, notice);
+        await this.save(patch, base.version, notice, base);
         save.disabled = false;
       }},
       notice,
@@ -262,7 +265,7 @@ export function tasksPage() {
     }
 
     /** PATCH `patch` on `version`; a 412 shows the newer version with a way to retry on it. */
-    async save(patch, version = this.task.version, notice = null) {
+    async save(patch, version = this.task.version, notice = null, base = this.task) {
       try {
         const {data} = await api(`/api/tasks/${this.task.id}`, {
           method: 'PATCH', body: patch, headers: {'If-Match': `"${version}"`},
@@ -270,10 +273,10 @@ export function tasksPage() {
         this.task = data;
         this.render();
         refreshStats();
-        toast(`Saved “${data.title}”.`);
+        toast(`Saved “${data.title}”.`, {timeout: 3000});
       } catch (error) {
         if (error instanceof ApiError && error.status === 412) {
-          await this.conflict(patch, error.problem.current_version);
+          await this.conflict(patch, error.problem.current_version, base);
           return;
         }
         const message = alertBox(problemText(error));
@@ -282,23 +285,27 @@ export function tasksPage() {
       }
     }
 
-    async conflict(patch, current) {
+    async conflict(patch, current, base = this.task) {
       // The newer version read from the log itself: the read model may not have it yet.
       const theirs = await get(`/api/tasks/${this.task.id}?version=${current}`);
       const heading = h('h3', {tabindex: '-1'}, 'Changed elsewhere');
-      const rowsOf = Object.keys(patch).map((name) => h('tr', {},
-        h('th', {scope: 'row'}, name.replace('_', ' ')),
+      const fields = Object.keys(FIELD_LABELS).filter((name) =>
+        name in patch || JSON.stringify(theirs[name]) !== JSON.stringify(base[name]));
+      const rowsOf = fields.map((name) => h('tr', {},
+        h('th', {scope: 'row'}, FIELD_LABELS[name]),
+        h('td', {}, shown(name, base[name])),
         h('td', {}, shown(name, theirs[name])),
-        h('td', {}, shown(name, patch[name]))));
+        h('td', {}, name in patch ? shown(name, patch[name]) : '(unchanged)')));
       this.el.classList.add('editing');
       this.editing = {newer: () => {}};
       this.el.replaceChildren(h('section', {class: 'conflict', role: 'group', 'aria-label': 'Conflict'},
         heading,
-        h('p', {}, `Someone saved version ${theirs.version} of “${theirs.title}” while you were editing.`),
-        h('table', {},
-          h('caption', {}, 'Their version and your changes'),
-          h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'Field'), h('th', {scope: 'col'}, 'Theirs'), h('th', {scope: 'col'}, 'Yours'))),
-          h('tbody', {}, rowsOf)),
+        h('p', {}, `Someone saved version ${theirs.version} of “${theirs.title}” while you were editing version ${base.version}.`),
+        h('div', {class: 'table-wrap'}, h('table', {},
+          h('caption', {}, 'What each side changed'),
+          h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'Field'), h('th', {scope: 'col'}, `You started from (v${base.version})`),
+            h('th', {scope: 'col'}, `Theirs (v${theirs.version})`), h('th', {scope: 'col'}, 'Yours'))),
+          h('tbody', {}, rowsOf))),
         h('div', {class: 'actions'},
           h('button', {type: 'button', onclick: () => this.save(patch, theirs.version)}, 'Apply my changes to their version'),
           h('button', {type: 'button', class: 'secondary', onclick: () => {
@@ -363,7 +370,7 @@ export function tasksPage() {
       });
       createForm.reset();
       newTitle.focus();
-      toast(`Added “${data.title}”.`);
+      toast(`Added “${data.title}”.`, {timeout: 3000});
       await reload();
       refreshStats();
     } catch (error) {

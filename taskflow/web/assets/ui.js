@@ -63,9 +63,12 @@ export function show(...children) {
   window.scrollTo(0, 0);
 }
 
+const MAX_TOASTS = 3;
+
 /** A message at the bottom of the screen, read out by screen readers; an optional action. */
 export function toast(message, {action, onAction, timeout = 6000, kind = 'info'} = {}) {
   const box = document.getElementById('toasts');
+  while (box.children.length >= MAX_TOASTS) box.firstElementChild.remove();
   const close = () => item.remove();
   const item = h('div', {class: `toast ${kind}`},
     h('span', {}, message),
