@@ -1,5 +1,5 @@
 # One command per habit (STYLE.md): make dev, make test, make lint, make bench.
-.PHONY: dev test fuzz lint bench bench-scale services-stop
+.PHONY: dev test fuzz lint bench bench-scale screenshots services-stop
 
 dev:            ## run TaskFlow (local services + API + projector)
 	scripts/dev.sh
@@ -9,6 +9,9 @@ test:           ## the whole suite: ruff, mypy --strict, pytest on real local se
 
 fuzz:           ## the long schemathesis run: 500 random cases per operation (docs/reliability.md)
 	TASKFLOW_FUZZ=1 scripts/test.sh tests/test_openapi.py -k long_fuzz
+
+screenshots:    ## the console's browser tests, keeping their screenshots in docs/screenshots
+	TASKFLOW_SCREENSHOTS=docs/screenshots scripts/test.sh tests/test_console_browser.py
 
 lint:           ## ruff and mypy only
 	scripts/bootstrap.sh

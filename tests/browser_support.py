@@ -293,10 +293,11 @@ def check_accessibility(page: Page, what: str) -> None:
     assert not bad, f"{what}: {bad}"
 
 
-def screenshot(page: Page, deployment: Deployment, name: str) -> None:
-    """The whole page, without the passing notices (they would cover what it shows)."""
+def screenshot(page: Page, deployment: Deployment, name: str, *, full_page: bool = True) -> None:
+    """The page (or what the window shows of it), without the passing notices (they would
+    cover what it shows)."""
     page.evaluate("document.getElementById('toasts').replaceChildren()")  # not subject to CSP
-    page.screenshot(path=deployment.screenshots / f"{name}.png", full_page=True)
+    page.screenshot(path=deployment.screenshots / f"{name}.png", full_page=full_page)
 
 
 Step = Callable[[], None]

@@ -288,7 +288,7 @@ def test_an_auditor_reads_the_feed_a_stream_the_projections_and_runs_a_verificat
     for events in feed.locator("tbody tr td:nth-child(4)").all_inner_texts():
         assert "TaskCreated" in events
     check_accessibility(page, "audit feed")
-    screenshot(page, deployment, "audit-feed")
+    screenshot(page, deployment, "audit-feed", full_page=False)
     feed.locator("tbody tr a").first.click()
     expect(page.get_by_role("heading", name=re.compile("^Stream task-"))).to_be_visible()
     expect(page.locator(".event-detail").first).to_contain_text("TaskCreated")

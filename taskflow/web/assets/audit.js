@@ -103,7 +103,7 @@ export function feedPage() {
     load();
   }
 
-  const filters = h('form', {class: 'filters', 'aria-label': 'Filter the feed', onsubmit: (e) => { e.preventDefault(); restart(); }},
+  const filters = h('form', {class: 'filters audit-filters', 'aria-label': 'Filter the feed', onsubmit: (e) => { e.preventDefault(); restart(); }},
     field('Stream kind', kind), field('Stream id starts with', stream), field('Event type', type),
     h('div', {class: 'actions'}, h('button', {type: 'submit'}, 'Apply')));
   kind.addEventListener('change', restart);

@@ -369,6 +369,7 @@ export function tasksPage() {
         method: 'POST', body, headers: {'Idempotency-Key': crypto.randomUUID()},
       });
       createForm.reset();
+      createForm.querySelector('details').open = false;
       newTitle.focus();
       toast(`Added “${data.title}”.`, {timeout: 3000});
       await reload();
