@@ -87,6 +87,14 @@ def test_tasks_are_created_edited_searched_filtered_deleted_undone_and_restored(
     )
     add_task(page, "Pay the rent", tags="home", due=local_input(now - timedelta(days=1)))
     add_task(page, "Plan the team offsite", tags="work", priority="Low")
+    form = page.get_by_role("form", name="New task")
+    form.get_by_text("More details").click()
+    form.get_by_label("Tags").press_sequentially("home, wo")  # autocomplete: the tag being typed
+    suggestions = page.locator(f"#{form.get_by_label('Tags').get_attribute('list')} option")
+    expect(suggestions).to_have_count(1)
+    expect(suggestions).to_have_attribute("value", "home, work")
+    expect(suggestions).to_have_attribute("label", "work (2)")  # once the counts caught up
+    form.get_by_label("Tags").fill("")
     stats = page.get_by_role("list", name="Summary")
     expect(stats).to_contain_text("3 To do")
     expect(stats).to_contain_text("1 Overdue")

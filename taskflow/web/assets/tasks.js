@@ -20,6 +20,7 @@ class TagSuggestions {
   constructor() {
     this.tags = [];
     this.single = h('datalist', {id: uniqueId('tags')});
+    this.refills = new Map();  // input -> its suggestions' refill, redone when the tags change
   }
 
   async load() {
@@ -29,6 +30,10 @@ class TagSuggestions {
       this.tags = [];
     }
     this.single.replaceChildren(...this.tags.map((t) => h('option', {value: t.tag, label: `${t.tag} (${t.count})`})));
+    for (const [input, refill] of this.refills) {
+      if (input.isConnected) refill();
+      else if (input.dataset.shown) this.refills.delete(input);  // its form is gone
+    }
   }
 
   /** A comma-separated tags input whose suggestions complete the tag being typed. */
@@ -47,7 +52,11 @@ class TagSuggestions {
       list.replaceChildren(...options);
     };
     input.addEventListener('input', refill);
-    input.addEventListener('focus', refill);
+    input.addEventListener('focus', () => {
+      input.dataset.shown = '1';
+      refill();
+    });
+    this.refills.set(input, refill);
     return [input, list];
   }
 }
