@@ -88,6 +88,16 @@ class Deployment:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
+    def until_listed(self, auth: dict[str, str], count: int) -> None:
+        """Until the caller's list holds `count` tasks (the projector has applied them)."""
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while True:
+            status, page = self.request("GET", "/api/tasks?limit=100", headers=auth)
+            if status == 200 and len(page["items"]) >= count:
+                return
+            assert time.monotonic() < deadline, f"the list never held {count} tasks"
+            time.sleep(0.05)
+
     def token(self, email: str, password: str = PASSWORD) -> dict[str, str]:
         status, body = self.request(
             "POST", "/api/auth/login", {"email": email, "password": password}

@@ -179,6 +179,7 @@ def test_the_list_scrolls_on_by_cursor(pages: Pages, deployment: Deployment) -> 
     for n in range(25):
         status, _ = deployment.request("POST", "/api/tasks", {"title": f"Task {n:02d}"}, auth)
         assert status == 201
+    deployment.until_listed(auth, 25)  # the read model has them all: the reload shows them
     page.reload()
     expect(listed_titles(page).first).to_have_text("Task 24")
     expect(listed_titles(page)).to_have_count(20)
