@@ -20,11 +20,16 @@ function value(name, raw) {
   return String(raw);
 }
 
+function sentence(name) {
+  const words = name.replaceAll('_', ' ');
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
 /** What an event changed, in words: "title → Write the report". */
 function describe(entry) {
   const items = Object.entries(entry.changes)
     .filter(([name]) => !['owner_id', 'task_id'].includes(name))
-    .map(([name, raw]) => h('li', {}, h('span', {class: 'field-name'}, LABELS[name] || name.replaceAll('_', ' ')), ' → ', value(name, raw)));
+    .map(([name, raw]) => h('li', {}, h('span', {class: 'field-name'}, LABELS[name] || sentence(name)), ' → ', value(name, raw)));
   return items.length ? h('ul', {class: 'changes'}, items) : null;
 }
 
