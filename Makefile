@@ -1,6 +1,6 @@
 # One command per habit: make dev, make test, make check, make lint, make bench; CI runs what a
 # person runs.
-.PHONY: dev test check fuzz lint bench bench-scale services-stop
+.PHONY: dev test check fuzz lint bench bench-scale screenshots services-stop
 
 dev:            ## run TaskFlow (local services + API + projector)
 	scripts/dev.sh
@@ -15,6 +15,9 @@ check:          ## the fast loop: the static checks and the tests that need no s
 
 fuzz:           ## the long schemathesis run: 500 random cases per operation (docs/reliability.md)
 	TASKFLOW_FUZZ=1 scripts/test.sh tests/test_openapi.py -k long_fuzz
+
+screenshots:    ## the console's browser tests, keeping their screenshots in docs/screenshots
+	TASKFLOW_SCREENSHOTS=docs/screenshots scripts/test.sh tests/test_console_browser.py
 
 lint:           ## ruff and mypy only
 	scripts/bootstrap.sh

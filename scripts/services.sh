@@ -8,7 +8,8 @@
 #   scripts/services.sh install-wrk        install wrk, the HTTP benchmarks' load generator
 #   scripts/services.sh install-tools      what the deployment tests run (best effort: a tool that
 #                                          cannot be installed makes its tests skip, saying why):
-#                                          nginx, docker-compose, shellcheck (Debian packages),
+#                                          nginx, docker-compose, shellcheck, chromium (Debian
+#                                          packages),
 #                                          actionlint (built once from its Go module)
 #   scripts/services.sh start PROFILE      start both; writes .state/PROFILE/services.env
 #   scripts/services.sh stop PROFILE       stop what `start PROFILE` started
@@ -77,6 +78,8 @@ install_tools() { # best effort: each missing tool is logged and its tests skip
   # The package may start a system nginx on port 80; the tests start their own on free ports.
   has_compose || apt_install docker-compose || log "could not install docker-compose"
   command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck || log "could not install shellcheck"
+  # The console's browser tests: Playwright drives Debian's Chromium (it cannot fetch its own).
+  [ -x /usr/bin/chromium ] || apt_install chromium fonts-dejavu-core || log "could not install chromium"
   install_actionlint || log "could not build actionlint"
   return 0
 }

@@ -21,6 +21,10 @@ KEK_CHECKS = "key_encryption_keys"
 ERASED_SUBJECTS = "erased_subjects"
 CREDENTIALS = "credentials"
 LOG_REWRITES = "log_rewrites"
+# `taskflow audit verify` run by the API (audit_jobs.py): one document per job, and the slots
+# whose unique `_id` lets one job run at a time.
+AUDIT_VERIFICATIONS = "audit_verifications"
+AUDIT_VERIFICATION_SLOTS = "audit_verification_slots"
 
 # Redis keys. One prefix so a shared Redis can host several deployments side by side.
 PREFIX = "tf:"

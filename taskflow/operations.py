@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Never, TextIO, TypeVar
+from typing import Never, TextIO, TypeVar
 
-import orjson
-from pymongo.errors import PyMongoError
-from redis.exceptions import RedisError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 from tqdm import tqdm
 
-from taskflow import names
+from taskflow.auditing import projection_statuses, verify_log_and_views
 from taskflow.auth.refresh import RefreshTokens
 from taskflow.bootstrap import (
     ensure_indexes,
-    log_projections,
     open_services,
-    projections,
     rebuild_read_models,
 )
 from taskflow.commands.aggregates import USER
@@ -38,12 +26,9 @@ from taskflow.commands.runner import Context, execute
 from taskflow.commands.user import GrantRole
 from taskflow.commands.user_handlers import find_user_by_email
 from taskflow.events.codec import commit_to_json
-from taskflow.events.log_seals import LogAudit
 from taskflow.legacy_rewrite import rewrite_legacy
 from taskflow.projections.erasure_purge import purge_caches_of
 from taskflow.projections.rebuild import RebuildVerificationError
-from taskflow.projections.verify import ViewMismatch, verify_read_models
-from taskflow.projector import read_model_versions
 from taskflow.services import Services
 from taskflow.settings import Settings
 
@@ -146,126 +131,12 @@ async def audit_verify(settings: Settings, state_file: Path | None = None) -> in
     With `state_file` the state is also kept on disk: a verify that was stopped resumes there.
     """
     async with _checked(settings) as services:
-        audit = await _audit_log(services, state_file)
-        mismatches: list[ViewMismatch] = []
-        for version in sorted(await _retrying(lambda: read_model_versions(services))):
-
-            async def check(version: int = version) -> list[ViewMismatch]:
-                return await verify_read_models(services, version)
-
-            mismatches += await _retrying(check)
-    for line in _log_findings(audit):
+        report = await verify_log_and_views(services, state_file)
+    for line in report.findings():
         print(line)
-    for mismatch in mismatches:
-        print(
-            f"MISMATCH {mismatch.model} task {mismatch.task_id}: log says version "
-            f"{mismatch.expected_version}, read model has {mismatch.found_version}"
-        )
-    ok = audit.ok and not mismatches
-    missing = sum(last - first + 1 for first, last in audit.missing)
-    print(
-        f"audit verify: {'OK' if ok else 'FAILED'} — {audit.last_position} positions, "
-        f"{len(audit.broken)} broken chains, {len(audit.seal_problems)} seal problems, "
-        f"{missing} missing positions, {len(mismatches)} read-model mismatches"
-    )
-    print(_sealed_to(audit))
-    return 0 if ok else 1
-
-
-async def _audit_log(services: Services, state_file: Path | None) -> LogAudit:
-    """The log's audit, resumed from `state_file` if it holds one, and retried from the last
-    saved state when a read fails; the state file is removed once the audit is complete."""
-    saved = _load_state(state_file)
-    if saved is not None:
-        print(f"resuming after position {saved['audit']['last_position']}", file=sys.stderr)
-
-    async def save(state: dict[str, Any]) -> None:
-        nonlocal saved
-        saved = state
-        _store_state(state_file, state)
-
-    async def one_pass() -> LogAudit:
-        head = await services.store.head_position()
-        with _bar(head, "log") as bar:
-            return await services.store.audit(lambda position: _tick(bar), resume=saved, save=save)
-
-    audit = await _retrying(one_pass)
-    _store_state(state_file, None)
-    return audit
-
-
-def _load_state(path: Path | None) -> dict[str, Any] | None:
-    if path is None or not path.exists():
-        return None
-    state: dict[str, Any] = orjson.loads(path.read_bytes())
-    return state
-
-
-def _store_state(path: Path | None, state: dict[str, Any] | None) -> None:
-    """Keep `state` in `path` (atomically: a stop mid-write leaves the previous one); None
-    removes it."""
-    if path is None:
-        return
-    if state is None:
-        path.unlink(missing_ok=True)
-        return
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(orjson.dumps(state))
-    partial.replace(path)
-
-
-async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
-    """`step`, tried again after a server error (1 s, 2 s, 4 s...) up to `AUDIT_ATTEMPTS` times."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type((PyMongoError, RedisError)),
-        wait=wait_exponential(multiplier=1, min=1, max=8),
-        stop=stop_after_attempt(AUDIT_ATTEMPTS),
-        before_sleep=_say_retrying,
-        reraise=True,
-    ):
-        with attempt:
-            return await step()
-    raise AssertionError("unreachable: tenacity re-raises the last failure")
-
-
-def _say_retrying(state: RetryCallState) -> None:
-    failure = state.outcome.exception() if state.outcome else None
-    print(
-        f"audit: {failure!r}; trying again ({state.attempt_number}/{AUDIT_ATTEMPTS})",
-        file=sys.stderr,
-    )
-
-
-def _log_findings(audit: LogAudit) -> list[str]:
-    lines = [
-        f"BROKEN stream {link.stream_id} at version {link.version} "
-        f"(position {link.position}): {link.reason}"
-        for link in audit.broken
-    ]
-    lines += [f"SEAL at position {p.position}: {p.reason}" for p in audit.seal_problems]
-    lines += [
-        f"MISSING positions {first}-{last}: no commit or gap, below the highest seal or the "
-        "settled head, so it was removed"
-        for first, last in audit.missing
-    ]
-    lines += [
-        f"UNSETTLED positions {first}-{last}: above the settled head, possibly still being "
-        "written (not a finding)"
-        for first, last in audit.unsettled
-    ]
-    return lines
-
-
-def _sealed_to(audit: LogAudit) -> str:
-    """How far the seals reach, and what guards the positions above them."""
-    sealed = f"sealed up to position {audit.sealed_to} ({audit.seals} seals)"
-    if audit.sealed_to >= audit.last_position:
-        return f"{sealed}: the whole log"
-    return (
-        f"{sealed}; positions {audit.sealed_to + 1}-{audit.last_position} are covered only by "
-        "the per-stream hash chains and contiguity up to the settled head "
-        f"({audit.settled}) until the next seal"
-    )
+    print(report.summary())
+    print(report.sealed())
+    return 0 if report.ok else 1
 
 
 async def audit_export(settings: Settings, after: int, out: TextIO) -> int:
@@ -283,24 +154,19 @@ async def audit_export(settings: Settings, after: int, out: TextIO) -> int:
 async def projections_status(settings: Settings) -> int:
     """Each projection's position, the head, the lag and the lease holder."""
     async with open_services(settings) as services:
-        head = await services.store.head_position()
-        rows = [("projection", "position", "head", "lag", "lease holder", "lease expires")]
-        versions = sorted(await read_model_versions(services))
-        targets = log_projections(services)
-        targets += [p for version in versions for p in projections(services, version)]
-        for projection in targets:
-            position = await projection.position()
-            lease = await _latest_lease(services, projection.name)
-            rows.append(
-                (
-                    projection.name,
-                    str(position),
-                    str(head),
-                    str(head - position),
-                    str(lease.get("holder", "-")),
-                    str(lease.get("expires_at", "-")),
-                )
-            )
+        statuses = await projection_statuses(services)
+    rows = [("projection", "position", "head", "lag", "lease holder", "lease expires")]
+    rows += [
+        (
+            status.name,
+            str(status.position),
+            str(status.head),
+            str(status.head - status.position),
+            status.lease_holder or "-",
+            "-" if status.lease_expires_at is None else str(status.lease_expires_at),
+        )
+        for status in statuses
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -332,8 +198,3 @@ async def projections_rebuild(settings: Settings, name: str) -> int:
         f"at position {result.position}"
     )
     return 0
-
-
-async def _latest_lease(services: Services, name: str) -> dict[str, object]:
-    docs = await services.db[names.LEASES].find({"name": name}).sort("term", -1).limit(1).to_list()
-    return docs[0] if docs else {}

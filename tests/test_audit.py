@@ -18,7 +18,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pymongo.errors import AutoReconnect
 
-from taskflow import names, operations
+from taskflow import auditing, names, operations
 from taskflow.api.keys import SERVICES
 from taskflow.bootstrap import log_projections, rebuild_read_models
 from taskflow.commands.aggregates import TASK
@@ -291,18 +291,18 @@ async def test_an_interrupted_audit_resumes_where_it_saved_and_finds_the_same(
         return await original(self, *args, **{**kwargs, "save_every": 4})
 
     monkeypatch.setattr(store_type, "audit", flaky)
-    monkeypatch.setattr(operations, "_retrying", _retrying_at_once)
+    monkeypatch.setattr(auditing, "retrying", _retrying_at_once)
     state = tmp_path / "audit.state"
     assert await operations.audit_verify(settings, state) == 1
     assert passes[0] == 0
     assert passes[1] >= 4  # the second pass began after the first saved state, not at 0
     assert not state.exists()
-    resumed = await operations._audit_log(services, None)  # and a clean pass agrees
+    resumed = await auditing.audit_log(services, None)  # and a clean pass agrees
     assert resumed.broken == whole.broken
 
 
 async def _retrying_at_once(step: Any) -> Any:
-    """operations._retrying without its waits (the test's failure is injected, not a server's)."""
+    """auditing.retrying without its waits (the test's failure is injected, not a server's)."""
     try:
         return await step()
     except AutoReconnect:

@@ -137,6 +137,7 @@ class Fuzzer:
     session: requests.Session = field(default_factory=requests.Session)
     reproducible: bool = True  # the same cases every run (derandomized); a long fuzz is random
     refresh_token: str | None = None  # the latest of the user's rotating refresh tokens
+    job_id: str | None = None  # a verification the fuzz started (GET of one needs its id)
     failures: dict[str, str] = field(default_factory=dict)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
 
@@ -179,6 +180,8 @@ class Fuzzer:
             self.remember_version(case, task, response)
         if case.operation.path == "/api/auth/refresh":
             self.refresh_token = rotated(response)
+        if case.operation.label == "POST /api/audit/verifications" and response.status_code < 300:
+            self.job_id = response.json()["id"]
         if refused_by_http_parser(response):
             return
         try:
@@ -193,6 +196,8 @@ class Fuzzer:
             case.path_parameters["task_id"] = task
         if "stream_id" in case.path_parameters:
             case.path_parameters["stream_id"] = f"task-{task}"
+        if "job_id" in case.path_parameters and self.job_id is not None:
+            case.path_parameters["job_id"] = self.job_id
         if case.headers is not None and "If-Match" in case.headers:
             case.headers["If-Match"] = f'"{self.tasks[task]}"'
 
@@ -203,6 +208,8 @@ class Fuzzer:
             return {**self.fresh_account(), **same_site}, {}  # a logout of `user` ends it
         if path == "/api/auth/me" and case.method == "DELETE":
             return self.fresh_account(), {}  # erasing `user` would end every later case
+        if path == "/api/auth/password":
+            return self.fresh_account(), {}  # `user`'s password, and its sessions, must stay
         if path == "/api/auth/refresh":
             return same_site, {REFRESH_COOKIE: self.refresh_token or self.login()}
         return (self.auditor if path.startswith("/api/audit/") else self.user), {}

@@ -154,3 +154,26 @@ async def test_tls_site_serves_the_api_with_hsts_and_redirects_plain_http(
             assert "Strict-Transport-Security" not in response.headers
         async with http.get(f"{plain}/nginx-health") as response:
             assert response.status == 200
+
+
+async def test_the_console_keeps_its_session_through_the_proxy(nginx: NginxConf) -> None:
+    """Through nginx on a non-default port, the console's page loads and its refresh (with the
+    Origin a browser sends, host and port) passes the same-site check: nginx forwards the
+    client's Host with its port."""
+    base = f"http://127.0.0.1:{nginx.http_port}"
+    email = f"console-{uuid.uuid4().hex[:12]}@example.com"
+    account = {"email": email, "password": "correct horse battery", "display_name": "Ada"}
+    # unsafe: keep cookies of an IP address host (127.0.0.1), as a browser does
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(f"{base}/") as page:
+            assert page.status == 200
+            assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        async with http.post(f"{base}/api/auth/register", json=account) as registered:
+            assert registered.status == 201, await registered.text()
+        login = {"email": email, "password": account["password"]}
+        async with http.post(f"{base}/api/auth/login", json=login) as signed_in:
+            assert signed_in.status == 200
+        async with http.post(
+            f"{base}/api/auth/refresh", json={}, headers={"Origin": base}
+        ) as refreshed:
+            assert refreshed.status == 200, (await refreshed.text(), nginx_log(nginx))

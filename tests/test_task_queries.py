@@ -16,6 +16,7 @@ from taskflow.api.task_reads import LIST_PAGE
 from taskflow.bootstrap import redis_client
 from taskflow.commands.task import TaskState
 from taskflow.projections.task_queries import TaskQuery, TaskReads, matches, sort_value
+from taskflow.projections.views import found_by_prefixes
 from taskflow.settings import Settings
 from tests.api_support import (
     Client,
@@ -63,9 +64,9 @@ async def seed(client: Client, auth: dict[str, str]) -> None:
 def expected(views: list[TaskState], query: TaskQuery) -> list[str]:
     """A plain model of the list semantics: filter, then order by (value, id), nulls first."""
     hits = [v for v in views if matches(v, query, NOW)]
-    terms = query.terms()
-    if terms:
-        hits = [v for v in hits if all(t in _words(v) for t in terms)]
+    words = query.terms()
+    if words:  # each word begins one of the view's terms (search as you type)
+        hits = [v for v in hits if found_by_prefixes(_words(v), words)]
 
     def key(v: TaskState) -> tuple[int, int, str]:
         value = sort_value(v, query.sort)
@@ -91,6 +92,7 @@ QUERIES: list[dict[str, Any]] = [
     {"q": "BUDGET launch"},
     {"q": "résumé"},
     {"q": "log"},
+    {"q": "la bu"},
     {"overdue": True},
     {"overdue": False, "sort": "due", "order": "asc"},
     {"due_before": (NOW + timedelta(days=1)).isoformat(), "sort": "due"},

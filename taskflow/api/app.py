@@ -26,9 +26,11 @@ from taskflow.api import (
     command_problems,  # noqa: F401 - registers the problem mappers
     health,
 )
+from taskflow.api.audit_job_routes import AUDITS, Audits, setup_audit_job_routes
 from taskflow.api.audit_routes import setup_audit_routes
 from taskflow.api.auth_routes import setup_auth_routes
 from taskflow.api.change_feeds import end_streams, setup_change_feed_routes, watch_logouts
+from taskflow.api.console import setup_console_routes
 from taskflow.api.cors import setup_cors
 from taskflow.api.keys import (
     CHANGE_HUB,
@@ -45,6 +47,7 @@ from taskflow.api.openapi import setup_openapi_routes
 from taskflow.api.rate_limits import RATE_LIMITS, RateLimits, add_rate_limit_headers, rate_limit
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
+from taskflow.auditing import projection_statuses, verify_log_and_views
 from taskflow.auth.denylist import DenyList
 from taskflow.auth.stream_tickets import StreamTickets
 from taskflow.bootstrap import ensure_indexes, open_services
@@ -96,7 +99,13 @@ def setup_routes(app: web.Application) -> None:
     setup_task_read_routes(app)
     setup_task_write_routes(app)
     setup_audit_routes(app)
+    app[AUDITS] = Audits(
+        verify=lambda services, progress: verify_log_and_views(services, None, progress),
+        statuses=projection_statuses,
+    )
+    setup_audit_job_routes(app)
     setup_openapi_routes(app)
+    setup_console_routes(app)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

@@ -1,4 +1,5 @@
-"""Auth endpoints: register, login, refresh, logout and the caller's own profile."""
+"""Auth endpoints: register, login, refresh, logout, password change and the caller's own
+profile."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from taskflow.commands.user_handlers import (
     Trace,
     authenticate_user,
     check_password,
+    handle_change_password,
     handle_register_user,
     load_user,
 )
@@ -57,6 +59,13 @@ class EraseBody(_Body):
     password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX)]
 
 
+class ChangePasswordBody(_Body):
+    """POST /api/auth/password: the current password, and the new one (the policy applies)."""
+
+    current_password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX)]
+    new_password: Password
+
+
 class LoginBody(_Body):
     """POST /api/auth/login: loosely checked, so a malformed e-mail is just a failed login."""
 
@@ -70,6 +79,7 @@ def setup_auth_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/login", login)
     app.router.add_post("/api/auth/refresh", refresh)
     app.router.add_post("/api/auth/logout", logout)
+    app.router.add_post("/api/auth/password", change_password)
     app.router.add_get("/api/auth/me", me)
     app.router.add_delete("/api/auth/me", erase_me)
 
@@ -143,6 +153,27 @@ async def logout(request: web.Request) -> web.Response:
         samesite="Strict",
     )
     return response
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """Replace the caller's password and end their other sessions: every refresh family but
+    the caller's own is revoked, and the access tokens issued in them are refused at once."""
+    principal = await require_user(request)
+    body = await read_model(request, ChangePasswordBody)
+    services = _services(request)
+    trace = Trace(request[keys.REQUEST_ID], request[keys.CORRELATION_ID])
+    outcome = await handle_change_password(
+        services.accounts,
+        user_id=principal.user_id,
+        current_password=body.current_password,
+        new_password=body.new_password,
+        context=trace.context(principal.user_id),
+    )
+    await _refresh_tokens(services).revoke_families_of_user(
+        principal.user_id, _now(), reason="password-changed", keep=principal.family_id
+    )
+    headers = {} if outcome.position is None else {POSITION_HEADER: str(outcome.position)}
+    return web.Response(status=204, headers=headers)
 
 
 async def me(request: web.Request) -> web.Response:

@@ -24,19 +24,28 @@ from pydantic.json_schema import (
 )
 
 import taskflow
+from taskflow.api.audit_job_routes import VERIFICATIONS_PATH
 
 # The views' own patterns (private there) are reused so that the document cannot drift from them.
 from taskflow.api.audit_routes import _STREAM_ID, AsOfQuery, FeedQuery, HistoryQuery
-from taskflow.api.auth_routes import REFRESH_COOKIE, EraseBody, LoginBody, RegisterBody
+from taskflow.api.auth_routes import (
+    REFRESH_COOKIE,
+    ChangePasswordBody,
+    EraseBody,
+    LoginBody,
+    RegisterBody,
+)
 from taskflow.api.change_feeds import (
     AUDIT_CHANGES_PATH,
     TASK_CHANGES_PATH,
     TICKETS_PATH,
     ChangesQuery,
 )
+from taskflow.api.console import ASSETS_PATH, CONTENT_TYPES, asset_names
 from taskflow.api.headers import POSITION_HEADER, STALE_HEADER
 from taskflow.api.middlewares import CORRELATION_ID, REQUEST_ID
 from taskflow.api.problems import PROBLEM_TYPE_BASE
+from taskflow.api.task_reads import TrashQuery
 from taskflow.api.task_schemas import CreateTaskBody, PatchTaskBody, TaskOut
 from taskflow.api.task_writes import _ETAG, _IDEMPOTENCY_KEY, _TASK_ID
 from taskflow.commands.task import Status
@@ -132,6 +141,83 @@ class TaskStats(_Shape):
 
     by_status: dict[Status, int]
     overdue: int
+
+
+class TagCount(_Shape):
+    """A tag and how many of the caller's live tasks carry it."""
+
+    tag: str
+    count: int = Field(ge=1)
+
+
+class TagList(_Shape):
+    """The caller's tags, most used first (for autocomplete)."""
+
+    items: list[TagCount]
+
+
+class ProjectionState(_Shape):
+    """How far one projection has applied the log, and who holds its lease."""
+
+    name: str
+    position: int
+    head: int = Field(description="the log's head when it was read")
+    lag: int = Field(ge=0, description="positions the projection is behind the head")
+    lease_holder: str | None
+    lease_expires_at: datetime | None
+
+
+class ProjectionList(_Shape):
+    """Every projection of every read-model version, and the log seal."""
+
+    head: int
+    items: list[ProjectionState]
+
+
+class VerificationProgress(_Shape):
+    """How far a verification has got: the log's pass, then the read models."""
+
+    phase: Literal["log", "read-models", "done"]
+    position: int
+    head: int
+
+
+class VerificationResult(_Shape):
+    """What `taskflow audit verify` reports: each finding as its line, and the counts."""
+
+    ok: bool
+    summary: str
+    sealed: str = Field(description="how far the seals reach, and what guards the rest")
+    findings: list[str] = Field(description="BROKEN, SEAL, MISSING, MISMATCH (and UNSETTLED) lines")
+    positions: int
+    broken_chains: int
+    seal_problems: int
+    missing_positions: int
+    read_model_mismatches: int
+    sealed_to: int
+
+
+class Verification(_Shape):
+    """A verification job: running, or ended with its result."""
+
+    id: str
+    state: Literal["running", "passed", "failed", "error", "interrupted", "superseded"] = Field(
+        description="`interrupted`: its process stopped (or has not been heard of for 30 s); "
+        "`superseded`: paused that long, it gave way to a newer job"
+    )
+    requested_by: str
+    started_at: datetime
+    heartbeat_at: datetime
+    finished_at: datetime | None
+    progress: VerificationProgress
+    result: VerificationResult | None
+    error: str | None
+
+
+class VerificationList(_Shape):
+    """The latest verifications, newest first."""
+
+    items: list[Verification]
 
 
 class TaskHistoryEntry(_Shape):
@@ -315,6 +401,7 @@ class Reply:
     body: Body = None
     headers: tuple[str, ...] = ()
     media_type: str = JSON
+    media_types: tuple[str, ...] = ()  # several, instead of `media_type` (the console's files)
 
 
 @dataclass(frozen=True)
@@ -407,6 +494,7 @@ FEED_PAGES = (
     "is settled yet). Poll from there for newer commits. A page passes over at most "
     f"{FEED_GAPS_MAX:,} gaps: after a longer run of them, a page may be empty with `end` false."
 )
+FILE_ETAG = "ETag=FileETag"  # the console's files: a content hash, not a task's version
 SAME_SITE = {
     403: "an Origin that is not allowed, or neither Origin nor X-Requested-With",
     415: "the request is not application/json",
@@ -553,6 +641,31 @@ OPERATIONS: tuple[Operation, ...] = (
             "The family is the access token's own: the bearer token alone ends the session. "
             "Needs Content-Type application/json and an allowed Origin (or X-Requested-With "
             "without Origin)."
+        ),
+    ),
+    Operation(
+        "post",
+        "/api/auth/password",
+        "changePassword",
+        "auth",
+        "Change the caller's password and sign out every other session",
+        (Reply(204, "Changed; this session goes on", headers=(POSITION_HEADER,)),),
+        {
+            **BODY_PROBLEMS,
+            401: "no valid access token, or the current password is wrong",
+            412: "another password change landed first",
+            422: "a field is invalid; a new password that is too common, too easy to guess or "
+            "the e-mail itself is refused",
+            429: "too many requests, or too many wrong passwords for this account "
+            "(Retry-After says how long to wait)",
+            **UNAVAILABLE,
+        },
+        body=ChangePasswordBody,
+        example={"current_password": PASSWORD, "new_password": "a brand new passphrase 42"},
+        description=(
+            "Every refresh family of the user but the caller's own is revoked: the other "
+            "sessions cannot refresh, and their access tokens are refused at once (the deny "
+            "list's family check); their change feeds end within CHANGE_FEED_AUTH_CHECK_SECONDS."
         ),
     ),
     Operation(
@@ -717,6 +830,37 @@ OPERATIONS: tuple[Operation, ...] = (
         parameters=("X-TaskFlow-Position",),
     ),
     Operation(
+        "get",
+        "/api/tasks/trash",
+        "listTrash",
+        "tasks",
+        "The caller's deleted tasks, most recently changed first (what restore can bring back)",
+        (
+            Reply(
+                200,
+                "A page; each task's version is the one to restore with",
+                TaskPage,
+                (STALE_HEADER,),
+            ),
+        ),
+        {
+            400: "`next` is not a cursor of this list",
+            **TOKEN,
+            422: "a parameter is unknown or invalid",
+            **UNAVAILABLE,
+        },
+        query=TrashQuery,
+    ),
+    Operation(
+        "get",
+        "/api/tasks/tags",
+        "listTags",
+        "tasks",
+        "The tags of the caller's live tasks, each with how many carry it",
+        (Reply(200, "Most used first", TagList, (STALE_HEADER,)),),
+        TOKEN | UNAVAILABLE,
+    ),
+    Operation(
         "post",
         TICKETS_PATH,
         "createStreamTicket",
@@ -787,6 +931,89 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get",
+        "/api/audit/projections",
+        "auditProjections",
+        "audit",
+        "Each projection's position, lag and lease holder, for auditors",
+        (Reply(200, "The projections", ProjectionList),),
+        AUDITOR | UNAVAILABLE,
+    ),
+    Operation(
+        "post",
+        VERIFICATIONS_PATH,
+        "startVerification",
+        "audit",
+        "Start `taskflow audit verify` in the background, for auditors",
+        (
+            Reply(202, "Started; Location names the job", Verification, ("Location",)),
+            Reply(
+                200,
+                "One is running already (in any API process): that one",
+                Verification,
+                ("Location",),
+            ),
+        ),
+        AUDITOR | UNAVAILABLE,
+        description=(
+            "One verification runs at a time across every API process (a unique slot decides "
+            "it). It reads the whole log once, as the CLI does: the hash chains, the seals, "
+            "contiguity, then every task view against the log. Poll the job for its progress "
+            "and result."
+        ),
+    ),
+    Operation(
+        "get",
+        VERIFICATIONS_PATH,
+        "listVerifications",
+        "audit",
+        "The latest verifications, for auditors",
+        (Reply(200, "Newest first, at most 10", VerificationList),),
+        AUDITOR | UNAVAILABLE,
+    ),
+    Operation(
+        "get",
+        VERIFICATIONS_PATH + "/{job_id}",
+        "getVerification",
+        "audit",
+        "One verification: its progress, or its result, for auditors",
+        (Reply(200, "The job", Verification),),
+        {**AUDITOR, 404: "no such job", **UNAVAILABLE},
+        parameters=("job_id",),
+    ),
+    Operation(
+        "get",
+        "/",
+        "console",
+        "console",
+        "The web console (a page of static files; no script inline, no CDN)",
+        (Reply(200, "The page", media_type="text/html", headers=(FILE_ETAG,)),),
+        security=PUBLIC,
+        description="Served with its own Content-Security-Policy: scripts, styles and "
+        "connections of this origin only.",
+    ),
+    Operation(
+        "get",
+        ASSETS_PATH,
+        "consoleAsset",
+        "console",
+        "One of the console's files",
+        (
+            Reply(
+                200,
+                "The file",
+                media_types=tuple(
+                    dict.fromkeys(t for t in CONTENT_TYPES.values() if t != "text/html")
+                ),
+                headers=(FILE_ETAG,),
+            ),
+            Reply(304, "If-None-Match holds the current ETag", headers=(FILE_ETAG,)),
+        ),
+        {404: "no such file"},
+        parameters=("asset_name", "If-None-Match"),
+        security=PUBLIC,
+    ),
+    Operation(
+        "get",
         "/api/audit/streams/{stream_id}",
         "auditStream",
         "audit",
@@ -847,6 +1074,20 @@ PARAMETERS: dict[str, Any] = {
         "schema": _pattern(_STREAM_ID.pattern),
         "description": "`task-<id>` or `user-<id>`",
     },
+    "job_id": {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": _pattern(r"^[0-9a-f]{32}$"),
+        "description": "a verification's id",
+    },
+    "asset_name": {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": asset_names()},
+        "description": "a file of the console; anything else is a 404",
+    },
     "If-Match": _header_param(
         "If-Match", _pattern(_ETAG.pattern), "the ETag the change is based on", required=True
     ),
@@ -886,6 +1127,7 @@ PARAMETERS: dict[str, Any] = {
 _ID = _pattern(r"^[A-Za-z0-9._:-]{1,128}$")
 HEADERS: dict[str, Any] = {
     "ETag": {"description": "the task's version", "schema": _pattern(r'^"[0-9]+"$')},
+    "FileETag": {"description": "the file's content hash", "schema": _pattern(r'^"[0-9a-f]+"$')},
     "Location": {"description": "the new resource", "schema": {"type": "string"}},
     POSITION_HEADER: {
         "description": "the commit's place in the global log (when the write appended one)",
@@ -1112,7 +1354,9 @@ def _reply(reply: Reply, refs: Refs) -> dict[str, Any]:
         schema = refs[reply.body]
     else:
         schema = {"type": "object"} if reply.media_type == JSON else {"type": "string"}
-    document["content"] = {reply.media_type: {"schema": schema}}
+    document["content"] = {
+        media_type: {"schema": schema} for media_type in reply.media_types or (reply.media_type,)
+    }
     return document
 
 
@@ -1126,7 +1370,9 @@ def _problem_response(status: int) -> dict[str, Any]:
 
 
 def _header_refs(names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+    """Each header by its component; `Name=Component` sends Name described by Component."""
+    pairs = [name.partition("=")[::2] for name in names]
+    return {name: {"$ref": f"#/components/headers/{ref or name}"} for name, ref in pairs}
 
 
 # -- the HTML page --------------------------------------------------------------------------------

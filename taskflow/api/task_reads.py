@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from taskflow.api import keys
 from taskflow.api.audit_routes import get_task_as_of
@@ -20,6 +21,7 @@ from taskflow.api.task_writes import valid_task_id
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.runner import load
 from taskflow.projections.task_queries import (
+    MAX_PAGE,
     CursorError,
     PageRenderer,
     TaskQuery,
@@ -31,9 +33,20 @@ _POSITION = re.compile(r"^[0-9]{1,18}$")
 _LIST_PARAMS = {"status", "tags"}  # may repeat, or be comma-separated
 
 
+class TrashQuery(BaseModel):
+    """GET /api/tasks/trash: a page of deleted tasks, most recently changed first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int = Field(default=20, ge=1, le=MAX_PAGE)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
 def setup_task_read_routes(app: web.Application) -> None:
     app.router.add_get("/api/tasks", list_tasks)
     app.router.add_get("/api/tasks/stats", task_stats)
+    app.router.add_get("/api/tasks/trash", list_trash)
+    app.router.add_get("/api/tasks/tags", list_tags)
     app.router.add_get("/api/tasks/{task_id}", get_task)
 
 
@@ -95,6 +108,34 @@ async def _caller(request: web.Request) -> GuardedCaller:
     if POSITION_HEADER in request.headers:
         await require_user(request)
     return caller
+
+
+async def list_trash(request: web.Request) -> web.Response:
+    """The caller's deleted tasks (what POST /api/tasks/{id}/restore can bring back)."""
+    user = await require_user(request)
+    trash = query_model(request, TrashQuery, renamed={"next": "cursor"})
+    query = TaskQuery(sort="updated", order="desc", limit=trash.limit, cursor=trash.cursor)
+    try:
+        served = await _reads(request).trash(user.user_id, query, datetime.now(UTC))
+    except CursorError as exc:
+        raise Problem(400, "invalid-cursor", "Invalid cursor", str(exc)) from None
+    page = served.value
+    body = {
+        "items": [task_out_json(view.model_dump(mode="json")) for view in page.items],
+        "next": page.next_cursor,
+    }
+    headers = {"Cache-Control": "private, no-cache", **_stale(served.stale)}
+    return json_response(body, headers=headers)
+
+
+async def list_tags(request: web.Request) -> web.Response:
+    """The tags on the caller's live tasks, each with how many carry it, most used first."""
+    user = await require_user(request)
+    served = await _reads(request).tags(user.user_id)
+    ranked = sorted(served.value.items(), key=lambda pair: (-pair[1], pair[0]))
+    body = {"items": [{"tag": tag, "count": count} for tag, count in ranked]}
+    headers = {"Cache-Control": "private, no-cache", **_stale(served.stale)}
+    return json_response(body, headers=headers)
 
 
 async def task_stats(request: web.Request) -> web.Response:

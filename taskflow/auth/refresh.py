@@ -178,6 +178,22 @@ class RefreshTokens:
             )
         await self._mirror_revocation(family_id)
 
+    async def revoke_families_of_user(
+        self, user_id: str, now: datetime, reason: str, *, keep: str = ""
+    ) -> int:
+        """Revoke every family of `user_id` but `keep` (a password change ends the other
+        sessions; their access tokens are refused with them, by the deny list's family check).
+        How many were revoked. A look-up by user (indexed on MongoDB, auth/indexes.py), made
+        only by such a change."""
+        families = {
+            str(doc["family_id"])
+            async for doc in self.tokens.find({"user_id": user_id}, {"family_id": 1})
+        }
+        families.discard(keep)
+        for family_id in families:
+            await self.revoke_family(family_id, user_id, now, reason=reason)
+        return len(families)
+
     async def is_revoked(self, family_id: str) -> bool:
         """Whether the family is revoked: Redis answers yes fast, MongoDB has the last word."""
         if await self._redis.exists(names.revoked_family_key(family_id)):

@@ -45,6 +45,15 @@ class RedisViewKeys:
         """Set: ids of the owner's live tasks found by one search term (an inverted index)."""
         return f"{self.prefix}u:{user_id}:q:{term}"
 
+    def terms(self, user_id: str) -> str:
+        """Sorted set, every score 0: the owner's search terms that find a live task, in byte
+        order, so that ZRANGEBYLEX lists the terms a prefix begins (search as you type)."""
+        return f"{self.prefix}u:{user_id}:terms"
+
+    def tags(self, user_id: str) -> str:
+        """Hash: tag → number of the owner's live tasks that carry it (no entry at zero)."""
+        return f"{self.prefix}u:{user_id}:tags"
+
     def counts(self, user_id: str) -> str:
         """Hash: status → number of the owner's live tasks."""
         return f"{self.prefix}u:{user_id}:counts"

@@ -1,4 +1,5 @@
-"""The Redis task read model: per-owner task views, a search index, counts, overdue dates.
+"""The Redis task read model: per-owner task views, a search index (with the owner's terms in
+byte order for prefix search), tag counts, status counts, overdue dates.
 
 This is the model hot reads are served from: every read touches only the asking user's keys, so
 its cost does not grow with the log. Writes of one batch go in one MULTI/EXEC guarded by WATCH on
@@ -46,6 +47,46 @@ class _Change:
     before: TaskState | None
     after: TaskState | None
     steps: list[FeedStep] = field(default_factory=list)  # the view after each of its commits
+
+
+# What a batch takes away from the search and tag indexes, in one script at the end of its
+# transaction: a term leaves the owner's sorted set of terms once no live task has it (its set is
+# empty: Redis deletes an empty set), and a tag's count leaves the hash at zero. The additions
+# are plain SADD/ZADD/HINCRBY; whatever their order against these, the final state holds exactly
+# the terms of non-empty sets and the live tasks' tag counts, so a replayed batch (which
+# changes no view, so writes nothing here) or one interrupted before EXEC leaves them right.
+# KEYS: term set, owner's terms, ... then tag hashes; ARGV: the number of term pairs, then
+# (task id, term) pairs, then one tag per tag hash.
+_DROP_TERMS_AND_TAGS = """
+local pairs = tonumber(ARGV[1])
+for i = 1, pairs do
+  local set, terms = KEYS[2 * i - 1], KEYS[2 * i]
+  redis.call('SREM', set, ARGV[2 * i])
+  if redis.call('EXISTS', set) == 0 then redis.call('ZREM', terms, ARGV[2 * i + 1]) end
+end
+for i = 2 * pairs + 1, #KEYS do
+  local tag = ARGV[i + 1]
+  if redis.call('HINCRBY', KEYS[i], tag, -1) <= 0 then redis.call('HDEL', KEYS[i], tag) end
+end
+return 1
+"""
+
+
+@dataclass
+class _Drops:
+    """The index entries a batch removes, sent as one `_DROP_TERMS_AND_TAGS` at its end."""
+
+    terms: list[tuple[str, str, str, str]] = field(default_factory=list)  # set, zset, id, term
+    tags: list[tuple[str, str]] = field(default_factory=list)  # hash, tag
+
+    def send(self, pipe: Pipeline) -> None:
+        if not (self.terms or self.tags):
+            return
+        keys = [k for s, z, _, _ in self.terms for k in (s, z)] + [h for h, _ in self.tags]
+        args = [str(len(self.terms))]
+        args += [a for _, _, task_id, term in self.terms for a in (task_id, term)]
+        args += [tag for _, tag in self.tags]
+        pipe.eval(_DROP_TERMS_AND_TAGS, len(keys), *keys, *args)
 
 
 _RAISE_FENCE = """
@@ -172,8 +213,10 @@ class RedisTaskViews:
                     # Redis lost the fence with its data: raised again in the same transaction
                     # (watched, so a newer holder raising it first makes this one fail).
                     pipe.set(self.keys.fence, term)
+                drops = _Drops()
                 for task_id, change in changes.items():
-                    self._write(pipe, task_id, change)
+                    self._write(pipe, task_id, change, drops)
+                drops.send(pipe)
                 for owner in {change.owner for change in changes.values()}:
                     pipe.incr(self.keys.generation(owner))
                 steps = [step for change in changes.values() for step in change.steps]
@@ -252,16 +295,22 @@ class RedisTaskViews:
         self._written_to = -1
         self._marked_live = False
 
-    def _write(self, pipe: Pipeline, task_id: str, change: _Change) -> None:
+    def _write(self, pipe: Pipeline, task_id: str, change: _Change, drops: _Drops) -> None:
         after, before, owner = change.after, change.before, change.owner
         assert after is not None
         pipe.hset(self.keys.owners, task_id, owner)
         pipe.hset(self.keys.tasks(owner), task_id, after.model_dump_json())
         old_terms, new_terms = _live_terms(before), _live_terms(after)
+        terms = self.keys.terms(owner)
         for term in old_terms - new_terms:
-            pipe.srem(self.keys.term(owner, term), task_id)
+            drops.terms.append((self.keys.term(owner, term), terms, task_id, term))
         for term in new_terms - old_terms:
             pipe.sadd(self.keys.term(owner, term), task_id)
+            pipe.zadd(terms, {term: 0})
+        old_tags, new_tags = _live_tags(before), _live_tags(after)
+        drops.tags += [(self.keys.tags(owner), tag) for tag in old_tags - new_tags]
+        for tag in new_tags - old_tags:
+            pipe.hincrby(self.keys.tags(owner), tag, 1)
         if before is not None and not before.deleted:
             pipe.hincrby(self.keys.counts(owner), before.status.value, -1)
         if not after.deleted:
@@ -275,6 +324,10 @@ class RedisTaskViews:
 
 def _live_terms(view: TaskState | None) -> set[str]:
     return set() if view is None or view.deleted else set(search_terms(view))
+
+
+def _live_tags(view: TaskState | None) -> set[str]:
+    return set() if view is None or view.deleted else set(view.tags)
 
 
 def _open_with_due(view: TaskState) -> bool:

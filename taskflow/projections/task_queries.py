@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +31,11 @@ from taskflow.projections.mongo_view_writes import read_checkpoint
 from taskflow.projections.mongo_views import PRIORITY_RANK, MongoTaskViews
 from taskflow.projections.read_model_versions import active_version
 from taskflow.projections.redis_keys import RedisViewKeys
-from taskflow.projections.views import tokenize, view_from_document
+from taskflow.projections.views import (
+    found_by_prefixes,
+    tokenize,
+    view_from_document,
+)
 from taskflow.text import as_text
 
 log = structlog.get_logger(__name__)
@@ -39,6 +44,7 @@ T = TypeVar("T")
 SortField = Literal["created", "updated", "due", "priority"]
 MAX_PAGE = 100
 PAGE_CACHE_TTL = 300
+TOP_CODE_POINT = "\U0010ffff"
 ACTIVE_VERSION_TTL = 1.0  # how long a process trusts its copy of the active read-model version
 
 
@@ -271,6 +277,50 @@ class TaskReads:
         )
         return served
 
+    async def trash(self, owner: str, query: TaskQuery, now: datetime) -> Served[TaskPage]:
+        """The owner's deleted tasks, a page at a time, in `query`'s order (its filters apply
+        too): what can be restored. Not cached: the trash is read seldom."""
+
+        async def from_redis() -> TaskPage:
+            keys = await self._keys()
+            live, raws = await self._live_and(lambda pipe: pipe.hgetall(keys.tasks(owner)))
+            _require_live(live)
+            views = [TaskState.model_validate_json(raw) for raw in raws.values()]
+            return paginate(views, query, now, deleted=True)
+
+        page, source = await self._either(
+            from_redis, lambda: _list_mongo(self._views(), owner, query, now, deleted=True)
+        )
+        return Served(page, source == "mongodb")
+
+    async def tags(self, owner: str) -> Served[dict[str, int]]:
+        """How many of the owner's live tasks carry each tag (tags of none are left out)."""
+
+        async def from_redis() -> dict[str, int]:
+            keys = await self._keys()
+            live, counts = await self._live_and(lambda pipe: pipe.hgetall(keys.tags(owner)))
+            _require_live(live)
+            return {as_text(tag): int(n) for tag, n in counts.items() if int(n) > 0}
+
+        async def from_mongo() -> dict[str, int]:
+            counted: Counter[str] = Counter()
+            flt = {"owner_id": owner, "deleted": False}
+            async for doc in self._views().find(flt, {"tags": 1}):
+                counted.update(doc.get("tags") or ())
+            return dict(counted)
+
+        counts, source = await self._either(from_redis, from_mongo)
+        return Served(counts, source == "mongodb")
+
+    async def _live_and(self, read: Callable[[Any], Any]) -> list[Any]:
+        """The `live` flag and one more read, in one round trip."""
+        keys = await self._keys()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.live)
+            read(pipe)
+            answer: list[Any] = await pipe.execute()
+        return answer
+
     async def list_tasks(self, owner: str, query: TaskQuery, now: datetime) -> TaskPage:
         page, _ = await self._either(
             lambda: self._list_redis(owner, query, now),
@@ -453,13 +503,37 @@ class TaskReads:
         self, keys: RedisViewKeys, owner: str, query: TaskQuery
     ) -> list[TaskState]:
         """The owner's views, narrowed by the search index when there is a `q`."""
-        terms = query.terms()
-        if terms:
-            ids = await self._redis.sinter([keys.term(owner, term) for term in terms])
+        words = query.terms()
+        if words:
+            ids = await self._found_by_prefixes(keys, owner, words)
             raws = await self._redis.hmget(keys.tasks(owner), list(ids)) if ids else []
         else:
             raws = list((await self._redis.hgetall(keys.tasks(owner))).values())
         return [TaskState.model_validate_json(raw) for raw in raws if raw]
+
+    async def _found_by_prefixes(
+        self, keys: RedisViewKeys, owner: str, words: list[str]
+    ) -> set[bytes]:
+        """Ids of the owner's live tasks that have, for every word, a term it begins.
+
+        The owner's terms are one sorted set (all scores 0, so in byte order): ZRANGEBYLEX
+        lists the terms from the word up to the word followed by 0xFF, a byte UTF-8 never
+        uses, which are exactly the terms the word begins. Their sets' union is what the word
+        finds; the words' results are intersected. Two round trips, each a pipeline.
+        """
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for word in words:
+                pipe.zrangebylex(
+                    keys.terms(owner), b"[" + word.encode(), b"(" + word.encode() + b"\xff"
+                )
+            expansions: list[list[bytes]] = await pipe.execute()
+        if not all(expansions):
+            return set()  # a word that begins no term finds nothing
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for terms in expansions:
+                pipe.sunion([keys.term(owner, as_text(term)) for term in terms])
+            found: list[set[bytes]] = await pipe.execute()
+        return set.intersection(*found)
 
     async def _keys(self) -> RedisViewKeys:
         checked, version = self._active
@@ -505,9 +579,12 @@ def _require_live(flag: Any) -> None:
 # -- filtering, ordering and cursors (pure) ------------------------------------------------------
 
 
-def matches(view: TaskState, query: TaskQuery, now: datetime) -> bool:
-    """Whether a live view passes every filter of `query`."""
-    if view.deleted:
+def matches(view: TaskState, query: TaskQuery, now: datetime, *, deleted: bool = False) -> bool:
+    """Whether a live view (a deleted one, with `deleted`) passes every filter of `query`.
+
+    The search words (`query.terms()`) are not checked here: the index found the candidates.
+    """
+    if view.deleted is not deleted:
         return False
     if query.status and view.status not in query.status:
         return False
@@ -539,13 +616,16 @@ def _order_key(value: int | None, task_id: str) -> tuple[int, int, str]:
     return (0, 0, task_id) if value is None else (1, value, task_id)
 
 
-def paginate(views: list[TaskState], query: TaskQuery, now: datetime) -> TaskPage:
-    """One page of the matching views in the query's order, after the query's cursor."""
+def paginate(
+    views: list[TaskState], query: TaskQuery, now: datetime, *, deleted: bool = False
+) -> TaskPage:
+    """One page of the matching views in the query's order, after the query's cursor (of the
+    live views, or of the deleted ones with `deleted`)."""
     descending = query.order == "desc"
     keyed = [
         (_order_key(sort_value(v, query.sort), v.task_id), v)
         for v in views
-        if matches(v, query, now)
+        if matches(v, query, now, deleted=deleted)
     ]
     keyed.sort(key=lambda pair: pair[0], reverse=descending)
     if query.cursor is not None:
@@ -609,35 +689,59 @@ _MONGO_FIELD = {
 
 
 async def _list_mongo(
-    views: Any, owner: str, query: TaskQuery, now: datetime, session: Session | None = None
+    views: Any,
+    owner: str,
+    query: TaskQuery,
+    now: datetime,
+    session: Session | None = None,
+    *,
+    deleted: bool = False,
 ) -> TaskPage:
     field = _MONGO_FIELD[query.sort]
     direction = -1 if query.order == "desc" else 1
-    flt = mongo_filter(owner, query, now)
+    flt = mongo_filter(owner, query, now, deleted=deleted)
     if query.cursor is not None:
         flt = {"$and": [flt, _after_cursor(field, query)]}
-    cursor = (
-        views.find(flt, session=session)
-        .sort([(field, direction), ("_id", direction)])
-        .limit(query.limit + 1)
-    )
-    docs = await cursor.to_list()
+    cursor = views.find(flt, session=session).sort([(field, direction), ("_id", direction)])
+    words = query.terms()
+    if not words:
+        docs = await cursor.limit(query.limit + 1).to_list()
+    else:
+        # On MongoDB the prefix ranges ($elemMatch) find exactly the matching views; FerretDB
+        # v1 evaluates a range inside $elemMatch against the array as a whole (a view with
+        # "abc" and "zzz" passes "m"), so each view is checked here too, read until the page
+        # is full (on MongoDB, no more than it would have been).
+        docs = []
+        async for doc in cursor.batch_size(query.limit + 1):
+            if found_by_prefixes(doc.get("terms") or [], words):
+                docs.append(doc)
+                if len(docs) > query.limit:
+                    break
+        await cursor.close()
     items = [view_from_document(doc) for doc in docs[: query.limit]]
     more = len(docs) > query.limit
     return TaskPage(items, encode_cursor(query, items[-1]) if more and items else None)
 
 
-def mongo_filter(owner: str, query: TaskQuery, now: datetime) -> dict[str, Any]:
-    """The MongoDB filter for `query`: built from typed values only, scoped to `owner`."""
-    flt: dict[str, Any] = {"owner_id": owner, "deleted": False}
+def mongo_filter(
+    owner: str, query: TaskQuery, now: datetime, *, deleted: bool = False
+) -> dict[str, Any]:
+    """The MongoDB filter for `query`: built from typed values only, scoped to `owner` (its
+    live views, or its deleted ones with `deleted`)."""
+    flt: dict[str, Any] = {"owner_id": owner, "deleted": deleted}
     if query.status:
         flt["status"] = {"$in": [s.value for s in query.status]}
     if query.priority is not None:
         flt["priority"] = query.priority.value
     if query.tags:
         flt["tags"] = {"$all": list(query.tags)}
-    if terms := query.terms():  # a `q` without words narrows nothing, as in Redis (D5)
-        flt["terms"] = {"$all": terms}
+    # Each word begins one of the view's terms: a range on the multikey `terms` index, whose
+    # upper bound is the word followed by the highest code point (strings compare as UTF-8
+    # bytes, and U+10FFFF encodes highest). A `q` without words narrows nothing, as in Redis.
+    prefixes = [
+        {"terms": {"$elemMatch": {"$gte": word, "$lt": word + TOP_CODE_POINT}}}
+        for word in query.terms()
+    ]
     due: dict[str, Any] = {}
     if query.due_before is not None:
         due["$lt"] = query.due_before
@@ -645,8 +749,10 @@ def mongo_filter(owner: str, query: TaskQuery, now: datetime) -> dict[str, Any]:
         due["$gt"] = query.due_after
     if due:
         flt["due_at"] = due
+    if prefixes:
+        flt["$and"] = prefixes
     if query.overdue is True:
-        flt["$and"] = [{"due_at": {"$ne": None}}, {"due_at": {"$lt": now}}]
+        flt["$and"] = [*prefixes, {"due_at": {"$ne": None}}, {"due_at": {"$lt": now}}]
         flt["status"] = {
             "$in": [s.value for s in (query.status or tuple(Status)) if s is not Status.DONE]
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from taskflow.commands.aggregates import TASK
@@ -95,6 +95,12 @@ def search_terms(view: TaskState) -> list[str]:
     """The distinct terms a task is found by: words of its title, description and tags."""
     words = tokenize(f"{view.title} {view.description} {' '.join(view.tags)}")
     return list(dict.fromkeys([*words, *view.tags]))[:MAX_TERMS]
+
+
+def found_by_prefixes(terms: Iterable[str], words: Iterable[str]) -> bool:
+    """Whether every word begins one of `terms` (search as you type: "rep" finds "report")."""
+    kept = list(terms)
+    return all(any(term.startswith(word) for term in kept) for word in words)
 
 
 def view_document(view: TaskState) -> dict[str, Any]:
