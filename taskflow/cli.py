@@ -123,10 +123,10 @@ def _async(work: Coroutine[Any, Any, int]) -> int:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.api_workers > 1:
-        from taskflow.api.workers import exec_workers
+        from taskflow.server_workers import exec_workers
 
         exec_workers()  # does not return: this process becomes gunicorn's arbiter
-    from taskflow.api.app import create_app
+    from taskflow.server import create_app
 
     print(f"TaskFlow API on http://{settings.http_host}:{settings.http_port}", file=sys.stderr)
     # run_app handles SIGTERM: it stops accepting, lets in-flight requests finish, then cleans up.

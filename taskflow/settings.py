@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    # API processes sharing HTTP_PORT (taskflow/api/workers.py): one serves on one core, so a
+    # API processes sharing HTTP_PORT (taskflow/server_workers.py): one serves on one core, so a
     # host with more cores runs more. 1 runs a single process without a process manager.
     api_workers: Annotated[int, Field(ge=1, le=64)] = 1
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100

@@ -184,7 +184,7 @@ def closed_port() -> int:
 @pytest.fixture
 async def client(aiohttp_client: Any, settings: Settings, mongo: Any) -> Any:
     """The real app on the test servers, ready (its indexes exist); its database dropped after."""
-    from taskflow.api.app import create_app
+    from taskflow.server import create_app
     from tests.api_support import wait_ready
 
     client = await aiohttp_client(create_app(settings))

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from taskflow.api.app import create_app
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.api_support import Client, wait_ready
 from tests.fault_tools import free_port, until

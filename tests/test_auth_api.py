@@ -28,7 +28,6 @@ from pymongo.errors import AutoReconnect
 from redis.asyncio import Redis
 
 from taskflow import names
-from taskflow.api.app import create_app
 from taskflow.api.auth_routes import REFRESH_COOKIE
 from taskflow.api.keys import SERVICES
 from taskflow.auth.denylist import DenyList
@@ -54,6 +53,7 @@ from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
 from taskflow.projections.runtime import catch_up
+from taskflow.server import create_app
 from taskflow.settings import Settings, SettingsError, load_settings
 from tests.api_support import SAME_SITE
 from tests.conftest import TEST_HMAC_KEY, closed_port

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from taskflow.api.app import create_app
 from taskflow.api.keys import CHANGE_HUB, SERVICES
 from taskflow.auth.tokens import issue_access_token
 from taskflow.bootstrap import rebuild_read_models
@@ -24,6 +23,7 @@ from taskflow.projections import feed_reads
 from taskflow.projections.feed_reads import entry_position
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projector import Supervisor
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.api_support import (
     SAME_SITE,

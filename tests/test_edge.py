@@ -13,10 +13,10 @@ import pytest
 import structlog
 from aiohttp import web
 
-from taskflow.api.app import create_app
 from taskflow.api.observability import SECURITY_HEADERS
 from taskflow.api.request_ids import new_request_id
 from taskflow.logs import configure_logging
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.api_support import Client, ClientFactory, wait_ready
 from tests.conftest import closed_port

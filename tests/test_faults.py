@@ -25,7 +25,6 @@ import pytest
 from pymongo import DESCENDING
 from pymongo.uri_parser import parse_uri
 
-from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.auth.tokens import issue_access_token
 from taskflow.bootstrap import open_services, projections
@@ -35,6 +34,7 @@ from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.runtime import catch_up
 from taskflow.projections.task_queries import TaskQuery, TaskReads
 from taskflow.projections.verify import verify_read_models
+from taskflow.server import create_app
 from taskflow.services import Services
 from taskflow.settings import Settings
 from tests.api_support import (

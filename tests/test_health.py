@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from taskflow.api.app import create_app
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.conftest import closed_port
 

@@ -28,13 +28,13 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
-from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.api.observability import SECURITY_HEADERS
 from taskflow.auth.tokens import issue_access_token
 from taskflow.bootstrap import redis_client
 from taskflow.logs import configure_logging
 from taskflow.projections.task_queries import TaskQuery, TaskReads
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.api_support import (
     SAME_SITE,

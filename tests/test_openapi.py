@@ -29,9 +29,9 @@ from schemathesis.checks import (
 )
 from schemathesis.errors import FailureGroup
 
-from taskflow.api.app import create_app
 from taskflow.api.auth_routes import REFRESH_COOKIE
 from taskflow.api.openapi import OPENAPI
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.api_support import (
     Client,

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from taskflow.api.app import create_app
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.api_support import Client, ClientFactory, bearer, create_task, wait_ready
 from tests.conftest import closed_port

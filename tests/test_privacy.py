@@ -20,7 +20,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from taskflow import names, operations
-from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.auth.passwords import hash_password
 from taskflow.auth.refresh import RefreshTokens
@@ -36,6 +35,7 @@ from taskflow.privacy.data_keys import DataKeys
 from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.projections.erasure_purge import purge_caches_of
 from taskflow.projections.history import task_as_of
+from taskflow.server import create_app
 from taskflow.services import Services
 from taskflow.settings import Settings
 from taskflow.text import as_text

@@ -23,7 +23,6 @@ from aiohttp.test_utils import TestClient
 from pymongo import AsyncMongoClient, monitoring
 
 from taskflow import names
-from taskflow.api.app import create_app
 from taskflow.api.headers import POSITION_HEADER, STALE_HEADER
 from taskflow.api.keys import SERVICES
 from taskflow.bootstrap import projections
@@ -31,6 +30,7 @@ from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_view_writes import CHECKPOINT_ID, read_checkpoint
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.runtime import catch_up
+from taskflow.server import create_app
 from taskflow.services import Services
 from taskflow.settings import ReadModel, Settings
 from tests.api_support import wait_ready

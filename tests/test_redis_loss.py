@@ -13,11 +13,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from taskflow import names
-from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.auth.denylist import DenyList
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.verify import verify_read_models
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.api_support import SAME_SITE, Client, ClientFactory, create_task, wait_ready
 from tests.fault_tools import (  # noqa: F401 - the fixture import registers it

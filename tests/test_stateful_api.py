@@ -31,13 +31,13 @@ from hypothesis.stateful import (
 )
 from pymongo import AsyncMongoClient
 
-from taskflow.api.app import create_app
 from taskflow.api.keys import SERVICES
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_views import RedisTaskViews
 from taskflow.projections.verify import ViewMismatch, compare, mongo_views, redis_views
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from tests.api_support import Client, bearer, create_task, project, wait_ready
 

@@ -12,7 +12,7 @@ from prometheus_client.exposition import choose_encoder
 
 from taskflow.metrics import HTTP_DURATION
 
-# Where Prometheus' multiprocess mode keeps each process's values (taskflow/api/workers.py).
+# Where Prometheus' multiprocess mode keeps each process's values (taskflow/server_workers.py).
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 SECURITY_HEADERS = {

@@ -12,7 +12,7 @@ Metrics: every worker counts its own requests, so Prometheus' multiprocess mode 
 worker's values in a file of PROMETHEUS_MULTIPROC_DIR, and /metrics, on whichever worker
 answers the scrape, sums them all (taskflow.api.observability). prometheus_client picks that
 mode when it is imported, and `taskflow serve` has imported it already: it sets the directory
-and replaces itself (exec, same pid) with `python -m taskflow.api.workers`.
+and replaces itself (exec, same pid) with `python -m taskflow.server_workers`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from gunicorn import glogging  # type: ignore[import-untyped]
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from prometheus_client import multiprocess
 
-from taskflow.api.app import create_app
 from taskflow.api.observability import MULTIPROC_DIR
+from taskflow.server import create_app
 from taskflow.settings import Settings
 from taskflow.startup import configured_settings
 
@@ -56,7 +56,7 @@ def exec_workers() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     # Same pid, so a supervisor's SIGTERM reaches gunicorn's arbiter directly.
-    os.execve(sys.executable, [sys.executable, "-m", "taskflow.api.workers"], env)  # noqa: S606
+    os.execve(sys.executable, [sys.executable, "-m", "taskflow.server_workers"], env)  # noqa: S606
 
 
 class _Log(glogging.Logger):  # type: ignore[misc]

@@ -1,4 +1,6 @@
-"""The aiohttp application factory."""
+"""The API process's application factory: the aiohttp app with its routes (taskflow/api/) and
+the services it opens (the composition root, bootstrap.py). An entry point, like the CLI and the
+projector process: the API's own modules never import the composition root."""
 
 from __future__ import annotations
 
