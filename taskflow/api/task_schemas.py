@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from taskflow.api.contracts import Shape
 from taskflow.commands.task import Priority, Status, TaskChanges, TaskFields, TaskState
 
 
@@ -75,6 +76,41 @@ class TaskOut(BaseModel):
             updated_at=state.updated_at,
             version=state.version,
         )
+
+
+class TaskPage(Shape):
+    """One page of the caller's tasks."""
+
+    items: list[TaskOut]
+    next: str | None = Field(description="pass as `next` for the following page; null at the end")
+
+
+class TaskSnapshot(TaskOut):
+    """A task as it was at `as_of` or at `version`, folded from the event log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deleted: bool
+
+
+class TaskStats(Shape):
+    """The caller's live tasks counted by status, and how many are overdue."""
+
+    by_status: dict[Status, int]
+    overdue: int
+
+
+class TagCount(Shape):
+    """A tag and how many of the caller's live tasks carry it."""
+
+    tag: str
+    count: int = Field(ge=1)
+
+
+class TagList(Shape):
+    """The caller's tags, most used first (for autocomplete)."""
+
+    items: list[TagCount]
 
 
 _OUT_FIELDS = tuple(name for name in TaskOut.model_fields if name != "id")
