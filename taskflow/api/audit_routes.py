@@ -106,7 +106,7 @@ async def get_history(request: web.Request) -> web.Response:
     page = [e for e in entries if e.version > query.after_version][: query.limit]
     more = bool(page) and page[-1].version < entries[-1].version
     body = {
-        "items": [entry.as_json() for entry in page],
+        "items": [entry.model_dump(mode="json") for entry in page],
         "next": str(page[-1].version) if more else None,
     }
     return json_response(body, headers={"Cache-Control": "private, no-cache"})

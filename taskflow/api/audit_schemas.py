@@ -4,25 +4,13 @@ status and the verification jobs."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from taskflow.api.contracts import Shape
 from taskflow.events.records import Commit
-
-
-class TaskHistoryEntry(Shape):
-    """One event of a task: who caused it, when, and what it changed."""
-
-    version: int
-    type: str = Field(description="the event's stable type name")
-    occurred_at: datetime
-    recorded_at: datetime
-    actor: str
-    request_id: str
-    correlation_id: str
-    changes: dict[str, Any]
+from taskflow.projections.history import TaskHistoryEntry
 
 
 class TaskHistoryPage(Shape):
