@@ -24,16 +24,14 @@ from tenacity import (
 )
 
 from taskflow import names
-from taskflow.api import (
-    command_problems,  # noqa: F401 - registers the problem mappers
-    health,
-)
+from taskflow.api import command_problems  # noqa: F401 - registers the problem mappers
 from taskflow.api.audit_job_routes import AUDITS, Audits, setup_audit_job_routes
 from taskflow.api.audit_routes import setup_audit_routes
 from taskflow.api.auth_routes import setup_auth_routes
 from taskflow.api.change_feeds import end_streams, setup_change_feed_routes, watch_logouts
 from taskflow.api.console import setup_console_routes
 from taskflow.api.cors import setup_cors
+from taskflow.api.health import setup_health_routes
 from taskflow.api.keys import (
     CHANGE_HUB,
     DENY_LIST,
@@ -91,8 +89,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/api/health", health.health)
-    app.router.add_get("/api/ready", health.ready)
+    setup_health_routes(app)
     setup_metrics_route(app)
     setup_auth_routes(app)
     setup_change_feed_routes(app)  # before GET /api/tasks/{task_id}, which would match it

@@ -71,6 +71,7 @@ SERVER_FIXTURES = frozenset(
         "private_redis",
         "private_ferretdb",
         "taskflow_processes",
+        "deployment",
     }
 )
 

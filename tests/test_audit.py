@@ -29,7 +29,7 @@ from taskflow.events.codec import commit_to_document
 from taskflow.events.gaps import make_gap
 from taskflow.events.log_reader import in_position_order
 from taskflow.events.mongo_store import MongoEventStore
-from taskflow.projections.history import task_as_of, task_history
+from taskflow.projections.history import TaskHistoryEntry, task_as_of, task_history
 from taskflow.projections.runtime import run_until_caught_up
 from taskflow.projections.verify import verify_read_models
 from taskflow.settings import Settings
@@ -81,6 +81,38 @@ async def test_as_of_version_k_is_the_fold_of_the_first_k_events(
         assert state == TASK.fold(partial)
         assert state is not None
         assert state.version == k
+
+
+@given(
+    st.datetimes(timezones=st.just(UTC)),
+    st.datetimes(timezones=st.just(UTC)),
+    st.dictionaries(st.text(max_size=8), st.none() | st.integers() | st.text(max_size=8)),
+)
+def test_a_history_entry_is_the_json_the_history_answers(
+    occurred: datetime, recorded: datetime, changes: dict[str, Any]
+) -> None:
+    """The entry's own JSON is the answer: UTC times end in `Z` and keep their microseconds as
+    they are (`.123000`), as `isoformat()` spells them; the changes are passed through."""
+    entry = TaskHistoryEntry(
+        version=3,
+        type="TaskRenamed",
+        occurred_at=occurred,
+        recorded_at=recorded,
+        actor="u",
+        request_id="r",
+        correlation_id="c",
+        changes=changes,
+    )
+    assert entry.model_dump(mode="json") == {
+        "version": 3,
+        "type": "TaskRenamed",
+        "occurred_at": occurred.isoformat().replace("+00:00", "Z"),
+        "recorded_at": recorded.isoformat().replace("+00:00", "Z"),
+        "actor": "u",
+        "request_id": "r",
+        "correlation_id": "c",
+        "changes": changes,
+    }
 
 
 async def test_history_and_time_travel_over_http(client: Client) -> None:

@@ -13,6 +13,16 @@ from typing import Any
 from aiohttp import web
 
 from taskflow.api.audit_routes import require_auditor
+from taskflow.api.audit_schemas import ProjectionList, Verification, VerificationList
+from taskflow.api.contracts import (
+    AUDITOR_PROBLEMS,
+    UNAVAILABLE,
+    Operation,
+    Reply,
+    Routes,
+    path_parameter,
+    pattern,
+)
 from taskflow.api.json_io import json_response
 from taskflow.api.keys import SERVICES
 from taskflow.api.problems import Problem
@@ -41,11 +51,12 @@ AUDITS = web.AppKey("audits", Audits)
 RUNNING: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("audit_jobs_running")
 
 
+ROUTES = Routes("audit")
+JOB_ID = path_parameter("job_id", pattern(_JOB_ID.pattern), "a verification's id")
+
+
 def setup_audit_job_routes(app: web.Application) -> None:
-    app.router.add_get("/api/audit/projections", get_projections)
-    app.router.add_post(VERIFICATIONS_PATH, start_verification)
-    app.router.add_get(VERIFICATIONS_PATH, list_verifications)
-    app.router.add_get(VERIFICATIONS_PATH + "/{job_id}", get_verification)
+    ROUTES.add_to(app)
     app.cleanup_ctx.append(_jobs)
 
 
@@ -60,6 +71,16 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
         await cancel_and_wait(task)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/audit/projections",
+        "auditProjections",
+        "Each projection's position, lag and lease holder, for auditors",
+        (Reply(200, "The projections", ProjectionList),),
+        AUDITOR_PROBLEMS | UNAVAILABLE,
+    )
+)
 async def get_projections(request: web.Request) -> web.Response:
     """Each projection's position, the log's head, the lag and the lease holder."""
     await require_auditor(request)
@@ -79,6 +100,30 @@ async def get_projections(request: web.Request) -> web.Response:
     return json_response({"head": head, "items": items}, headers=_NO_CACHE)
 
 
+@ROUTES.route(
+    Operation(
+        "post",
+        VERIFICATIONS_PATH,
+        "startVerification",
+        "Start `taskflow audit verify` in the background, for auditors",
+        (
+            Reply(202, "Started; Location names the job", Verification, ("Location",)),
+            Reply(
+                200,
+                "One is running already (in any API process): that one",
+                Verification,
+                ("Location",),
+            ),
+        ),
+        AUDITOR_PROBLEMS | UNAVAILABLE,
+        description=(
+            "One verification runs at a time across every API process (a unique slot decides "
+            "it). It reads the whole log once, as the CLI does: the hash chains, the seals, "
+            "contiguity, then every task view against the log. Poll the job for its progress "
+            "and result."
+        ),
+    )
+)
 async def start_verification(request: web.Request) -> web.Response:
     """Start `audit verify` in the background (202), or answer the one running (200)."""
     user = await require_auditor(request)
@@ -98,6 +143,16 @@ async def start_verification(request: web.Request) -> web.Response:
     return json_response(job_json(jobs, job), status=202 if started else 200, headers=headers)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        VERIFICATIONS_PATH,
+        "listVerifications",
+        "The latest verifications, for auditors",
+        (Reply(200, f"Newest first, at most {LATEST_JOBS}", VerificationList),),
+        AUDITOR_PROBLEMS | UNAVAILABLE,
+    )
+)
 async def list_verifications(request: web.Request) -> web.Response:
     """The latest verifications, newest first."""
     await require_auditor(request)
@@ -106,6 +161,17 @@ async def list_verifications(request: web.Request) -> web.Response:
     return json_response({"items": items}, headers=_NO_CACHE)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        VERIFICATIONS_PATH + "/{job_id}",
+        "getVerification",
+        "One verification: its progress, or its result, for auditors",
+        (Reply(200, "The job", Verification),),
+        {**AUDITOR_PROBLEMS, 404: "no such job", **UNAVAILABLE},
+        parameters=(JOB_ID,),
+    )
+)
 async def get_verification(request: web.Request) -> web.Response:
     """One verification: its progress while it runs, its findings once it ended."""
     await require_auditor(request)

@@ -9,18 +9,29 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskflow.api import keys
+from taskflow.api.audit_schemas import CommitPage, TaskHistoryPage
+from taskflow.api.contracts import (
+    AUDITOR_PROBLEMS,
+    TOKEN,
+    UNAVAILABLE,
+    Operation,
+    Reply,
+    Routes,
+    path_parameter,
+    pattern,
+)
 from taskflow.api.json_io import json_response, query_model
 from taskflow.api.middlewares import fields_problem
 from taskflow.api.principal import Principal, require_user
 from taskflow.api.problems import Problem
 from taskflow.api.task_schemas import TaskOut
-from taskflow.api.task_writes import valid_task_id
+from taskflow.api.task_writes import TASK_ID_PARAMETER, valid_task_id
 from taskflow.commands.task import TaskState
 from taskflow.events.codec import commit_to_json
 from taskflow.events.records import Commit
 from taskflow.events.store import EventStore
 from taskflow.events.task_values import UtcDatetime
-from taskflow.projections.history import feed_page, task_as_of, task_history
+from taskflow.projections.history import FEED_GAPS_MAX, feed_page, task_as_of, task_history
 
 AUDITOR = "auditor"
 _STREAM_ID = re.compile(r"^(task|user)-[0-9a-f]{32}$")
@@ -44,12 +55,44 @@ class FeedQuery(BaseModel):
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
+ROUTES = Routes("audit")
+STREAM_ID = path_parameter("stream_id", pattern(_STREAM_ID.pattern), "`task-<id>` or `user-<id>`")
+FEED_PAGES = (
+    "A page holds up to `limit` commits after `after` and passes over the gaps between them "
+    "(positions no commit used), so it is empty only at the head. Read on with "
+    "`after=next_after` until `end` is true: the page then reaches the log's settled head "
+    "(every position up to `next_after` holds its final commit or gap, and nothing after it "
+    "is settled yet). Poll from there for newer commits. A page passes over at most "
+    f"{FEED_GAPS_MAX:,} gaps: after a longer run of them, a page may be empty with `end` false."
+)
+
+
 def setup_audit_routes(app: web.Application) -> None:
-    app.router.add_get("/api/tasks/{task_id}/history", get_history)
-    app.router.add_get("/api/audit/events", get_feed)
-    app.router.add_get("/api/audit/streams/{stream_id}", get_stream)
+    ROUTES.add_to(app)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/tasks/{task_id}/history",
+        "taskHistory",
+        "Who changed the caller's task, when, and how (from the log)",
+        (Reply(200, "A page of the history", TaskHistoryPage),),
+        {
+            **TOKEN,
+            404: "no such task (or another user's)",
+            422: "a parameter is unknown or invalid, or `after_version` is beyond the task's "
+            "last version",
+            **UNAVAILABLE,
+        },
+        parameters=(TASK_ID_PARAMETER,),
+        query=HistoryQuery,
+        query_notes={
+            "after_version": "only events after this version, at most the task's last (422 "
+            "beyond it)"
+        },
+    )
+)
 async def get_history(request: web.Request) -> web.Response:
     """The owner's view of who changed their task, when, and how (from the log)."""
     user = await require_user(request)
@@ -63,7 +106,7 @@ async def get_history(request: web.Request) -> web.Response:
     page = [e for e in entries if e.version > query.after_version][: query.limit]
     more = bool(page) and page[-1].version < entries[-1].version
     body = {
-        "items": [entry.as_json() for entry in page],
+        "items": [entry.model_dump(mode="json") for entry in page],
         "next": str(page[-1].version) if more else None,
     }
     return json_response(body, headers={"Cache-Control": "private, no-cache"})
@@ -85,6 +128,21 @@ async def get_task_as_of(request: web.Request, user: Principal, task_id: str) ->
     return _state_response(state, deleted=state.deleted)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/audit/events",
+        "auditEvents",
+        "The global event log in order, for auditors",
+        (Reply(200, "A page of commits", CommitPage),),
+        {**AUDITOR_PROBLEMS, 422: "a parameter is unknown or invalid", **UNAVAILABLE},
+        query=FeedQuery,
+        query_notes={
+            "after": "only commits after this global position (the previous page's `next_after`)"
+        },
+        description=FEED_PAGES,
+    )
+)
 async def get_feed(request: web.Request) -> web.Response:
     """The global log in order, for auditors: every commit with its metadata."""
     await require_auditor(request)
@@ -93,6 +151,17 @@ async def get_feed(request: web.Request) -> web.Response:
     return _commits_response(page.commits, next_after=page.next_after, end=page.end)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/audit/streams/{stream_id}",
+        "auditStream",
+        "Every commit of one stream (task-… or user-…), for auditors",
+        (Reply(200, "The stream's commits; `next_after` is null", CommitPage),),
+        {**AUDITOR_PROBLEMS, 404: "no such stream", **UNAVAILABLE},
+        parameters=(STREAM_ID,),
+    )
+)
 async def get_stream(request: web.Request) -> web.Response:
     await require_auditor(request)
     stream_id = request.match_info["stream_id"]

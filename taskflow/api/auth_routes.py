@@ -4,13 +4,24 @@ profile."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from taskflow.api import keys
+from taskflow.api.contracts import (
+    BODY_PROBLEMS,
+    PUBLIC,
+    TOKEN,
+    UNAVAILABLE,
+    Operation,
+    Reply,
+    Routes,
+    Shape,
+    header_parameter,
+)
 from taskflow.api.headers import POSITION_HEADER
 from taskflow.api.json_io import json_response, read_model
 from taskflow.api.middlewares import register_problem_mapper
@@ -38,6 +49,9 @@ from taskflow.services import Services
 
 REFRESH_COOKIE = "taskflow_refresh"
 COOKIE_PATH = "/api/auth"  # the refresh token travels to the auth endpoints only
+CSRF_HEADER = "X-Requested-With"
+
+ROUTES = Routes("auth")
 
 
 class _Body(BaseModel):
@@ -73,17 +87,90 @@ class LoginBody(_Body):
     password: Annotated[str, StringConstraints(min_length=1, max_length=PASSWORD_MAX)]
 
 
+class SameSiteBody(BaseModel):
+    """Any JSON object, `{}` will do: refresh and logout need an application/json body, which
+    another site cannot send without a CORS preflight."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class RegisteredUser(Shape):
+    """The public profile of a new account."""
+
+    user_id: str
+    email: str
+    display_name: str
+
+
+class Profile(Shape):
+    """The caller's profile."""
+
+    user_id: str
+    email: str
+    display_name: str
+    roles: list[str]
+
+
+class AccessToken(Shape):
+    """A new access token (RFC 6749 §5.1); the refresh token travels in a cookie."""
+
+    access_token: str = Field(description="a JWT for `Authorization: Bearer`")
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="seconds until the access token expires")
+
+
+EMAIL, PASSWORD = "ada@example.com", "correct horse battery"  # the examples' account
+REGISTER_UNAVAILABLE = {
+    503: "MongoDB or Redis is unavailable. The account may have been created even so: a retry "
+    "then answers 409, and logging in works"
+}
+SAME_SITE = {
+    403: "an Origin that is not allowed, or neither Origin nor X-Requested-With",
+    415: "the request is not application/json",
+}
+SAME_SITE_HEADER = header_parameter(
+    CSRF_HEADER,
+    {"type": "string", "minLength": 1},
+    "any value; required when the request has no Origin header (a browser sends Origin, "
+    "and another site cannot add this header without a CORS preflight)",
+)
+SAME_SITE_NOTE = (
+    "Needs Content-Type application/json and an allowed Origin (or X-Requested-With without "
+    "Origin)."
+)
+
+
 def setup_auth_routes(app: web.Application) -> None:
     """Register /api/auth/* routes."""
-    app.router.add_post("/api/auth/register", register)
-    app.router.add_post("/api/auth/login", login)
-    app.router.add_post("/api/auth/refresh", refresh)
-    app.router.add_post("/api/auth/logout", logout)
-    app.router.add_post("/api/auth/password", change_password)
-    app.router.add_get("/api/auth/me", me)
-    app.router.add_delete("/api/auth/me", erase_me)
+    ROUTES.add_to(app)
 
 
+@ROUTES.route(
+    Operation(
+        "post",
+        "/api/auth/register",
+        "register",
+        "Create an account",
+        (
+            Reply(
+                201,
+                "Registered; Location is the profile",
+                RegisteredUser,
+                ("ETag", "Location", POSITION_HEADER),
+            ),
+        ),
+        {
+            **BODY_PROBLEMS,
+            409: "the e-mail address is taken",
+            422: "a field is invalid (each is named); a password that is too common, too easy "
+            "to guess or the e-mail itself is refused",
+            **REGISTER_UNAVAILABLE,
+        },
+        body=RegisterBody,
+        example={"email": EMAIL, "password": PASSWORD, "display_name": "Ada"},
+        security=PUBLIC,
+    )
+)
 async def register(request: web.Request) -> web.Response:
     """Create an account: 201 with its public profile, 409 if the e-mail is taken."""
     body = await read_model(request, RegisterBody)
@@ -104,6 +191,26 @@ async def register(request: web.Request) -> web.Response:
     return json_response(public, status=201, headers=headers)
 
 
+@ROUTES.route(
+    Operation(
+        "post",
+        "/api/auth/login",
+        "login",
+        "Exchange e-mail and password for an access token and a refresh cookie",
+        (Reply(200, "Signed in", AccessToken, ("Set-Cookie",)),),
+        {
+            **BODY_PROBLEMS,
+            401: "wrong e-mail or password",
+            422: "a field is invalid",
+            429: "too many requests from this address, or too many wrong passwords for this "
+            "account (Retry-After says how long to wait)",
+        }
+        | UNAVAILABLE,
+        body=LoginBody,
+        example={"email": EMAIL, "password": PASSWORD},
+        security=PUBLIC,
+    )
+)
 async def login(request: web.Request) -> web.Response:
     """Exchange e-mail and password for an access token and a new refresh-token family."""
     body = await read_model(request, LoginBody)
@@ -113,6 +220,36 @@ async def login(request: web.Request) -> web.Response:
     return _signed_in(services, user, refresh_token)
 
 
+@ROUTES.route(
+    Operation(
+        "post",
+        "/api/auth/refresh",
+        "refresh",
+        "Rotate the refresh cookie and get a new access token",
+        (
+            Reply(
+                200,
+                "A new access token and the family's next refresh token",
+                AccessToken,
+                ("Set-Cookie",),
+            ),
+        ),
+        {
+            401: "no, an expired, or a reused refresh token (reuse revokes the family)",
+            **SAME_SITE,
+        }
+        | UNAVAILABLE,
+        security=({"refreshCookie": []},),
+        parameters=(SAME_SITE_HEADER,),
+        body=SameSiteBody,
+        example={},
+        description=(
+            "A refresh token presented twice revokes its whole family, and every access token "
+            "issued with it, unless the second time comes within REFRESH_GRACE_SECONDS of the "
+            "first (two tabs): then both get the same successor. " + SAME_SITE_NOTE
+        ),
+    )
+)
 async def refresh(request: web.Request) -> web.Response:
     """Rotate the refresh cookie: a new access token and the family's next refresh token."""
     require_same_site(request)
@@ -127,6 +264,24 @@ async def refresh(request: web.Request) -> web.Response:
     return _signed_in(services, user, refresh_token)
 
 
+@ROUTES.route(
+    Operation(
+        "post",
+        "/api/auth/logout",
+        "logout",
+        "Deny-list the access token and revoke the refresh family",
+        (Reply(204, "Signed out; the refresh cookie is cleared", headers=("Set-Cookie",)),),
+        TOKEN | SAME_SITE | UNAVAILABLE,
+        security=({"bearerAuth": [], "refreshCookie": []}, {"bearerAuth": []}),
+        parameters=(SAME_SITE_HEADER,),
+        body=SameSiteBody,
+        example={},
+        description=(
+            "The family is the access token's own: the bearer token alone ends the session. "
+            + SAME_SITE_NOTE
+        ),
+    )
+)
 async def logout(request: web.Request) -> web.Response:
     """Deny the access token until it expires, revoke the refresh family, drop the cookie.
 
@@ -155,6 +310,32 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
+@ROUTES.route(
+    Operation(
+        "post",
+        "/api/auth/password",
+        "changePassword",
+        "Change the caller's password and sign out every other session",
+        (Reply(204, "Changed; this session goes on", headers=(POSITION_HEADER,)),),
+        {
+            **BODY_PROBLEMS,
+            401: "no valid access token, or the current password is wrong",
+            412: "another password change landed first",
+            422: "a field is invalid; a new password that is too common, too easy to guess or "
+            "the e-mail itself is refused",
+            429: "too many requests, or too many wrong passwords for this account "
+            "(Retry-After says how long to wait)",
+            **UNAVAILABLE,
+        },
+        body=ChangePasswordBody,
+        example={"current_password": PASSWORD, "new_password": "a brand new passphrase 42"},
+        description=(
+            "Every refresh family of the user but the caller's own is revoked: the other "
+            "sessions cannot refresh, and their access tokens are refused at once (the deny "
+            "list's family check); their change feeds end within CHANGE_FEED_AUTH_CHECK_SECONDS."
+        ),
+    )
+)
 async def change_password(request: web.Request) -> web.Response:
     """Replace the caller's password and end their other sessions: every refresh family but
     the caller's own is revoked, and the access tokens issued in them are refused at once."""
@@ -176,6 +357,16 @@ async def change_password(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/auth/me",
+        "me",
+        "The caller's profile",
+        (Reply(200, "The profile", Profile),),
+        {401: "no valid access token, or its user does not exist"} | UNAVAILABLE,
+    )
+)
 async def me(request: web.Request) -> web.Response:
     """The caller's profile, read from the user aggregate."""
     principal = await require_user(request)
@@ -185,6 +376,31 @@ async def me(request: web.Request) -> web.Response:
     return json_response(_profile(user), headers={"Cache-Control": "private, no-cache"})
 
 
+@ROUTES.route(
+    Operation(
+        "delete",
+        "/api/auth/me",
+        "eraseMe",
+        "Erase the caller's account and personal data (needs the password again)",
+        (Reply(204, "Erased; the refresh cookie is cleared", headers=("Set-Cookie",)),),
+        {
+            **BODY_PROBLEMS,
+            401: "no valid access token, or a wrong password",
+            422: "the password is missing",
+            **UNAVAILABLE,
+        },
+        body=EraseBody,
+        example={"password": PASSWORD},
+        description=(
+            "Crypto-shredding (docs/privacy.md): the account's data key is destroyed, so the "
+            "e-mail, name and task texts stored in the event log can never be read again; its "
+            "sessions and tokens are refused from now on, its task views lose their texts, and "
+            "the e-mail can be registered anew. The log keeps the events (types, versions, "
+            "positions, times) and still verifies; auditors see the personal fields as erased "
+            '(`data["~erased"]`, see CommitPage).'
+        ),
+    )
+)
 async def erase_me(request: web.Request) -> web.Response:
     """Erase the caller's account (docs/privacy.md): 204, then every token of theirs is refused."""
     principal = await require_user(request)
@@ -257,9 +473,6 @@ def _refresh_tokens(services: Services) -> RefreshTokens:
         settings.refresh_token_ttl_seconds,
         grace_seconds=settings.refresh_grace_seconds,
     )
-
-
-CSRF_HEADER = "X-Requested-With"
 
 
 def require_same_site(request: web.Request) -> None:

@@ -28,7 +28,27 @@ from redis.exceptions import RedisError
 
 from taskflow.api import keys
 from taskflow.api.audit_routes import AUDITOR, audit_commit_json
+from taskflow.api.contracts import (
+    AUDITOR_PROBLEMS,
+    BEARER,
+    EVENT_STREAM,
+    TOKEN,
+    UNAVAILABLE,
+    Operation,
+    Reply,
+    Routes,
+    Security,
+    header_parameter,
+    pattern,
+)
 from taskflow.api.cors import add_vary_origin
+from taskflow.api.feed_schemas import (
+    AUDIT_CHANGE_DATA,
+    TASK_CHANGE_DATA,
+    AuditChangeEvent,
+    StreamTicket,
+    TaskChangeEvent,
+)
 from taskflow.api.json_io import json_response, query_model
 from taskflow.api.middlewares import CORRELATION_ID, REQUEST_ID
 from taskflow.api.observability import add_security_headers
@@ -72,13 +92,58 @@ class ChangesQuery(BaseModel):
     ticket: Annotated[str, StringConstraints(pattern=TICKET_PATTERN)] | None = None
 
 
+ROUTES = Routes("changes")
+LAST_EVENT_ID = header_parameter(
+    "Last-Event-ID", pattern(_POSITION.pattern), "the last event's id (a position): resume after it"
+)
+STREAM_PROBLEMS = {
+    400: "Last-Event-ID is not a position",
+    401: "no valid access token, or the ticket is unknown, used or expired",
+    422: "a parameter is unknown or invalid",
+    503: "too many open streams on this server (Retry-After), or a backing service is down",
+}
+STREAM_SECURITY: Security = (*BEARER, {"streamTicket": []})
+STREAM_QUERY_NOTES = {
+    "after": "resume after this global position (Last-Event-ID wins over it)",
+    "ticket": "a one-time ticket from POST /api/stream-tickets (EventSource cannot send headers)",
+}
+FEED_FORMAT = " ".join(
+    (
+        "Server-sent events. Every event has an `id:`, a global position: a client resumes with",
+        "`Last-Event-ID` (EventSource sends it when it reconnects by itself) or",
+        "`?after=<position>`, and gets exactly what came after it, in order, then live events.",
+        "Events: `ready` first (its `id` is where the stream starts: the position given, or now),",
+        "with a `retry:` hint; then one unnamed event per change (`data` below); `reset` when the",
+        "position is older than the kept history (CHANGE_FEED_HISTORY changes per owner; the",
+        "auditors' feed reads the log and never resets): reload, then go on from its `id`; `end`",
+        "when the server closes the stream (`data.reason`: `shutdown`, `token-expired`,",
+        "`logged-out`, `too-slow`, `lifetime`, `resume`, `unavailable`, `auth-unavailable`), with",
+        "`data.after` to resume from. A comment line (`: ping`) every",
+        "CHANGE_FEED_HEARTBEAT_SECONDS. Authenticate with `Authorization: Bearer` or, for",
+        "EventSource, a one-time `ticket` from POST /api/stream-tickets: never put an access",
+        "token in a URL.",
+    )
+)
+
+
 def setup_change_feed_routes(app: web.Application) -> None:
     """Register the feeds before GET /api/tasks/{task_id}, whose pattern would match first."""
-    app.router.add_post(TICKETS_PATH, create_stream_ticket)
-    app.router.add_get(TASK_CHANGES_PATH, task_changes)
-    app.router.add_get(AUDIT_CHANGES_PATH, audit_changes)
+    ROUTES.add_to(app)
 
 
+@ROUTES.route(
+    Operation(
+        "post",
+        TICKETS_PATH,
+        "createStreamTicket",
+        "A one-time ticket to open a change feed with EventSource (which cannot send headers)",
+        (Reply(201, "The ticket", StreamTicket),),
+        TOKEN | UNAVAILABLE,
+        description="The ticket opens one stream, as the caller, within `expires_in` seconds "
+        "(STREAM_TICKET_TTL_SECONDS); the stream still ends when the caller's token expires or "
+        "is logged out.",
+    )
+)
 async def create_stream_ticket(request: web.Request) -> web.Response:
     """A one-time ticket that opens a change feed as the caller (for EventSource)."""
     user = await require_user(request)
@@ -94,6 +159,31 @@ async def create_stream_ticket(request: web.Request) -> web.Response:
     )
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        TASK_CHANGES_PATH,
+        "taskChanges",
+        "The caller's task changes, live, resumable by position (server-sent events)",
+        (
+            Reply(
+                200,
+                "The stream",
+                TaskChangeEvent,
+                media_type=EVENT_STREAM,
+                payloads=TASK_CHANGE_DATA,
+            ),
+        ),
+        STREAM_PROBLEMS,
+        parameters=(LAST_EVENT_ID,),
+        query=ChangesQuery,
+        query_notes=STREAM_QUERY_NOTES,
+        security=STREAM_SECURITY,
+        description=FEED_FORMAT
+        + ' A change\'s `data`: `{"id": task id, "etag": the task\'s ETag, "deleted": '
+        'bool, "task": the task as GET /api/tasks/{task_id} shows it (null when deleted)}`.',
+    )
+)
 async def task_changes(request: web.Request) -> web.StreamResponse:
     """The caller's task changes, live, resumable by position."""
     query = query_model(request, ChangesQuery)
@@ -102,6 +192,30 @@ async def task_changes(request: web.Request) -> web.StreamResponse:
     return await _serve(request, caller, FeedRef(caller.user_id), after)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        AUDIT_CHANGES_PATH,
+        "auditChanges",
+        "Every commit of the log, live, resumable by position (server-sent events), for auditors",
+        (
+            Reply(
+                200,
+                "The stream",
+                AuditChangeEvent,
+                media_type=EVENT_STREAM,
+                payloads=AUDIT_CHANGE_DATA,
+            ),
+        ),
+        STREAM_PROBLEMS | {403: AUDITOR_PROBLEMS[403]},
+        parameters=(LAST_EVENT_ID,),
+        query=ChangesQuery,
+        query_notes=STREAM_QUERY_NOTES,
+        security=STREAM_SECURITY,
+        description=FEED_FORMAT
+        + " A change's `data`: the commit, as an item of GET /api/audit/events.",
+    )
+)
 async def audit_changes(request: web.Request) -> web.StreamResponse:
     """Every commit of the log, live, for auditors."""
     query = query_model(request, ChangesQuery)

@@ -16,6 +16,14 @@ from importlib import resources
 
 from aiohttp import web
 
+from taskflow.api.contracts import (
+    IF_NONE_MATCH,
+    PUBLIC,
+    Operation,
+    Reply,
+    Routes,
+    path_parameter,
+)
 from taskflow.api.problems import Problem
 
 ASSETS_PATH = "/assets/{name}"
@@ -56,6 +64,10 @@ class Asset:
         return '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
 
 
+def _suffix(name: str) -> str:
+    return name[name.rindex(".") :]
+
+
 @functools.cache
 def assets() -> dict[str, Asset]:
     """The console's files by URL name: `web/assets/*` and the page itself (`index.html`)."""
@@ -70,20 +82,65 @@ def assets() -> dict[str, Asset]:
 
 
 def asset_names() -> list[str]:
-    """The names GET /assets/{name} serves (the OpenAPI document lists them)."""
+    """The names GET /assets/{name} serves (its contract lists them)."""
     return sorted(name for name in assets() if name != "index.html")
 
 
+ROUTES = Routes("console")
+FILE_ETAG = "ETag=FileETag"  # the console's files: a content hash, not a task's version
+
+
 def setup_console_routes(app: web.Application) -> None:
-    app.router.add_get("/", console_page)
-    app.router.add_get(ASSETS_PATH, console_asset)
+    ROUTES.add_to(app)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/",
+        "console",
+        "The web console (a page of static files; no script inline, no CDN)",
+        (Reply(200, "The page", media_type="text/html", headers=(FILE_ETAG,)),),
+        security=PUBLIC,
+        description="Served with its own Content-Security-Policy: scripts, styles and "
+        "connections of this origin only.",
+    )
+)
 async def console_page(request: web.Request) -> web.Response:
     """The console's one page; everything else is its scripts talking to the API."""
     return _serve(request, assets()["index.html"])
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        ASSETS_PATH,
+        "consoleAsset",
+        "One of the console's files",
+        (
+            Reply(
+                200,
+                "The file",
+                media_types=tuple(
+                    dict.fromkeys(t for t in CONTENT_TYPES.values() if t != "text/html")
+                ),
+                headers=(FILE_ETAG,),
+            ),
+            Reply(304, "If-None-Match holds the current ETag", headers=(FILE_ETAG,)),
+        ),
+        {404: "no such file"},
+        parameters=(
+            path_parameter(
+                "name",
+                {"type": "string", "enum": asset_names()},
+                "a file of the console; anything else is a 404",
+                key="asset_name",
+            ),
+            IF_NONE_MATCH,
+        ),
+        security=PUBLIC,
+    )
+)
 async def console_asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     asset = assets().get(name) if name != "index.html" else None
@@ -107,7 +164,3 @@ def _serve(request: web.Request, asset: Asset) -> web.Response:
     if asset.content_type.startswith("text/"):
         response.charset = "utf-8"
     return response
-
-
-def _suffix(name: str) -> str:
-    return name[name.rindex(".") :]

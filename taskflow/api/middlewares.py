@@ -29,7 +29,7 @@ CORRELATION_ID = "X-Correlation-ID"
 # nginx's status for a request whose client closed the connection first: the metrics count
 # such requests apart from the server's own failures (5xx).
 CLIENT_CLOSED = 499
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # Exceptions from layers below the API map to problems here, and only here: views stay thin
 # (docs/design.md, Errors).
@@ -45,7 +45,7 @@ def register_problem_mapper(mapper: ProblemMapper) -> ProblemMapper:
 
 def client_id(request: web.Request, header: str) -> str | None:
     value = request.headers.get(header)
-    return value if value and _SAFE_ID.match(value) else None
+    return value if value and SAFE_ID.match(value) else None
 
 
 @web.middleware

@@ -10,7 +10,10 @@ from prometheus_async.aio.web import server_stats
 from prometheus_client import CollectorRegistry, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 
+from taskflow.api.contracts import PUBLIC, Operation, Reply, Routes
 from taskflow.metrics import HTTP_DURATION
+
+ROUTES = Routes("operations")
 
 # Where Prometheus' multiprocess mode keeps each process's values (taskflow/server_workers.py).
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -50,10 +53,26 @@ def add_security_headers(headers: CIMultiDict[str]) -> None:
 
 
 def setup_metrics_route(app: web.Application) -> None:
+    ROUTES.add_to(app)
+
+
+@ROUTES.route(
+    Operation(
+        "get",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics of this process",
+        (Reply(200, "Metrics in the Prometheus text format", media_type="text/plain"),),
+        security=PUBLIC,
+        rate_limited=False,
+    )
+)
+async def metrics(request: web.Request) -> web.Response:
     # Several worker processes (API_WORKERS > 1) each count their own requests into a file of
     # this directory; a scrape reaches one of them, which must sum every worker's files.
-    every_worker = bool(os.environ.get(MULTIPROC_DIR))
-    app.router.add_get("/metrics", every_workers_stats if every_worker else server_stats)
+    if os.environ.get(MULTIPROC_DIR):
+        return await every_workers_stats(request)
+    return await server_stats(request)
 
 
 async def every_workers_stats(request: web.Request) -> web.Response:

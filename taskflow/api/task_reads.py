@@ -10,14 +10,31 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskflow.api import keys
-from taskflow.api.audit_routes import get_task_as_of
+from taskflow.api.audit_routes import AsOfQuery, get_task_as_of
+from taskflow.api.contracts import (
+    IF_NONE_MATCH,
+    TOKEN,
+    UNAVAILABLE,
+    Operation,
+    Reply,
+    Routes,
+    header_parameter,
+    pattern,
+)
 from taskflow.api.headers import POSITION_HEADER
 from taskflow.api.headers import STALE_HEADER as STALE_HEADER
 from taskflow.api.json_io import json_body_response, json_response, query_model
 from taskflow.api.principal import GuardedCaller, guarded_caller, require_user
 from taskflow.api.problems import Problem
-from taskflow.api.task_schemas import task_out_json
-from taskflow.api.task_writes import valid_task_id
+from taskflow.api.task_schemas import (
+    TagList,
+    TaskOut,
+    TaskPage,
+    TaskSnapshot,
+    TaskStats,
+    task_out_json,
+)
+from taskflow.api.task_writes import TASK_ID_PARAMETER, valid_task_id
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.runner import load
 from taskflow.projections.task_queries import (
@@ -31,6 +48,15 @@ from taskflow.projections.task_queries import (
 
 _POSITION = re.compile(r"^[0-9]{1,18}$")
 _LIST_PARAMS = {"status", "tags"}  # may repeat, or be comma-separated
+_RENAMED = {"next": "cursor"}  # query parameter -> TaskQuery's field
+_NEXT = "the `next` of the previous page, with the same sort and order"
+
+ROUTES = Routes("tasks")
+POSITION = header_parameter(
+    POSITION_HEADER,
+    pattern(_POSITION.pattern),
+    "a position an earlier write returned: wait (bounded) until reads reflect it",
+)
 
 
 class TrashQuery(BaseModel):
@@ -43,13 +69,80 @@ class TrashQuery(BaseModel):
 
 
 def setup_task_read_routes(app: web.Application) -> None:
-    app.router.add_get("/api/tasks", list_tasks)
-    app.router.add_get("/api/tasks/stats", task_stats)
-    app.router.add_get("/api/tasks/trash", list_trash)
-    app.router.add_get("/api/tasks/tags", list_tags)
-    app.router.add_get("/api/tasks/{task_id}", get_task)
+    ROUTES.add_to(app)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/tasks",
+        "listTasks",
+        "The caller's tasks: filtered, searched, sorted, a page at a time",
+        (Reply(200, "A page", TaskPage, (STALE_HEADER,)),),
+        {
+            400: "`next` is not a cursor of this sort order, or X-TaskFlow-Position is invalid",
+            **TOKEN,
+            422: "a parameter is unknown, malformed or (when not a list) repeated",
+            **UNAVAILABLE,
+        },
+        parameters=(POSITION,),
+        query=TaskQuery,
+        query_notes={
+            "status": "repeat it or separate values by commas",
+            "tags": "every tag must be on the task; repeat it or separate values by commas",
+            "q": "whole words (case-folded) of title, description and tags; all must match "
+            "(a `q` with no word in it, such as `.*`, narrows nothing)",
+            "overdue": "due in the past and not done (or, false: the opposite)",
+            "next": _NEXT,
+        },
+        query_renamed=_RENAMED,
+    )
+)
+async def list_tasks(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    query = _query(request)
+    try:
+        served = await _reads(request).list_rendered(
+            caller.user_id, query, datetime.now(UTC), caller.guard, LIST_PAGE, _position(request)
+        )
+    except CursorError as exc:
+        raise Problem(400, "invalid-cursor", "Invalid cursor", str(exc)) from None
+    headers = {"Cache-Control": "private, no-cache", **_stale(served.stale)}
+    return json_body_response(served.value, headers=headers)
+
+
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/tasks/{task_id}",
+        "getTask",
+        "One task; with `as_of` or `version`, as it was then (from the log)",
+        (
+            Reply(
+                200,
+                "The task (a TaskSnapshot with `as_of`/`version`)",
+                (TaskOut, TaskSnapshot),
+                ("ETag", STALE_HEADER),
+            ),
+            Reply(304, "If-None-Match holds the current ETag", headers=("ETag",)),
+        ),
+        {
+            400: "X-TaskFlow-Position is not a number",
+            **TOKEN,
+            404: "no such task (or another user's, or it did not exist then)",
+            422: "`as_of` or `version` is invalid, `version` is beyond the task's last version, "
+            "both are given (each is named), or other parameters come with them",
+            **UNAVAILABLE,
+        },
+        parameters=(TASK_ID_PARAMETER, IF_NONE_MATCH, POSITION),
+        query=AsOfQuery,
+        query_notes={
+            "as_of": "the task as it was at this moment (with a time zone); not with `version`",
+            "version": "the task as it was at this version, at most its last (422 beyond it); "
+            "not with `as_of`",
+        },
+    )
+)
 async def get_task(request: web.Request) -> web.Response:
     if "as_of" in request.query or "version" in request.query:
         user = await require_user(request)
@@ -76,19 +169,6 @@ async def get_task(request: web.Request) -> web.Response:
     return json_response(task_out_json(view), headers=headers)
 
 
-async def list_tasks(request: web.Request) -> web.Response:
-    caller = await _caller(request)
-    query = _query(request)
-    try:
-        served = await _reads(request).list_rendered(
-            caller.user_id, query, datetime.now(UTC), caller.guard, LIST_PAGE, _position(request)
-        )
-    except CursorError as exc:
-        raise Problem(400, "invalid-cursor", "Invalid cursor", str(exc)) from None
-    headers = {"Cache-Control": "private, no-cache", **_stale(served.stale)}
-    return json_body_response(served.value, headers=headers)
-
-
 def _render_page(page: ViewJson) -> bytes:
     items = [task_out_json(view) for view in page["items"]]
     return orjson.dumps({"items": items, "next": page["next"]})
@@ -110,10 +190,54 @@ async def _caller(request: web.Request) -> GuardedCaller:
     return caller
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/tasks/stats",
+        "taskStats",
+        "Counts of the caller's tasks by status, and overdue",
+        (Reply(200, "The counts", TaskStats, (STALE_HEADER,)),),
+        {400: "X-TaskFlow-Position is not a number", **TOKEN, **UNAVAILABLE},
+        parameters=(POSITION,),
+    )
+)
+async def task_stats(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    served = await _reads(request).stats(user.user_id, datetime.now(UTC), _position(request))
+    stats = served.value
+    headers = {"Cache-Control": "private, no-cache", **_stale(served.stale)}
+    return json_response({"by_status": stats.by_status, "overdue": stats.overdue}, headers=headers)
+
+
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/tasks/trash",
+        "listTrash",
+        "The caller's deleted tasks, most recently changed first (what restore can bring back)",
+        (
+            Reply(
+                200,
+                "A page; each task's version is the one to restore with",
+                TaskPage,
+                (STALE_HEADER,),
+            ),
+        ),
+        {
+            400: "`next` is not a cursor of this list",
+            **TOKEN,
+            422: "a parameter is unknown or invalid",
+            **UNAVAILABLE,
+        },
+        query=TrashQuery,
+        query_notes={"next": _NEXT},
+        query_renamed=_RENAMED,
+    )
+)
 async def list_trash(request: web.Request) -> web.Response:
     """The caller's deleted tasks (what POST /api/tasks/{id}/restore can bring back)."""
     user = await require_user(request)
-    trash = query_model(request, TrashQuery, renamed={"next": "cursor"})
+    trash = query_model(request, TrashQuery, renamed=_RENAMED)
     query = TaskQuery(sort="updated", order="desc", limit=trash.limit, cursor=trash.cursor)
     try:
         served = await _reads(request).trash(user.user_id, query, datetime.now(UTC))
@@ -128,6 +252,16 @@ async def list_trash(request: web.Request) -> web.Response:
     return json_response(body, headers=headers)
 
 
+@ROUTES.route(
+    Operation(
+        "get",
+        "/api/tasks/tags",
+        "listTags",
+        "The tags of the caller's live tasks, each with how many carry it",
+        (Reply(200, "Most used first", TagList, (STALE_HEADER,)),),
+        TOKEN | UNAVAILABLE,
+    )
+)
 async def list_tags(request: web.Request) -> web.Response:
     """The tags on the caller's live tasks, each with how many carry it, most used first."""
     user = await require_user(request)
@@ -138,17 +272,9 @@ async def list_tags(request: web.Request) -> web.Response:
     return json_response(body, headers=headers)
 
 
-async def task_stats(request: web.Request) -> web.Response:
-    user = await require_user(request)
-    served = await _reads(request).stats(user.user_id, datetime.now(UTC), _position(request))
-    stats = served.value
-    headers = {"Cache-Control": "private, no-cache", **_stale(served.stale)}
-    return json_response({"by_status": stats.by_status, "overdue": stats.overdue}, headers=headers)
-
-
 def _query(request: web.Request) -> TaskQuery:
     """Query parameters as a typed TaskQuery; unknown or malformed ones are a 422."""
-    return query_model(request, TaskQuery, lists=_LIST_PARAMS, renamed={"next": "cursor"})
+    return query_model(request, TaskQuery, lists=_LIST_PARAMS, renamed=_RENAMED)
 
 
 def _position(request: web.Request) -> int | None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from taskflow.commands.task import Priority, Status, TaskChanges, TaskFields, TaskState
+from taskflow.api.contracts import Shape
+from taskflow.commands.task import Status, TaskChanges, TaskFields, TaskState
 
 
 class _Body(BaseModel):
@@ -47,37 +47,65 @@ class PatchTaskBody(_Body, TaskChanges):
     model_config = ConfigDict(json_schema_extra=_merge_patch_schema)
 
 
-class TaskOut(BaseModel):
+class TaskOut(TaskState):
     """A task as the API shows it."""
 
-    id: str
-    title: str
-    description: str
-    status: Status
-    priority: Priority
-    due_at: datetime | None
-    tags: tuple[str, ...]
-    created_at: datetime
-    updated_at: datetime
-    version: int
+    # TaskState's fields as they are, but for these three: the id is shown as `id`, and the
+    # owner and the deleted flag not at all (a TaskSnapshot adds `deleted`; the trash holds
+    # deleted tasks only). A response is never parsed from a client, and its schema stays open
+    # to fields added later: extra fields are ignored, not forbidden as in TaskState.
+    model_config = ConfigDict(extra="ignore", serialize_by_alias=True)
+
+    task_id: str = Field(serialization_alias="id")
+    owner_id: str = Field(exclude=True)
+    deleted: bool = Field(exclude=True)
 
     @classmethod
     def of(cls, state: TaskState) -> TaskOut:
-        return cls(
-            id=state.task_id,
-            title=state.title,
-            description=state.description,
-            status=state.status,
-            priority=state.priority,
-            due_at=state.due_at,
-            tags=state.tags,
-            created_at=state.created_at,
-            updated_at=state.updated_at,
-            version=state.version,
-        )
+        return cls.model_validate(state.model_dump())
 
 
-_OUT_FIELDS = tuple(name for name in TaskOut.model_fields if name != "id")
+class TaskPage(Shape):
+    """One page of the caller's tasks."""
+
+    items: list[TaskOut]
+    next: str | None = Field(description="pass as `next` for the following page; null at the end")
+
+
+class TaskSnapshot(TaskOut):
+    """A task as it was at `as_of` or at `version`, folded from the event log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deleted: bool
+
+
+class TaskStats(Shape):
+    """The caller's live tasks counted by status, and how many are overdue."""
+
+    by_status: dict[Status, int]
+    overdue: int
+
+
+class TagCount(Shape):
+    """A tag and how many of the caller's live tasks carry it."""
+
+    tag: str
+    count: int = Field(ge=1)
+
+
+class TagList(Shape):
+    """The caller's tags, most used first (for autocomplete)."""
+
+    items: list[TagCount]
+
+
+# (the name TaskOut shows, TaskState's name) of each field TaskOut shows, in its order.
+_OUT_FIELDS = tuple(
+    (field.serialization_alias or name, name)
+    for name, field in TaskOut.model_fields.items()
+    if not field.exclude
+)
 
 
 def task_out_json(view: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,4 +115,4 @@ def task_out_json(view: Mapping[str, Any]) -> dict[str, Any]:
     instead of validating a `TaskState` and building a `TaskOut` (about a tenth of a cached
     read's CPU). tests/test_task_schemas.py checks the two agree for any task.
     """
-    return {"id": view["task_id"], **{name: view[name] for name in _OUT_FIELDS}}
+    return {shown: view[name] for shown, name in _OUT_FIELDS}

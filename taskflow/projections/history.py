@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.events.codec import decode_event
@@ -21,12 +23,15 @@ _NOT_CHANGES = {"task_id", "occurred_at"}
 FEED_GAPS_MAX = 10_000
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One event of a task as an auditor reads it."""
+class TaskHistoryEntry(BaseModel):
+    """One event of a task: who caused it, when, and what it changed."""
+
+    # Its JSON (model_dump(mode="json")) is what GET /api/tasks/{id}/history answers, and its
+    # schema is that answer's contract in the OpenAPI document.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int
-    type: str
+    type: str = Field(description="the event's stable type name")
     occurred_at: datetime
     recorded_at: datetime
     actor: str
@@ -34,20 +39,8 @@ class HistoryEntry:
     correlation_id: str
     changes: dict[str, Any]
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "type": self.type,
-            "occurred_at": self.occurred_at.isoformat().replace("+00:00", "Z"),
-            "recorded_at": self.recorded_at.isoformat().replace("+00:00", "Z"),
-            "actor": self.actor,
-            "request_id": self.request_id,
-            "correlation_id": self.correlation_id,
-            "changes": self.changes,
-        }
 
-
-def history_of(commits: list[Commit]) -> list[HistoryEntry]:
+def history_of(commits: list[Commit]) -> list[TaskHistoryEntry]:
     """Every event of the commits, in version order, with who caused it and what it changed."""
     entries = []
     for commit in commits:
@@ -56,7 +49,7 @@ def history_of(commits: list[Commit]) -> list[HistoryEntry]:
             event = decode_event(stored)
             payload = event.model_dump(mode="json")
             entries.append(
-                HistoryEntry(
+                TaskHistoryEntry(
                     version=stored.version,
                     type=stored.type,
                     occurred_at=getattr(event, "occurred_at", commit.recorded_at),
@@ -70,7 +63,7 @@ def history_of(commits: list[Commit]) -> list[HistoryEntry]:
     return entries
 
 
-async def task_history(store: EventStore, task_id: str) -> list[HistoryEntry]:
+async def task_history(store: EventStore, task_id: str) -> list[TaskHistoryEntry]:
     return history_of(await store.read_stream(TASK.stream_id(task_id)))
 
 
