@@ -27,6 +27,7 @@ from redis import Redis
 
 from taskflow.settings import Settings
 from tests.fault_tools import TaskflowProcess, free_port, taskflow_env
+from tests.service_urls import service_url, worker_redis_url
 
 # Debian's package (scripts/services.sh install-tools): Playwright cannot download its own here.
 CHROMIUM = os.environ.get("TASKFLOW_CHROMIUM", "/usr/bin/chromium")
@@ -109,9 +110,7 @@ class Deployment:
 @pytest.fixture(scope="module", name="deployment")
 def deployment_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """`taskflow serve` and `taskflow project` on a database of the module's own."""
-    mongodb_uri, redis_url = os.environ.get("MONGODB_URI"), os.environ.get("REDIS_URL")
-    if not mongodb_uri or not redis_url:
-        pytest.exit("MONGODB_URI and REDIS_URL are not set: run the suite with `make test`")
+    mongodb_uri, redis_url = service_url("MONGODB_URI"), worker_redis_url()
     settings = Settings(
         taskflow_env="development",
         mongodb_uri=mongodb_uri,

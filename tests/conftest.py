@@ -10,7 +10,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -26,6 +25,7 @@ from taskflow.events.mongo_store import MongoEventStore
 from taskflow.privacy.data_keys import DataKeys
 from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.settings import Settings
+from tests.service_urls import service_url, worker_redis_url
 
 TEST_HMAC_KEY = b"test-event-log-key"
 # The suite runs on the built-in development keys; the processes it starts inherit this.
@@ -35,24 +35,6 @@ os.environ.setdefault("TASKFLOW_ENV", "development")
 # property test must fail on properties, not on timing (the suite has a per-test timeout).
 hypothesis_settings.register_profile("taskflow", deadline=None)
 hypothesis_settings.load_profile("taskflow")
-
-
-def _service_url(name: str) -> str:
-    url = os.environ.get(name)
-    if not url:
-        pytest.exit(f"{name} is not set: run the suite with `make test`, which starts the servers")
-    return url
-
-
-def _redis_url() -> str:
-    """REDIS_URL, with a logical database of this worker's own when pytest-xdist runs the suite
-    in several processes: each test flushes its database, which must not be another worker's.
-    (MongoDB needs nothing alike: every test has a database of its own.)"""
-    url = urlsplit(_service_url("REDIS_URL"))
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
-    if not worker.startswith("gw"):
-        return url.geturl()
-    return url._replace(path=f"/{int(worker[2:]) + 1}").geturl()
 
 
 # Fixtures that need the servers `make test` starts: tests using any of them are marked
@@ -89,12 +71,12 @@ def settings() -> Settings:
     The Redis logical database is flushed first: a deployment owns its Redis database (the
     counter, log hints and read models are not prefixed by the MongoDB database name).
     """
-    with SyncRedis.from_url(_redis_url()) as sync_redis:
+    with SyncRedis.from_url(worker_redis_url()) as sync_redis:
         sync_redis.flushdb()
     return Settings(
         taskflow_env="development",
-        mongodb_uri=_service_url("MONGODB_URI"),
-        redis_url=_redis_url(),
+        mongodb_uri=service_url("MONGODB_URI"),
+        redis_url=worker_redis_url(),
         mongodb_db=f"t_{uuid.uuid4().hex[:16]}",
         gap_timeout_seconds=0.3,
         # Races of 50 clients from one address are the point of several tests; the limits

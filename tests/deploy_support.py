@@ -176,7 +176,7 @@ async def nginx_in_front(api: Client, directory: Path, site: str) -> AsyncIterat
             except aiohttp.ClientError:
                 return False
 
-        await until(answers, 20, "nginx to answer")
+        await until(answers, 60, "nginx to answer")
         yield conf
 
 

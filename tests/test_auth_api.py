@@ -69,7 +69,7 @@ TRACE = Trace("req-1", "corr-1")
 async def ready_client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
     """The app on the test servers, ready (indexes created) before any racing insert."""
     client = await aiohttp_client(create_app(settings))
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while (await client.get("/api/ready")).status != 200:
         assert time.monotonic() < deadline, "the app never became ready"
         await asyncio.sleep(0.05)

@@ -313,7 +313,7 @@ async def test_a_ticket_expires_unused(make_client: MakeClient) -> None:
     async def gone() -> bool:
         return not await redis.keys("tf:auth:ticket:*")
 
-    await until(gone, 10, "the ticket to expire")
+    await until(gone, 60, "the ticket to expire")
     response = await client.get(f"/api/tasks/changes?ticket={ticket}")
     assert response.status == 401
 
@@ -373,7 +373,7 @@ async def test_heartbeats_and_the_per_process_cap(make_client: MakeClient) -> No
     async def freed() -> bool:
         return hub.open_streams < 2
 
-    await until(freed, 20, "the closed stream to be noticed")
+    await until(freed, 60, "the closed stream to be noticed")
     third = await open_stream(client, **await bearer(client, "cy"))
     await third.close()
     await first.close()
@@ -446,7 +446,7 @@ async def test_a_slow_subscriber_is_cut_off_and_the_others_keep_their_latency(
         before = await latencies(10)
         slow = await asyncio.to_thread(_slow_reader, port, ada)
         try:
-            await until(slow_stream_open, 10, "the slow stream to open")
+            await until(slow_stream_open, 60, "the slow stream to open")
             # Large changes fill the kernel's buffers, then the slow client's buffer overflows.
             big = "\N{GRINNING FACE}" * 10_000  # 40 kB of UTF-8
             task = await create_task(client, ada, title="big", description=big)
@@ -499,7 +499,7 @@ async def test_a_rebuild_switches_streams_to_the_new_version_without_a_replay(
         async def followed() -> bool:
             return client.app[CHANGE_HUB].version == 2
 
-        await until(followed, 10, "the hub to follow version 2")
+        await until(followed, 60, "the hub to follow version 2")
         last = await create_task(client, auth, title="after the switch")
         await stream.wait_for(has_position(last["_position"]))
     finally:

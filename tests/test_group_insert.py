@@ -88,7 +88,7 @@ async def drained_to(store: MongoEventStore, position: int) -> list[Commit]:
         log = await drain(store)
         return bool(log) and log[-1].position >= position
 
-    await until(reached, 5, f"the log to reach position {position}")
+    await until(reached, 60, f"the log to reach position {position}")
     return await drain(store)
 
 
