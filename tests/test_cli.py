@@ -19,6 +19,9 @@ def test_the_cli_uses_the_running_development_services(
 ) -> None:
     """With neither MONGODB_URI nor REDIS_URL set, `make dev`'s services.env is read; with
     either set, or without the file, nothing is taken from it."""
+    # The function writes os.environ itself: the whole environment is restored afterwards (a
+    # variable monkeypatch found unset would otherwise leak into the tests that follow).
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     for name in ("MONGODB_URI", "REDIS_URL", "TASKFLOW_ENV"):
         monkeypatch.delenv(name, raising=False)
     assert use_development_services(tmp_path) is None
