@@ -18,6 +18,7 @@ from bench import (
     http_reads,
     http_writes,
     latency,
+    peer,
     projections,
     reads,
     rebuilds,
@@ -38,6 +39,7 @@ GROUPS: dict[str, Group] = {
     "http_reads": http_reads.GROUP,
     "rebuild": rebuilds.GROUP,
     "change_feed": change_feed.GROUP,
+    "peer": peer.GROUP,
 }
 
 
