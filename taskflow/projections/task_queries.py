@@ -534,9 +534,7 @@ class TaskReads:
             raws = list((await self._redis.hgetall(keys.tasks(owner))).values())
         return [TaskState.model_validate_json(raw) for raw in raws if raw]
 
-    async def _candidate_json(
-        self, keys: RedisViewKeys, owner: str, query: TaskQuery
-    ) -> list[Any]:
+    async def _candidate_json(self, keys: RedisViewKeys, owner: str, query: TaskQuery) -> list[Any]:
         """The owner's views as stored (JSON), narrowed by the search index when there is a
         `q`; on the hot connections when there are (the caller bounds the read)."""
         words = query.terms()
