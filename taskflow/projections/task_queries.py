@@ -549,7 +549,9 @@ class TaskReads:
             else:
                 raws = await self._redis.hmget(tasks, ids)
         elif self._hot is not None:
-            raws = (await self._hot.execute("HGETALL", tasks))[1::2]  # field, value, ...
+            reply = await self._hot.execute("HGETALL", tasks)
+            # A map under RESP3 (redis-py 8's default protocol), field, value, ... under RESP2.
+            raws = list(reply.values()) if isinstance(reply, dict) else reply[1::2]
         else:
             raws = list((await self._redis.hgetall(tasks)).values())
         return [raw for raw in raws if raw]  # bytes: the clients do not decode responses
