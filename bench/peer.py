@@ -173,8 +173,10 @@ async def _measure(
     began = time.perf_counter()
     await start()
     seconds = time.perf_counter() - began
-    client = time.process_time() - client_before
-    server = cpu_seconds(server_pids) - server_before
+    # /proc counts in clock ticks: a figure below one tick reads as one (never as zero).
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    client = max(time.process_time() - client_before, tick)
+    server = max(cpu_seconds(server_pids) - server_before, tick)
     return events / seconds, client / events * 1e6, server / events * 1e6
 
 
