@@ -29,6 +29,7 @@ from bench.servers import describe_backend, open_servers
 from bench.sizes import FULL, QUICK
 from bench.stats import Row, Trial
 from taskflow.logs import configure_logging
+from taskflow.startup import tune_garbage_collector
 
 GROUPS: dict[str, Group] = {
     "appends": appends.GROUP,
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: MONGODB_URI and REDIS_URL must be set (make bench does)", file=sys.stderr)
         return 2
     configure_logging("WARNING", json=False)
+    # The bench process runs command handlers (groups 1, 4) as an API process does: with its
+    # garbage collector tuned as `taskflow serve` tunes it (taskflow/startup.py).
+    tune_garbage_collector()
     report = uvloop.run(_run(args, mongodb_uri, redis_url))
     for path in write_report(report, args.out):
         print(f"[bench] wrote {path}", file=sys.stderr)
