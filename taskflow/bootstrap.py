@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
 from pymongo import AsyncMongoClient, ReadPreference
 from pymongo.read_preferences import SecondaryPreferred
-from redis.asyncio import BlockingConnectionPool, Connection, Redis
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from taskflow import names
 from taskflow.auth.indexes import ensure_auth_indexes
@@ -36,29 +34,6 @@ def read_preference(settings: Settings) -> SecondaryPreferred:
     return SecondaryPreferred(max_staleness=settings.read_max_staleness_seconds or -1)
 
 
-class TimerWriteConnection(Connection):
-    """redis-py's TCP connection with its write bounded by a timer (`asyncio.timeout`) instead
-    of `asyncio.wait_for`, which on Python 3.11 runs every command's write as a task of its own
-    (a task and a loop iteration per command; docs/benchmarks.md, "The guarded read's Redis
-    calls"). The bound is the same socket timeout; a write that overruns it disconnects the
-    connection and raises redis-py's TimeoutError, as before."""
-
-    async def send_packed_command(
-        self, command: bytes | str | Iterable[bytes], check_health: bool = True
-    ) -> None:
-        timeout = self.socket_timeout
-        if not timeout:
-            return await super().send_packed_command(command, check_health)
-        self.socket_timeout = None  # redis-py then writes without its own wait_for
-        try:
-            async with asyncio.timeout(timeout):
-                await super().send_packed_command(command, check_health)
-        except TimeoutError:  # the timer's (redis-py's own TimeoutError is no builtin one)
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        finally:
-            self.socket_timeout = timeout
-
-
 def redis_client(url: str, timeout: float, max_connections: int = 64) -> Redis:
     """A Redis client whose pool makes callers wait for a free connection instead of failing."""
     pool = BlockingConnectionPool.from_url(
@@ -69,8 +44,6 @@ def redis_client(url: str, timeout: float, max_connections: int = 64) -> Redis:
         socket_connect_timeout=timeout,
         health_check_interval=30,
     )
-    if pool.connection_class is Connection:  # TCP (a unix socket or TLS keeps its own class)
-        pool.connection_class = TimerWriteConnection
     return Redis.from_pool(pool)  # closing the client closes its pool
 
 
