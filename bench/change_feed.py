@@ -40,6 +40,7 @@ from bench.http_processes import (
     cpu_seconds,
     free_port,
     load,
+    new_user,
 )
 from bench.latency import closed_loop, steady
 from bench.processes import child, projectors
@@ -318,13 +319,13 @@ async def _push(writes: HttpWrites, subscribers: Subscribers, sizes: Sizes, pref
 
 
 async def _taskflow_push(servers: Servers, sizes: Sizes) -> Trial:
-    owners = [uuid.uuid4().hex for _ in range(sizes.feed_owners)]
-    auth = {owner: bearer(servers, owner) for owner in owners}
     async with (
         servers.fresh_db() as db,
         servers.flushed_redis(),
     ):
         await servers.store_on(db)
+        owners = [await new_user(servers, db.name) for _ in range(sizes.feed_owners)]
+        auth = {owner: bearer(servers, owner) for owner in owners}
         async with (
             api_server(servers, db.name) as api,
             projectors(servers, db.name, split=False),
@@ -366,9 +367,12 @@ async def _taskflow_idle(servers: Servers, sizes: Sizes) -> Trial:
     shape = LoadShape(sizes.http_concurrency, sizes.http_seconds, sizes.http_warmup_seconds)
     async with servers.fresh_db() as db, servers.flushed_redis():
         await servers.store_on(db)
+        # Users the API knows (a token of an unknown user is refused): the writer, 10 warm-up
+        # subscribers and the idle ones, each its own user.
+        users = iter([await new_user(servers, db.name) for _ in range(sizes.feed_subscribers + 11)])
         async with api_server(servers, db.name) as api, _session() as http:
             pid = api.process.process.pid
-            writer = [f"Authorization: {bearer(servers, uuid.uuid4().hex)}"]
+            writer = [f"Authorization: {bearer(servers, next(users))}"]
 
             async def w() -> float:
                 result = await load(
@@ -378,7 +382,7 @@ async def _taskflow_idle(servers: Servers, sizes: Sizes) -> Trial:
 
             def follow(subscribers: Subscribers, count: int) -> None:
                 for _ in range(count):
-                    header = {"Authorization": bearer(servers, uuid.uuid4().hex)}
+                    header = {"Authorization": bearer(servers, next(users))}
                     subscribers.follow(http, f"{api.base}/api/tasks/changes", header)
 
             return await _idle(w, follow, pid, sizes, "taskflow")

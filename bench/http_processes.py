@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from bench.processes import Child, child
 from bench.servers import Servers
 from bench.stats import Trial
 from taskflow.auth.tokens import issue_access_token
+from taskflow.privacy.data_keys import DataKeys
+from taskflow.privacy.keks import KeyEncryptionKeys
 
 READY_SECONDS = 60.0
 # After the arbiter has forked its workers, for each to build its app and accept: a worker
@@ -59,6 +62,16 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+async def new_user(servers: Servers, database: str) -> str:
+    """A user the API in `database` knows as live: its data key made, as registering does
+    (a token of a user the API does not know is refused, docs/privacy.md)."""
+    user_id = uuid.uuid4().hex
+    db = servers.services.mongo.get_database(database)
+    keys = DataKeys(db, servers.redis, KeyEncryptionKeys.from_settings(servers.settings))
+    await keys.sealing_key(user_id)
+    return user_id
 
 
 def bearer(servers: Servers, user_id: str) -> str:

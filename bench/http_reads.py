@@ -32,7 +32,7 @@ from taskflow.commands.task_handlers import handle_create_task
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.redis_views import RedisTaskViews
-from taskflow.projections.runtime import run_until_caught_up
+from taskflow.projections.runtime import catch_up
 from taskflow.text import as_text
 
 RAW_TASK = "bench:raw:task:"
@@ -151,9 +151,11 @@ async def _seed(servers: Servers, store: MongoEventStore, owner: str, count: int
             tags=("budget", "review"),
         )
         await handle_create_task(store, command, context, now)
-    views = RedisTaskViews(servers.redis)
+    # Marked live as the projector marks them (`catch_up`): reads refuse views not known to
+    # hold the whole log, and would go to the (empty) MongoDB views instead.
+    views = RedisTaskViews(servers.redis, allocated=store.allocated_position)
     await views.setup()
-    await run_until_caught_up(store, views)
+    await catch_up(store, [views])
     stored = await servers.redis.hgetall(RedisViewKeys(1).tasks(owner))
     await servers.redis.mset({f"{RAW_TASK}{as_text(k)}": v for k, v in stored.items()})
     return ids

@@ -11,13 +11,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import uuid
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
 from bench.harness import Group
-from bench.http_processes import LoadShape, api_server, bearer, load, raw_server, trial_figures
+from bench.http_processes import (
+    LoadShape,
+    api_server,
+    bearer,
+    load,
+    new_user,
+    raw_server,
+    trial_figures,
+)
 from bench.samples import commit_document
 from bench.servers import Servers
 from bench.sizes import Sizes
@@ -85,7 +92,7 @@ async def _run(variant: str, servers: Servers, sizes: Sizes) -> dict[str, Any]:
     async with servers.fresh_db() as db, servers.flushed_redis():
         await servers.store_on(db)  # the log's indexes, for L1's inserts
         if variant in {"w", "w_2"}:
-            auth = f"Authorization: {bearer(servers, uuid.uuid4().hex)}"
+            auth = f"Authorization: {bearer(servers, await new_user(servers, db.name))}"
             async with api_server(servers, db.name, 2 if variant == "w_2" else 1) as api:
                 return await load(
                     api.base,

@@ -20,6 +20,7 @@ import uvloop
 from bench.latency import summary, taskflow_lag
 from bench.servers import open_servers
 from bench.sizes import Sizes
+from taskflow.startup import tune_garbage_collector
 
 
 async def _probe(rate: float, seconds: float) -> None:
@@ -44,6 +45,7 @@ async def _probe(rate: float, seconds: float) -> None:
 
 
 def main() -> int:
+    tune_garbage_collector()  # as bench.run does: the handlers run here, as in an API process
     rate = float(sys.argv[1])
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
     uvloop.run(_probe(rate, seconds))

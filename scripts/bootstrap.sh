@@ -7,6 +7,6 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 echo "[bootstrap] installing TaskFlow and its dev tools into .venv" >&2
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/pip install -q -e '.[dev,bench]'
 rm -f .venv/.installed-*
 touch "$stamp"

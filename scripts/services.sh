@@ -13,6 +13,10 @@
 #                                          actionlint (built once from its Go module)
 #   scripts/services.sh start PROFILE      start both; writes .state/PROFILE/services.env
 #   scripts/services.sh stop PROFILE       stop what `start PROFILE` started
+#   scripts/services.sh start-peer PROFILE a PostgreSQL of its own (Debian's postgresql) for the
+#                                          benchmark's peer group, the `eventsourcing` library's
+#                                          store (bench/peer.py); writes .state/PROFILE/peer.env.
+#                                          `stop PROFILE` stops it too
 #   FERRETDB_BACKEND=postgresql scripts/services.sh start PROFILE
 #                                          the same on PostgreSQL: equality filters are pushed
 #                                          down (13x faster than SQLite at 100k), ranges are not
@@ -100,27 +104,51 @@ install_postgres() {
 # PostgreSQL refuses to run as root; as root, run it as the package's `postgres` user.
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-start_postgres() { # start_postgres DIR PORT: a private cluster on loopback, trust auth, for FerretDB
-  local dir="$1" port="$2" bin
+start_postgres() { # start_postgres DIR PORT [SUBDIR]: a private cluster on loopback, trust auth
+  local dir="$1" port="$2" pg="$1/${3:-pg}" bin
   bin="$(pg_bin)"
-  mkdir -p "$dir/pg"
-  [ "$(id -u)" -ne 0 ] || chown postgres "$dir/pg"
-  chmod 700 "$dir/pg"
-  if [ ! -f "$dir/pg/data/PG_VERSION" ]; then
-    as_pg "$bin/initdb" -D "$dir/pg/data" --auth=trust --username=postgres -E UTF8 >/dev/null
+  mkdir -p "$pg"
+  [ "$(id -u)" -ne 0 ] || chown postgres "$pg"
+  chmod 700 "$pg"
+  if [ ! -f "$pg/data/PG_VERSION" ]; then
+    as_pg "$bin/initdb" -D "$pg/data" --auth=trust --username=postgres -E UTF8 >/dev/null
   fi
-  as_pg "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/postgres.log" -w -t 60 start \
-    -o "-h 127.0.0.1 -p $port -k $dir/pg -c fsync=on" >/dev/null
+  as_pg "$bin/pg_ctl" -D "$pg/data" -l "$pg/postgres.log" -w -t 60 start \
+    -o "-h 127.0.0.1 -p $port -k $pg -c fsync=on" >/dev/null
+}
+
+start_ferretdb_postgres() { # start_ferretdb_postgres DIR PORT: FerretDB's backend, with its database
+  local dir="$1" port="$2" bin
+  start_postgres "$dir" "$port"
+  bin="$(pg_bin)"
   as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'" | grep -q 1 ||
     as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE ferretdb" >/dev/null
 }
 
-stop_postgres() {
-  local dir="$1" bin
-  [ -f "$dir/pg/data/postmaster.pid" ] || return 0
+stop_postgres() { # stop_postgres DIR [SUBDIR]
+  local pg="$1/${2:-pg}" bin
+  [ -f "$pg/data/postmaster.pid" ] || return 0
   bin="$(pg_bin)" || return 0
-  as_pg "$bin/pg_ctl" -D "$dir/pg/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+  as_pg "$bin/pg_ctl" -D "$pg/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+}
+
+# The benchmark's peer (bench/peer.py): the `eventsourcing` library's PostgreSQL store, on a
+# cluster of its own, with PostgreSQL's defaults for durability (fsync, synchronous_commit on).
+start_peer() {
+  local profile="$1" dir="$STATE/$1" port
+  stop_peer "$profile"
+  install_postgres
+  port="$(free_port)"
+  mkdir -p "$dir"
+  start_postgres "$dir" "$port" peer-pg
+  echo "PEER_POSTGRES_URL=postgresql://postgres@127.0.0.1:$port/postgres" > "$dir/peer.env"
+  log "PostgreSQL $(basename "$(dirname "$(pg_bin)")") on 127.0.0.1:$port (the peer of $profile)"
+}
+
+stop_peer() {
+  stop_postgres "$STATE/$1" peer-pg
+  rm -f "$STATE/$1/peer.env"
 }
 
 ferretdb_ok() { [ -x "$FERRETDB" ] && "$FERRETDB" --version >/dev/null 2>&1; }
@@ -183,7 +211,7 @@ start() {
       install_postgres
       local pg_port
       pg_port="$(free_port)"
-      start_postgres "$dir" "$pg_port"
+      start_ferretdb_postgres "$dir" "$pg_port"
       handler=(--handler=postgresql --postgresql-url="postgres://postgres@127.0.0.1:$pg_port/ferretdb")
       ;;
     *) log "FERRETDB_BACKEND must be sqlite or postgresql, not '$BACKEND'"; exit 2 ;;
@@ -220,6 +248,7 @@ stop() {
     rm -f "$dir/$name.pid"
   done
   stop_postgres "$dir"
+  stop_peer "$1"
   rm -f "$dir/services.env"
 }
 
@@ -228,6 +257,7 @@ case "${1:-}" in
   install-wrk) install_wrk ;;
   install-tools) install_tools ;;
   start) start "${2:?profile}" ;;
+  start-peer) start_peer "${2:?profile}" ;;
   stop) stop "${2:?profile}" ;;
-  *) echo "usage: $0 install | install-wrk | install-tools | start PROFILE | stop PROFILE" >&2; exit 2 ;;
+  *) echo "usage: $0 install | install-wrk | install-tools | start PROFILE | start-peer PROFILE | stop PROFILE" >&2; exit 2 ;;
 esac

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from taskflow import operations
 from taskflow.privacy.keks import KekError
 from taskflow.settings import Settings
-from taskflow.startup import configured_settings, new_event_loop
+from taskflow.startup import configured_settings, new_event_loop, tune_garbage_collector
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,6 +122,7 @@ def _async(work: Coroutine[Any, Any, int]) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    tune_garbage_collector()
     if settings.api_workers > 1:
         from taskflow.server_workers import exec_workers
 
@@ -143,6 +144,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _project(settings: Settings, args: argparse.Namespace) -> int:
+    tune_garbage_collector()
     from taskflow.projector import run_worker
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:

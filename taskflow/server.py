@@ -53,6 +53,7 @@ from taskflow.auth.stream_tickets import StreamTickets
 from taskflow.bootstrap import ensure_indexes, open_services
 from taskflow.privacy.keks import KekError
 from taskflow.projections.feed_hub import open_change_hub
+from taskflow.projections.hot_redis import HotRedis
 from taskflow.projections.task_queries import TaskReads
 from taskflow.services import Services
 from taskflow.settings import Settings
@@ -110,11 +111,13 @@ def setup_routes(app: web.Application) -> None:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     async with open_services(app[SETTINGS], operation_deadline=True) as services:
         app[SERVICES] = services
+        hot = HotRedis(services.settings.redis_url)  # the guarded reads' connections
         app[TASK_READS] = TaskReads(
             services.redis,
             services.read_db,
             wait_seconds=services.settings.read_your_writes_timeout_seconds,
             allocated=services.store.allocated_position,
+            hot=hot,
         )
         app[DENY_LIST] = DenyList(
             services.redis,
@@ -129,7 +132,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             else None
         )
         await _check_keks_at_start(services)
-        yield
+        try:
+            yield
+        finally:
+            await hot.aclose()
 
 
 async def _check_keks_at_start(services: Services) -> None:

@@ -27,6 +27,7 @@ from taskflow import names
 from taskflow.commands.task import Priority, Status, Tag, TaskState
 from taskflow.events.task_values import UtcDatetime
 from taskflow.metrics import CACHE
+from taskflow.projections.hot_redis import HotRedis, HotScript
 from taskflow.projections.mongo_view_writes import read_checkpoint
 from taskflow.projections.mongo_views import PRIORITY_RANK, MongoTaskViews
 from taskflow.projections.read_model_versions import active_version
@@ -47,6 +48,9 @@ PAGE_CACHE_TTL = 300
 TOP_CODE_POINT = "\U0010ffff"
 ACTIVE_VERSION_TTL = 1.0  # how long a process trusts its copy of the active read-model version
 
+
+# The page cache's counters, looked up once (a `labels()` call per request costs about 2 us).
+_HITS, _MISSES = CACHE.labels("hit"), CACHE.labels("miss")
 
 ViewJson = dict[str, Any]
 """A task view in its stored JSON form (`TaskState.model_dump(mode="json")`), parsed only."""
@@ -199,14 +203,19 @@ class TaskReads:
         *,
         wait_seconds: float = 2.0,
         allocated: Callable[[], Awaitable[int | None]] | None = None,
+        hot: HotRedis | None = None,
     ) -> None:
+        """`hot`: connections for the guarded reads, which bound each read as a whole
+        (hot_redis.py); without it they go through `redis`'s client like every other read."""
         self._redis = redis
+        self._hot = hot
         self._db = read_db
         self._wait_seconds = wait_seconds
         self._allocated = allocated
         self._active: tuple[float, int] = (0.0, 1)
         self._guarded_hget: AsyncScript = redis.register_script(_GUARDED_HGET)
         self._guarded_page: AsyncScript = redis.register_script(_GUARDED_PAGE)
+        self._hot_hget, self._hot_page = HotScript(_GUARDED_HGET), HotScript(_GUARDED_PAGE)
 
     async def get(self, owner: str, task_id: str) -> TaskState | None:
         async def from_redis() -> TaskState | None:
@@ -236,7 +245,10 @@ class TaskReads:
         async def from_redis() -> Served[ViewJson | None]:
             keys = await self._keys()
             script_keys = [*_guard_keys(guard, keys), keys.tasks(owner)]
-            raw = self._allowed(guard, await self._guarded_hget(keys=script_keys, args=[task_id]))
+            answer = await self._run_guarded(
+                self._guarded_hget, self._hot_hget, script_keys, [task_id]
+            )
+            raw = self._allowed(guard, answer)
             return Served(orjson.loads(raw) if raw else None, not reached)
 
         async def find(session: Session | None) -> ViewJson | None:
@@ -454,16 +466,37 @@ class TaskReads:
         # rendering (or an older process's) never reads this one's pages.
         head, tail = _around_generation(keys, owner, f"{renderer.name}-{query.fingerprint()}")
         script_keys = [*_guard_keys(guard, keys), keys.generation(owner)]
-        answer = self._allowed(guard, await self._guarded_page(keys=script_keys, args=[head, tail]))
+        answer = self._allowed(
+            guard,
+            await self._run_guarded(self._guarded_page, self._hot_page, script_keys, [head, tail]),
+        )
         generation, *cached = answer
-        CACHE.labels("hit" if cached else "miss").inc()
+        (_HITS if cached else _MISSES).inc()
         if cached:
             body: bytes = cached[0]
             return body
-        page = paginate(await self._candidates(keys, owner, query), query, now)
-        body = renderer.render(_page_json(page))
-        await self._redis.set(head + as_text(generation) + tail, body, ex=PAGE_CACHE_TTL)
+        # The views as stored, parsed but not validated (the projector wrote them from
+        # `TaskState`s), in one parse of them all as a JSON array: filtered and sorted on their
+        # JSON, only the page's are rendered.
+        views = orjson.loads(
+            b"[" + b",".join(await self._candidate_json(keys, owner, query)) + b"]"
+        )
+        items, next_cursor = paginate_json(views, query, now)
+        body = renderer.render({"items": items, "next": next_cursor})
+        page_key = head + as_text(generation) + tail
+        if self._hot is not None:
+            await self._hot.execute("SET", page_key, body, "EX", PAGE_CACHE_TTL)
+        else:
+            await self._redis.set(page_key, body, ex=PAGE_CACHE_TTL)
         return body
+
+    async def _run_guarded(
+        self, script: AsyncScript, hot: HotScript, keys: list[str], args: list[str]
+    ) -> Any:
+        """A guarded script, on the hot connections when there are (its caller bounds it)."""
+        if self._hot is not None:
+            return await self._hot.evalsha(hot, keys, args)
+        return await script(keys=keys, args=args)
 
     @staticmethod
     def _allowed(guard: ReadGuard, answer: Any) -> Any:
@@ -510,6 +543,28 @@ class TaskReads:
         else:
             raws = list((await self._redis.hgetall(keys.tasks(owner))).values())
         return [TaskState.model_validate_json(raw) for raw in raws if raw]
+
+    async def _candidate_json(self, keys: RedisViewKeys, owner: str, query: TaskQuery) -> list[Any]:
+        """The owner's views as stored (JSON), narrowed by the search index when there is a
+        `q`; on the hot connections when there are (the caller bounds the read)."""
+        words = query.terms()
+        tasks = keys.tasks(owner)
+        raws: list[Any]
+        if words:
+            ids = list(await self._found_by_prefixes(keys, owner, words))
+            if not ids:
+                return []
+            if self._hot is not None:
+                raws = await self._hot.execute("HMGET", tasks, *ids)
+            else:
+                raws = await self._redis.hmget(tasks, ids)
+        elif self._hot is not None:
+            reply = await self._hot.execute("HGETALL", tasks)
+            # A map under RESP3 (redis-py 8's default protocol), field, value, ... under RESP2.
+            raws = list(reply.values()) if isinstance(reply, dict) else reply[1::2]
+        else:
+            raws = list((await self._redis.hgetall(tasks)).values())
+        return [raw for raw in raws if raw]  # bytes: the clients do not decode responses
 
     async def _found_by_prefixes(
         self, keys: RedisViewKeys, owner: str, words: list[str]
@@ -638,8 +693,80 @@ def paginate(
 
 
 def encode_cursor(query: TaskQuery, last: TaskState) -> str:
-    body = orjson.dumps([query.sort, query.order, sort_value(last, query.sort), last.task_id])
+    return _cursor(query, sort_value(last, query.sort), last.task_id)
+
+
+def _cursor(query: TaskQuery, value: int | None, task_id: str) -> str:
+    body = orjson.dumps([query.sort, query.order, value, task_id])
     return base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+# -- the same on views in their stored JSON form (the Redis views, parsed, not validated) ----
+# `paginate_json` gives the page `paginate` gives for the same views as `TaskState`s
+# (tests/test_paginate_json.py checks it for any views and query): an uncached list parses
+# every view of the owner but validates none, and renders only the page's.
+
+
+def _moment(raw: str | None) -> datetime | None:
+    return None if raw is None else datetime.fromisoformat(raw)
+
+
+def matches_json(view: ViewJson, query: TaskQuery, now: datetime, *, deleted: bool = False) -> bool:
+    """`matches` on a view's stored JSON."""
+    if view["deleted"] is not deleted:
+        return False
+    if query.status and view["status"] not in {s.value for s in query.status}:
+        return False
+    if query.priority is not None and view["priority"] != query.priority.value:
+        return False
+    if any(tag not in view["tags"] for tag in query.tags):
+        return False
+    if query.due_before is None and query.due_after is None and query.overdue is None:
+        return True
+    due = _moment(view["due_at"])
+    if query.due_before is not None and not (due and due < query.due_before):
+        return False
+    if query.due_after is not None and not (due and due > query.due_after):
+        return False
+    if query.overdue is not None:
+        overdue = due is not None and due < now and view["status"] != Status.DONE.value
+        if overdue is not query.overdue:
+            return False
+    return True
+
+
+_JSON_MOMENT = {"created": "created_at", "updated": "updated_at", "due": "due_at"}
+
+
+def sort_value_json(view: ViewJson, field: SortField) -> int | None:
+    """`sort_value` on a view's stored JSON."""
+    if field == "priority":
+        return PRIORITY_RANK[view["priority"]]
+    moment = _moment(view[_JSON_MOMENT[field]])
+    return None if moment is None else int(moment.timestamp() * 1_000_000)
+
+
+def paginate_json(
+    views: list[ViewJson], query: TaskQuery, now: datetime, *, deleted: bool = False
+) -> tuple[list[ViewJson], str | None]:
+    """`paginate` on views' stored JSON: the page's views and the next cursor."""
+    descending = query.order == "desc"
+    keyed = [
+        (_order_key(sort_value_json(v, query.sort), v["task_id"]), v)
+        for v in views
+        if matches_json(v, query, now, deleted=deleted)
+    ]
+    keyed.sort(key=lambda pair: pair[0], reverse=descending)
+    if query.cursor is not None:
+        after = _order_key(*decode_cursor(query))
+        keyed = [(k, v) for k, v in keyed if (k < after if descending else k > after)]
+    page = keyed[: query.limit]
+    more = len(keyed) > query.limit
+    next_cursor = None
+    if more and page:
+        known, value, task_id = page[-1][0]
+        next_cursor = _cursor(query, value if known else None, task_id)
+    return [v for _, v in page], next_cursor
 
 
 def decode_cursor(query: TaskQuery) -> tuple[int | None, str]:
