@@ -676,20 +676,27 @@ def paginate(
 ) -> TaskPage:
     """One page of the matching views in the query's order, after the query's cursor (of the
     live views, or of the deleted ones with `deleted`)."""
-    descending = query.order == "desc"
     keyed = [
         (_order_key(sort_value(v, query.sort), v.task_id), v)
         for v in views
         if matches(v, query, now, deleted=deleted)
     ]
+    page, more = _page(keyed, query)
+    next_cursor = encode_cursor(query, page[-1][1]) if more and page else None
+    return TaskPage(items=[v for _, v in page], next_cursor=next_cursor)
+
+
+def _page(
+    keyed: list[tuple[tuple[int, int, str], T]], query: TaskQuery
+) -> tuple[list[tuple[tuple[int, int, str], T]], bool]:
+    """The query's page of views keyed by their order, and whether more follow it: sorted in
+    the query's order, after its cursor. (`paginate` and `paginate_json` share it.)"""
+    descending = query.order == "desc"
     keyed.sort(key=lambda pair: pair[0], reverse=descending)
     if query.cursor is not None:
         after = _order_key(*decode_cursor(query))
         keyed = [(k, v) for k, v in keyed if (k < after if descending else k > after)]
-    page = keyed[: query.limit]
-    more = len(keyed) > query.limit
-    next_cursor = encode_cursor(query, page[-1][1]) if more and page else None
-    return TaskPage(items=[v for _, v in page], next_cursor=next_cursor)
+    return keyed[: query.limit], len(keyed) > query.limit
 
 
 def encode_cursor(query: TaskQuery, last: TaskState) -> str:
@@ -750,18 +757,12 @@ def paginate_json(
     views: list[ViewJson], query: TaskQuery, now: datetime, *, deleted: bool = False
 ) -> tuple[list[ViewJson], str | None]:
     """`paginate` on views' stored JSON: the page's views and the next cursor."""
-    descending = query.order == "desc"
     keyed = [
         (_order_key(sort_value_json(v, query.sort), v["task_id"]), v)
         for v in views
         if matches_json(v, query, now, deleted=deleted)
     ]
-    keyed.sort(key=lambda pair: pair[0], reverse=descending)
-    if query.cursor is not None:
-        after = _order_key(*decode_cursor(query))
-        keyed = [(k, v) for k, v in keyed if (k < after if descending else k > after)]
-    page = keyed[: query.limit]
-    more = len(keyed) > query.limit
+    page, more = _page(keyed, query)
     next_cursor = None
     if more and page:
         known, value, task_id = page[-1][0]
