@@ -236,6 +236,29 @@ def test_two_browsers_see_each_others_changes_live_and_a_conflict_offers_a_retry
     expect(task_row(theirs, "Draft the 2027 budget")).to_contain_text("Numbers from finance")
 
 
+def test_an_open_editor_survives_a_change_arriving_from_elsewhere(
+    pages: Pages, deployment: Deployment
+) -> None:
+    """A task created elsewhere reloads the list (the change feed); the row being edited keeps
+    its form, what was typed and the focus, and saves."""
+    page = pages()
+    email = sign_up(page, "Barbara Liskov")
+    row = add_task(page, "Review the design")
+    row.get_by_role("button", name="Edit Review the design").click()
+    editor = page.get_by_role("form", name="Edit Review the design")
+    title = editor.get_by_label("Title")
+    title.fill("Review the design doc")
+    status, _ = deployment.request(
+        "POST", "/api/tasks", {"title": "Arrived from elsewhere"}, deployment.token(email)
+    )
+    assert status == 201
+    expect(task_row(page, "Arrived from elsewhere")).to_be_visible()  # the list was reloaded
+    expect(title).to_have_value("Review the design doc")
+    expect(title).to_be_focused()
+    editor.get_by_role("button", name="Save").click()
+    expect(task_row(page, "Review the design doc")).to_be_visible()
+
+
 def test_a_tasks_history_and_time_travel(pages: Pages, deployment: Deployment) -> None:
     """The timeline lists who changed what; the slider and an instant show the task then."""
     page = pages()

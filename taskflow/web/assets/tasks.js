@@ -137,9 +137,33 @@ export function tasksPage() {
   async function reload() {
     generation += 1;
     next = null;
+    await loadMore(true);
+  }
+
+  // A reload replaces the list when its first page arrives, keeping every row whose editor (or
+  // conflict view) is open, with its focus: a change arriving from elsewhere mid-edit (a reload
+  // asked by the live feed) never takes the form from under the person typing in it.
+  function replaceList(items) {
+    const kept = new Map([...rows].filter(([, row]) => row.editing));
+    const focused = document.activeElement;
     rows.clear();
     list.replaceChildren();
-    await loadMore(true);
+    for (const task of items) {
+      let row = kept.get(task.id);
+      if (row) {
+        kept.delete(task.id);
+        if (task.version > row.version) row.update(task);
+      } else {
+        row = new Row(task);
+      }
+      rows.set(task.id, row);
+      list.append(row.el);
+    }
+    for (const [id, row] of kept) {
+      rows.set(id, row);
+      list.append(row.el);
+    }
+    if (focused instanceof HTMLElement && list.contains(focused)) focused.focus();
   }
 
   async function loadMore(first = false) {
@@ -152,11 +176,14 @@ export function tasksPage() {
       const page = await get(query(first ? null : next), {fresh: true});
       if (mine !== generation) return;
       listMessage.replaceChildren();
-      for (const task of page.items) {
-        if (rows.has(task.id)) continue;
-        const row = new Row(task);
-        rows.set(task.id, row);
-        list.append(row.el);
+      if (first) replaceList(page.items);
+      else {
+        for (const task of page.items) {
+          if (rows.has(task.id)) continue;
+          const row = new Row(task);
+          rows.set(task.id, row);
+          list.append(row.el);
+        }
       }
       next = page.next;
     } catch (error) {
