@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Never, TextIO, TypeVar
+from typing import TextIO
 
 from tqdm import tqdm
 
-from taskflow.auditing import projection_statuses, verify_log_and_views
+from taskflow.auditing import progress_bar, projection_statuses, tick, verify_log_and_views
 from taskflow.auth.refresh import RefreshTokens
 from taskflow.bootstrap import (
     ensure_indexes,
@@ -31,19 +31,6 @@ from taskflow.projections.erasure_purge import purge_caches_of
 from taskflow.projections.rebuild import RebuildVerificationError
 from taskflow.services import Services
 from taskflow.settings import Settings
-
-T = TypeVar("T")
-# Tries of one audit pass before `audit verify` gives up (waiting 1, 2, 4, 8 s between them).
-AUDIT_ATTEMPTS = 5
-
-
-def _bar(total: int, what: str) -> tqdm[Never]:
-    """A progress bar with rate and ETA, on stderr so stdout stays machine-readable."""
-    return tqdm(total=total, desc=what, unit=" commits", file=sys.stderr, dynamic_ncols=True)
-
-
-def _tick(bar: tqdm[Never]) -> None:
-    bar.update(1)
 
 
 @asynccontextmanager
@@ -99,7 +86,7 @@ async def keys_rotate(settings: Settings) -> int:
     """Re-wrap every data key under DATA_KEK_ACTIVE; then the other KEKs can be dropped."""
     async with _checked(settings) as services:
         with tqdm(desc="re-wrap", unit=" keys", file=sys.stderr) as bar:
-            done = await services.keys.rotate(lambda n: _tick(bar))
+            done = await services.keys.rotate(lambda n: tick(bar))
     print(
         f"keys rotate: {done} data keys re-wrapped under {settings.data_kek_active!r}; "
         "KEKs other than it may now be removed from DATA_KEKS"
@@ -111,8 +98,8 @@ async def audit_rewrite_legacy(settings: Settings) -> int:
     """Remove password hashes and seal personal data in commits written before this version."""
     async with _checked(settings) as services:
         await ensure_indexes(services)
-        with _bar(await services.store.head_position(), "scan") as bar:
-            report = await rewrite_legacy(services, lambda position: _tick(bar))
+        with progress_bar(await services.store.head_position(), "scan") as bar:
+            report = await rewrite_legacy(services, lambda position: tick(bar))
     for refusal in report.refused:
         print(f"REFUSED {refusal}")
     print(
@@ -143,7 +130,7 @@ async def audit_export(settings: Settings, after: int, out: TextIO) -> int:
     """NDJSON of the global feed after a position; resume with --after <last position>."""
     async with _checked(settings) as services:
         head = await services.store.head_position()
-        with _bar(max(head - after, 0), "export") as bar:
+        with progress_bar(max(head - after, 0), "export") as bar:
             async for commit in services.store.read_all(after):
                 out.write(commit_to_json(commit).decode() + "\n")
                 bar.update(1)
@@ -179,7 +166,7 @@ async def projections_rebuild(settings: Settings, name: str) -> int:
         print(f"unknown projection {name!r}: try task_views", file=sys.stderr)
         return 2
     async with _checked(settings) as services:
-        bar = _bar(await services.store.head_position(), "rebuild")
+        bar = progress_bar(await services.store.head_position(), "rebuild")
 
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -24,8 +24,7 @@ had the key appends ciphertext under a key that no longer exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from taskflow import names
 from taskflow.auth.refresh import RefreshTokens
@@ -33,14 +32,8 @@ from taskflow.commands.aggregates import USER
 from taskflow.commands.errors import UserNotFoundError
 from taskflow.commands.runner import Context, Outcome, execute
 from taskflow.commands.user import EraseUser, UserState
-from taskflow.commands.user_handlers import Accounts, load_user, reservations_of
+from taskflow.commands.user_handlers import Accounts, Clock, load_user, reservations_of, utc_now
 from taskflow.privacy.data_keys import DataKeys
-
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def handle_erase_user(
@@ -50,7 +43,7 @@ async def handle_erase_user(
     *,
     user_id: str,
     context: Context,
-    clock: Clock = _utc_now,
+    clock: Clock = utc_now,
 ) -> Outcome[UserState]:
     """Erase `user_id` (see the module docstring); UserNotFoundError if there is no such user."""
     user = await load_user(accounts.store, user_id)
