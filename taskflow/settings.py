@@ -21,6 +21,16 @@ from pydantic_settings import (
 # insert's size and time.
 DEFAULT_MAX_BATCH = 100
 
+# argon2id's cost for new password hashes (taskflow/auth/passwords.py). The defaults are
+# argon2-cffi's: RFC 9106's low-memory profile (t=3, m=64 MiB, p=4), about 0.2 s of CPU a hash
+# here. The floor outside development is OWASP's weakest recommended setting (t=2, m=19 MiB,
+# p=1); in development the tests run the same code at a cost of about a millisecond.
+DEFAULT_PASSWORD_TIME_COST = 3
+DEFAULT_PASSWORD_MEMORY_KIB = 64 * 1024
+DEFAULT_PASSWORD_PARALLELISM = 4
+MIN_PASSWORD_TIME_COST = 2
+MIN_PASSWORD_MEMORY_KIB = 19 * 1024
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 ReadModel = Literal["redis", "mongodb"]
 READ_MODELS: tuple[ReadModel, ...] = ("redis", "mongodb")
@@ -80,6 +90,12 @@ class Settings(BaseSettings):
     # free, then each further one doubles a wait (from one second) up to the cap.
     login_free_failures: Annotated[int, Field(ge=1, le=100)] = 5
     login_backoff_cap_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # argon2id's cost for new password hashes (see DEFAULT_PASSWORD_TIME_COST above).
+    password_hash_time_cost: Annotated[int, Field(ge=1, le=20)] = DEFAULT_PASSWORD_TIME_COST
+    password_hash_memory_kib: Annotated[int, Field(ge=8, le=4 * 1024 * 1024)] = (
+        DEFAULT_PASSWORD_MEMORY_KIB
+    )
+    password_hash_parallelism: Annotated[int, Field(ge=1, le=16)] = DEFAULT_PASSWORD_PARALLELISM
     # Two refreshes of one token within this many seconds get the same successor (two tabs);
     # a token presented again later revokes its family. 0: every second use revokes.
     refresh_grace_seconds: Annotated[float, Field(ge=0, le=60)] = 5.0
@@ -196,6 +212,24 @@ class Settings(BaseSettings):
                     + (" and give it as kid:key" if name in KID_PAIRS else "")
                     for name in published
                 )
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _password_hash_cost_floor(self) -> Settings:
+        """Outside development, refuse a password hash cost below the floor."""
+        if self.taskflow_env == DEVELOPMENT:
+            return self
+        if self.password_hash_time_cost < MIN_PASSWORD_TIME_COST:
+            raise ValueError(
+                f"PASSWORD_HASH_TIME_COST must be at least {MIN_PASSWORD_TIME_COST} outside "
+                f"TASKFLOW_ENV={DEVELOPMENT}"
+            )
+        if self.password_hash_memory_kib < MIN_PASSWORD_MEMORY_KIB:
+            raise ValueError(
+                f"PASSWORD_HASH_MEMORY_KIB must be at least {MIN_PASSWORD_MEMORY_KIB} (19 MiB) "
+                "outside "
+                f"TASKFLOW_ENV={DEVELOPMENT}"
             )
         return self
 

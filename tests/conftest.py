@@ -30,6 +30,17 @@ from tests.service_urls import service_url, worker_redis_url
 TEST_HMAC_KEY = b"test-event-log-key"
 # The suite runs on the built-in development keys; the processes it starts inherit this.
 os.environ.setdefault("TASKFLOW_ENV", "development")
+# And on argon2id at about a millisecond a hash, where production's default costs about 0.2 s
+# of CPU: the suite registers and logs in hundreds of times (allowed in development only;
+# tests/test_auth_api.py checks the production default and floor, and times the dummy
+# verification at the default cost).
+TEST_PASSWORD_HASH_COST = {
+    "PASSWORD_HASH_TIME_COST": "1",
+    "PASSWORD_HASH_MEMORY_KIB": "1024",
+    "PASSWORD_HASH_PARALLELISM": "1",
+}
+for _name, _value in TEST_PASSWORD_HASH_COST.items():
+    os.environ.setdefault(_name, _value)
 
 # No per-example deadline: on a loaded 2-core machine a first example can take seconds, and a
 # property test must fail on properties, not on timing (the suite has a per-test timeout).
@@ -62,6 +73,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.servers)
+    items[:] = long_tests_first(items)
+
+
+# What a `slow` mark without its own figure stands for, in seconds.
+DEFAULT_SLOW_SECONDS = 10.0
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    """About how long a test marked `slow(seconds)` takes on a quiet 2-core machine; 0 unmarked."""
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return 0.0
+    return float(mark.kwargs.get("seconds", mark.args[0] if mark.args else DEFAULT_SLOW_SECONDS))
+
+
+def long_tests_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The slow tests first, longest first, each followed by a quick one; then the rest.
+
+    pytest-xdist hands tests out in this order (scripts/test.sh: `--maxschedchunk=1`, so each
+    process holds the test it runs and one more). The run lasts at least as long as its longest
+    test plus whatever that process ran before it: started first, the long tests run side by
+    side from the start, and the quick tests fill the processes around them. A quick test after
+    each slow one keeps two slow ones from being handed to one process together. Tests with
+    module-scoped fixtures (the browser's, the deployment files') must not be marked `slow`:
+    moved apart, their module's fixtures would be set up again.
+    """
+    slow = sorted((i for i in items if expected_seconds(i)), key=expected_seconds, reverse=True)
+    quick = [i for i in items if not expected_seconds(i)]
+    ordered: list[pytest.Item] = []
+    for item in slow:
+        ordered.append(item)
+        if quick:
+            ordered.append(quick.pop(0))
+    return ordered + quick
 
 
 @pytest.fixture

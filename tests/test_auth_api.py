@@ -32,6 +32,7 @@ from taskflow.api.auth_routes import REFRESH_COOKIE
 from taskflow.api.keys import SERVICES
 from taskflow.auth.denylist import DenyList
 from taskflow.auth.indexes import ensure_auth_indexes
+from taskflow.auth.passwords import PasswordHashing
 from taskflow.auth.refresh import (
     InvalidRefreshTokenError,
     RefreshTokenReusedError,
@@ -54,9 +55,16 @@ from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
 from taskflow.projections.runtime import catch_up
 from taskflow.server import create_app
-from taskflow.settings import Settings, SettingsError, load_settings
+from taskflow.settings import (
+    DEFAULT_PASSWORD_MEMORY_KIB,
+    DEFAULT_PASSWORD_PARALLELISM,
+    DEFAULT_PASSWORD_TIME_COST,
+    Settings,
+    SettingsError,
+    load_settings,
+)
 from tests.api_support import SAME_SITE
-from tests.conftest import TEST_HMAC_KEY, closed_port
+from tests.conftest import TEST_HMAC_KEY, TEST_PASSWORD_HASH_COST, closed_port
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -211,9 +219,16 @@ async def test_concurrent_registrations_of_one_email_have_exactly_one_winner(
 
 
 async def test_login_failures_look_alike_for_unknown_email_and_wrong_password(
-    client: Client,
+    aiohttp_client: ClientFactory, settings: Settings, db: Db
 ) -> None:
-    """Unknown e-mail and wrong password give the same 401 body and comparable time."""
+    """Unknown e-mail and wrong password give the same 401 body and comparable time (at the
+    default hash cost: at the suite's, a hash costs less than the request around it)."""
+    default_cost = {
+        "password_hash_time_cost": DEFAULT_PASSWORD_TIME_COST,
+        "password_hash_memory_kib": DEFAULT_PASSWORD_MEMORY_KIB,
+        "password_hash_parallelism": DEFAULT_PASSWORD_PARALLELISM,
+    }
+    client = await ready_client(aiohttp_client, settings.model_copy(update=default_cost))
     await register(client)
 
     async def attempt(email: str, password: str) -> tuple[float, int, dict[str, Any]]:
@@ -600,10 +615,11 @@ def test_a_process_outside_development_with_a_built_in_key_refuses_to_start(
 ) -> None:
     """Without TASKFLOW_ENV=development the built-in keys stop the process at start, with a
     message naming each setting and a command that makes a good key."""
+    left_out = {"TASKFLOW_ENV", *SECRETS, *(f"{name}_FILE" for name in SECRETS)}
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in {"TASKFLOW_ENV", *SECRETS, *(f"{name}_FILE" for name in SECRETS)}
+        if key not in left_out | TEST_PASSWORD_HASH_COST.keys()
     }
     env.update(MONGODB_URI=settings.mongodb_uri, REDIS_URL=settings.redis_url, HTTP_PORT="0")
     started = subprocess.run(
@@ -649,6 +665,8 @@ def test_the_example_env_file_placeholders_fail_validation(
     monkeypatch.setenv("JWT_ACTIVE_KID", "k1")
     monkeypatch.setenv("DATA_KEK_ACTIVE", "k1")
     monkeypatch.setenv("TASKFLOW_ENV", "production")
+    for cost in TEST_PASSWORD_HASH_COST:
+        monkeypatch.delenv(cost)
     with pytest.raises(SettingsError, match=name):
         load_settings()
     monkeypatch.setenv(name, good_secrets()[name])
@@ -673,6 +691,8 @@ def test_every_secret_can_come_from_a_file(
     monkeypatch.setenv("TASKFLOW_ENV", "production")
     monkeypatch.setenv("JWT_ACTIVE_KID", "k1")
     monkeypatch.setenv("DATA_KEK_ACTIVE", "k1")
+    for cost in TEST_PASSWORD_HASH_COST:
+        monkeypatch.delenv(cost)
     loaded = load_settings()
     assert loaded.jwt_keys["k1"].get_secret_value() == values["JWT_KEYS"].removeprefix("k1:")
     assert loaded.event_log_hmac_key.get_secret_value() == values["EVENT_LOG_HMAC_KEY"]
@@ -686,6 +706,29 @@ def test_every_secret_can_come_from_a_file(
     monkeypatch.setenv("EMAIL_HASH_KEY_FILE", str(tmp_path / "missing"))
     with pytest.raises(SettingsError, match="EMAIL_HASH_KEY_FILE: cannot read"):
         load_settings()
+
+
+async def test_passwords_hash_at_the_default_cost_and_production_refuses_a_cheaper_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New hashes are argon2id at t=3, m=64 MiB, p=4 unless configured; outside development a
+    cost below OWASP's floor (t=2, m=19 MiB) stops the process naming the setting."""
+    for cost in TEST_PASSWORD_HASH_COST:
+        monkeypatch.delenv(cost)
+    hashed = await PasswordHashing.from_settings(Settings()).hash(PASSWORD)
+    assert hashed.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    for key, value in {**good_secrets(), "JWT_ACTIVE_KID": "k1", "DATA_KEK_ACTIVE": "k1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TASKFLOW_ENV", "production")
+    assert load_settings().password_hash_memory_kib == 65536
+    for name, value in [("PASSWORD_HASH_TIME_COST", "1"), ("PASSWORD_HASH_MEMORY_KIB", "8192")]:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SettingsError, match=name):
+            load_settings()
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PASSWORD_HASH_MEMORY_KIB", str(19 * 1024))
+    monkeypatch.setenv("PASSWORD_HASH_TIME_COST", "2")
+    assert load_settings().password_hash_time_cost == 2  # the floor itself is allowed
 
 
 @pytest.mark.parametrize("origins", ["*", "https://app.example.com,*", "null"])

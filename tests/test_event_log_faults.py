@@ -34,6 +34,7 @@ class FaultyStore(MongoEventStore):
         await super()._insert(commit)
 
 
+@pytest.mark.slow(11)
 @pytest.mark.timeout(240)
 async def test_concurrent_faulty_writers_every_commit_read_once_in_stream_order(
     store: MongoEventStore, redis: Redis

@@ -172,6 +172,7 @@ class RetryingClients:
             await asyncio.sleep(0.05)  # a client's retry back-off
 
 
+@pytest.mark.slow(20)
 @pytest.mark.timeout(150)
 async def test_kill_9_of_the_api_under_retries_commits_every_key_exactly_once(
     settings: Settings, tmp_path: Path, taskflow_processes: list[TaskflowProcess]
@@ -287,6 +288,7 @@ async def running(work: Callable[[], Awaitable[None]], workers: int) -> AsyncIte
         await asyncio.gather(*tasks)
 
 
+@pytest.mark.slow(10)
 @pytest.mark.timeout(120)
 async def test_redis_outage_reads_fall_back_auth_fails_closed_and_everything_recovers(
     aiohttp_client: ClientFactory,
@@ -420,6 +422,7 @@ async def projected_after_catch_up(services: Services, position: int) -> bool:
     return await projected_to(services, position)
 
 
+@pytest.mark.slow(23)
 @pytest.mark.timeout(120)
 async def test_mongodb_outage_writes_get_503_no_partial_commit_and_it_recovers(
     aiohttp_client: ClientFactory, settings: Settings, private_ferretdb: PrivateServer
@@ -573,6 +576,7 @@ class TooSlowError(AssertionError):
     """A request answered later than REQUEST_BOUND."""
 
 
+@pytest.mark.slow(12)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_a_bad_network_never_hangs_a_request_past_its_timeouts_nor_gives_500(

@@ -360,6 +360,7 @@ def report(target: Fuzzer) -> str:
     return "\n\n".join(f"== {name}\n{detail}" for name, detail in sorted(target.failures.items()))
 
 
+@pytest.mark.slow(80)
 @pytest.mark.timeout(900)  # ~30 s on a quiet machine; 400 s was not enough with two suites running
 async def test_live_api_conforms_to_its_document(client: Client) -> None:
     """20 cases per operation and kind: no 5xx; status, media type, headers, body as documented.

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from taskflow import names, operations
 from taskflow.api.keys import SERVICES
-from taskflow.auth.passwords import hash_password
+from taskflow.auth.passwords import PasswordHashing
 from taskflow.auth.refresh import RefreshTokens
 from taskflow.bootstrap import rebuild_read_models
 from taskflow.commands.erasure import handle_erase_user
@@ -181,7 +181,10 @@ async def test_events_written_the_old_way_show_no_hash_and_are_rewritten(
     after which `taskflow audit verify` passes."""
     services = client.app[SERVICES]
     user_id, task_id = uuid.uuid4().hex, uuid.uuid4().hex
-    email, password_hash = "veteran@example.com", await hash_password(PASSWORD)
+    email, password_hash = (
+        "veteran@example.com",
+        await PasswordHashing.from_settings(settings).hash(PASSWORD),
+    )
     registered = StoredEvent(
         type="UserRegistered",
         schema_version=1,

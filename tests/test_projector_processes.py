@@ -140,6 +140,7 @@ async def assert_models_equal_the_log(
         assert {st.value: int(counts.get(st.value.encode(), 0)) for st in Status} == expected
 
 
+@pytest.mark.slow(55)
 @pytest.mark.timeout(600)
 async def test_kill_9_during_a_backlog_loses_nothing_and_applies_nothing_twice(
     store: MongoEventStore,
@@ -180,6 +181,7 @@ async def test_kill_9_during_a_backlog_loses_nothing_and_applies_nothing_twice(
     await assert_models_equal_the_log(store, redis, views_db)
 
 
+@pytest.mark.slow(16)
 @pytest.mark.timeout(600)
 async def test_eight_projectors_one_holder_per_term_and_takeover_on_kill(
     store: MongoEventStore,
@@ -293,6 +295,7 @@ def test_projector_read_models_name_known_models_only() -> None:
 EVENTS_UNDER_FIRE = 20_000
 
 
+@pytest.mark.slow(115)
 @pytest.mark.timeout(900)
 async def test_kill_9_at_random_moments_while_20000_events_are_written(
     store: MongoEventStore,
@@ -453,6 +456,7 @@ async def holder_of(leases: AsyncCollection[dict[str, Any]], name: str) -> tuple
     return int(latest["holder"].split(":")[1]), int(latest["term"])
 
 
+@pytest.mark.slow(70)
 @pytest.mark.timeout(600)
 async def test_a_paused_holder_never_moves_a_view_or_checkpoint_back(
     store: MongoEventStore,

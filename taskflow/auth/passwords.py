@@ -18,6 +18,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import StringConstraints
 from zxcvbn import zxcvbn
 
+from taskflow.settings import (
+    DEFAULT_PASSWORD_MEMORY_KIB,
+    DEFAULT_PASSWORD_PARALLELISM,
+    DEFAULT_PASSWORD_TIME_COST,
+    Settings,
+)
+
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128  # bounds the work an attacker can make one hash cost
 
@@ -53,31 +60,49 @@ def _score(password: str, inputs: list[str]) -> int:
     return int(zxcvbn(password, user_inputs=inputs)["score"])
 
 
-# argon2-cffi's defaults are argon2id with RFC 9106's low-memory profile (t=3, m=64 MiB, p=4).
-_hasher = PasswordHasher()
-_dummy_hash: str | None = None
+class PasswordHashing:
+    """argon2id at the deployment's cost (PASSWORD_HASH_*), off the event loop.
+
+    A stored hash names the parameters it was made with, so hashes made at another cost still
+    verify: changing the cost affects new passwords only.
+    """
+
+    def __init__(
+        self,
+        time_cost: int = DEFAULT_PASSWORD_TIME_COST,
+        memory_kib: int = DEFAULT_PASSWORD_MEMORY_KIB,
+        parallelism: int = DEFAULT_PASSWORD_PARALLELISM,
+    ) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
+        )
+        self._dummy_hash: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PasswordHashing:
+        return cls(
+            settings.password_hash_time_cost,
+            settings.password_hash_memory_kib,
+            settings.password_hash_parallelism,
+        )
+
+    async def hash(self, password: str) -> str:
+        """The encoded argon2id hash of `password`."""
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        """Whether `password` matches `password_hash`; False for a malformed hash too."""
+        return await asyncio.to_thread(_verify, self._hasher, password_hash, password)
+
+    async def verify_dummy(self, password: str) -> None:
+        """Spend the time of one real verification, so an unknown account answers as slowly."""
+        if self._dummy_hash is None:  # one hash per process, made with the current parameters
+            self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
+        await self.verify(self._dummy_hash, password)
 
 
-async def hash_password(password: str) -> str:
-    """The encoded argon2id hash of `password`."""
-    return await asyncio.to_thread(_hasher.hash, password)
-
-
-async def verify_password(password_hash: str, password: str) -> bool:
-    """Whether `password` matches `password_hash`; False for a malformed hash too."""
-    return await asyncio.to_thread(_verify, password_hash, password)
-
-
-async def verify_dummy(password: str) -> None:
-    """Spend the time of one real verification, so an unknown account answers as slowly."""
-    global _dummy_hash  # one hash per process, made with the current parameters
-    if _dummy_hash is None:
-        _dummy_hash = await hash_password(secrets.token_urlsafe(16))
-    await verify_password(_dummy_hash, password)
-
-
-def _verify(password_hash: str, password: str) -> bool:
+def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash, password)
+        return hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False

@@ -29,11 +29,9 @@ from redis.asyncio import Redis
 from taskflow import names
 from taskflow.auth.credentials import Credentials, is_legacy
 from taskflow.auth.passwords import (
+    PasswordHashing,
     WeakPasswordError,
     check_new_password,
-    hash_password,
-    verify_dummy,
-    verify_password,
 )
 from taskflow.auth.throttle import AccountThrottle
 from taskflow.commands.aggregates import USER
@@ -71,6 +69,7 @@ class Accounts:
     credentials: Credentials
     email_key: bytes
     throttle: AccountThrottle
+    passwords: PasswordHashing
 
     @classmethod
     def create(
@@ -80,7 +79,8 @@ class Accounts:
         throttle = AccountThrottle(
             redis, settings.login_free_failures, settings.login_backoff_cap_seconds
         )
-        return cls(store, db, redis, Credentials(db), key, throttle)
+        passwords = PasswordHashing.from_settings(settings)
+        return cls(store, db, redis, Credentials(db), key, throttle, passwords)
 
     def email_digest(self, normalized: str) -> str:
         """The keyed hash an address is reserved and looked up by."""
@@ -134,7 +134,8 @@ async def handle_register_user(
     store = accounts.store
     user_id = ids()
     # The hash is stored before the event that names it, so no event names a missing one.
-    credential_id = await accounts.credentials.add(user_id, await hash_password(password))
+    password_hash = await accounts.passwords.hash(password)
+    credential_id = await accounts.credentials.add(user_id, password_hash)
     command = RegisterUser(
         user_id=user_id, email=email, display_name=display_name, credential_id=credential_id
     )
@@ -188,7 +189,7 @@ async def handle_change_password(
         raise InvalidCredentialsError("wrong password")
     await check_password(accounts, state, current_password, clock())
     await _check_policy(new_password, email=state.email, display_name=state.display_name)
-    new_hash = await hash_password(new_password)
+    new_hash = await accounts.passwords.hash(new_password)
     credential_id = await accounts.credentials.add(user_id, new_hash)
     command = ChangePassword(user_id=user_id, credential_id=credential_id)
     try:
@@ -241,7 +242,8 @@ async def authenticate_user(
     await accounts.throttle.attempt(account, now or utc_now())  # known account or not
     user = await find_user_by_email(accounts, email)
     if user is None:
-        await verify_dummy(password)  # so an unknown e-mail takes as long as a wrong password
+        # So an unknown e-mail takes as long as a wrong password.
+        await accounts.passwords.verify_dummy(password)
         raise InvalidCredentialsError("wrong e-mail or password")
     if not await password_matches(accounts, user, password):
         raise InvalidCredentialsError("wrong e-mail or password")
@@ -270,9 +272,9 @@ async def password_matches(accounts: Accounts, user: UserState, password: str) -
         await accounts.credentials.adopt_legacy(user.user_id, stored)
         password_hash = await accounts.credentials.hash_of(user.credential_id)
     if password_hash is None:
-        await verify_dummy(password)
+        await accounts.passwords.verify_dummy(password)
         return False
-    return await verify_password(password_hash, password)
+    return await accounts.passwords.verify(password_hash, password)
 
 
 async def _reserve(
