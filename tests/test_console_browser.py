@@ -13,7 +13,7 @@ import re
 from datetime import datetime, timedelta
 
 import pytest
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import APIResponse, Page, Route, expect
 
 from tests.browser_support import (  # noqa: F401 - the *_fixture imports register fixtures
     PASSWORD,
@@ -257,6 +257,41 @@ def test_an_open_editor_survives_a_change_arriving_from_elsewhere(
     expect(title).to_be_focused()
     editor.get_by_role("button", name="Save").click()
     expect(task_row(page, "Review the design doc")).to_be_visible()
+
+
+def test_a_list_read_before_a_delete_does_not_bring_the_task_back(
+    pages: Pages, deployment: Deployment
+) -> None:
+    """A reload's page read before a delete and answered after it still lists the deleted
+    task (a slow answer on a loaded machine): the list does not show it again.
+
+    The live feed is kept away, so it cannot take the task away again afterwards (it did, when
+    its delete arrived after the page; on a loaded machine it arrived before, and the deleted
+    task stayed on the list)."""
+    page = pages()
+    page.route(re.compile(r"/api/tasks/changes"), lambda route: route.abort())
+    sign_up(page, "Frances Allen")
+    add_task(page, "Keep this one")
+    doomed = add_task(page, "Delete this one")
+    held: list[tuple[Route, APIResponse]] = []
+
+    def read_now_answer_later(route: Route) -> None:
+        if held:
+            route.continue_()  # only the first reload's page is held
+        else:
+            held.append((route, route.fetch()))
+
+    page.route(re.compile(r"/api/tasks\?"), read_now_answer_later)
+    tasks = page.get_by_role("list", name="Tasks")
+    filters = page.get_by_role("search", name="Filter tasks")
+    filters.get_by_label("Order").select_option(label="Ascending")  # a reload: its page is held
+    expect(tasks).to_have_attribute("aria-busy", "true")
+    doomed.get_by_role("button", name="Delete Delete this one").click()
+    expect(doomed).to_have_count(0)
+    ((route, response),) = held
+    route.fulfill(response=response)
+    expect(tasks).not_to_have_attribute("aria-busy", "true")  # the held page has been shown
+    expect(listed_titles(page)).to_have_text(["Keep this one"])
 
 
 def test_a_tasks_history_and_time_travel(pages: Pages, deployment: Deployment) -> None:

@@ -101,6 +101,10 @@ export function tasksPage() {
   let next = null;
   let loading = false;
   let generation = 0;  // a newer search makes older answers moot
+  // Tasks this tab has seen deleted (its own deletes, the feed's), by the deleting version: a
+  // page read before the delete reached the read model still lists them, and must not bring
+  // them back (nothing would take them away again: their deletion has been seen).
+  const deletedAt = new Map();
 
   const statsBox = h('div', {class: 'stats-box', 'aria-live': 'polite'});
   const list = h('ul', {class: 'tasks', 'aria-label': 'Tasks'});
@@ -140,26 +144,27 @@ export function tasksPage() {
     await loadMore(true);
   }
 
-  // A reload replaces the list when its first page arrives, keeping every row whose editor (or
-  // conflict view) is open, with its focus: a change arriving from elsewhere mid-edit (a reload
-  // asked by the live feed) never takes the form from under the person typing in it.
+  // A reload replaces the list when its first page arrives. A row already shown is kept when
+  // the page is no newer (a page read before a change this tab has seen is older than the row),
+  // and so is every row whose editor (or conflict view) is open, with its focus: a change
+  // arriving from elsewhere mid-edit (a reload asked by the live feed) never takes the form from
+  // under the person typing in it.
   function replaceList(items) {
-    const kept = new Map([...rows].filter(([, row]) => row.editing));
+    const shown = new Map(rows);
     const focused = document.activeElement;
     rows.clear();
     list.replaceChildren();
     for (const task of items) {
-      let row = kept.get(task.id);
-      if (row) {
-        kept.delete(task.id);
-        if (task.version > row.version) row.update(task);
-      } else {
-        row = new Row(task);
-      }
+      if ((deletedAt.get(task.id) ?? 0) > task.version) continue;
+      let row = shown.get(task.id);
+      shown.delete(task.id);
+      if (!row) row = new Row(task);
+      else if (task.version > row.version) row.update(task);
       rows.set(task.id, row);
       list.append(row.el);
     }
-    for (const [id, row] of kept) {
+    for (const [id, row] of shown) {
+      if (!row.editing) continue;
       rows.set(id, row);
       list.append(row.el);
     }
@@ -359,6 +364,7 @@ export function tasksPage() {
           method: 'DELETE', headers: {'If-Match': `"${task.version}"`},
         });
         const deletedVersion = versionOf(headers);
+        deletedAt.set(task.id, deletedVersion);
         const following = this.el.nextElementSibling || this.el.previousElementSibling;
         this.el.remove();
         rows.delete(task.id);
@@ -456,6 +462,7 @@ export function tasksPage() {
   const unsubscribe = subscribe({
     change({id, etag, deleted, task}) {
       const version = Number(etag.replaceAll('"', ''));
+      if (deleted) deletedAt.set(id, Math.max(version, deletedAt.get(id) ?? 0));
       const row = rows.get(id);
       if (row && version > row.version) {
         if (deleted && !row.editing) {
