@@ -48,12 +48,18 @@ T = TypeVar("T")
 SortField = Literal["created", "updated", "due", "priority"]
 MAX_PAGE = 100
 PAGE_CACHE_TTL = 300
+# A page walked from a list index of at most this many bytes is not cached: reading such an index
+# again and walking it costs about what writing the page costs once, and every miss would pay the
+# write where only a repeat of the same query in the same generation gains from it. A larger index
+# costs more to read again than its page (docs/benchmarks.md, "HTTP reads (R, Q)").
+UNCACHED_PAGES_INDEX_BYTES = 64 * 1024
 TOP_CODE_POINT = "\U0010ffff"
 ACTIVE_VERSION_TTL = 1.0  # how long a process trusts its copy of the active read-model version
 
 
 # The page cache's counters, looked up once (a `labels()` call per request costs about 2 us).
-_HITS, _MISSES = CACHE.labels("hit"), CACHE.labels("miss")
+# "index": a page-cache miss served from the owner's list index of that generation.
+_HITS, _MISSES, _FROM_INDEX = CACHE.labels("hit"), CACHE.labels("miss"), CACHE.labels("index")
 
 ViewJson = dict[str, Any]
 """A task view in its stored JSON form (`TaskState.model_dump(mode="json")`), parsed only."""
@@ -499,10 +505,11 @@ class TaskReads:
             guard, await self._run_guarded(self._guarded_page, self._hot_page, script_keys, args)
         )
         generation, cached, stored_index, views = (*answer, None, None, None)[:4]
-        (_HITS if cached is not None else _MISSES).inc()
         if cached is not None:
+            _HITS.inc()
             body: bytes = cached
             return body
+        (_MISSES if stored_index is None else _FROM_INDEX).inc()
         at = head + as_text(generation)
         built = None
         if stored_index is None and views is not None:
@@ -522,14 +529,18 @@ class TaskReads:
             )
             page_items, next_cursor = paginate_json(found_views, query, now)
             body = renderer.render({"items": page_items, "next": next_cursor})
+        cached_now = []
+        if stored_index is None or len(stored_index) > UNCACHED_PAGES_INDEX_BYTES:
+            cached_now.append((at + tail, body))
         if built is not None:
-            await self._cache_pages([(at + tail, body), (at + index_tail, built)])
-        else:
-            await self._cache_pages([(at + tail, body)])
+            cached_now.append((at + index_tail, built))
+        if cached_now:
+            await self._cache(cached_now)
         return body
 
-    async def _cache_pages(self, pairs: list[tuple[str, bytes]]) -> None:
-        """Cache a page (and the index it came from), on the hot connections when there are."""
+    async def _cache(self, pairs: list[tuple[str, bytes]]) -> None:
+        """Cache a page or an index, or both in one round trip; on the hot connections when
+        there are."""
         if len(pairs) == 1:
             ((key, value),) = pairs
             if self._hot is not None:
