@@ -17,7 +17,13 @@ from taskflow.bootstrap import redis_client
 from taskflow.commands.task import TaskState
 from taskflow.projections import list_index
 from taskflow.projections.redis_keys import RedisViewKeys
-from taskflow.projections.task_queries import TaskQuery, TaskReads, matches, sort_value
+from taskflow.projections.task_queries import (
+    UNCACHED_PAGES_INDEX_BYTES,
+    TaskQuery,
+    TaskReads,
+    matches,
+    sort_value,
+)
 from taskflow.projections.views import found_by_prefixes
 from taskflow.settings import Settings
 from tests.api_support import (
@@ -305,6 +311,34 @@ async def test_uncached_pages_come_from_the_list_index_until_a_change_moves_the_
         "moved",
         "late",
     ]
+
+
+async def test_pages_walked_from_a_small_index_are_not_cached_and_from_a_large_one_are(
+    client: Client,
+) -> None:
+    """Reading a small index again costs about what caching the page would: its pages are not
+    cached, and a repeated query is walked again; a page of an index over
+    UNCACHED_PAGES_INDEX_BYTES is cached."""
+    redis, keys = client.app[SERVICES].redis, RedisViewKeys(1)
+
+    async def pages_cached(description: str) -> tuple[int, int]:
+        owner = uuid.uuid4().hex
+        auth = await bearer(client, owner)
+        for i in range(8):
+            await create_task(client, auth, title=f"task {i}", description=description)
+        await project(client)
+        for query in ("limit=3", "limit=3&order=asc", "limit=3&order=asc"):
+            assert (await client.get(f"/api/tasks?{query}", headers=auth)).status == 200
+        generation = int(await redis.get(keys.generation(owner)))
+        cached = await redis.keys(keys.list_page(owner, generation, "*"))
+        index = keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
+        assert index.encode() in cached
+        return len(cached) - 1, await redis.strlen(index)
+
+    pages, size = await pages_cached("short")
+    assert (pages, size <= UNCACHED_PAGES_INDEX_BYTES) == (0, True)
+    pages, size = await pages_cached("x" * 9_000)
+    assert (pages, size > UNCACHED_PAGES_INDEX_BYTES) == (2, True)
 
 
 async def test_stats_endpoint_counts_by_status_and_overdue(client: Client) -> None:
