@@ -277,7 +277,7 @@ async def test_uncached_pages_come_from_the_list_index_until_a_change_moves_the_
         return [task["title"] for task in (await response.json())["items"]]
 
     async def index_key() -> str:
-        generation = int(await redis.get(keys.generation(owner)))
+        generation = int(await redis.get(keys.generation(owner)) or 0)
         return keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
 
     assert await titles(sort="due", order="asc", due_after=_day(5)) == ["late"]
@@ -323,7 +323,7 @@ async def test_pages_walked_from_the_index_are_cached_and_a_repeat_is_a_hit(
         response = await client.get(f"/api/tasks?{query}", headers=auth)
         assert response.status == 200
         bodies.append(await response.read())
-    generation = int(await redis.get(keys.generation(owner)))
+    generation = int(await redis.get(keys.generation(owner)) or 0)
     index = keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
     cached = set(await redis.keys(keys.list_page(owner, generation, "*")))
     assert index.encode() in cached
