@@ -500,6 +500,8 @@ class TaskReads:
             guard, await self._run_guarded(self._guarded_page, self._hot_page, script_keys, args)
         )
         generation, cached, stored_index, views = (*answer, None, None, None)[:4]
+        # Lua's false is nil in a reply, or a RESP3 boolean for a script that asks for RESP3.
+        cached, stored_index = cached or None, stored_index or None
         if cached is not None:
             _HITS.inc()
             body: bytes = cached
@@ -513,6 +515,9 @@ class TaskReads:
             built = list_index.build(orjson.loads(b"[" + b",".join(views) + b"]"), renderer.item)
             stored_index = built
         if stored_index is not None:
+            # The search sets are read after the script: a change projected in between gives ids
+            # newer than the index. That page shows the index's generation, filtered by a newer
+            # search, and is cached under a generation already retired (never read again).
             found = await self._found_by_prefixes(keys, owner, words) if words else None
             only = None if found is None else {as_text(task_id) for task_id in found}
             items, next_cursor = index_page(ListIndex(stored_index), query, now, only)
