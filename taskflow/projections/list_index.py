@@ -125,8 +125,8 @@ class ListIndex:
     def walk(
         self, field: str, descending: bool, after: OrderKey | None = None
     ) -> Iterator[tuple[int, Entry]]:
-        """(view, entry) in `field`'s order, ties broken by the task id (as paginate's); with
-        `after`, only those beyond it in that order (a cursor's position)."""
+        """(position, entry) of each view in `field`'s order, ties broken by the task id (as
+        paginate's); with `after`, only those beyond it in that order (a cursor's position)."""
         at = FIELDS.index(field) * self._count
         order = self._table[at : at + self._count]
         if after is not None:

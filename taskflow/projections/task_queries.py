@@ -525,7 +525,7 @@ class TaskReads:
         else:
             # Search words and no index of this generation: the views the words find.
             found_views = orjson.loads(
-                b"[" + b",".join(await self._candidate_json(keys, owner, query)) + b"]"
+                b"[" + b",".join(await self._found_json(keys, owner, words)) + b"]"
             )
             page_items, next_cursor = paginate_json(found_views, query, now)
             body = renderer.render({"items": page_items, "next": next_cursor})
@@ -608,26 +608,19 @@ class TaskReads:
             raws = list((await self._redis.hgetall(keys.tasks(owner))).values())
         return [TaskState.model_validate_json(raw) for raw in raws if raw]
 
-    async def _candidate_json(self, keys: RedisViewKeys, owner: str, query: TaskQuery) -> list[Any]:
-        """The owner's views as stored (JSON), narrowed by the search index when there is a
-        `q`; on the hot connections when there are (the caller bounds the read)."""
-        words = query.terms()
+    async def _found_json(self, keys: RedisViewKeys, owner: str, words: list[str]) -> list[Any]:
+        """The owner's views the search words find, as stored (JSON); on the hot connections
+        when there are (the caller bounds the read). Without words the guarded script reads
+        the views itself."""
+        ids = list(await self._found_by_prefixes(keys, owner, words))
+        if not ids:
+            return []
         tasks = keys.tasks(owner)
         raws: list[Any]
-        if words:
-            ids = list(await self._found_by_prefixes(keys, owner, words))
-            if not ids:
-                return []
-            if self._hot is not None:
-                raws = await self._hot.execute("HMGET", tasks, *ids)
-            else:
-                raws = await self._redis.hmget(tasks, ids)
-        elif self._hot is not None:
-            reply = await self._hot.execute("HGETALL", tasks)
-            # A map under RESP3 (redis-py 8's default protocol), field, value, ... under RESP2.
-            raws = list(reply.values()) if isinstance(reply, dict) else reply[1::2]
+        if self._hot is not None:
+            raws = await self._hot.execute("HMGET", tasks, *ids)
         else:
-            raws = list((await self._redis.hgetall(tasks)).values())
+            raws = await self._redis.hmget(tasks, ids)
         return [raw for raw in raws if raw]  # bytes: the clients do not decode responses
 
     async def _found_by_prefixes(
