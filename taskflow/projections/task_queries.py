@@ -76,9 +76,10 @@ _GUARDED_HGET = _GUARD + "return redis.call('HGET', KEYS[5], ARGV[1])\n"
 # then the page it names: ARGV[1] and ARGV[2] are the key's parts before and after the
 # generation. On a miss, the owner's list index of that generation (ARGV[3], the index key's
 # part after it; list_index.py); without one, when ARGV[4] is '1' (no search words), the
-# owner's views (KEYS[6]) as they are at that generation: the projector writes views and
-# generation in one transaction, so an index built from them is exactly that generation's.
-# The reply: {generation, page}, {generation, nil, index}, {generation, nil, nil, views} or
+# owner's views (KEYS[6]) as they are at that generation (the projector writes views and
+# generation in one transaction, so an index built from them is exactly that generation's),
+# and the index key's empty mark when a miss of this generation came before. The reply:
+# {generation, page}, {generation, nil, index}, {generation, nil, mark or nil, views} or
 # {generation}. (A key built inside a script is not declared in KEYS; fine on one Redis, not on
 # a Redis Cluster, where none of a user's read-model keys share a hash slot anyway.)
 _GUARDED_PAGE = (
@@ -88,15 +89,17 @@ local generation = redis.call('GET', KEYS[5]) or '0'
 local page = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if page then return {generation, page} end
 local index = redis.call('GET', ARGV[1] .. generation .. ARGV[3])
-if index then return {generation, false, index} end
-if ARGV[4] == '1' then return {generation, false, false, redis.call('HVALS', KEYS[6])} end
+if index and index ~= '' then return {generation, false, index} end
+if ARGV[4] == '1' then return {generation, false, index, redis.call('HVALS', KEYS[6])} end
 return {generation}
 """
 )
-# A miss that built the index caches it with the page, in one round trip.
+# A miss that read the views caches the page with the index it built, or with the mark that
+# the next miss of the generation is to build it (never over an index: NX), in one round trip.
 _CACHE_TWO = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+if ARGV[2] == '' then redis.call('SET', KEYS[2], '', 'EX', ARGV[3], 'NX')
+else redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
 return 1
 """
 _REFUSED, _NOT_LIVE, _UNCHECKED = -1, -2, -3
@@ -501,6 +504,7 @@ class TaskReads:
         )
         generation, cached, stored_index, views = (*answer, None, None, None)[:4]
         # Lua's false is nil in a reply, or a RESP3 boolean for a script that asks for RESP3.
+        marked = stored_index == b""
         cached, stored_index = cached or None, stored_index or None
         if cached is not None:
             _HITS.inc()
@@ -512,7 +516,16 @@ class TaskReads:
         if stored_index is None and views is not None:
             # The views as stored, parsed but not validated (the projector wrote them from
             # `TaskState`s), in one parse of them all as a JSON array.
-            built = list_index.build(orjson.loads(b"[" + b",".join(views) + b"]"), renderer.item)
+            parsed = orjson.loads(b"[" + b",".join(views) + b"]")
+            if not marked:
+                # The generation's first miss: its page from the views, and the mark. Building
+                # the index costs about twice this; an owner who lists once between two changes
+                # never pays it, and the next miss of the generation builds it.
+                page_items, next_cursor = paginate_json(parsed, query, now)
+                body = renderer.render({"items": page_items, "next": next_cursor})
+                await self._cache([(at + tail, body), (at + index_tail, b"")])
+                return body
+            built = list_index.build(parsed, renderer.item)
             stored_index = built
         if stored_index is not None:
             # The search sets are read after the script: a change projected in between gives ids
@@ -538,8 +551,8 @@ class TaskReads:
         return body
 
     async def _cache(self, pairs: list[tuple[str, bytes]]) -> None:
-        """Cache a page or an index, or both in one round trip; on the hot connections when
-        there are."""
+        """Cache a page, or a page and the index (or its mark: empty) in one round trip; on the
+        hot connections when there are."""
         if len(pairs) == 1:
             ((key, value),) = pairs
             if self._hot is not None:
