@@ -3,7 +3,8 @@
 An uncached list page used to parse every one of the owner's stored views, parse three ISO
 datetimes of each to sort them, and render the page's. The index is built from the views once
 per generation of the owner's tasks (the counter the projector moves with every change of them,
-in the same transaction as the views) and cached under it, as the pages are: a later uncached
+in the same transaction as the views), on its second uncached page (task_queries.TaskReads: the
+first does the old work and marks it), and cached under it, as the pages are: a later uncached
 page of the same generation walks the query's order (stored ready, as positions), parses the
 small entry (the fields the filters test and the sort values) of each view it passes, until the
 page is full, and joins the page's items, rendered when the index was built, as they are stored
