@@ -1,4 +1,5 @@
-"""Uncached lists filter and sort the views' stored JSON: the same pages as on `TaskState`s."""
+"""Uncached lists filter and sort the views' stored JSON, or the list index built from it: the
+same pages as on `TaskState`s."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taskflow.api.task_reads import LIST_PAGE
 from taskflow.commands.task import Priority, Status, TaskState
-from taskflow.projections.task_queries import TaskQuery, paginate, paginate_json
+from taskflow.projections import list_index
+from taskflow.projections.list_index import ListIndex
+from taskflow.projections.task_queries import (
+    TaskQuery,
+    _joined_page,
+    index_page,
+    paginate,
+    paginate_json,
+)
 
 TAGS = ("a", "b", "c")
 START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -73,6 +83,47 @@ def test_pages_from_stored_json_are_the_pages_of_the_states(
         items, cursor = paginate_json(stored, query, now, deleted=deleted)
         assert items == [orjson.loads(view.model_dump_json()) for view in page.items]
         assert cursor == page.next_cursor
+        if cursor is None:
+            return
+        query = query.model_copy(update={"cursor": cursor})
+
+
+# Bounds as fine as the moments too: the index compares whole microseconds where the JSON path
+# compares datetimes.
+index_queries = queries.flatmap(
+    lambda query: st.builds(
+        lambda before, after: query.model_copy(update={"due_before": before, "due_after": after}),
+        st.none() | coarse | moments,
+        st.none() | coarse | moments,
+    )
+)
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(states, max_size=25, unique_by=lambda s: s.task_id),
+    index_queries,
+    coarse | moments,
+    st.data(),
+)
+def test_pages_from_the_list_index_are_the_pages_of_the_stored_json(
+    views: list[TaskState], query: TaskQuery, now: datetime, data: st.DataObject
+) -> None:
+    """Page after page, following the cursors: the index's page (its rendered items joined) is
+    the page rendered from `paginate_json`'s views, byte for byte, with the same cursor; with
+    search words, of the ids they found only."""
+    stored = [orjson.loads(view.model_dump_json()) for view in views]
+    index = ListIndex(list_index.build(stored, LIST_PAGE.item))
+    ids = sorted(view.task_id for view in views)
+    only = data.draw(st.none() | st.sets(st.sampled_from(ids)) if ids else st.none())
+    found = stored if only is None else [v for v in stored if v["task_id"] in only]
+    while True:
+        items, cursor = paginate_json(found, query, now)
+        rendered, index_cursor = index_page(index, query, now, only)
+        assert index_cursor == cursor
+        assert _joined_page(rendered, index_cursor) == LIST_PAGE.render(
+            {"items": items, "next": cursor}
+        )
         if cursor is None:
             return
         query = query.model_copy(update={"cursor": cursor})

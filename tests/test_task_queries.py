@@ -15,6 +15,8 @@ from taskflow.api.keys import SERVICES
 from taskflow.api.task_reads import LIST_PAGE
 from taskflow.bootstrap import redis_client
 from taskflow.commands.task import TaskState
+from taskflow.projections import list_index
+from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.task_queries import TaskQuery, TaskReads, matches, sort_value
 from taskflow.projections.views import found_by_prefixes
 from taskflow.settings import Settings
@@ -249,6 +251,91 @@ async def test_list_pages_are_never_stale_once_projected(client: Client) -> None
     assert [t["id"] for t in found["items"]] == [task["id"]]
     gone = await (await client.get("/api/tasks?q=first", headers=auth)).json()
     assert gone["items"] == []
+
+
+def _day(days: int) -> str:
+    return (NOW + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def test_uncached_pages_come_from_the_list_index_until_a_change_moves_the_generation(
+    client: Client,
+) -> None:
+    """The first miss of a generation marks the owner's list index, the second builds it under
+    their generation, and other queries of that generation are served from it (an index whose
+    items say otherwise is what they show); a projected change moves the generation, and the
+    next pages, the cached query's and new ones, follow the change, from an index rebuilt from
+    the changed views."""
+    owner = uuid.uuid4().hex
+    auth = await bearer(client, owner)
+    early = await create_task(client, auth, title="early", due_at=_day(1))
+    await create_task(client, auth, title="late", due_at=_day(7))
+    await project(client)
+    redis, keys = client.app[SERVICES].redis, RedisViewKeys(1)
+
+    async def titles(**params: str) -> list[str]:
+        response = await client.get("/api/tasks", params=params, headers=auth)
+        assert response.status == 200
+        return [task["title"] for task in (await response.json())["items"]]
+
+    async def index_key() -> str:
+        generation = int(await redis.get(keys.generation(owner)) or 0)
+        return keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
+
+    assert await titles(sort="due", order="asc", due_after=_day(5)) == ["late"]
+    index = await index_key()
+    assert await redis.get(index) == b""  # marked: the first miss read the views
+    assert await titles(sort="due", order="desc", due_after=_day(5)) == ["late"]
+    assert await redis.strlen(index) > 0  # built by the second
+    views = [orjson.loads(raw) for raw in (await redis.hgetall(keys.tasks(owner))).values()]
+    marked = [{**view, "title": f"indexed {view['title']}"} for view in views]
+    await redis.set(index, list_index.build(marked, LIST_PAGE.item))
+    assert await titles(sort="due", order="asc") == ["indexed early", "indexed late"]
+
+    await client.patch(
+        f"/api/tasks/{early['id']}",
+        json={"title": "moved", "due_at": _day(10)},
+        headers={**auth, "If-Match": '"1"'},
+    )
+    await project(client)
+    assert await titles(sort="due", order="asc", due_after=_day(5)) == ["late", "moved"]
+    assert await index_key() != index
+    assert await redis.get(await index_key()) == b""
+    assert await titles(sort="due", order="asc") == ["late", "moved"]
+    assert await redis.strlen(await index_key()) > 0
+    assert await titles(sort="due", order="desc", due_before=_day(8)) == ["late"]
+    first = await (await client.get("/api/tasks?limit=1&sort=due", headers=auth)).json()
+    second = await client.get(f"/api/tasks?limit=1&sort=due&next={first['next']}", headers=auth)
+    assert [t["title"] for t in first["items"] + (await second.json())["items"]] == [
+        "moved",
+        "late",
+    ]
+
+
+async def test_pages_walked_from_the_index_are_cached_and_a_repeat_is_a_hit(
+    client: Client,
+) -> None:
+    """The first miss of a generation caches the page with the index; a page walked from the
+    index is cached too, so asking for it again reads the page, not the index."""
+    redis, keys = client.app[SERVICES].redis, RedisViewKeys(1)
+    owner = uuid.uuid4().hex
+    auth = await bearer(client, owner)
+    for i in range(3):
+        await create_task(client, auth, title=f"task {i}")
+    await project(client)
+    bodies = []
+    for query in ("limit=2", "limit=2&order=asc", "limit=2&order=asc"):
+        response = await client.get(f"/api/tasks?{query}", headers=auth)
+        assert response.status == 200
+        bodies.append(await response.read())
+    generation = int(await redis.get(keys.generation(owner)) or 0)
+    index = keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
+    cached = set(await redis.keys(keys.list_page(owner, generation, "*")))
+    assert index.encode() in cached
+    assert len(cached - {index.encode()}) == 2
+    assert bodies[1] == bodies[2]
+    await redis.set(index, b"not an index: a hit never reads it")
+    again = await client.get("/api/tasks?limit=2&order=asc", headers=auth)
+    assert await again.read() == bodies[1]
 
 
 async def test_stats_endpoint_counts_by_status_and_overdue(client: Client) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -169,13 +168,8 @@ async def get_task(request: web.Request) -> web.Response:
     return json_response(task_out_json(view), headers=headers)
 
 
-def _render_page(page: ViewJson) -> bytes:
-    items = [task_out_json(view) for view in page["items"]]
-    return orjson.dumps({"items": items, "next": page["next"]})
-
-
 # Bump the name whenever the rendering changes: cached pages of the old one are then not read.
-LIST_PAGE = PageRenderer("out1", _render_page)
+LIST_PAGE = PageRenderer("out1", task_out_json)
 
 
 async def _caller(request: web.Request) -> GuardedCaller:

@@ -20,7 +20,8 @@ SCAN_BATCH = 1000
 
 
 async def purge_caches_of(redis: Redis, user_id: str) -> None:
-    """Delete the user's cached stream heads, list pages, change feeds and idempotent outcomes.
+    """Delete the user's cached stream heads, list pages (and list indexes, whose keys are page
+    keys: list_index.py), change feeds and idempotent outcomes.
 
     The task views themselves are the projectors' (they erase them in log order). Finding the
     pages and outcomes takes a SCAN of the whole key space: an erasure is rare, and no request

@@ -27,7 +27,10 @@ from taskflow import names
 from taskflow.commands.task import Priority, Status, Tag, TaskState
 from taskflow.events.task_values import UtcDatetime
 from taskflow.metrics import CACHE
+from taskflow.projections import list_index
 from taskflow.projections.hot_redis import HotRedis, HotScript
+from taskflow.projections.list_index import ID, ListIndex, exact_us, sort_us
+from taskflow.projections.list_index import order_key as _order_key
 from taskflow.projections.mongo_view_writes import read_checkpoint
 from taskflow.projections.mongo_views import PRIORITY_RANK, MongoTaskViews
 from taskflow.projections.read_model_versions import active_version
@@ -50,7 +53,8 @@ ACTIVE_VERSION_TTL = 1.0  # how long a process trusts its copy of the active rea
 
 
 # The page cache's counters, looked up once (a `labels()` call per request costs about 2 us).
-_HITS, _MISSES = CACHE.labels("hit"), CACHE.labels("miss")
+# "index": a page-cache miss served from the owner's list index of that generation.
+_HITS, _MISSES, _FROM_INDEX = CACHE.labels("hit"), CACHE.labels("miss"), CACHE.labels("index")
 
 ViewJson = dict[str, Any]
 """A task view in its stored JSON form (`TaskState.model_dump(mode="json")`), parsed only."""
@@ -69,18 +73,35 @@ if redis.call('EXISTS', KEYS[4]) == 0 then return -2 end
 """
 _GUARDED_HGET = _GUARD + "return redis.call('HGET', KEYS[5], ARGV[1])\n"
 # The cached page's key holds the owner's generation, so the script reads the generation and
-# then the page it names: ARGV are the key's parts before and after the generation. (A key
-# built inside a script is not declared in KEYS; fine on one Redis, not on a Redis Cluster,
-# where none of a user's read-model keys share a hash slot anyway.)
+# then the page it names: ARGV[1] and ARGV[2] are the key's parts before and after the
+# generation. On a miss, the owner's list index of that generation (ARGV[3], the index key's
+# part after it; list_index.py); without one, when ARGV[4] is '1' (no search words), the
+# owner's views (KEYS[6]) as they are at that generation (the projector writes views and
+# generation in one transaction, so an index built from them is exactly that generation's),
+# and the index key's empty mark when a miss of this generation came before. The reply:
+# {generation, page}, {generation, nil, index}, {generation, nil, mark or nil, views} or
+# {generation}. (A key built inside a script is not declared in KEYS; fine on one Redis, not on
+# a Redis Cluster, where none of a user's read-model keys share a hash slot anyway.)
 _GUARDED_PAGE = (
     _GUARD
     + """
 local generation = redis.call('GET', KEYS[5]) or '0'
 local page = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if page then return {generation, page} end
+local index = redis.call('GET', ARGV[1] .. generation .. ARGV[3])
+if index and index ~= '' then return {generation, false, index} end
+if ARGV[4] == '1' then return {generation, false, index, redis.call('HVALS', KEYS[6])} end
 return {generation}
 """
 )
+# A miss that read the views caches the page with the index it built, or with the mark that
+# the next miss of the generation is to build it (never over an index: NX), in one round trip.
+_CACHE_TWO = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+if ARGV[2] == '' then redis.call('SET', KEYS[2], '', 'EX', ARGV[3], 'NX')
+else redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""
 _REFUSED, _NOT_LIVE, _UNCHECKED = -1, -2, -3
 # How often a read-your-writes wait looks at the checkpoint again.
 WAIT_STEP_SECONDS = 0.005
@@ -119,11 +140,16 @@ class ReadGuard(Protocol):
 
 @dataclass(frozen=True)
 class PageRenderer:
-    """How the caller renders a page (`{"items": [ViewJson...], "next": cursor}`) to bytes: the
-    page cache keeps the rendered bytes, so a hit is served as it is stored."""
+    """How the caller shows a page's views: `item` turns a view (stored JSON) into the JSON value
+    the page lists, and a page is `{"items": [item...], "next": cursor}` as compact JSON. The
+    page cache keeps rendered pages and the list index rendered items, so a hit is served as it
+    is stored and a page from the index is its items joined."""
 
-    name: str  # in the cache key: pages rendered differently never share one
-    render: Callable[[ViewJson], bytes]
+    name: str  # in the cache keys: pages rendered differently never share one
+    item: Callable[[ViewJson], Any]
+
+    def render(self, page: ViewJson) -> bytes:
+        return orjson.dumps({"items": [self.item(v) for v in page["items"]], "next": page["next"]})
 
 
 class CursorError(ValueError):
@@ -215,7 +241,9 @@ class TaskReads:
         self._active: tuple[float, int] = (0.0, 1)
         self._guarded_hget: AsyncScript = redis.register_script(_GUARDED_HGET)
         self._guarded_page: AsyncScript = redis.register_script(_GUARDED_PAGE)
+        self._cache_two: AsyncScript = redis.register_script(_CACHE_TWO)
         self._hot_hget, self._hot_page = HotScript(_GUARDED_HGET), HotScript(_GUARDED_PAGE)
+        self._hot_cache_two = HotScript(_CACHE_TWO)
 
     async def get(self, owner: str, task_id: str) -> TaskState | None:
         async def from_redis() -> TaskState | None:
@@ -462,33 +490,82 @@ class TaskReads:
         self, owner: str, query: TaskQuery, now: datetime, guard: ReadGuard, renderer: PageRenderer
     ) -> bytes:
         keys = await self._keys()
-        # The renderer's name is part of the key: list_tasks caches TaskState pages, and another
-        # rendering (or an older process's) never reads this one's pages.
+        # The renderer's name is part of the keys: list_tasks caches TaskState pages, and another
+        # rendering (or an older process's) never reads this one's pages or index. The index's
+        # key is a page key whose query part is not a fingerprint (hex): it is purged with the
+        # pages (erasure_purge.py).
         head, tail = _around_generation(keys, owner, f"{renderer.name}-{query.fingerprint()}")
-        script_keys = [*_guard_keys(guard, keys), keys.generation(owner)]
+        index_tail = f":{renderer.name}-{list_index.FORMAT}"
+        words = query.terms()
+        script_keys = [*_guard_keys(guard, keys), keys.generation(owner), keys.tasks(owner)]
+        args = [head, tail, index_tail, "0" if words else "1"]
         answer = self._allowed(
-            guard,
-            await self._run_guarded(self._guarded_page, self._hot_page, script_keys, [head, tail]),
+            guard, await self._run_guarded(self._guarded_page, self._hot_page, script_keys, args)
         )
-        generation, *cached = answer
-        (_HITS if cached else _MISSES).inc()
-        if cached:
-            body: bytes = cached[0]
+        generation, cached, stored_index, views = (*answer, None, None, None)[:4]
+        # Lua's false is nil in a reply, or a RESP3 boolean for a script that asks for RESP3.
+        marked = stored_index == b""
+        cached, stored_index = cached or None, stored_index or None
+        if cached is not None:
+            _HITS.inc()
+            body: bytes = cached
             return body
-        # The views as stored, parsed but not validated (the projector wrote them from
-        # `TaskState`s), in one parse of them all as a JSON array: filtered and sorted on their
-        # JSON, only the page's are rendered.
-        views = orjson.loads(
-            b"[" + b",".join(await self._candidate_json(keys, owner, query)) + b"]"
-        )
-        items, next_cursor = paginate_json(views, query, now)
-        body = renderer.render({"items": items, "next": next_cursor})
-        page_key = head + as_text(generation) + tail
-        if self._hot is not None:
-            await self._hot.execute("SET", page_key, body, "EX", PAGE_CACHE_TTL)
+        (_MISSES if stored_index is None else _FROM_INDEX).inc()
+        at = head + as_text(generation)
+        built = None
+        if stored_index is None and views is not None:
+            # The views as stored, parsed but not validated (the projector wrote them from
+            # `TaskState`s), in one parse of them all as a JSON array.
+            parsed = orjson.loads(b"[" + b",".join(views) + b"]")
+            if not marked:
+                # The generation's first miss: its page from the views, and the mark. Building
+                # the index costs about twice this; an owner who lists once between two changes
+                # never pays it, and the next miss of the generation builds it.
+                page_items, next_cursor = paginate_json(parsed, query, now)
+                body = renderer.render({"items": page_items, "next": next_cursor})
+                await self._cache([(at + tail, body), (at + index_tail, b"")])
+                return body
+            built = list_index.build(parsed, renderer.item)
+            stored_index = built
+        if stored_index is not None:
+            # The search sets are read after the script: a change projected in between gives ids
+            # newer than the index. That page shows the index's generation, filtered by a newer
+            # search, and is cached under a generation already retired (never read again).
+            found = await self._found_by_prefixes(keys, owner, words) if words else None
+            only = None if found is None else {as_text(task_id) for task_id in found}
+            items, next_cursor = index_page(ListIndex(stored_index), query, now, only)
+            body = _joined_page(items, next_cursor)
         else:
-            await self._redis.set(page_key, body, ex=PAGE_CACHE_TTL)
+            # Search words and no index of this generation: the views the words find.
+            found_views = orjson.loads(
+                b"[" + b",".join(await self._found_json(keys, owner, words)) + b"]"
+            )
+            page_items, next_cursor = paginate_json(found_views, query, now)
+            body = renderer.render({"items": page_items, "next": next_cursor})
+        # A page walked from the index is cached too: a repeat of the query (the same list shown
+        # again) is then one small read, where walking the index again costs more than this write
+        # (a page cache left out for small indexes halved Q cached: docs/benchmarks.md).
+        await self._cache(
+            [(at + tail, body), *([(at + index_tail, built)] if built is not None else [])]
+        )
         return body
+
+    async def _cache(self, pairs: list[tuple[str, bytes]]) -> None:
+        """Cache a page, or a page and the index (or its mark: empty) in one round trip; on the
+        hot connections when there are."""
+        if len(pairs) == 1:
+            ((key, value),) = pairs
+            if self._hot is not None:
+                await self._hot.execute("SET", key, value, "EX", PAGE_CACHE_TTL)
+            else:
+                await self._redis.set(key, value, ex=PAGE_CACHE_TTL)
+            return
+        (page_key, page), (index_key, index) = pairs
+        keys, args = [page_key, index_key], [page, index, str(PAGE_CACHE_TTL).encode()]
+        if self._hot is not None:
+            await self._hot.evalsha(self._hot_cache_two, keys, args)
+        else:
+            await self._cache_two(keys=keys, args=args)
 
     async def _run_guarded(
         self, script: AsyncScript, hot: HotScript, keys: list[str], args: list[str]
@@ -544,26 +621,19 @@ class TaskReads:
             raws = list((await self._redis.hgetall(keys.tasks(owner))).values())
         return [TaskState.model_validate_json(raw) for raw in raws if raw]
 
-    async def _candidate_json(self, keys: RedisViewKeys, owner: str, query: TaskQuery) -> list[Any]:
-        """The owner's views as stored (JSON), narrowed by the search index when there is a
-        `q`; on the hot connections when there are (the caller bounds the read)."""
-        words = query.terms()
+    async def _found_json(self, keys: RedisViewKeys, owner: str, words: list[str]) -> list[Any]:
+        """The owner's views the search words find, as stored (JSON); on the hot connections
+        when there are (the caller bounds the read). Without words the guarded script reads
+        the views itself."""
+        ids = list(await self._found_by_prefixes(keys, owner, words))
+        if not ids:
+            return []
         tasks = keys.tasks(owner)
         raws: list[Any]
-        if words:
-            ids = list(await self._found_by_prefixes(keys, owner, words))
-            if not ids:
-                return []
-            if self._hot is not None:
-                raws = await self._hot.execute("HMGET", tasks, *ids)
-            else:
-                raws = await self._redis.hmget(tasks, ids)
-        elif self._hot is not None:
-            reply = await self._hot.execute("HGETALL", tasks)
-            # A map under RESP3 (redis-py 8's default protocol), field, value, ... under RESP2.
-            raws = list(reply.values()) if isinstance(reply, dict) else reply[1::2]
+        if self._hot is not None:
+            raws = await self._hot.execute("HMGET", tasks, *ids)
         else:
-            raws = list((await self._redis.hgetall(tasks)).values())
+            raws = await self._redis.hmget(tasks, ids)
         return [raw for raw in raws if raw]  # bytes: the clients do not decode responses
 
     async def _found_by_prefixes(
@@ -666,11 +736,6 @@ def sort_value(view: TaskState, field: SortField) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1_000_000)
 
 
-def _order_key(value: int | None, task_id: str) -> tuple[int, int, str]:
-    # Missing values sort first ascending, as MongoDB orders null before any value.
-    return (0, 0, task_id) if value is None else (1, value, task_id)
-
-
 def paginate(
     views: list[TaskState], query: TaskQuery, now: datetime, *, deleted: bool = False
 ) -> TaskPage:
@@ -749,8 +814,8 @@ def sort_value_json(view: ViewJson, field: SortField) -> int | None:
     """`sort_value` on a view's stored JSON."""
     if field == "priority":
         return PRIORITY_RANK[view["priority"]]
-    moment = _moment(view[_JSON_MOMENT[field]])
-    return None if moment is None else int(moment.timestamp() * 1_000_000)
+    raw = view[_JSON_MOMENT[field]]
+    return None if raw is None else sort_us(raw)
 
 
 def paginate_json(
@@ -768,6 +833,67 @@ def paginate_json(
         known, value, task_id = page[-1][0]
         next_cursor = _cursor(query, value if known else None, task_id)
     return [v for _, v in page], next_cursor
+
+
+def index_page(
+    index: ListIndex, query: TaskQuery, now: datetime, only: set[str] | None = None
+) -> tuple[list[memoryview], str | None]:
+    """`paginate_json` on a list index (live views only; of them, only the ids in `only` when
+    given): the page's rendered items and the next cursor. The query's order is walked until
+    the page is full; the filters test the index's fields (tests/test_paginate_json.py)."""
+    keep = _index_filter(query, now)
+    after = _order_key(*decode_cursor(query)) if query.cursor is not None else None
+    page: list[tuple[int, list[Any]]] = []
+    for i, entry in index.walk(query.sort, query.order == "desc", after):
+        if (only is not None and entry[ID] not in only) or not keep(entry):
+            continue
+        if len(page) == query.limit:  # one more matches: there is a next page
+            _, last = page[-1]
+            cursor = _cursor(query, list_index.sort_value(last, query.sort), last[ID])
+            return [index.item(i) for i, _ in page], cursor
+        page.append((i, entry))
+    return [index.item(i) for i, _ in page], None
+
+
+def _index_filter(query: TaskQuery, now: datetime) -> Callable[[list[Any]], bool]:
+    """`matches_json` on a list index's entry (a live view), the query's values made once."""
+    statuses = {s.value for s in query.status}
+    priority = None if query.priority is None else query.priority.value
+    tags = query.tags
+    before = None if query.due_before is None else exact_us(query.due_before)
+    after = None if query.due_after is None else exact_us(query.due_after)
+    overdue, now_us, done = query.overdue, exact_us(now), Status.DONE.value
+    status_at, priority_at, tags_at, due_at = (
+        list_index.STATUS,
+        list_index.PRIORITY,
+        list_index.TAGS,
+        list_index.DUE_US,
+    )
+
+    def keep(entry: list[Any]) -> bool:
+        if statuses and entry[status_at] not in statuses:
+            return False
+        if priority is not None and entry[priority_at] != priority:
+            return False
+        if tags and any(tag not in entry[tags_at] for tag in tags):
+            return False
+        due = entry[due_at]
+        if before is not None and not (due is not None and due < before):
+            return False
+        if after is not None and not (due is not None and due > after):
+            return False
+        if overdue is not None:
+            late = due is not None and due < now_us and entry[status_at] != done
+            if late is not overdue:
+                return False
+        return True
+
+    return keep
+
+
+def _joined_page(items: list[memoryview], next_cursor: str | None) -> bytes:
+    """A page from its rendered items: what `PageRenderer.render` gives for the same page."""
+    return b'{"items":[' + b",".join(items) + b'],"next":' + orjson.dumps(next_cursor) + b"}"
 
 
 def decode_cursor(query: TaskQuery) -> tuple[int | None, str]:
