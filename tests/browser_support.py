@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    Response,
+    expect,
+    sync_playwright,
+)
 from pymongo import MongoClient
 from redis import Redis
 
@@ -194,6 +202,9 @@ class Pages:
     deployment: Deployment
     contexts: list[BrowserContext] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # The API's answers to writes and its errors, printed at teardown: a failing test's report
+    # shows them (captured output), since a toast saying what went wrong is gone by then.
+    answers: list[str] = field(default_factory=list)
 
     def __call__(self, width: int = 1280, height: int = 860) -> Page:
         context = self.browser.new_context(
@@ -213,14 +224,23 @@ class Pages:
                 else None
             ),
         )
+        page.on("response", self._note)
         page.goto(self.deployment.url())
         return page
+
+    def _note(self, response: Response) -> None:
+        if response.request.method != "GET" or response.status >= 400:
+            stamp = time.strftime("%H:%M:%S")
+            self.answers.append(
+                f"{stamp} {response.request.method} {response.url} {response.status}"
+            )
 
 
 @pytest.fixture(name="pages")
 def pages_fixture(browser: Browser, deployment: Deployment) -> Iterator[Pages]:
     opened = Pages(browser, deployment)
     yield opened
+    print("API answers to writes, and errors:", *opened.answers, sep="\n  ")
     for context in opened.contexts:
         context.close()
     assert not opened.errors, opened.errors
