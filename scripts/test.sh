@@ -21,7 +21,7 @@ if [ -z "${MONGODB_URI:-}" ] || [ -z "${REDIS_URL:-}" ]; then
 fi
 # Several pytest processes (pytest-xdist), tests handed out one by one; each process has a
 # Redis logical database of its own (tests/conftest.py). PYTEST_WORKERS=0 runs in this process.
-workers="${PYTEST_WORKERS:-4}"
+workers="${PYTEST_WORKERS:-5}"
 xdist=()
 [ "$workers" = 0 ] || xdist=(-n "$workers" --dist load --maxschedchunk=1)
 echo "== pytest, ${workers} workers (MongoDB: $MONGODB_URI, Redis: $REDIS_URL)"
