@@ -102,7 +102,12 @@ async def queued_behind_first(
         asyncio.create_task(grouped.append(stream, 0, [NoteWritten(text=stream)], meta()))
         for stream in streams
     ]
-    await asyncio.sleep(0.2)  # each takes its position and queues
+    group = cast("GroupInsert", grouped._group)
+
+    async def all_queued() -> bool:  # each takes its position and queues behind the first
+        return group.queued == len(streams)
+
+    await until(all_queued, 60, f"{len(streams)} appends to queue behind the first")
     return [first, *later]
 
 

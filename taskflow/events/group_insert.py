@@ -45,6 +45,11 @@ class GroupInsert:
         self._arrivals = 0  # breaks ties between equal positions (a heap never compares docs)
         self._sender: asyncio.Task[None] | None = None
 
+    @property
+    def queued(self) -> int:
+        """Inserts waiting for their batch to leave (not those of the batch in flight)."""
+        return len(self._waiting)
+
     async def insert(self, position: int, document: Document) -> None:
         """Insert `document` (the commit at `position`); raise what its own insert would."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
