@@ -228,8 +228,7 @@ class Settings(BaseSettings):
         if self.password_hash_memory_kib < MIN_PASSWORD_MEMORY_KIB:
             raise ValueError(
                 f"PASSWORD_HASH_MEMORY_KIB must be at least {MIN_PASSWORD_MEMORY_KIB} (19 MiB) "
-                "outside "
-                f"TASKFLOW_ENV={DEVELOPMENT}"
+                f"outside TASKFLOW_ENV={DEVELOPMENT}"
             )
         return self
 

@@ -638,6 +638,12 @@ def test_a_process_outside_development_with_a_built_in_key_refuses_to_start(
     assert "base64.b64encode(os.urandom(32))" in started.stderr
 
 
+def at_default_hash_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the suite's cheap password hash cost (tests/conftest.py): production refuses it."""
+    for name in TEST_PASSWORD_HASH_COST:
+        monkeypatch.delenv(name)
+
+
 def good_secrets() -> dict[str, str]:
     """A valid value of every secret setting, made as the error messages say."""
     return {
@@ -665,8 +671,7 @@ def test_the_example_env_file_placeholders_fail_validation(
     monkeypatch.setenv("JWT_ACTIVE_KID", "k1")
     monkeypatch.setenv("DATA_KEK_ACTIVE", "k1")
     monkeypatch.setenv("TASKFLOW_ENV", "production")
-    for cost in TEST_PASSWORD_HASH_COST:
-        monkeypatch.delenv(cost)
+    at_default_hash_cost(monkeypatch)
     with pytest.raises(SettingsError, match=name):
         load_settings()
     monkeypatch.setenv(name, good_secrets()[name])
@@ -691,8 +696,7 @@ def test_every_secret_can_come_from_a_file(
     monkeypatch.setenv("TASKFLOW_ENV", "production")
     monkeypatch.setenv("JWT_ACTIVE_KID", "k1")
     monkeypatch.setenv("DATA_KEK_ACTIVE", "k1")
-    for cost in TEST_PASSWORD_HASH_COST:
-        monkeypatch.delenv(cost)
+    at_default_hash_cost(monkeypatch)
     loaded = load_settings()
     assert loaded.jwt_keys["k1"].get_secret_value() == values["JWT_KEYS"].removeprefix("k1:")
     assert loaded.event_log_hmac_key.get_secret_value() == values["EVENT_LOG_HMAC_KEY"]
@@ -713,8 +717,7 @@ async def test_passwords_hash_at_the_default_cost_and_production_refuses_a_cheap
 ) -> None:
     """New hashes are argon2id at t=3, m=64 MiB, p=4 unless configured; outside development a
     cost below OWASP's floor (t=2, m=19 MiB) stops the process naming the setting."""
-    for cost in TEST_PASSWORD_HASH_COST:
-        monkeypatch.delenv(cost)
+    at_default_hash_cost(monkeypatch)
     hashed = await PasswordHashing.from_settings(Settings()).hash(PASSWORD)
     assert hashed.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
     for key, value in {**good_secrets(), "JWT_ACTIVE_KID": "k1", "DATA_KEK_ACTIVE": "k1"}.items():
