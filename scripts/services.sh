@@ -187,6 +187,20 @@ wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
   done
 }
 
+# A test run killed outright (SIGKILL to its process group, a CI runner's timeout) never reaches
+# its `stop`, and its FerretDB files would hold the host's memory until a reboot. A directory that
+# no running process names (FerretDB is given it as --state-dir) and that is over a minute old
+# (not one another suite is just starting on) is such a leftover.
+remove_orphaned_test_data() {
+  local d
+  for d in /dev/shm/taskflow-test.*; do
+    [ -d "$d" ] || continue
+    [ -n "$(find "$d" -maxdepth 0 -mmin +1)" ] || continue
+    grep -qsF -- "$d" /proc/[0-9]*/cmdline && continue
+    rm -rf "$d" && log "removed $d, left by a test run that did not stop"
+  done
+}
+
 start() {
   local profile="$1" dir="$STATE/$1"
   stop "$profile" 2>/dev/null || true
@@ -200,6 +214,7 @@ start() {
   # creates and drops a database of its own, a SQLite file, and the suite ran 284 -> 254 s with
   # those files there (docs/development.md). A directory of the run's own: two suites at once.
   local data="$dir/ferretdb"
+  [ "$profile" != test ] || remove_orphaned_test_data
   if [ "$profile" = test ] && [ -w /dev/shm ] \
     && [ "$(df -Pk /dev/shm | awk 'NR == 2 { print $4 }')" -ge 1048576 ]; then
     data="$(mktemp -d /dev/shm/taskflow-test.XXXXXX)"
