@@ -676,28 +676,6 @@ def _is_head(head: StreamHead, commit: Commit) -> bool:
     """Whether the cached head is `commit` (someone read it from the log before we announced)."""
     return head.version == commit.last_version and head.hash == commit.hash
 
-    async def open(self, commit: Commit) -> Commit:
-        """`commit` as readers see it: personal fields opened with their subject's key (listed
-        as erased when it is destroyed) and payloads in the current schema. An erasure event
-        marks its user erased in this process before anything after it is opened."""
-        if commit.is_gap:
-            return commit
-        events = []
-        for stored in commit.events:
-            opened = stored
-            sealed = sealed_by(stored)
-            if sealed is not None:
-                key = None if self.keys is None else await self.keys.opening_key(*sealed)
-                opened = open_event(stored, key)
-            opened = current_schema(opened)
-            erased = erased_subject(opened)
-            if erased is not None and self.keys is not None:
-                self.keys.mark_erased(erased)
-            events.append(opened)
-        if all(a is b for a, b in zip(events, commit.events, strict=True)):
-            return commit
-        return commit.model_copy(update={"events": tuple(events)})
-
 
 def _idempotency(actor: str, key: str | None) -> str | None:
     return None if key is None else f"{actor}:{key}"
