@@ -125,6 +125,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             stale_limit=services.settings.auth_deny_copy_max_age_seconds,
             families=services.db[names.REFRESH_FAMILIES_REVOKED],
             family_window=services.settings.access_token_ttl_seconds,
+            pipeline=services.pipeline,
         )
         app[RATE_LIMITS] = (
             RateLimits.create(services.settings, services.redis)

@@ -84,16 +84,17 @@ async def test_a_change_reads_the_cached_head_once(
     await execute(
         store, TASK, task_id, CreateTask(task_id=task_id, owner_id="owner", title="t"), ctx(), now
     )
-    # Counted on this test's client: the server's command statistics also count the other
+    # Counted on the store's pipeline: the server's command statistics also count the other
     # pytest processes' commands (one Redis server, a logical database each).
     head_reads: list[tuple[Any, ...]] = []
-    hmget = redis.hmget
+    execute_one = store.pipeline.execute
 
-    def counted_hmget(*args: Any) -> Any:
-        head_reads.append(args)
-        return hmget(*args)
+    def counted(*args: Any) -> Any:
+        if args[0] == "HMGET":
+            head_reads.append(args)
+        return execute_one(*args)
 
-    monkeypatch.setattr(redis, "hmget", counted_hmget)
+    monkeypatch.setattr(store.pipeline, "execute", counted)
     await execute(store, TASK, task_id, ChangeTask(task_id=task_id, title="x"), ctx(), now)
     assert len(head_reads) == 1
     state, version = await load(store, TASK, f"task-{task_id}", fresh=True)

@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from taskflow import names
 from taskflow.auth.tokens import InvalidTokenError
+from taskflow.auto_pipeline import AutoPipeline
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +86,7 @@ class DenyList:
         family_window: float = 3600.0,
         refresh_every: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        pipeline: AutoPipeline | None = None,
     ) -> None:
         """`record`: the logouts' durable record; `families`: the refresh families' revocations
         (auth/refresh.py), of which those of the last `family_window` seconds (the access
@@ -101,6 +103,9 @@ class DenyList:
         self._redis_down_until = 0.0
         self._pruned_at = -math.inf
         self._check: AsyncScript = redis.register_script(_CHECK)
+        # The check, on every authenticated request, shares pipelines with the process's other
+        # quick Redis calls (auto_pipeline.py).
+        self._pipeline = pipeline or AutoPipeline(redis)
 
     async def deny(self, jti: str, expires_at: datetime, now: datetime) -> None:
         """Refuse the token `jti` from now until it expires by itself: MongoDB, then Redis."""
@@ -126,8 +131,8 @@ class DenyList:
             return self.denied_by_copy(jti)
         try:
             async with _guard():
-                answer = await self._check(
-                    keys=[*_deny_keys(jti, family_id), names.DENY_LIST_COMPLETE]
+                answer = await self._pipeline.evalsha(
+                    self._check, [*_deny_keys(jti, family_id), names.DENY_LIST_COMPLETE], []
                 )
         except AuthUnavailableError:
             return self.denied_by_copy(jti, redis_failed=True)

@@ -20,10 +20,10 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
 from taskflow import names
+from taskflow.auto_pipeline import AutoPipeline
 from taskflow.events.base import DomainEvent
 from taskflow.events.chain import HashChain
 from taskflow.events.codec import (
@@ -130,6 +130,7 @@ class MongoEventStore:
         insert_batch: int = DEFAULT_MAX_BATCH,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         keys: DataKeys | None = None,
+        pipeline: AutoPipeline | None = None,
     ) -> None:
         self.commits: AsyncCollection[dict[str, Any]] = db.get_collection(
             names.COMMITS,
@@ -143,6 +144,9 @@ class MongoEventStore:
             read_preference=ReadPreference.PRIMARY,
         )
         self._redis = redis
+        # The append path's Redis calls (position, announce, heads, idempotent outcomes) share
+        # pipelines with the process's other callers (auto_pipeline.py); one per client.
+        self.pipeline = pipeline or AutoPipeline(redis)
         self._chain = chain
         self._clock = clock
         self.keys = keys
@@ -156,7 +160,7 @@ class MongoEventStore:
         # group_insert.py); 0: each append inserts its commit on its own, concurrently.
         self._group = GroupInsert(self.commits, insert_batch) if insert_batch else None
         self.positions = PositionCounter(
-            redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl
+            redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl, self.pipeline
         )
         self.reader = LogReader(
             self.commits, redis, self.positions, gap_timeout=gap_timeout, hint_ttl=hint_ttl
@@ -391,7 +395,11 @@ class MongoEventStore:
         await self._best_effort(self.reader.hint(gap))
 
     async def _announce(self, commit: Commit, snapshot: bytes | None, key: str | None) -> None:
-        """Tell Redis what was committed: hint, new head, idempotent outcome, wake-up."""
+        """Tell Redis what was committed: hint, new head, idempotent outcome, wake-up.
+
+        One batch of the auto-pipeline (shared with other appends' Redis calls, never split):
+        the hint goes before the wake-up, so a woken reader finds it.
+        """
         head_key = names.stream_head_key(commit.stream_id)
         head_args: list[bytes | str | int] = [
             commit.last_version,
@@ -399,36 +407,43 @@ class MongoEventStore:
             snapshot or b"",
             self._head_ttl,
         ]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(
-                names.commit_hint_key(commit.position), commit_to_json(commit), ex=self._idem_ttl
-            )
-            # EVALSHA by hand: a script registered on a pipeline makes redis-py send a
-            # SCRIPT EXISTS round trip before every execute (docs/benchmarks.md).
-            pipe.evalsha(self._set_head.sha, 1, head_key, *head_args)
-            if key is not None and commit.metadata is not None:
-                outcome = {
-                    "result": _result_of(commit).model_dump(),
-                    "fp": commit.metadata.fingerprint,
-                }
-                pipe.set(
+        # EVALSHA, not the registered script: it must travel in the batch (NOSCRIPT below).
+        set_head = ("EVALSHA", self._set_head.sha, 1, head_key, *head_args)
+        commands: list[Sequence[Any]] = [
+            (
+                "SET",
+                names.commit_hint_key(commit.position),
+                commit_to_json(commit),
+                "EX",
+                self._idem_ttl,
+            ),
+            set_head,
+        ]
+        if key is not None and commit.metadata is not None:
+            outcome = {"result": _result_of(commit).model_dump(), "fp": commit.metadata.fingerprint}
+            commands.append(
+                (
+                    "SET",
                     names.idempotency_key(commit.metadata.actor, key),
                     orjson.dumps(outcome),
-                    ex=self._idem_ttl,
+                    "EX",
+                    self._idem_ttl,
                 )
-            pipe.publish(names.WAKE_CHANNEL, str(commit.position))
-            await self._best_effort(self._execute_announce(pipe, head_key, head_args))
+            )
+        commands.append(("PUBLISH", names.WAKE_CHANNEL, str(commit.position)))
+        await self._best_effort(self._execute_announce(commands, head_key, head_args))
 
     async def _execute_announce(
-        self, pipe: Pipeline, head_key: str, head_args: list[bytes | str | int]
+        self, commands: Sequence[Sequence[Any]], head_key: str, head_args: list[bytes | str | int]
     ) -> None:
-        """Run the announce pipeline; if Redis lost the head script (a restart, SCRIPT FLUSH),
-        the rest has run, and the head is set once more through the script object, which
-        loads it."""
-        try:
-            await pipe.execute()
-        except NoScriptError:
-            await self._set_head(keys=[head_key], args=head_args)
+        """Send the announce; if Redis lost the head script (a restart, SCRIPT FLUSH), the rest
+        has run, and the head is set once more through the script object, which loads it."""
+        replies = await self.pipeline.execute_many(commands)
+        for reply in replies:
+            if isinstance(reply, NoScriptError):
+                await self._set_head(keys=[head_key], args=head_args)
+            elif isinstance(reply, Exception):
+                raise reply
 
     async def _best_effort(self, awaitable: Any) -> None:
         """Redis here only accelerates: the commit is durable, readers fall back to MongoDB."""
@@ -465,8 +480,8 @@ class MongoEventStore:
         return commits
 
     async def stream_head(self, stream_id: str) -> StreamHead | None:
-        version, hash_, snapshot = await self._redis.hmget(
-            names.stream_head_key(stream_id), ["v", "h", "s"]
+        version, hash_, snapshot = await self.pipeline.execute(
+            "HMGET", names.stream_head_key(stream_id), "v", "h", "s"
         )
         if version is None or hash_ is None:
             return None
@@ -521,7 +536,7 @@ class MongoEventStore:
         self, actor: str, key: str, fingerprint: str, *, thorough: bool = False
     ) -> AppendResult | None:
         """The first outcome of (actor, key); `thorough` also asks the log (a scan: rare paths)."""
-        raw = await self._redis.get(names.idempotency_key(actor, key))
+        raw = await self.pipeline.execute("GET", names.idempotency_key(actor, key))
         if raw is not None:
             outcome = orjson.loads(raw)
             if outcome["fp"] != fingerprint:

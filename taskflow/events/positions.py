@@ -25,6 +25,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from redis.asyncio import Redis
 
 from taskflow import names
+from taskflow.auto_pipeline import AutoPipeline
 from taskflow.events.codec import commit_to_document, commit_to_json
 from taskflow.events.gaps import make_gap
 
@@ -90,8 +91,10 @@ class PositionCounter:
         blocks: AsyncCollection[dict[str, Any]],
         clock: Callable[[], datetime],
         hint_ttl: int,
+        pipeline: AutoPipeline,
     ) -> None:
         self._redis = redis
+        self._pipeline = pipeline  # `take`, on every append, shares the append path's batches
         self._commits = commits
         # As durable as the commits whose positions they cover.
         self._blocks = blocks.with_options(write_concern=WriteConcern("majority", j=True))
@@ -109,10 +112,10 @@ class PositionCounter:
         for that insert (readers apply the log in order), so the next block is reserved ahead,
         by `reserve_ahead` after an append that took a position near the end of the range.
         """
-        position, reserved = await self._take(keys=_KEYS, args=[AHEAD])
+        position, reserved = await self._pipeline.evalsha(self._take, _KEYS, [AHEAD])
         if position < 0:
             await self.reseed(unless_seeded=True)
-            position, reserved = await self._take(keys=_KEYS, args=[AHEAD])
+            position, reserved = await self._pipeline.evalsha(self._take, _KEYS, [AHEAD])
             if position < 0:
                 raise RuntimeError("the position counter vanished again while it was re-seeded")
         if reserved == _NOT_RESERVED:
