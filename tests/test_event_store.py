@@ -215,6 +215,27 @@ async def test_a_position_taken_and_never_written_is_sealed_after_the_timeout(
     assert await store.head_position() == lost + 1
 
 
+async def test_reading_the_tail_costs_two_redis_round_trips(
+    store: MongoEventStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A projector woken for a new commit reads its hint, then records it settled and learns
+    that nothing after it was handed out, in one script: two round trips a pass, not four."""
+    await store.append("s-1", 0, [NoteWritten(text="a")], meta())
+    sent: list[str] = []
+    execute = redis.execute_command
+
+    async def counted(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return await execute(*args, **options)
+
+    monkeypatch.setattr(redis, "execute_command", counted)
+    assert [c.position for c in await drain(store)] == [1]
+    assert sent == ["MGET", "EVALSHA"]
+    sent.clear()
+    assert await drain(store, 1) == []  # nothing new: the same two
+    assert sent == ["MGET", "EVALSHA"]
+
+
 async def test_a_late_writer_whose_position_was_sealed_retries_with_a_new_one(
     store: MongoEventStore,
 ) -> None:

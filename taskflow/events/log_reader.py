@@ -50,10 +50,15 @@ REORDER_LIMIT = 10_000
 SCAN_REORDER_LIMIT = 50_000
 
 Document = dict[str, Any]
-_RAISE_SETTLED = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
+# Raise the settled head to ARGV[1] (0: only read it), and answer it with the position counter
+# (nil when Redis lost it): what a pass needs at its end, in the one round trip that records it.
+_SETTLE = """
+local settled = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > settled then
+  settled = tonumber(ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return {settled, redis.call('GET', KEYS[2])}
 """
 
 
@@ -77,7 +82,7 @@ class LogReader:
         self._hint_ttl = hint_ttl
         self._monotonic = monotonic
         self._missing_since: dict[int, float] = {}
-        self._raise_settled = redis.register_script(_RAISE_SETTLED)
+        self._settle = redis.register_script(_SETTLE)
 
     async def read(self, after: int) -> AsyncGenerator[Commit, None]:
         """Every settled commit (gaps included) after `after`, in order, up to the first hole."""
@@ -88,14 +93,16 @@ class LogReader:
                 yield commit
             if hinted:
                 position = hinted[-1].position
-                await self._settled(position)
-                if len(hinted) == chunk:
-                    chunk = min(chunk * 4, HINT_CHUNK)
-                    continue
+            settled, allocated = await self._settled(position if hinted else 0)
+            if len(hinted) == chunk:
+                chunk = min(chunk * 4, HINT_CHUNK)
+                continue
             found = 0
             # Closed at once when the caller stops early: a cursor left reading a collection
             # that is then dropped crashes FerretDB (SIGBUS in SQLite), besides holding it.
-            async with contextlib.aclosing(self._missing(position + 1)) as missing:
+            async with contextlib.aclosing(
+                self._missing(position + 1, settled, allocated)
+            ) as missing:
                 async for commit in missing:
                     found += 1
                     yield commit
@@ -130,16 +137,22 @@ class LogReader:
             commits.append(commit_from_json(raw))
         return commits
 
-    async def _settled(self, position: int) -> None:
+    async def _settled(self, position: int) -> tuple[int, int | None]:
+        """Record that everything up to `position` is settled (0: nothing new); the settled
+        head and the position counter (None: Redis lost it) as they stand then."""
         for stale in [p for p in self._missing_since if p <= position]:
             del self._missing_since[stale]
-        await self._raise_settled(keys=[names.SETTLED_HEAD], args=[position])
+        settled, allocated = await self._settle(
+            keys=[names.SETTLED_HEAD, names.POSITION_COUNTER], args=[position]
+        )
+        return int(settled), None if allocated is None else int(allocated)
 
-    async def _missing(self, position: int) -> AsyncGenerator[Commit, None]:
-        """What to do about a position with no hint; yields what the log settles there."""
-        settled_raw = await self._redis.get(names.SETTLED_HEAD)
-        if (int(settled_raw) if settled_raw else 0) < position:
-            allocated = await self._counter.allocated()
+    async def _missing(
+        self, position: int, settled: int, allocated: int | None
+    ) -> AsyncGenerator[Commit, None]:
+        """What to do about a position with no hint, given the settled head and the position
+        counter read just before; yields what the log settles there."""
+        if settled < position:
             if allocated is None:
                 # Redis lost the counter: re-seeding finds the positions that may be in use
                 # (and seals its last block's unused ones) from MongoDB's small blocks list.
