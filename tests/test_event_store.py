@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -222,7 +223,7 @@ async def test_reading_the_tail_costs_two_redis_round_trips(
     that nothing after it was handed out, in one script: two round trips a pass, not four."""
     await store.append("s-1", 0, [NoteWritten(text="a")], meta())
     sent: list[str] = []
-    execute = redis.execute_command
+    execute = cast(Callable[..., Awaitable[Any]], redis.execute_command)
 
     async def counted(*args: Any, **options: Any) -> Any:
         sent.append(str(args[0]))
