@@ -225,6 +225,17 @@ async def test_idempotency_key_replays_the_original_create(client: Client) -> No
     assert other.status == 422
     assert (await other.json())["type"].endswith(":idempotency-key-reused")
     assert await commit_count(client) == 1
+    # The fingerprint says which request a key was used with; a write without a key has none
+    # to compare and stores none (the API does not compute it then).
+    unkeyed = await client.post("/api/tasks", json={"title": "once"}, headers=await bearer(client))
+    assert unkeyed.status == 201
+    commits = client.app[SERVICES].store.commits
+    keyed = await commits.find_one({"stream_id": f"task-{(await first.json())['id']}"})
+    plain = await commits.find_one({"stream_id": f"task-{(await unkeyed.json())['id']}"})
+    assert keyed is not None
+    assert plain is not None
+    assert len(keyed["metadata"]["fingerprint"]) == 64
+    assert plain["metadata"]["fingerprint"] == ""
 
 
 async def test_idempotency_compares_the_parsed_request_not_its_bytes(client: Client) -> None:
