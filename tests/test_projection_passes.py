@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
@@ -24,7 +24,7 @@ from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.redis_views import CheckpointMovedError, RedisTaskViews
-from taskflow.projections.runtime import run_until_caught_up
+from taskflow.projections.runtime import LeaseLostError, run_until_caught_up
 from taskflow.projections.verify import compare, fold_all_tasks, redis_views
 from tests.test_projector_processes import until
 from tests.workload import write_workload
@@ -69,6 +69,45 @@ async def test_a_batch_that_does_not_follow_the_checkpoint_is_refused(
     with pytest.raises(CheckpointMovedError):
         await views.apply(commits[1:], term=0)
     assert await redis.get(views.keys.checkpoint) == b"0"
+
+
+async def test_a_batch_is_one_guarded_round_trip_and_a_fenced_one_writes_nothing(
+    store: MongoEventStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered task's change: its view, indexes, feed entries and checkpoint in one
+    script (it was a WATCH, an MGET and a MULTI/EXEC). Behind a newer term's fence the same
+    script writes nothing at all."""
+    owner, task_id = await _create(store)
+    views = RedisTaskViews(redis)
+    await run_until_caught_up(store, views)
+    context = Context(actor=owner, request_id="r", correlation_id="c")
+    for version, title in ((1, "renamed"), (2, "fenced")):
+        change = ChangeTask(task_id=task_id, title=title)
+        await handle_change_task(store, change, context, datetime.now(UTC), version)
+    first, second = [commit async for commit in store.read_all(1)]
+    sent: list[str] = []
+    execute = cast(Callable[..., Awaitable[Any]], redis.execute_command)
+
+    async def counted(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return await execute(*args, **options)
+
+    monkeypatch.setattr(redis, "execute_command", counted)
+    await views.apply([first], term=3)
+    assert sent == ["EVALSHA"]
+    monkeypatch.undo()
+    stored = await redis.hget(views.keys.tasks(owner), task_id)
+    assert stored is not None
+    assert b'"renamed"' in stored
+    assert await redis.get(views.keys.fence) == b"3"  # raised with the batch
+
+    await redis.set(views.keys.fence, 4)  # a newer holder
+    feed = await redis.xlen(views.keys.feed(owner))
+    with pytest.raises(LeaseLostError):
+        await views.apply([second], term=3)
+    assert await redis.hget(views.keys.tasks(owner), task_id) == stored
+    assert await redis.xlen(views.keys.feed(owner)) == feed
+    assert int(await redis.get(views.keys.checkpoint) or 0) == first.position
 
 
 async def _reached(views: MongoTaskViews, position: int) -> bool:

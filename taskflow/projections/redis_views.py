@@ -2,12 +2,12 @@
 byte order for prefix search), tag counts, status counts, overdue dates.
 
 This is the model hot reads are served from: every read touches only the asking user's keys, so
-its cost does not grow with the log. Writes of one batch go in one MULTI/EXEC guarded by WATCH on
-the fence (and the checkpoint), so a process whose lease was taken over cannot write. The same
-transaction appends each change to the change feeds (feed_writes.py), so what the feeds publish
-is exactly what was applied. Reads use the views only while the `live` key says they caught up
-with the log (redis_keys.py), so a Redis that lost its data is rebuilt from the log before it
-answers again.
+its cost does not grow with the log. Writes of one batch go in one script that checks the fence
+and the checkpoint first (guarded_writes.py), so a process whose lease was taken over cannot
+write. The same script appends each change to the change feeds (feed_writes.py), so what the
+feeds publish is exactly what was applied. Reads use the views only while the `live` key says
+they caught up with the log (redis_keys.py), so a Redis that lost its data is rebuilt from the
+log before it answers again.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import Status, TaskState
 from taskflow.events.records import Commit
 from taskflow.projections.feed_writes import DEFAULT_HISTORY, FeedStep, FeedWriter
+from taskflow.projections.guarded_writes import GuardedScript, GuardedWrites, Outcome
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.runtime import LeaseLostError
 from taskflow.projections.views import (
@@ -49,44 +49,25 @@ class _Change:
     steps: list[FeedStep] = field(default_factory=list)  # the view after each of its commits
 
 
-# What a batch takes away from the search and tag indexes, in one script at the end of its
-# transaction: a term leaves the owner's sorted set of terms once no live task has it (its set is
-# empty: Redis deletes an empty set), and a tag's count leaves the hash at zero. The additions
-# are plain SADD/ZADD/HINCRBY; whatever their order against these, the final state holds exactly
-# the terms of non-empty sets and the live tasks' tag counts, so a replayed batch (which
-# changes no view, so writes nothing here) or one interrupted before EXEC leaves them right.
-# KEYS: term set, owner's terms, ... then tag hashes; ARGV: the number of term pairs, then
-# (task id, term) pairs, then one tag per tag hash.
-_DROP_TERMS_AND_TAGS = """
-local pairs = tonumber(ARGV[1])
-for i = 1, pairs do
-  local set, terms = KEYS[2 * i - 1], KEYS[2 * i]
-  redis.call('SREM', set, ARGV[2 * i])
-  if redis.call('EXISTS', set) == 0 then redis.call('ZREM', terms, ARGV[2 * i + 1]) end
-end
-for i = 2 * pairs + 1, #KEYS do
-  local tag = ARGV[i + 1]
-  if redis.call('HINCRBY', KEYS[i], tag, -1) <= 0 then redis.call('HDEL', KEYS[i], tag) end
-end
-return 1
-"""
-
-
 @dataclass
 class _Drops:
-    """The index entries a batch removes, sent as one `_DROP_TERMS_AND_TAGS` at its end."""
+    """The index entries a batch removes, recorded after its additions.
+
+    A term leaves the owner's sorted set of terms once no live task has it (its set is empty:
+    Redis deletes an empty set), and a tag's count leaves the hash at zero. The additions are
+    plain SADD/ZADD/HINCRBY; whatever their order against these, the final state holds exactly
+    the terms of non-empty sets and the live tasks' tag counts, so a replayed batch (which
+    changes no view, so writes nothing here) leaves them right.
+    """
 
     terms: list[tuple[str, str, str, str]] = field(default_factory=list)  # set, zset, id, term
     tags: list[tuple[str, str]] = field(default_factory=list)  # hash, tag
 
-    def send(self, pipe: Pipeline) -> None:
-        if not (self.terms or self.tags):
-            return
-        keys = [k for s, z, _, _ in self.terms for k in (s, z)] + [h for h, _ in self.tags]
-        args = [str(len(self.terms))]
-        args += [a for _, _, task_id, term in self.terms for a in (task_id, term)]
-        args += [tag for _, tag in self.tags]
-        pipe.eval(_DROP_TERMS_AND_TAGS, len(keys), *keys, *args)
+    def record(self, writes: GuardedWrites) -> None:
+        for term_set, terms, task_id, term in self.terms:
+            writes.drop_term(term_set, terms, task_id, term)
+        for tags, tag in self.tags:
+            writes.drop_tag(tags, tag)
 
 
 _RAISE_FENCE = """
@@ -133,6 +114,7 @@ class RedisTaskViews:
         self._marked_live = False  # since this process last lost track of the checkpoint
         self.keys = RedisViewKeys(version)
         self.feed = FeedWriter(self.keys, feed_history)
+        self._guarded = GuardedScript(redis)
         self._cache: LRUCache[str, TaskState] = LRUCache(maxsize=CACHE_SIZE)
         self._written_to = -1  # the checkpoint this process last wrote; -1: none or unknown
 
@@ -195,40 +177,34 @@ class RedisTaskViews:
     async def _store(
         self, changes: dict[str, _Change], commits: Sequence[Commit], term: int
     ) -> None:
-        """One MULTI/EXEC, refused if the fence moved past `term` or the checkpoint moved."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(self.keys.fence, self.keys.checkpoint)
-                fence, at, feed_written = await pipe.mget(
-                    self.keys.fence, self.keys.checkpoint, *self.feed.read_keys
-                )
-                if fence is not None and int(fence) > term:
-                    raise LeaseLostError(self.name)
-                if int(at or 0) != commits[0].position - 1:
-                    raise CheckpointMovedError(
-                        f"{self.name}: {int(at or 0)}, not {commits[0].position - 1}"
-                    )
-                pipe.multi()  # type: ignore[no-untyped-call]
-                if term and (fence is None or int(fence) < term):
-                    # Redis lost the fence with its data: raised again in the same transaction
-                    # (watched, so a newer holder raising it first makes this one fail).
-                    pipe.set(self.keys.fence, term)
-                drops = _Drops()
-                for task_id, change in changes.items():
-                    self._write(pipe, task_id, change, drops)
-                drops.send(pipe)
-                for owner in {change.owner for change in changes.values()}:
-                    pipe.incr(self.keys.generation(owner))
-                steps = [step for change in changes.values() for step in change.steps]
-                self.feed.write(pipe, steps, commits, int(at or 0), feed_written)
-                for erased in {user for c in commits if (user := erased_owner(c))}:
-                    # Their change feed held their tasks' texts: gone with the erasure, in log
-                    # order, so no entry written before it (by this batch included) is left.
-                    pipe.delete(self.keys.feed(erased))
-                pipe.set(self.keys.checkpoint, commits[-1].position)
-                await pipe.execute()
-            except WatchError:
-                raise LeaseLostError(self.name) from None
+        """One guarded script: nothing written if the fence moved past `term` or the
+        checkpoint is not where the batch begins (guarded_writes.py)."""
+        writes = GuardedWrites()
+        drops = _Drops()
+        for task_id, change in changes.items():
+            self._write(writes, task_id, change, drops)
+        drops.record(writes)
+        for owner in {change.owner for change in changes.values()}:
+            writes.command("INCR", [self.keys.generation(owner)])
+        steps = [step for change in changes.values() for step in change.steps]
+        begins = commits[0].position - 1
+        self.feed.write(writes, steps, commits, begins)
+        for erased in {user for c in commits if (user := erased_owner(c))}:
+            # Their change feed held their tasks' texts: gone with the erasure, in log order,
+            # so no entry written before it (by this batch included) is left.
+            writes.command("DEL", [self.keys.feed(erased)])
+        outcome, at = await self._guarded.run(
+            writes,
+            fence=self.keys.fence,
+            checkpoint=self.keys.checkpoint,
+            term=term,
+            after=begins,
+            to=commits[-1].position,
+        )
+        if outcome is Outcome.FENCED:
+            raise LeaseLostError(self.name)
+        if outcome is Outcome.MOVED:
+            raise CheckpointMovedError(f"{self.name}: {at}, not {begins}")
 
     async def _fold(self, commits: Sequence[Commit]) -> dict[str, _Change]:
         """Each touched task's view before and after the batch.
@@ -295,31 +271,31 @@ class RedisTaskViews:
         self._written_to = -1
         self._marked_live = False
 
-    def _write(self, pipe: Pipeline, task_id: str, change: _Change, drops: _Drops) -> None:
+    def _write(self, writes: GuardedWrites, task_id: str, change: _Change, drops: _Drops) -> None:
         after, before, owner = change.after, change.before, change.owner
         assert after is not None
-        pipe.hset(self.keys.owners, task_id, owner)
-        pipe.hset(self.keys.tasks(owner), task_id, after.model_dump_json())
+        writes.command("HSET", [self.keys.owners], task_id, owner)
+        writes.command("HSET", [self.keys.tasks(owner)], task_id, after.model_dump_json())
         old_terms, new_terms = _live_terms(before), _live_terms(after)
         terms = self.keys.terms(owner)
         for term in old_terms - new_terms:
             drops.terms.append((self.keys.term(owner, term), terms, task_id, term))
         for term in new_terms - old_terms:
-            pipe.sadd(self.keys.term(owner, term), task_id)
-            pipe.zadd(terms, {term: 0})
+            writes.command("SADD", [self.keys.term(owner, term)], task_id)
+            writes.command("ZADD", [terms], 0, term)
         old_tags, new_tags = _live_tags(before), _live_tags(after)
         drops.tags += [(self.keys.tags(owner), tag) for tag in old_tags - new_tags]
         for tag in new_tags - old_tags:
-            pipe.hincrby(self.keys.tags(owner), tag, 1)
+            writes.command("HINCRBY", [self.keys.tags(owner)], tag, 1)
         if before is not None and not before.deleted:
-            pipe.hincrby(self.keys.counts(owner), before.status.value, -1)
+            writes.command("HINCRBY", [self.keys.counts(owner)], before.status.value, -1)
         if not after.deleted:
-            pipe.hincrby(self.keys.counts(owner), after.status.value, 1)
+            writes.command("HINCRBY", [self.keys.counts(owner)], after.status.value, 1)
         if _open_with_due(after):
             assert after.due_at is not None
-            pipe.zadd(self.keys.due(owner), {task_id: after.due_at.timestamp()})
+            writes.command("ZADD", [self.keys.due(owner)], after.due_at.timestamp(), task_id)
         else:
-            pipe.zrem(self.keys.due(owner), task_id)
+            writes.command("ZREM", [self.keys.due(owner)], task_id)
 
 
 def _live_terms(view: TaskState | None) -> set[str]:
