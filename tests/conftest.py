@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -197,6 +197,20 @@ async def accounts(
 ) -> Accounts:
     """What the user handlers work with, on the test's store."""
     return Accounts.create(store, db, redis, settings)
+
+
+def commands_sent(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the commands `redis` sends one by one from now on (scripts by `EVALSHA`;
+    a redis-py pipeline's commands bypass it), in order: for counting round trips."""
+    sent: list[str] = []
+    execute = cast(Callable[..., Awaitable[Any]], redis.execute_command)
+
+    async def counted(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return await execute(*args, **options)
+
+    monkeypatch.setattr(redis, "execute_command", counted)
+    return sent
 
 
 def closed_port() -> int:

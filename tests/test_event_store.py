@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -22,7 +21,7 @@ from taskflow.events.records import Commit, Metadata
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
 from taskflow.projections.log_seal import LogSeal, SealMismatchError
 from taskflow.projections.runtime import run_until_caught_up
-from tests.conftest import TEST_HMAC_KEY
+from tests.conftest import TEST_HMAC_KEY, commands_sent
 from tests.sample_events import NoteTagged, NoteWritten
 
 
@@ -222,14 +221,7 @@ async def test_reading_the_tail_costs_two_redis_round_trips(
     """A projector woken for a new commit reads its hint, then records it settled and learns
     that nothing after it was handed out, in one script: two round trips a pass, not four."""
     await store.append("s-1", 0, [NoteWritten(text="a")], meta())
-    sent: list[str] = []
-    execute = cast(Callable[..., Awaitable[Any]], redis.execute_command)
-
-    async def counted(*args: Any, **options: Any) -> Any:
-        sent.append(str(args[0]))
-        return await execute(*args, **options)
-
-    monkeypatch.setattr(redis, "execute_command", counted)
+    sent = commands_sent(redis, monkeypatch)
     assert [c.position for c in await drain(store)] == [1]
     assert sent == ["MGET", "EVALSHA"]
     sent.clear()

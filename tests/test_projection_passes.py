@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
@@ -26,6 +26,7 @@ from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.redis_views import CheckpointMovedError, RedisTaskViews
 from taskflow.projections.runtime import LeaseLostError, run_until_caught_up
 from taskflow.projections.verify import compare, fold_all_tasks, redis_views
+from tests.conftest import commands_sent
 from tests.test_projector_processes import until
 from tests.workload import write_workload
 
@@ -85,14 +86,7 @@ async def test_a_batch_is_one_guarded_round_trip_and_a_fenced_one_writes_nothing
         change = ChangeTask(task_id=task_id, title=title)
         await handle_change_task(store, change, context, datetime.now(UTC), version)
     first, second = [commit async for commit in store.read_all(1)]
-    sent: list[str] = []
-    execute = cast(Callable[..., Awaitable[Any]], redis.execute_command)
-
-    async def counted(*args: Any, **options: Any) -> Any:
-        sent.append(str(args[0]))
-        return await execute(*args, **options)
-
-    monkeypatch.setattr(redis, "execute_command", counted)
+    sent = commands_sent(redis, monkeypatch)
     await views.apply([first], term=3)
     assert sent == ["EVALSHA"]
     monkeypatch.undo()
