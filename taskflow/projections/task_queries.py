@@ -596,6 +596,10 @@ class TaskReads:
         are live; otherwise the guard decides without them, then `fallback` reads MongoDB."""
         if guard.redis_answering():
             try:
+                if self._hot is not None:
+                    # Each call on the hot connection is bounded by itself, and every other
+                    # call `primary` makes by its client's own timeouts: no timer more.
+                    return await primary(), "redis"
                 async with asyncio.timeout(guard.timeout):
                     return await primary(), "redis"
             except _NotLiveError:
