@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -86,3 +87,22 @@ async def test_a_connection_redis_closed_is_replaced(hot: HotRedis, redis: Redis
     assert await redis.client_kill_filter(_id=own_id) == 1
     assert await hot.execute("PING") == b"PONG"
     assert await hot.execute("CLIENT", "ID") != own_id
+
+
+async def test_callers_waiting_for_an_unreachable_redis_wait_one_timeout_together() -> None:
+    """A server that accepts connections but never answers (a stalled Redis): every call in
+    flight fails with TimeoutError within about one timeout, not one timeout each in turn."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)  # the kernel completes the connections; nobody reads them
+        port = server.getsockname()[1]
+        hot = HotRedis(f"redis://127.0.0.1:{port}/1", timeout=0.3)  # SELECT 1 never answered
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(hot.execute("PING") for _ in range(20)), return_exceptions=True
+            )
+            assert all(isinstance(result, TimeoutError) for result in results), results
+            assert time.monotonic() - started < 2.0  # in turn, 20 x 0.3 s
+        finally:
+            await hot.aclose()

@@ -54,7 +54,7 @@ class HotRedis:
         self._connection_class = template.connection_class
         self._timeout = timeout
         self._live: _Pipe | None = None
-        self._connecting = asyncio.Lock()
+        self._opening: asyncio.Future[_Pipe] | None = None
 
     async def execute(self, *args: Any) -> Any:
         """One command's reply (raised as an exception when Redis answers with an error).
@@ -81,11 +81,24 @@ class HotRedis:
             return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _connect(self) -> _Pipe:
-        async with self._connecting:
-            if self._live is None or self._live.closed:
-                async with asyncio.timeout(self._timeout):
-                    self._live = await self._open()
+        """The live connection, or the one being opened: callers that come while it opens wait
+        for the same attempt, so a Redis that cannot be reached costs each of them one timeout,
+        not one each in turn."""
+        if self._live is not None and not self._live.closed:
             return self._live
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open_in_time())
+            self._opening.add_done_callback(self._opened)
+        return await asyncio.shield(self._opening)
+
+    async def _open_in_time(self) -> _Pipe:
+        async with asyncio.timeout(self._timeout):
+            return await self._open()
+
+    def _opened(self, attempt: asyncio.Future[_Pipe]) -> None:
+        self._opening = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._live = attempt.result()
 
     async def _open(self) -> _Pipe:
         loop = asyncio.get_running_loop()
@@ -112,6 +125,8 @@ class HotRedis:
         return pipe
 
     async def aclose(self) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
         if self._live is not None:
             self._live.close()
             self._live = None
