@@ -334,11 +334,13 @@ async def test_a_process_walks_its_copy_of_the_list_index_only_while_redis_holds
     generation = int(await redis.get(keys.generation(owner)) or 0)
     index = keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
     stored = await redis.get(index)
+    assert isinstance(stored, bytes)
     views = [orjson.loads(raw) for raw in (await redis.hgetall(keys.tasks(owner))).values()]
     other = list_index.build(
         [{**view, "title": f"other {view['title']}"} for view in views], LIST_PAGE.item
     )
-    await redis.set(index, stored[: list_index.BUILD_ID_BYTES] + other[list_index.BUILD_ID_BYTES :])
+    same_id = stored[: list_index.BUILD_ID_BYTES] + other[list_index.BUILD_ID_BYTES :]
+    await redis.set(index, same_id)
     assert await titles(sort="due") == ["task 2", "task 1", "task 0"]  # the copy, not Redis's
     await redis.set(index, other)  # another build of the generation's index: read and walked
     assert await titles(sort="due", order="asc") == ["other task 0", "other task 1", "other task 2"]

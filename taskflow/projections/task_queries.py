@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import orjson
 import pymongo
 import structlog
-from cachetools import LRUCache
+from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.client_session import AsyncClientSession as Session
 from pymongo.asynchronous.database import AsyncDatabase
@@ -257,8 +257,9 @@ class TaskReads:
         self._hot_cache_two = HotScript(_CACHE_TWO)
         # The list indexes this process read or built, by owner (and renderer): used while Redis
         # holds the same index (its build id), so a miss reads a small answer, not the index.
-        self._indexes: LRUCache[str, ListIndex] = LRUCache(
-            INDEX_COPIES_BYTES, getsizeof=lambda index: index.size
+        # Kept no longer than Redis keeps an index, and dropped when Redis no longer holds it.
+        self._indexes: TTLCache[str, ListIndex] = TTLCache(
+            INDEX_COPIES_BYTES, PAGE_CACHE_TTL, getsizeof=lambda index: index.size
         )
 
     async def get(self, owner: str, task_id: str) -> TaskState | None:
@@ -535,6 +536,8 @@ class TaskReads:
             index = held
         elif stored_index is not None:
             index = self._indexes[held_key] = ListIndex(stored_index)
+        elif held is not None:  # a new generation with no index yet, or the index purged
+            self._indexes.pop(held_key, None)
         built = None
         if stored_index is None and views is not None:
             # The views as stored, parsed but not validated (the projector wrote them from
