@@ -204,6 +204,35 @@ async def test_a_rendered_page_is_the_same_cached_uncached_and_from_mongodb(
     assert await first.read() == await again.read()
 
 
+async def test_an_index_larger_than_the_copies_may_be_is_walked_and_not_kept(
+    client: Client,
+) -> None:
+    """A list index larger than all the copies a process may keep is still built and walked
+    (as Redis holds it), giving MongoDB's pages; the process keeps no copy of it."""
+    owner = uuid.uuid4().hex
+    auth = await bearer(client, owner)
+    await seed(client, auth)
+    services = client.app[SERVICES]
+    small = TaskReads(services.redis, services.read_db, index_copies_bytes=100)
+    dead_redis = redis_client(f"redis://127.0.0.1:{closed_port()}/0", timeout=0.2)
+    fallback = TaskReads(dead_redis, services.read_db)
+    await services.redis.set(OpenGuard.complete_key, 1)
+    try:
+        # The first miss marks the index, the second builds it, the others walk it.
+        for raw in ({"order": "asc"}, {"order": "desc"}, {"sort": "updated"}, {"priority": "low"}):
+            query = TaskQuery.model_validate({**raw, "limit": 3})
+            mine = await small.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
+            from_mongo = await fallback.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
+            assert mine.value == from_mongo.value, raw
+    finally:
+        await dead_redis.aclose()
+    keys = RedisViewKeys(1)
+    generation = int(await services.redis.get(keys.generation(owner)) or 0)
+    index = keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
+    assert await services.redis.strlen(index) > 100  # built, and larger than the bound
+    assert len(small._indexes) == 0
+
+
 async def _all_views(reads: TaskReads, owner: str) -> Any:
     page = await reads.list_tasks(owner, TaskQuery(limit=100), NOW)
     for view in page.items:

@@ -241,9 +241,11 @@ class TaskReads:
         wait_seconds: float = 2.0,
         allocated: Callable[[], Awaitable[int | None]] | None = None,
         hot: HotRedis | None = None,
+        index_copies_bytes: int = INDEX_COPIES_BYTES,
     ) -> None:
-        """`hot`: connections for the guarded reads, which bound each read as a whole
-        (hot_redis.py); without it they go through `redis`'s client like every other read."""
+        """`hot`: the guarded reads' connection, which bounds each of its calls (hot_redis.py);
+        without it they go through `redis`'s client like every other read, each read bounded
+        as a whole. `index_copies_bytes`: how much of the owners' list indexes to keep."""
         self._redis = redis
         self._hot = hot
         self._db = read_db
@@ -259,7 +261,7 @@ class TaskReads:
         # holds the same index (its build id), so a miss reads a small answer, not the index.
         # Kept no longer than Redis keeps an index, and dropped when Redis no longer holds it.
         self._indexes: TTLCache[str, ListIndex] = TTLCache(
-            INDEX_COPIES_BYTES, PAGE_CACHE_TTL, getsizeof=lambda index: index.size
+            index_copies_bytes, PAGE_CACHE_TTL, getsizeof=lambda index: index.size
         )
 
     async def get(self, owner: str, task_id: str) -> TaskState | None:
@@ -535,7 +537,7 @@ class TaskReads:
         if stored_index == 1 and held is not None:  # the copy held is the generation's index
             index = held
         elif stored_index is not None:
-            index = self._indexes[held_key] = ListIndex(stored_index)
+            index = self._keep(held_key, ListIndex(stored_index))
         elif held is not None:  # a new generation with no index yet, or the index purged
             self._indexes.pop(held_key, None)
         built = None
@@ -552,7 +554,7 @@ class TaskReads:
                 await self._cache([(at + tail, body), (at + index_tail, b"")])
                 return body
             built = list_index.build(parsed, renderer.item)
-            index = self._indexes[held_key] = ListIndex(built)
+            index = self._keep(held_key, ListIndex(built))
         if index is not None:
             # The search sets are read after the script: a change projected in between gives ids
             # newer than the index. That page shows the index's generation, filtered by a newer
@@ -575,6 +577,14 @@ class TaskReads:
             [(at + tail, body), *([(at + index_tail, built)] if built is not None else [])]
         )
         return body
+
+    def _keep(self, key: str, index: ListIndex) -> ListIndex:
+        """Keep a copy of `index`, unless it alone is larger than all the copies may be."""
+        if index.size <= self._indexes.maxsize:
+            self._indexes[key] = index
+        else:
+            self._indexes.pop(key, None)
+        return index
 
     async def _cache(self, pairs: list[tuple[str, bytes]]) -> None:
         """Cache a page, or a page and the index (or its mark: empty) in one round trip; on the
