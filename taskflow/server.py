@@ -48,7 +48,7 @@ from taskflow.api.rate_limits import RATE_LIMITS, RateLimits, add_rate_limit_hea
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.auditing import projection_statuses, verify_log_and_views
-from taskflow.auth.denylist import DenyList
+from taskflow.auth.denylist import CHECK_TIMEOUT_SECONDS, DenyList
 from taskflow.auth.stream_tickets import StreamTickets
 from taskflow.bootstrap import ensure_indexes, open_services
 from taskflow.privacy.keks import KekError
@@ -111,7 +111,8 @@ def setup_routes(app: web.Application) -> None:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     async with open_services(app[SETTINGS], operation_deadline=True) as services:
         app[SERVICES] = services
-        hot = HotRedis(services.settings.redis_url)  # the guarded reads' connections
+        # The guarded reads' connection, each call bounded as the deny-list check is.
+        hot = HotRedis(services.settings.redis_url, timeout=CHECK_TIMEOUT_SECONDS)
         app[TASK_READS] = TaskReads(
             services.redis,
             services.read_db,

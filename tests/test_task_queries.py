@@ -204,6 +204,35 @@ async def test_a_rendered_page_is_the_same_cached_uncached_and_from_mongodb(
     assert await first.read() == await again.read()
 
 
+async def test_an_index_larger_than_the_copies_may_be_is_walked_and_not_kept(
+    client: Client,
+) -> None:
+    """A list index larger than all the copies a process may keep is still built and walked
+    (as Redis holds it), giving MongoDB's pages; the process keeps no copy of it."""
+    owner = uuid.uuid4().hex
+    auth = await bearer(client, owner)
+    await seed(client, auth)
+    services = client.app[SERVICES]
+    small = TaskReads(services.redis, services.read_db, index_copies_bytes=100)
+    dead_redis = redis_client(f"redis://127.0.0.1:{closed_port()}/0", timeout=0.2)
+    fallback = TaskReads(dead_redis, services.read_db)
+    await services.redis.set(OpenGuard.complete_key, 1)
+    try:
+        # The first miss marks the index, the second builds it, the others walk it.
+        for raw in ({"order": "asc"}, {"order": "desc"}, {"sort": "updated"}, {"priority": "low"}):
+            query = TaskQuery.model_validate({**raw, "limit": 3})
+            mine = await small.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
+            from_mongo = await fallback.list_rendered(owner, query, NOW, OpenGuard(), LIST_PAGE)
+            assert mine.value == from_mongo.value, raw
+    finally:
+        await dead_redis.aclose()
+    keys = RedisViewKeys(1)
+    generation = int(await services.redis.get(keys.generation(owner)) or 0)
+    index = keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
+    assert await services.redis.strlen(index) > 100  # built, and larger than the bound
+    assert len(small._indexes) == 0
+
+
 async def _all_views(reads: TaskReads, owner: str) -> Any:
     page = await reads.list_tasks(owner, TaskQuery(limit=100), NOW)
     for view in page.items:
@@ -309,6 +338,44 @@ async def test_uncached_pages_come_from_the_list_index_until_a_change_moves_the_
         "moved",
         "late",
     ]
+
+
+async def test_a_process_walks_its_copy_of_the_list_index_only_while_redis_holds_that_index(
+    client: Client,
+) -> None:
+    """Once a process has built (or read) an owner's list index, a miss asks Redis only whether
+    it still holds that very index (its build id) and walks the process's copy; an index Redis
+    holds under another build id is read, and one it no longer holds (purged) is not walked."""
+    owner = uuid.uuid4().hex
+    auth = await bearer(client, owner)
+    for i in range(3):
+        await create_task(client, auth, title=f"task {i}", due_at=_day(i + 1))
+    await project(client)
+    redis, keys = client.app[SERVICES].redis, RedisViewKeys(1)
+
+    async def titles(**params: str) -> list[str]:
+        response = await client.get("/api/tasks", params=params, headers=auth)
+        assert response.status == 200
+        return [task["title"] for task in (await response.json())["items"]]
+
+    assert await titles(order="asc") == ["task 0", "task 1", "task 2"]  # marks the index
+    assert await titles(order="desc") == ["task 2", "task 1", "task 0"]  # builds it
+    generation = int(await redis.get(keys.generation(owner)) or 0)
+    index = keys.list_page(owner, generation, f"{LIST_PAGE.name}-{list_index.FORMAT}")
+    stored = await redis.get(index)
+    assert isinstance(stored, bytes)
+    views = [orjson.loads(raw) for raw in (await redis.hgetall(keys.tasks(owner))).values()]
+    other = list_index.build(
+        [{**view, "title": f"other {view['title']}"} for view in views], LIST_PAGE.item
+    )
+    same_id = stored[: list_index.BUILD_ID_BYTES] + other[list_index.BUILD_ID_BYTES :]
+    await redis.set(index, same_id)
+    assert await titles(sort="due") == ["task 2", "task 1", "task 0"]  # the copy, not Redis's
+    await redis.set(index, other)  # another build of the generation's index: read and walked
+    assert await titles(sort="due", order="asc") == ["other task 0", "other task 1", "other task 2"]
+    await redis.delete(index)  # purged (an erasure): the views are read, and the mark left
+    assert await titles(sort="updated", order="asc") == ["task 0", "task 1", "task 2"]
+    assert await redis.get(index) == b""
 
 
 async def test_pages_walked_from_the_index_are_cached_and_a_repeat_is_a_hit(

@@ -10,13 +10,19 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from taskflow.api import keys
 from taskflow.api.cors import add_vary_origin
-from taskflow.api.observability import add_security_headers, observe_request
+from taskflow.api.observability import (
+    SECURITY_HEADERS,
+    SERVER,
+    add_security_headers,
+    observe_request,
+)
 from taskflow.api.problems import Problem
 from taskflow.api.request_ids import new_request_id
 from taskflow.logs import bind_request_ids, unbind_request_ids
@@ -70,10 +76,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = problem_response(request, exc)
         status = response.status
         headers = response.headers
-        add_vary_origin(headers)
-        add_security_headers(headers)
-        headers[REQUEST_ID] = request_id
-        headers[CORRELATION_ID] = correlation_id
+        add_edge_headers(headers)
+        headers.extend(((REQUEST_ID, request_id), (CORRELATION_ID, correlation_id)))
         return response
     except web.HTTPException as exc:  # a redirect, re-raised by problem_response
         status = exc.status
@@ -84,6 +88,22 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         observe_request(request, status, time.perf_counter() - started)
         unbind_request_ids(bound)
+
+
+# What every response carries, the security headers, `Server` and `Vary: Origin`, as one block:
+# a response whose handler set none of them (every one but the docs pages') gets it in one
+# `extend`, a copy in C, instead of eight header operations.
+_EVERY_RESPONSE = CIMultiDict({**SECURITY_HEADERS, "Server": SERVER, "Vary": "Origin"})
+
+
+def add_edge_headers(headers: CIMultiDict[str]) -> None:
+    """The security headers, `Server` and `Vary: Origin`; a handler's own choice (a CSP, a
+    `Vary`) is kept, as `add_security_headers` and `add_vary_origin` keep it."""
+    if _EVERY_RESPONSE.keys().isdisjoint(headers.keys()):
+        headers.extend(_EVERY_RESPONSE)
+    else:
+        add_vary_origin(headers)
+        add_security_headers(headers)
 
 
 def problem_response(request: web.Request, exc: Exception) -> web.Response:

@@ -11,7 +11,13 @@ page is full, and joins the page's items, rendered when the index was built, as 
 (task_queries.TaskReads, docs/benchmarks.md "HTTP reads (R, Q)"). A page costs what it walks,
 not what the owner has; a cursor is found by bisection.
 
-Stored as one string: the number of views n (4 bytes), a table of 8n unsigned 32-bit integers
+An API process keeps the indexes it read (`ListIndex`, its entries parsed as walks reach them)
+and asks Redis for an index only when the one it holds is not the owner's current one: each
+index begins with 16 random bytes, its build id, which the guarded script compares with the
+copy's (task_queries.py), so a copy is used only while Redis holds the very same index.
+
+Stored as one string: the build id (16 random bytes), the number of views n (4 bytes), a table
+of 8n unsigned 32-bit integers
 (little-endian: the four orders, created, updated, due, priority, each n positions ascending;
 then, per view, where its entry and its item start and how long each is), the entries (JSON
 arrays) and the items (JSON), each one after the other.
@@ -20,6 +26,7 @@ arrays) and the items (JSON), each one after the other.
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 import sys
 from array import array
@@ -32,7 +39,8 @@ import orjson
 from taskflow.projections.mongo_views import PRIORITY_RANK
 
 # In the cache key: bump it when the layout below changes, so no process reads another layout.
-FORMAT = "index2"
+FORMAT = "index3"
+BUILD_ID_BYTES = 16
 
 # An entry, a JSON array; its fields by position:
 ID, STATUS, PRIORITY, TAGS, DUE_US = 0, 1, 2, 3, 4  # DUE_US: exact microseconds, or null
@@ -99,7 +107,8 @@ def build(views: Iterable[ViewJson], render: Callable[[ViewJson], Any]) -> bytes
         entry_at, item_at = entry_at + len(chunk), item_at + len(item)
     if sys.byteorder != "little":
         table.byteswap()
-    return b"".join([_COUNT.pack(len(entries)), table.tobytes(), *chunks, *items])
+    build_id = os.urandom(BUILD_ID_BYTES)
+    return b"".join([build_id, _COUNT.pack(len(entries)), table.tobytes(), *chunks, *items])
 
 
 def _table() -> array[int]:
@@ -109,19 +118,24 @@ def _table() -> array[int]:
 
 
 class ListIndex:
-    """A stored index: the table read, each entry parsed when a walk reaches it, the items
-    left in the stored bytes until joined."""
+    """A stored index: the table read, each entry parsed when a walk first reaches it (and kept:
+    a process walks the same index for many pages), the items left in the stored bytes until
+    joined."""
 
     def __init__(self, stored: bytes) -> None:
-        (count,) = _COUNT.unpack_from(stored)
+        self.build_id = stored[:BUILD_ID_BYTES]
+        (count,) = _COUNT.unpack_from(stored, BUILD_ID_BYTES)
+        start = BUILD_ID_BYTES + _COUNT.size
         whole = memoryview(stored)
         table = _table()
-        table.frombytes(whole[_COUNT.size : _COUNT.size + 32 * count])
+        table.frombytes(whole[start : start + 32 * count])
         if sys.byteorder != "little":
             table.byteswap()
+        self.size = len(stored)
         self._count = count
         self._table = table
-        self._data = whole[_COUNT.size + 32 * count :]
+        self._data = whole[start + 32 * count :]
+        self._entries: list[Entry | None] = [None] * count
 
     def walk(
         self, field: str, descending: bool, after: OrderKey | None = None
@@ -145,10 +159,12 @@ class ListIndex:
             yield i, self.entry(i)
 
     def entry(self, i: int) -> Entry:
-        """The `i`th view's entry, parsed."""
-        at = 4 * self._count + 4 * i
-        start, length = self._table[at], self._table[at + 1]
-        entry: Entry = orjson.loads(self._data[start : start + length])
+        """The `i`th view's entry, parsed (once)."""
+        entry = self._entries[i]
+        if entry is None:
+            at = 4 * self._count + 4 * i
+            start, length = self._table[at], self._table[at + 1]
+            entry = self._entries[i] = orjson.loads(self._data[start : start + length])
         return entry
 
     def item(self, i: int) -> memoryview:

@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import orjson
 import pymongo
 import structlog
+from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.client_session import AsyncClientSession as Session
 from pymongo.asynchronous.database import AsyncDatabase
@@ -50,6 +51,9 @@ MAX_PAGE = 100
 PAGE_CACHE_TTL = 300
 TOP_CODE_POINT = "\U0010ffff"
 ACTIVE_VERSION_TTL = 1.0  # how long a process trusts its copy of the active read-model version
+# How much of the owners' list indexes (stored bytes) an API process keeps, least recently used
+# first out: about 160 owners of 100 tasks.
+INDEX_COPIES_BYTES = 8 * 1024 * 1024
 
 
 # The page cache's counters, looked up once (a `labels()` call per request costs about 2 us).
@@ -78,17 +82,24 @@ _GUARDED_HGET = _GUARD + "return redis.call('HGET', KEYS[5], ARGV[1])\n"
 # part after it; list_index.py); without one, when ARGV[4] is '1' (no search words), the
 # owner's views (KEYS[6]) as they are at that generation (the projector writes views and
 # generation in one transaction, so an index built from them is exactly that generation's),
-# and the index key's empty mark when a miss of this generation came before. The reply:
-# {generation, page}, {generation, nil, index}, {generation, nil, mark or nil, views} or
-# {generation}. (A key built inside a script is not declared in KEYS; fine on one Redis, not on
-# a Redis Cluster, where none of a user's read-model keys share a hash slot anyway.)
+# and the index key's empty mark when a miss of this generation came before. ARGV[5], when not
+# empty, is the build id of the owner's index the caller holds: when the generation's index
+# begins with it, the caller's copy is that index and only 1 stands for it. The reply:
+# {generation, page}, {generation, nil, 1}, {generation, nil, index},
+# {generation, nil, mark or nil, views} or {generation}. (A key built inside a script is not
+# declared in KEYS; fine on one Redis, not on a Redis Cluster, where none of a user's read-model
+# keys share a hash slot anyway.)
 _GUARDED_PAGE = (
     _GUARD
     + """
 local generation = redis.call('GET', KEYS[5]) or '0'
 local page = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if page then return {generation, page} end
-local index = redis.call('GET', ARGV[1] .. generation .. ARGV[3])
+local index_key = ARGV[1] .. generation .. ARGV[3]
+if ARGV[5] ~= '' and redis.call('GETRANGE', index_key, 0, #ARGV[5] - 1) == ARGV[5] then
+  return {generation, false, 1}
+end
+local index = redis.call('GET', index_key)
 if index and index ~= '' then return {generation, false, index} end
 if ARGV[4] == '1' then return {generation, false, index, redis.call('HVALS', KEYS[6])} end
 return {generation}
@@ -230,9 +241,11 @@ class TaskReads:
         wait_seconds: float = 2.0,
         allocated: Callable[[], Awaitable[int | None]] | None = None,
         hot: HotRedis | None = None,
+        index_copies_bytes: int = INDEX_COPIES_BYTES,
     ) -> None:
-        """`hot`: connections for the guarded reads, which bound each read as a whole
-        (hot_redis.py); without it they go through `redis`'s client like every other read."""
+        """`hot`: the guarded reads' connection, which bounds each of its calls (hot_redis.py);
+        without it they go through `redis`'s client like every other read, each read bounded
+        as a whole. `index_copies_bytes`: how much of the owners' list indexes to keep."""
         self._redis = redis
         self._hot = hot
         self._db = read_db
@@ -244,6 +257,12 @@ class TaskReads:
         self._cache_two: AsyncScript = redis.register_script(_CACHE_TWO)
         self._hot_hget, self._hot_page = HotScript(_GUARDED_HGET), HotScript(_GUARDED_PAGE)
         self._hot_cache_two = HotScript(_CACHE_TWO)
+        # The list indexes this process read or built, by owner (and renderer): used while Redis
+        # holds the same index (its build id), so a miss reads a small answer, not the index.
+        # Kept no longer than Redis keeps an index, and dropped when Redis no longer holds it.
+        self._indexes: TTLCache[str, ListIndex] = TTLCache(
+            index_copies_bytes, PAGE_CACHE_TTL, getsizeof=lambda index: index.size
+        )
 
     async def get(self, owner: str, task_id: str) -> TaskState | None:
         async def from_redis() -> TaskState | None:
@@ -498,7 +517,9 @@ class TaskReads:
         index_tail = f":{renderer.name}-{list_index.FORMAT}"
         words = query.terms()
         script_keys = [*_guard_keys(guard, keys), keys.generation(owner), keys.tasks(owner)]
-        args = [head, tail, index_tail, "0" if words else "1"]
+        held_key = head + index_tail
+        held = self._indexes.get(held_key)
+        args = [head, tail, index_tail, "0" if words else "1", held.build_id if held else b""]
         answer = self._allowed(
             guard, await self._run_guarded(self._guarded_page, self._hot_page, script_keys, args)
         )
@@ -512,6 +533,13 @@ class TaskReads:
             return body
         (_MISSES if stored_index is None else _FROM_INDEX).inc()
         at = head + as_text(generation)
+        index: ListIndex | None = None
+        if stored_index == 1 and held is not None:  # the copy held is the generation's index
+            index = held
+        elif stored_index is not None:
+            index = self._keep(held_key, ListIndex(stored_index))
+        elif held is not None:  # a new generation with no index yet, or the index purged
+            self._indexes.pop(held_key, None)
         built = None
         if stored_index is None and views is not None:
             # The views as stored, parsed but not validated (the projector wrote them from
@@ -526,14 +554,14 @@ class TaskReads:
                 await self._cache([(at + tail, body), (at + index_tail, b"")])
                 return body
             built = list_index.build(parsed, renderer.item)
-            stored_index = built
-        if stored_index is not None:
+            index = self._keep(held_key, ListIndex(built))
+        if index is not None:
             # The search sets are read after the script: a change projected in between gives ids
             # newer than the index. That page shows the index's generation, filtered by a newer
             # search, and is cached under a generation already retired (never read again).
             found = await self._found_by_prefixes(keys, owner, words) if words else None
             only = None if found is None else {as_text(task_id) for task_id in found}
-            items, next_cursor = index_page(ListIndex(stored_index), query, now, only)
+            items, next_cursor = index_page(index, query, now, only)
             body = _joined_page(items, next_cursor)
         else:
             # Search words and no index of this generation: the views the words find.
@@ -549,6 +577,14 @@ class TaskReads:
             [(at + tail, body), *([(at + index_tail, built)] if built is not None else [])]
         )
         return body
+
+    def _keep(self, key: str, index: ListIndex) -> ListIndex:
+        """Keep a copy of `index`, unless it alone is larger than all the copies may be."""
+        if index.size <= self._indexes.maxsize:
+            self._indexes[key] = index
+        else:
+            self._indexes.pop(key, None)
+        return index
 
     async def _cache(self, pairs: list[tuple[str, bytes]]) -> None:
         """Cache a page, or a page and the index (or its mark: empty) in one round trip; on the
@@ -568,7 +604,7 @@ class TaskReads:
             await self._cache_two(keys=keys, args=args)
 
     async def _run_guarded(
-        self, script: AsyncScript, hot: HotScript, keys: list[str], args: list[str]
+        self, script: AsyncScript, hot: HotScript, keys: list[str], args: list[str | bytes]
     ) -> Any:
         """A guarded script, on the hot connections when there are (its caller bounds it)."""
         if self._hot is not None:
@@ -596,6 +632,10 @@ class TaskReads:
         are live; otherwise the guard decides without them, then `fallback` reads MongoDB."""
         if guard.redis_answering():
             try:
+                if self._hot is not None:
+                    # Each call on the hot connection is bounded by itself, and every other
+                    # call `primary` makes by its client's own timeouts: no timer more.
+                    return await primary(), "redis"
                 async with asyncio.timeout(guard.timeout):
                     return await primary(), "redis"
             except _NotLiveError:
