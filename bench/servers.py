@@ -78,6 +78,7 @@ class Servers:
             db,
             self.redis,
             HashChain(key),
+            hot=self.services.hot,
             gap_timeout=self.settings.gap_timeout_seconds,
             insert_batch=self.settings.log_insert_batch,
             keys=DataKeys(db, self.redis, KeyEncryptionKeys.from_settings(self.settings)),

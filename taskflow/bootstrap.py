@@ -12,10 +12,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from taskflow import names
 from taskflow.auth.indexes import ensure_auth_indexes
-from taskflow.auto_pipeline import AutoPipeline
 from taskflow.commands.user_handlers import Accounts
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.hot_redis import HotRedis
 from taskflow.privacy.data_keys import DataKeys
 from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.projections.log_seal import LogSeal
@@ -71,7 +71,7 @@ async def open_services(
         timeoutMS=settings.mongodb_timeout_ms if operation_deadline else None,
     )
     redis = redis_client(settings.redis_url, settings.redis_timeout_seconds)
-    pipeline = AutoPipeline(redis)
+    hot = HotRedis(settings.redis_url, timeout=settings.redis_timeout_seconds)
     try:
         db = mongo.get_database(settings.mongodb_db, read_preference=ReadPreference.PRIMARY)
         keys = DataKeys(db, redis, KeyEncryptionKeys.from_settings(settings))
@@ -83,7 +83,7 @@ async def open_services(
             head_ttl=settings.stream_head_ttl_seconds,
             insert_batch=settings.log_insert_batch,
             keys=keys,
-            pipeline=pipeline,
+            hot=hot,
         )
         yield Services(
             settings=settings,
@@ -96,12 +96,13 @@ async def open_services(
                 settings.views_db_name, read_preference=read_preference(settings)
             ),
             redis=redis,
-            pipeline=pipeline,
+            hot=hot,
             store=store,
             keys=keys,
             accounts=Accounts.create(store, db, redis, settings),
         )
     finally:
+        await hot.aclose()
         await redis.aclose()
         await mongo.close()
 

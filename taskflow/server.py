@@ -48,12 +48,11 @@ from taskflow.api.rate_limits import RATE_LIMITS, RateLimits, add_rate_limit_hea
 from taskflow.api.task_reads import setup_task_read_routes
 from taskflow.api.task_writes import setup_task_write_routes
 from taskflow.auditing import projection_statuses, verify_log_and_views
-from taskflow.auth.denylist import CHECK_TIMEOUT_SECONDS, DenyList
+from taskflow.auth.denylist import DenyList
 from taskflow.auth.stream_tickets import StreamTickets
 from taskflow.bootstrap import ensure_indexes, open_services
 from taskflow.privacy.keks import KekError
 from taskflow.projections.feed_hub import open_change_hub
-from taskflow.projections.hot_redis import HotRedis
 from taskflow.projections.task_queries import TaskReads
 from taskflow.services import Services
 from taskflow.settings import Settings
@@ -111,14 +110,12 @@ def setup_routes(app: web.Application) -> None:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     async with open_services(app[SETTINGS], operation_deadline=True) as services:
         app[SERVICES] = services
-        # The guarded reads' connection, each call bounded as the deny-list check is.
-        hot = HotRedis(services.settings.redis_url, timeout=CHECK_TIMEOUT_SECONDS)
         app[TASK_READS] = TaskReads(
             services.redis,
             services.read_db,
             wait_seconds=services.settings.read_your_writes_timeout_seconds,
             allocated=services.store.allocated_position,
-            hot=hot,
+            hot=services.hot,
         )
         app[DENY_LIST] = DenyList(
             services.redis,
@@ -126,7 +123,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             stale_limit=services.settings.auth_deny_copy_max_age_seconds,
             families=services.db[names.REFRESH_FAMILIES_REVOKED],
             family_window=services.settings.access_token_ttl_seconds,
-            pipeline=services.pipeline,
+            hot=services.hot,
         )
         app[RATE_LIMITS] = (
             RateLimits.create(services.settings, services.redis)
@@ -134,10 +131,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             else None
         )
         await _check_keks_at_start(services)
-        try:
-            yield
-        finally:
-            await hot.aclose()
+        yield
 
 
 async def _check_keks_at_start(services: Services) -> None:

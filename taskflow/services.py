@@ -13,9 +13,9 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
-from taskflow.auto_pipeline import AutoPipeline
 from taskflow.commands.user_handlers import Accounts
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.hot_redis import HotRedis
 from taskflow.privacy.data_keys import DataKeys
 from taskflow.settings import Settings
 
@@ -32,7 +32,7 @@ class Services:
     views_db: AsyncDatabase[Document]  # primary: the MongoDB read models and their checkpoints
     read_db: AsyncDatabase[Document]  # the read models again, from secondaries when there are any
     redis: Redis
-    pipeline: AutoPipeline  # `redis` for quick commands of concurrent callers, batched
+    hot: HotRedis  # quick calls of concurrent callers, pipelined on one connection
     store: MongoEventStore
     keys: DataKeys  # the per-user data keys (docs/privacy.md)
     accounts: Accounts  # what the user handlers need

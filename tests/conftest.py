@@ -22,6 +22,7 @@ from taskflow.bootstrap import redis_client
 from taskflow.commands.user_handlers import Accounts
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
+from taskflow.hot_redis import HotRedis
 from taskflow.privacy.data_keys import DataKeys
 from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.settings import Settings
@@ -175,6 +176,16 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
+async def hot(settings: Settings, redis: Redis) -> AsyncIterator[HotRedis]:
+    """The pipelined connection of quick calls (hot_redis.py), on the test's Redis database."""
+    hot = HotRedis(settings.redis_url, timeout=10)
+    try:
+        yield hot
+    finally:
+        await hot.aclose()
+
+
+@pytest.fixture
 async def keys(db: AsyncDatabase[dict[str, Any]], redis: Redis, settings: Settings) -> DataKeys:
     """The data keys on the real servers, under the settings' (development) KEK."""
     keys = DataKeys(db, redis, KeyEncryptionKeys.from_settings(settings))
@@ -183,10 +194,14 @@ async def keys(db: AsyncDatabase[dict[str, Any]], redis: Redis, settings: Settin
 
 
 @pytest.fixture
-async def store(db: AsyncDatabase[dict[str, Any]], redis: Redis, keys: DataKeys) -> MongoEventStore:
+async def store(
+    db: AsyncDatabase[dict[str, Any]], redis: Redis, hot: HotRedis, keys: DataKeys
+) -> MongoEventStore:
     """The event store on the real servers, indexes created, with a short gap timeout; personal
     fields sealed under the test's data keys, as in a deployment."""
-    store = MongoEventStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3, keys=keys)
+    store = MongoEventStore(
+        db, redis, HashChain(TEST_HMAC_KEY), hot=hot, gap_timeout=0.3, keys=keys
+    )
     await store.ensure_indexes()
     return store
 

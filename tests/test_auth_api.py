@@ -53,6 +53,7 @@ from taskflow.commands.user_handlers import (
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
+from taskflow.hot_redis import HotRedis
 from taskflow.projections.runtime import catch_up
 from taskflow.server import create_app
 from taskflow.settings import (
@@ -479,11 +480,11 @@ class BrokenStore(MongoEventStore):
 
 
 async def test_a_failed_append_releases_the_reservation(
-    accounts: Accounts, db: Db, redis: Redis, settings: Settings
+    accounts: Accounts, db: Db, redis: Redis, hot: HotRedis, settings: Settings
 ) -> None:
     """If appending UserRegistered fails, the reservation is given back and the e-mail is free."""
     await ensure_auth_indexes(db)
-    broken = BrokenStore(db, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3)
+    broken = BrokenStore(db, redis, HashChain(TEST_HMAC_KEY), hot=hot, gap_timeout=0.3)
     with pytest.raises(AutoReconnect):
         await handle_register_user(
             Accounts.create(broken, db, redis, settings),
@@ -591,11 +592,11 @@ async def test_guarded_reads_survive_redis_forgetting_their_scripts(
 
 
 async def test_the_process_that_logs_a_token_out_refuses_it_from_its_copy_at_once(
-    redis: Redis, db: AsyncDatabase[dict[str, Any]]
+    redis: Redis, hot: HotRedis, db: AsyncDatabase[dict[str, Any]]
 ) -> None:
     """Were Redis lost right after a logout, the process that recorded it still refuses the
     token: its own copy of the deny list holds it before the next refresh."""
-    deny_list = DenyList(redis, db[names.DENIED_TOKENS], stale_limit=300)
+    deny_list = DenyList(redis, db[names.DENIED_TOKENS], stale_limit=300, hot=hot)
     now = datetime.now(UTC)
     await deny_list.refresh(now)  # a copy that predates the logout
     await deny_list.deny("jti-1", now + timedelta(minutes=5), now)

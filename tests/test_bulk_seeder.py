@@ -15,6 +15,7 @@ from taskflow import names
 from taskflow.events.chain import HashChain
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.positions import AHEAD, BLOCK
+from taskflow.hot_redis import HotRedis
 from taskflow.settings import Settings
 from tests.conftest import TEST_HMAC_KEY
 
@@ -60,6 +61,7 @@ async def test_seeded_log_and_redis_equal_what_appends_write(
     mongo: AsyncMongoClient[dict[str, Any]],
     settings: Settings,
     redis: Redis,
+    hot: HotRedis,
     commits: int,
     blocks: int,
 ) -> None:
@@ -71,7 +73,7 @@ async def test_seeded_log_and_redis_equal_what_appends_write(
     seeded_db = mongo[f"{settings.mongodb_db}_s"]
     try:
         appender = MongoEventStore(
-            appended_db, redis, HashChain(TEST_HMAC_KEY), clock=lambda: now[0]
+            appended_db, redis, HashChain(TEST_HMAC_KEY), hot=hot, clock=lambda: now[0]
         )
         await appender.ensure_indexes()
         for item in planned:
@@ -80,7 +82,7 @@ async def test_seeded_log_and_redis_equal_what_appends_write(
         appended, appended_redis = await _log(appended_db), await _redis_state(redis, planned)
 
         await redis.flushdb()
-        seeded_store = MongoEventStore(seeded_db, redis, HashChain(TEST_HMAC_KEY))
+        seeded_store = MongoEventStore(seeded_db, redis, HashChain(TEST_HMAC_KEY), hot=hot)
         await seeded_store.ensure_indexes()
         seeder = BulkSeeder(seeded_store, redis, HashChain(TEST_HMAC_KEY), batch=32)
         assert await seeder.seed(planned) == len(planned)

@@ -84,17 +84,17 @@ async def test_a_change_reads_the_cached_head_once(
     await execute(
         store, TASK, task_id, CreateTask(task_id=task_id, owner_id="owner", title="t"), ctx(), now
     )
-    # Counted on the store's pipeline: the server's command statistics also count the other
+    # Counted on the store's connection: the server's command statistics also count the other
     # pytest processes' commands (one Redis server, a logical database each).
     head_reads: list[tuple[Any, ...]] = []
-    execute_one = store.pipeline.execute
+    execute_one = store.hot.execute
 
     def counted(*args: Any) -> Any:
         if args[0] == "HMGET":
             head_reads.append(args)
         return execute_one(*args)
 
-    monkeypatch.setattr(store.pipeline, "execute", counted)
+    monkeypatch.setattr(store.hot, "execute", counted)
     await execute(store, TASK, task_id, ChangeTask(task_id=task_id, title="x"), ctx(), now)
     assert len(head_reads) == 1
     state, version = await load(store, TASK, f"task-{task_id}", fresh=True)

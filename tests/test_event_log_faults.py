@@ -40,7 +40,9 @@ async def test_concurrent_faulty_writers_every_commit_read_once_in_stream_order(
     store: MongoEventStore, redis: Redis
 ) -> None:
     """Crashes, slow writers and conflicts never make the ordered reader skip or repeat."""
-    faulty = FaultyStore(store.commits.database, redis, HashChain(TEST_HMAC_KEY), gap_timeout=0.3)
+    faulty = FaultyStore(
+        store.commits.database, redis, HashChain(TEST_HMAC_KEY), hot=store.hot, gap_timeout=0.3
+    )
     streams = [f"s-{i}" for i in range(8)]
     committed: dict[str, int] = {}  # commit id -> position
     outcomes = {"conflicts": 0, "crashes": 0}

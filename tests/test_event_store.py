@@ -243,7 +243,9 @@ async def test_a_late_writer_whose_position_was_sealed_retries_with_a_new_one(
                 await release.wait()
             await super()._insert(commit)
 
-    slow = SlowStore(store.commits.database, store._redis, store._chain, gap_timeout=0.3)
+    slow = SlowStore(
+        store.commits.database, store._redis, store._chain, hot=store.hot, gap_timeout=0.3
+    )
     writer = asyncio.create_task(slow.append("slow", 0, [NoteWritten(text="late")], meta()))
     await entered.wait()
     await store.append("fast", 0, [NoteWritten(text="fast")], meta())
@@ -358,7 +360,9 @@ async def test_a_stream_head_is_kept_until_told_otherwise(
     """Heads never expire by default (a lost head costs a read of the log); a TTL is opt-in."""
     await store.append("kept", 0, [NoteWritten(text="a")], meta(), snapshot=b"{}")
     assert await redis.ttl(names.stream_head_key("kept")) == -1  # exists, no expiry
-    expiring = MongoEventStore(store.commits.database, redis, HashChain(TEST_HMAC_KEY), head_ttl=60)
+    expiring = MongoEventStore(
+        store.commits.database, redis, HashChain(TEST_HMAC_KEY), hot=store.hot, head_ttl=60
+    )
     await expiring.append("kept", 1, [NoteWritten(text="b")], meta(), snapshot=b"{}")
     assert 0 < await redis.ttl(names.stream_head_key("kept")) <= 60
     await store.append("kept", 2, [NoteWritten(text="c")], meta(), snapshot=b"{}")

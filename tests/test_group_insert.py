@@ -65,6 +65,7 @@ def watched_store(
         store.commits.database,
         redis,
         HashChain(TEST_HMAC_KEY),
+        hot=store.hot,
         gap_timeout=0.3,
         insert_batch=max_batch,
     )

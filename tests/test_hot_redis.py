@@ -1,4 +1,5 @@
-"""The guarded reads' pipelined Redis connection: replies in order, every call bounded."""
+"""The pipelined connection of quick Redis calls (guarded reads, deny-list checks, appends):
+replies in order, every call bounded, concurrent callers sharing writes."""
 
 from __future__ import annotations
 
@@ -6,23 +7,18 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from taskflow.projections.hot_redis import HotRedis, HotScript
+from taskflow.events.mongo_store import MongoEventStore
+from taskflow.hot_redis import HotRedis, HotScript
 from taskflow.settings import Settings
-
-
-@pytest.fixture
-async def hot(settings: Settings, redis: Redis) -> AsyncIterator[HotRedis]:
-    hot = HotRedis(settings.redis_url, timeout=2.0)
-    try:
-        yield hot
-    finally:
-        await hot.aclose()
+from tests.conftest import closed_port
+from tests.sample_events import NoteWritten
+from tests.test_event_store import meta
 
 
 async def test_concurrent_calls_each_get_their_own_reply(hot: HotRedis, redis: Redis) -> None:
@@ -89,6 +85,37 @@ async def test_a_connection_redis_closed_is_replaced(hot: HotRedis, redis: Redis
     assert await hot.execute("CLIENT", "ID") != own_id
 
 
+async def test_commands_sent_together_keep_their_order_and_their_own_errors(
+    hot: HotRedis, redis: Redis
+) -> None:
+    """An append's announce: its commands leave in one write, in order, each with its own
+    reply or error; on a connection Redis closed meanwhile they are all sent again."""
+    await redis.set("text", "not a number")
+    writes = hot.writes
+    replies = await hot.execute_all(
+        [("SET", "a", "1"), ("INCR", "text"), ("APPEND", "a", "2"), ("GET", "a")]
+    )
+    assert hot.writes == writes + 1
+    assert replies[0] == b"OK"
+    assert isinstance(replies[1], ResponseError)
+    assert replies[2:] == [2, b"12"]
+    assert await redis.client_kill_filter(_id=await hot.execute("CLIENT", "ID")) == 1
+    assert await hot.execute_all([("SET", "b", "x"), ("GET", "b")]) == [b"OK", b"x"]
+
+
+async def test_concurrent_appends_share_their_redis_writes(store: MongoEventStore) -> None:
+    """Each append takes a position and announces its commit (four commands, two calls): 16
+    at once make 32 calls or more (the first take also seeds the counter), in fewer writes."""
+    writes = store.hot.writes
+    await asyncio.gather(
+        *(store.append(f"note-{n}", 0, [NoteWritten(text=str(n))], meta()) for n in range(16))
+    )
+    sent = store.hot.writes - writes
+    assert 1 <= sent < 32, sent
+    heads = [await store.stream_head(f"note-{n}") for n in range(16)]
+    assert all(head is not None and head.version == 1 for head in heads)
+
+
 async def test_callers_waiting_for_an_unreachable_redis_wait_one_timeout_together() -> None:
     """A server that accepts connections but never answers (a stalled Redis): every call in
     flight fails with TimeoutError within about one timeout, not one timeout each in turn."""
@@ -106,3 +133,13 @@ async def test_callers_waiting_for_an_unreachable_redis_wait_one_timeout_togethe
             assert time.monotonic() - started < 2.0  # in turn, 20 x 0.3 s
         finally:
             await hot.aclose()
+
+
+async def test_a_redis_that_refuses_connections_is_a_redis_error() -> None:
+    """Refused, as when Redis is down: a RedisError (the API's 503), not a bare OSError."""
+    hot = HotRedis(f"redis://127.0.0.1:{closed_port()}/0", timeout=2.0)
+    try:
+        with pytest.raises(RedisConnectionError, match="cannot connect"):
+            await hot.execute("PING")
+    finally:
+        await hot.aclose()

@@ -394,7 +394,12 @@ async def test_a_command_racing_the_erasure_leaves_nothing_readable(
     late_keys = DataKeys(services.db, services.redis, KeyEncryptionKeys.from_settings(settings))
     await late_keys.sealing_key(user_id)  # cached there, and no announcement will reach it
     late_store = MongoEventStore(
-        services.db, services.redis, services.store.chain, gap_timeout=0.3, keys=late_keys
+        services.db,
+        services.redis,
+        services.store.chain,
+        hot=services.hot,
+        gap_timeout=0.3,
+        keys=late_keys,
     )
     await handle_erase_user(
         services.accounts,

@@ -80,7 +80,12 @@ async def test_rebuild_reads_the_log_once_for_both_read_models_and_the_verificat
         db = counted[settings.mongodb_db]
         chain = HashChain(settings.event_log_hmac_key.get_secret_value().encode())
         store = MongoEventStore(
-            db, services.redis, chain, gap_timeout=settings.gap_timeout_seconds, keys=services.keys
+            db,
+            services.redis,
+            chain,
+            hot=services.hot,
+            gap_timeout=settings.gap_timeout_seconds,
+            keys=services.keys,
         )
         watched = dataclasses.replace(services, mongo=counted, db=db, store=store)
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from taskflow import names
 from taskflow.api.keys import SERVICES
 from taskflow.auth.denylist import DenyList
+from taskflow.hot_redis import HotRedis
 from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.verify import verify_read_models
 from taskflow.server import create_app
@@ -123,17 +124,17 @@ async def test_a_flushed_redis_never_answers_a_task_as_missing_unmarked_and_logo
 
 
 async def test_a_logout_outlives_redis_losing_its_data(
-    redis: Redis, db: AsyncDatabase[dict[str, Any]]
+    redis: Redis, hot: HotRedis, db: AsyncDatabase[dict[str, Any]]
 ) -> None:
     """A process that never saw the logout refuses the token after Redis lost its copy: from
     MongoDB's record until the copy is reloaded, then from Redis again."""
     now = datetime.now(UTC)
-    recorded = DenyList(redis, db[names.DENIED_TOKENS], stale_limit=300)
+    recorded = DenyList(redis, db[names.DENIED_TOKENS], stale_limit=300, hot=hot)
     await recorded.refresh(now)
     await recorded.deny("jti-out", now + timedelta(minutes=5), now)
     await redis.flushdb()
 
-    fresh = DenyList(redis, db[names.DENIED_TOKENS], stale_limit=300)
+    fresh = DenyList(redis, db[names.DENIED_TOKENS], stale_limit=300, hot=hot)
     assert await fresh.is_denied("jti-out")  # Redis's copy is incomplete: the record answers
     assert not await fresh.is_denied("jti-in")
     assert not await redis.exists(names.DENY_LIST_COMPLETE)

@@ -41,12 +41,11 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from taskflow import names
 from taskflow.auth.tokens import InvalidTokenError
-from taskflow.auto_pipeline import AutoPipeline
+from taskflow.hot_redis import HotRedis, HotScript
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +66,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 return -1
 """
 _UNCHECKED = -1
+_CHECK_SCRIPT = HotScript(_CHECK)
 
 
 class AuthUnavailableError(Exception):
@@ -86,7 +86,7 @@ class DenyList:
         family_window: float = 3600.0,
         refresh_every: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
-        pipeline: AutoPipeline | None = None,
+        hot: HotRedis,
     ) -> None:
         """`record`: the logouts' durable record; `families`: the refresh families' revocations
         (auth/refresh.py), of which those of the last `family_window` seconds (the access
@@ -102,10 +102,9 @@ class DenyList:
         self._copied_at: float | None = None  # never copied: no copy to fall back on
         self._redis_down_until = 0.0
         self._pruned_at = -math.inf
-        self._check: AsyncScript = redis.register_script(_CHECK)
-        # The check, on every authenticated request, shares pipelines with the process's other
-        # quick Redis calls (auto_pipeline.py).
-        self._pipeline = pipeline or AutoPipeline(redis)
+        # The check, on every authenticated request, is pipelined with the process's other
+        # quick Redis calls (hot_redis.py).
+        self._hot = hot
 
     async def deny(self, jti: str, expires_at: datetime, now: datetime) -> None:
         """Refuse the token `jti` from now until it expires by itself: MongoDB, then Redis."""
@@ -131,8 +130,8 @@ class DenyList:
             return self.denied_by_copy(jti)
         try:
             async with _guard():
-                answer = await self._pipeline.evalsha(
-                    self._check, [*_deny_keys(jti, family_id), names.DENY_LIST_COMPLETE], []
+                answer = await self._hot.evalsha(
+                    _CHECK_SCRIPT, [*_deny_keys(jti, family_id), names.DENY_LIST_COMPLETE], []
                 )
         except AuthUnavailableError:
             return self.denied_by_copy(jti, redis_failed=True)

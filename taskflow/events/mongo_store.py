@@ -23,7 +23,6 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from taskflow import names
-from taskflow.auto_pipeline import AutoPipeline
 from taskflow.events.base import DomainEvent
 from taskflow.events.chain import HashChain
 from taskflow.events.codec import (
@@ -58,6 +57,7 @@ from taskflow.events.sealing import (
     snapshot_sealed_by,
 )
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
+from taskflow.hot_redis import HotRedis
 from taskflow.metrics import APPENDS, CONFLICTS
 from taskflow.privacy.data_keys import DataKeys, SubjectErasedError
 from taskflow.settings import DEFAULT_MAX_BATCH
@@ -124,13 +124,13 @@ class MongoEventStore:
         redis: Redis,
         chain: HashChain,
         *,
+        hot: HotRedis,
         gap_timeout: float = 2.0,
         hint_ttl: int = 24 * 3600,
         head_ttl: int = 0,
         insert_batch: int = DEFAULT_MAX_BATCH,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         keys: DataKeys | None = None,
-        pipeline: AutoPipeline | None = None,
     ) -> None:
         self.commits: AsyncCollection[dict[str, Any]] = db.get_collection(
             names.COMMITS,
@@ -144,9 +144,9 @@ class MongoEventStore:
             read_preference=ReadPreference.PRIMARY,
         )
         self._redis = redis
-        # The append path's Redis calls (position, announce, heads, idempotent outcomes) share
-        # pipelines with the process's other callers (auto_pipeline.py); one per client.
-        self.pipeline = pipeline or AutoPipeline(redis)
+        # The append path's Redis calls (position, announce, heads, idempotent outcomes) go out
+        # pipelined with the process's other quick calls (hot_redis.py): one connection.
+        self.hot = hot
         self._chain = chain
         self._clock = clock
         self.keys = keys
@@ -160,7 +160,7 @@ class MongoEventStore:
         # group_insert.py); 0: each append inserts its commit on its own, concurrently.
         self._group = GroupInsert(self.commits, insert_batch) if insert_batch else None
         self.positions = PositionCounter(
-            redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl, self.pipeline
+            redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl, hot
         )
         self.reader = LogReader(
             self.commits, redis, self.positions, gap_timeout=gap_timeout, hint_ttl=hint_ttl
@@ -397,8 +397,8 @@ class MongoEventStore:
     async def _announce(self, commit: Commit, snapshot: bytes | None, key: str | None) -> None:
         """Tell Redis what was committed: hint, new head, idempotent outcome, wake-up.
 
-        One batch of the auto-pipeline (shared with other appends' Redis calls, never split):
-        the hint goes before the wake-up, so a woken reader finds it.
+        Queued together on the process's pipelined connection, in order: the hint goes before
+        the wake-up, so a woken reader finds it.
         """
         head_key = names.stream_head_key(commit.stream_id)
         head_args: list[bytes | str | int] = [
@@ -438,7 +438,7 @@ class MongoEventStore:
     ) -> None:
         """Send the announce; if Redis lost the head script (a restart, SCRIPT FLUSH), the rest
         has run, and the head is set once more through the script object, which loads it."""
-        replies = await self.pipeline.execute_many(commands)
+        replies = await self.hot.execute_all(commands)
         for reply in replies:
             if isinstance(reply, NoScriptError):
                 await self._set_head(keys=[head_key], args=head_args)
@@ -480,7 +480,7 @@ class MongoEventStore:
         return commits
 
     async def stream_head(self, stream_id: str) -> StreamHead | None:
-        version, hash_, snapshot = await self.pipeline.execute(
+        version, hash_, snapshot = await self.hot.execute(
             "HMGET", names.stream_head_key(stream_id), "v", "h", "s"
         )
         if version is None or hash_ is None:
@@ -536,7 +536,7 @@ class MongoEventStore:
         self, actor: str, key: str, fingerprint: str, *, thorough: bool = False
     ) -> AppendResult | None:
         """The first outcome of (actor, key); `thorough` also asks the log (a scan: rare paths)."""
-        raw = await self.pipeline.execute("GET", names.idempotency_key(actor, key))
+        raw = await self.hot.execute("GET", names.idempotency_key(actor, key))
         if raw is not None:
             outcome = orjson.loads(raw)
             if outcome["fp"] != fingerprint:

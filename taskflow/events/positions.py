@@ -25,9 +25,9 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from redis.asyncio import Redis
 
 from taskflow import names
-from taskflow.auto_pipeline import AutoPipeline
 from taskflow.events.codec import commit_to_document, commit_to_json
 from taskflow.events.gaps import make_gap
+from taskflow.hot_redis import HotRedis, HotScript
 
 # Positions per reserved block: one extra insert per BLOCK appends, and at most BLOCK gaps
 # sealed by a re-seed (an `insert_many`, well under a second on FerretDB).
@@ -49,6 +49,7 @@ if reserved - position < tonumber(ARGV[1]) then return {position, 2} end
 return {position, 1}
 """
 _NOT_RESERVED, _RESERVED_NEAR_END = 0, 2
+_TAKE_SCRIPT = HotScript(_TAKE)
 
 # Seed: raise the counter to at least ARGV[1] and the reserved mark to at least ARGV[2]; with
 # ARGV[3] = '1', only if nobody seeded the counter meanwhile (then it returns 0).
@@ -91,17 +92,16 @@ class PositionCounter:
         blocks: AsyncCollection[dict[str, Any]],
         clock: Callable[[], datetime],
         hint_ttl: int,
-        pipeline: AutoPipeline,
+        hot: HotRedis,
     ) -> None:
         self._redis = redis
-        self._pipeline = pipeline  # `take`, on every append, shares the append path's batches
+        self._hot = hot  # `take`, on every append: pipelined with the process's quick calls
         self._commits = commits
         # As durable as the commits whose positions they cover.
         self._blocks = blocks.with_options(write_concern=WriteConcern("majority", j=True))
         self._clock = clock
         self._hint_ttl = hint_ttl
         self._ahead: int | None = None  # a block to reserve after the current append
-        self._take = redis.register_script(_TAKE)
         self._seed = redis.register_script(_SEED)
         self._reserved = redis.register_script(_RESERVED)
 
@@ -112,10 +112,10 @@ class PositionCounter:
         for that insert (readers apply the log in order), so the next block is reserved ahead,
         by `reserve_ahead` after an append that took a position near the end of the range.
         """
-        position, reserved = await self._pipeline.evalsha(self._take, _KEYS, [AHEAD])
+        position, reserved = await self._hot.evalsha(_TAKE_SCRIPT, _KEYS, [AHEAD])
         if position < 0:
             await self.reseed(unless_seeded=True)
-            position, reserved = await self._pipeline.evalsha(self._take, _KEYS, [AHEAD])
+            position, reserved = await self._hot.evalsha(_TAKE_SCRIPT, _KEYS, [AHEAD])
             if position < 0:
                 raise RuntimeError("the position counter vanished again while it was re-seeded")
         if reserved == _NOT_RESERVED:

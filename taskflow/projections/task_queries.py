@@ -27,9 +27,9 @@ from redis.exceptions import RedisError
 from taskflow import names
 from taskflow.commands.task import Priority, Status, Tag, TaskState
 from taskflow.events.task_values import UtcDatetime
+from taskflow.hot_redis import HotRedis, HotScript
 from taskflow.metrics import CACHE
 from taskflow.projections import list_index
-from taskflow.projections.hot_redis import HotRedis, HotScript
 from taskflow.projections.list_index import ID, ListIndex, exact_us, sort_us
 from taskflow.projections.list_index import order_key as _order_key
 from taskflow.projections.mongo_view_writes import read_checkpoint

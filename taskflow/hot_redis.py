@@ -1,13 +1,15 @@
-"""The API's guarded reads' Redis calls: pipelined on one connection of their own, each bounded.
+"""A process's quick Redis calls, pipelined on one connection of their own, each bounded.
 
 A command through redis-py's asyncio client passes its pool, its retry wrapper, its
 observability hooks and asyncio's streams, and holds a connection for the whole round trip, so
-16 reads in flight take 16 connections and 16 socket writes. Here a command is packed by
+16 calls in flight take 16 connections and 16 socket writes. Here a command is packed by
 hiredis, queued on one connection and written with every other command queued in the same turn
 of the event loop (one `send` for all of them); the replies come back in order, parsed by
 hiredis, each handed to the future of the command that asked (docs/benchmarks.md, "The guarded
 read's Redis calls"). Redis runs the commands of one connection in order, as it would have
-from several.
+from several. Its callers: the API's guarded reads, the deny-list check of every authenticated
+request, and every append's position, cached head, idempotent outcome and announce (`Services.
+hot`). Only quick commands belong here: a blocking one would hold up every caller behind it.
 
 Every call is bounded: a command not answered within `timeout` fails with TimeoutError and
 closes the connection (with every command still on it: a Redis that does not answer in time
@@ -15,7 +17,8 @@ is taken as down, as the general client's socket timeout takes it), and the next
 afresh. One timer per connection does it, not one per call. Connecting (with the URL's TLS,
 `AUTH` and `SELECT`, as redis-py reads the URL) is bounded by the same timeout. A caller that
 gives up (a cancelled request) leaves its reply to be read and dropped: the connection stays
-in step.
+in step. Replies are hiredis's: bytes, integers and lists, without redis-py's per-command
+conversions (a `SET` answers b"OK", not True).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class HotRedis:
         self._timeout = timeout
         self._live: _Pipe | None = None
         self._opening: asyncio.Future[_Pipe] | None = None
+        self._writes = 0  # of the connections replaced
 
     async def execute(self, *args: Any) -> Any:
         """One command's reply (raised as an exception when Redis answers with an error).
@@ -80,6 +84,29 @@ class HotRedis:
             await self.execute("SCRIPT", "LOAD", script.source)
             return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
+    async def execute_all(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """The replies to `commands`, queued together in order (so they leave in one write);
+        an error reply is returned in its command's place, not raised. When Redis had closed
+        the connection they are all sent once more on a new one, as `execute` sends one
+        (callers give commands that may run twice)."""
+        packed = [_packed(*command) for command in commands]
+        replies = await self._call_all(packed)
+        if any(isinstance(reply, RedisConnectionError) for reply in replies):
+            replies = await self._call_all(packed)
+        return replies
+
+    async def _call_all(self, packed: list[bytes]) -> list[Any]:
+        pipe = self._live
+        if pipe is None or pipe.closed:
+            pipe = await self._connect()
+        futures = [pipe.call(one) for one in packed]  # no await between: all on one connection
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    @property
+    def writes(self) -> int:
+        """Socket writes so far, on every connection (tests: how much the callers shared)."""
+        return self._writes + (self._live.writes if self._live is not None else 0)
+
     async def _connect(self) -> _Pipe:
         """The live connection, or the one being opened: callers that come while it opens wait
         for the same attempt, so a Redis that cannot be reached costs each of them one timeout,
@@ -92,12 +119,22 @@ class HotRedis:
         return await asyncio.shield(self._opening)
 
     async def _open_in_time(self) -> _Pipe:
+        """A new connection, or TimeoutError, or RedisConnectionError when the socket cannot be
+        opened (refused, unreachable): every failure of Redis is a RedisError or a timeout to
+        callers, as with redis-py's client (the API answers both 503)."""
         async with asyncio.timeout(self._timeout):
-            return await self._open()
+            try:
+                return await self._open()
+            except OSError as exc:
+                if isinstance(exc, TimeoutError):
+                    raise
+                raise RedisConnectionError(f"cannot connect to Redis: {exc!r}") from exc
 
     def _opened(self, attempt: asyncio.Future[_Pipe]) -> None:
         self._opening = None
         if not attempt.cancelled() and attempt.exception() is None:
+            if self._live is not None:
+                self._writes += self._live.writes
             self._live = attempt.result()
 
     async def _open(self) -> _Pipe:
@@ -145,6 +182,7 @@ class _Pipe(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._failure: Exception | None = None
         self.closed = False
+        self.writes = 0
 
     def call(self, packed: bytes) -> asyncio.Future[Any]:
         """The future of the reply to one packed command, queued for this turn's write."""
@@ -163,6 +201,7 @@ class _Pipe(asyncio.Protocol):
     def _flush(self) -> None:
         if self._transport is not None and self._outgoing:
             self._transport.writelines(self._outgoing)
+            self.writes += 1
         self._outgoing = []
 
     def _check_deadline(self) -> None:
