@@ -91,6 +91,7 @@ async def test_commands_sent_together_keep_their_order_and_their_own_errors(
     """An append's announce: its commands leave in one write, in order, each with its own
     reply or error; on a connection Redis closed meanwhile they are all sent again."""
     await redis.set("text", "not a number")
+    await hot.execute("PING")  # connected (with its SELECT of the test's database) beforehand
     writes = hot.writes
     replies = await hot.execute_all(
         [("SET", "a", "1"), ("INCR", "text"), ("APPEND", "a", "2"), ("GET", "a")]
@@ -106,6 +107,7 @@ async def test_commands_sent_together_keep_their_order_and_their_own_errors(
 async def test_concurrent_appends_share_their_redis_writes(store: MongoEventStore) -> None:
     """Each append takes a position and announces its commit (four commands, two calls): 16
     at once make 32 calls or more (the first take also seeds the counter), in fewer writes."""
+    await store.hot.execute("PING")  # connected beforehand
     writes = store.hot.writes
     await asyncio.gather(
         *(store.append(f"note-{n}", 0, [NoteWritten(text=str(n))], meta()) for n in range(16))
