@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -282,6 +283,13 @@ async def test_list_pages_are_never_stale_once_projected(client: Client) -> None
     assert gone["items"] == []
 
 
+async def listed_titles(client: Client, auth: dict[str, str], **params: str) -> list[str]:
+    """The titles of one page of `GET /api/tasks` with these query parameters."""
+    response = await client.get("/api/tasks", params=params, headers=auth)
+    assert response.status == 200
+    return [task["title"] for task in (await response.json())["items"]]
+
+
 def _day(days: int) -> str:
     return (NOW + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -301,10 +309,7 @@ async def test_uncached_pages_come_from_the_list_index_until_a_change_moves_the_
     await project(client)
     redis, keys = client.app[SERVICES].redis, RedisViewKeys(1)
 
-    async def titles(**params: str) -> list[str]:
-        response = await client.get("/api/tasks", params=params, headers=auth)
-        assert response.status == 200
-        return [task["title"] for task in (await response.json())["items"]]
+    titles = functools.partial(listed_titles, client, auth)
 
     async def index_key() -> str:
         generation = int(await redis.get(keys.generation(owner)) or 0)
@@ -353,10 +358,7 @@ async def test_a_process_walks_its_copy_of_the_list_index_only_while_redis_holds
     await project(client)
     redis, keys = client.app[SERVICES].redis, RedisViewKeys(1)
 
-    async def titles(**params: str) -> list[str]:
-        response = await client.get("/api/tasks", params=params, headers=auth)
-        assert response.status == 200
-        return [task["title"] for task in (await response.json())["items"]]
+    titles = functools.partial(listed_titles, client, auth)
 
     assert await titles(order="asc") == ["task 0", "task 1", "task 2"]  # marks the index
     assert await titles(order="desc") == ["task 2", "task 1", "task 0"]  # builds it
