@@ -229,6 +229,21 @@ async def test_reading_the_tail_costs_two_redis_round_trips(
     assert sent == ["MGET", "EVALSHA"]
 
 
+async def test_an_append_whose_announce_times_out_is_still_committed(
+    store: MongoEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit is durable before its announce: a Redis that misses the announce's deadline
+    costs the hint and the wake-up, not the append (readers find the commit in MongoDB)."""
+
+    async def late(commands: Any) -> list[Any]:
+        raise TimeoutError("Redis did not answer in time")
+
+    monkeypatch.setattr(store.hot, "execute_all", late)
+    result = await store.append("s-1", 0, [NoteWritten(text="a")], meta())
+    monkeypatch.undo()
+    assert [c.position for c in await store.read_stream("s-1")] == [result.position]
+
+
 async def test_a_late_writer_whose_position_was_sealed_retries_with_a_new_one(
     store: MongoEventStore,
 ) -> None:

@@ -446,11 +446,12 @@ class MongoEventStore:
                 raise reply
 
     async def _best_effort(self, awaitable: Any) -> None:
-        """Redis here only accelerates: the commit is durable, readers fall back to MongoDB."""
+        """Redis here only accelerates: the commit is durable, readers fall back to MongoDB.
+        (A call on the pipelined connection that misses its deadline is a TimeoutError.)"""
         try:
             await awaitable
-        except RedisError as exc:
-            log.warning("redis_hint_failed", error=str(exc))
+        except (RedisError, TimeoutError) as exc:
+            log.warning("redis_hint_failed", error=repr(exc))
 
     # -- reading ------------------------------------------------------------------------------
 
