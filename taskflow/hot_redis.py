@@ -69,7 +69,7 @@ class HotRedis:
         """
         packed = _packed(*args)
         pipe = self._live
-        if pipe is None or pipe.closed:
+        if pipe is None or pipe.closed:  # the common case needs no await: `_connect` is slower
             pipe = await self._connect()
         try:
             return await pipe.call(packed)
@@ -96,9 +96,7 @@ class HotRedis:
         return replies
 
     async def _call_all(self, packed: list[bytes]) -> list[Any]:
-        pipe = self._live
-        if pipe is None or pipe.closed:
-            pipe = await self._connect()
+        pipe = await self._connect()
         futures = [pipe.call(one) for one in packed]  # no await between: all on one connection
         return list(await asyncio.gather(*futures, return_exceptions=True))
 

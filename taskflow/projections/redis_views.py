@@ -49,27 +49,6 @@ class _Change:
     steps: list[FeedStep] = field(default_factory=list)  # the view after each of its commits
 
 
-@dataclass
-class _Drops:
-    """The index entries a batch removes, recorded after its additions.
-
-    A term leaves the owner's sorted set of terms once no live task has it (its set is empty:
-    Redis deletes an empty set), and a tag's count leaves the hash at zero. The additions are
-    plain SADD/ZADD/HINCRBY; whatever their order against these, the final state holds exactly
-    the terms of non-empty sets and the live tasks' tag counts, so a replayed batch (which
-    changes no view, so writes nothing here) leaves them right.
-    """
-
-    terms: list[tuple[str, str, str, str]] = field(default_factory=list)  # set, zset, id, term
-    tags: list[tuple[str, str]] = field(default_factory=list)  # hash, tag
-
-    def record(self, writes: GuardedWrites) -> None:
-        for term_set, terms, task_id, term in self.terms:
-            writes.drop_term(term_set, terms, task_id, term)
-        for tags, tag in self.tags:
-            writes.drop_tag(tags, tag)
-
-
 _RAISE_FENCE = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -180,10 +159,8 @@ class RedisTaskViews:
         """One guarded script: nothing written if the fence moved past `term` or the
         checkpoint is not where the batch begins (guarded_writes.py)."""
         writes = GuardedWrites()
-        drops = _Drops()
         for task_id, change in changes.items():
-            self._write(writes, task_id, change, drops)
-        drops.record(writes)
+            self._write(writes, task_id, change)
         for owner in {change.owner for change in changes.values()}:
             writes.command("INCR", [self.keys.generation(owner)])
         steps = [step for change in changes.values() for step in change.steps]
@@ -271,7 +248,15 @@ class RedisTaskViews:
         self._written_to = -1
         self._marked_live = False
 
-    def _write(self, writes: GuardedWrites, task_id: str, change: _Change, drops: _Drops) -> None:
+    def _write(self, writes: GuardedWrites, task_id: str, change: _Change) -> None:
+        """Record one task's view and index changes.
+
+        A term leaves the owner's sorted set of terms once no live task has it (its set is
+        empty: Redis deletes an empty set), and a tag's count leaves the hash at zero. Whatever
+        the order of one task's drops against another's additions in the batch, the final state
+        holds exactly the terms of non-empty sets and the live tasks' tag counts, so a replayed
+        batch (which changes no view, so writes nothing here) leaves them right.
+        """
         after, before, owner = change.after, change.before, change.owner
         assert after is not None
         writes.command("HSET", [self.keys.owners], task_id, owner)
@@ -279,12 +264,13 @@ class RedisTaskViews:
         old_terms, new_terms = _live_terms(before), _live_terms(after)
         terms = self.keys.terms(owner)
         for term in old_terms - new_terms:
-            drops.terms.append((self.keys.term(owner, term), terms, task_id, term))
+            writes.drop_term(self.keys.term(owner, term), terms, task_id, term)
         for term in new_terms - old_terms:
             writes.command("SADD", [self.keys.term(owner, term)], task_id)
             writes.command("ZADD", [terms], 0, term)
         old_tags, new_tags = _live_tags(before), _live_tags(after)
-        drops.tags += [(self.keys.tags(owner), tag) for tag in old_tags - new_tags]
+        for tag in old_tags - new_tags:
+            writes.drop_tag(self.keys.tags(owner), tag)
         for tag in new_tags - old_tags:
             writes.command("HINCRBY", [self.keys.tags(owner)], tag, 1)
         if before is not None and not before.deleted:
