@@ -26,7 +26,9 @@ FERRETDB_VERSION="${FERRETDB_VERSION:-v1.24.2}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${TASKFLOW_STATE_DIR:-$ROOT/.state}"
 BIN="$STATE/bin"
-FERRETDB="$BIN/ferretdb-$FERRETDB_VERSION"
+# The binary carries one local fix on top of the module (patch_ferretdb below), named in its
+# file name so a binary built without it is never taken for one built with it.
+FERRETDB="$BIN/ferretdb-$FERRETDB_VERSION-idindex"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 ACTIONLINT="$BIN/actionlint-$ACTIONLINT_VERSION"
 BACKEND="${FERRETDB_BACKEND:-sqlite}"
@@ -151,6 +153,18 @@ stop_peer() {
   rm -f "$STATE/$1/peer.env"
 }
 
+# FerretDB v1's SQLite backend indexes `_id` as `_ferretdb_sjson->"_id"` but looks it up as
+# `_ferretdb_sjson->'$._id'`: the same value, but SQLite matches an expression index by its text,
+# so every find, update and delete by `_id` scanned the whole table (docs/design.md, "Building
+# FerretDB v1.24.2"). Writing the lookup as the index is written lets SQLite use the index.
+patch_ferretdb() { # patch_ferretdb SRC
+  local file="$1/internal/backends/sqlite/metadata/metadata.go"
+  local before="IDColumn = DefaultColumn + \"->'\$._id'\"" after="IDColumn = DefaultColumn + \"->'_id'\""
+  grep -qF "$before" "$file" || { log "FerretDB $FERRETDB_VERSION: $file has no '$before' to fix"; exit 1; }
+  sed -i "s|$(printf '%s' "$before" | sed 's/[$.]/\\&/g')|$after|" "$file"
+  grep -qF "$after" "$file" || { log "FerretDB $FERRETDB_VERSION: the _id lookup fix did not apply"; exit 1; }
+}
+
 ferretdb_ok() { [ -x "$FERRETDB" ] && "$FERRETDB" --version >/dev/null 2>&1; }
 
 install_ferretdb() {
@@ -167,6 +181,7 @@ install_ferretdb() {
   cp -r "$dir" "$work/src"
   chmod -R u+w "$work/src"
   printf '%s\n' "$FERRETDB_VERSION" > "$work/src/build/version/version.txt"
+  patch_ferretdb "$work/src"
   mkdir -p "$BIN"
   (cd "$work/src" && go build -trimpath -o "$FERRETDB.tmp" ./cmd/ferretdb)
   mv "$FERRETDB.tmp" "$FERRETDB"

@@ -69,7 +69,8 @@ def ferretdb_binary() -> str | None:
     """The FerretDB binary `scripts/services.sh` builds (or `FERRETDB_BIN`), if present."""
     explicit = os.environ.get("FERRETDB_BIN")
     state = Path(os.environ.get("TASKFLOW_STATE_DIR", ROOT / ".state"))
-    candidate = Path(explicit) if explicit else state / "bin" / f"ferretdb-{FERRETDB_VERSION}"
+    built = state / "bin" / f"ferretdb-{FERRETDB_VERSION}-idindex"  # services.sh's name for it
+    candidate = Path(explicit) if explicit else built
     return str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 

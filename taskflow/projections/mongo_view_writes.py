@@ -15,13 +15,16 @@ Why a ledger and not a filter on the term (`{_id: "~fence", term: {$lte: T}}`): 
 with SQLite, only a filter that is exactly `{_id: ...}` is handed to SQLite; any other filter is
 evaluated in Go over every document of the collection. Measured here at 10,000 views, a replace
 by `_id` cost 130 ms and one with an added `version: {$lt: ...}` condition 780 ms
-(docs/concurrency.md). The ledger keeps every statement's filter exactly `{_id}`. On a real
+(docs/concurrency.md; the first is about 1 ms with the `_id` lookup fix scripts/services.sh
+builds FerretDB with, the second still scans). The ledger keeps every statement's filter
+exactly `{_id}`. On a real
 MongoDB both are index lookups and each statement is atomic; on FerretDB v1 an update is a read
 followed by a write, so a superseded holder's `$inc` that runs at the very moment its successor
 closes the ledger can slip one command through (docs/concurrency.md says what then repairs it).
 
-**Inserts.** A view created in the batch being written was never stored, so it is inserted (on
-FerretDB an insert costs the same at any collection size, a replace scans the collection). An
+**Inserts.** A view created in the batch being written was never stored, so it is inserted (an
+insert is one round trip; an upsert is a lookup, then a write, and FerretDB as published scanned
+the collection for each). An
 insert only ever creates an absent document, so it needs no fence: it cannot move a stored view
 back. A replayed batch meets the stored view as a duplicate key; that view is then replaced, in
 a fenced command, only if it is older than ours.

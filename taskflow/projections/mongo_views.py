@@ -46,11 +46,12 @@ NAME = "task_views_mongo"
 # views beside them (docs/benchmarks.md, Write-to-visible latency). Paced, they lag by about
 # this much more and write a busy task once per pass.
 PACE_SECONDS = 0.5
-# On FerretDB every replace of a stored view scans the view collection in SQLite (an `_id`
-# filter is not served by its `_id` index: docs/design.md), so keeping 10,000 views current took
-# FerretDB's whole core under load and slowed every append queued behind it (docs/benchmarks.md,
-# "Scale"). Passes may take at most this share of the time; when behind, the views lag more
-# instead. On a real MongoDB a pass is an index lookup per view and far shorter than the pace.
+# Their writes cost the server time that requests need: on FerretDB as published, every replace
+# of a stored view scanned the view collection, and keeping 10,000 views current took FerretDB's
+# whole core under load (docs/benchmarks.md, "Scale"; the FerretDB that scripts/services.sh
+# builds looks `_id` up through its index: docs/design.md). Passes may take at most this share
+# of the time; when behind, the views lag more instead. On MongoDB a pass is an index lookup per
+# view and far shorter than the pace.
 BUSY_SHARE = 0.25
 # Views remembered between batches, so a busy task is not re-read from MongoDB every batch.
 CACHE_SIZE = 50_000

@@ -14,7 +14,7 @@ this process loses, is left to a standby `ProjectionDriver` (the workers' own), 
 from its checkpoint like any projector; the pass then waits for its checkpoint.
 
 The MongoDB views are staged across batches and written once per task (`MongoTaskViews.stage`,
-`flush`): on FerretDB each write of a stored view scans the collection, an insert does not.
+`flush`): a rebuild then writes each task once, however many batches touched it.
 """
 
 from __future__ import annotations
