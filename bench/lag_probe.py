@@ -6,8 +6,8 @@ flushed), sends RATE commands/s open-loop for SECONDS (20 by default) after 2 s 
 prints the lag and command percentiles, the projector's own part, the slowest commands (and
 when they started) and the slowest samples to become visible (and how long their own command
 took). A slow command followed by a run of slow-to-show fast ones is head-of-line blocking.
-With BENCH_SPLIT_PROJECTORS=1 each read model has a projector process of its own
-(PROJECTOR_READ_MODELS), as group 4 does with the same variable.
+Each read model has a projector process of its own (PROJECTOR_READ_MODELS), as in group 4;
+BENCH_SPLIT_PROJECTORS=0 runs both in one process, as group 4 does with the same variable.
 """
 
 from __future__ import annotations

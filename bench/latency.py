@@ -176,7 +176,9 @@ async def _raw_max(servers: Servers, sizes: Sizes) -> float:
         return await closed_loop(load.send, sizes.writers, sizes.latency_max_seconds)
 
 
-SPLIT_PROJECTORS = os.environ.get("BENCH_SPLIT_PROJECTORS") == "1"
+# One projector process per read model, as `make dev` and the compose file run them;
+# BENCH_SPLIT_PROJECTORS=0 runs both read models in one process.
+SPLIT_PROJECTORS = os.environ.get("BENCH_SPLIT_PROJECTORS", "1") != "0"
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -153,9 +154,18 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
-    """Both processes as children; Ctrl-C or SIGTERM stops both gracefully."""
+    """The API and a projector per read model as children; Ctrl-C or SIGTERM stops them all
+    gracefully.
+
+    One projector process per read model, as the compose file runs them: in one process the
+    MongoDB views' pass (half a second of commits at once) shares the event loop the Redis
+    views, which reads are served from, need (docs/benchmarks.md, "Write-to-visible latency").
+    """
     me = [sys.executable, "-m", "taskflow"]
-    children = [subprocess.Popen([*me, "serve"]), subprocess.Popen([*me, "project"])]  # noqa: S603
+    children = [subprocess.Popen([*me, "serve"])]  # noqa: S603
+    for model in settings.projector_read_models:
+        env = {**os.environ, "PROJECTOR_READ_MODELS": model}
+        children.append(subprocess.Popen([*me, "project"], env=env))  # noqa: S603
 
     def stop(signum: int, frame: object) -> None:
         for child in children:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from taskflow.settings import Settings
+from taskflow.settings import READ_MODELS, Settings
 from tests.deploy_support import (
     COMPOSE_FILE,
     NGINX_DIR,
@@ -33,8 +33,9 @@ MAKE_SECRETS = ROOT / "scripts" / "make-secrets.sh"
 
 MONGO_MEMBERS = ("mongo1", "mongo2", "mongo3")
 ONE_SHOT_SERVICES = frozenset({"mongo-init"})
-LONG_RUNNING_SERVICES = (*MONGO_MEMBERS, "redis", "api1", "api2", "nginx", "projector")
-APP_SERVICES = ("api1", "api2", "projector")
+PROJECTORS = ("projector", "projector-mongodb")
+LONG_RUNNING_SERVICES = (*MONGO_MEMBERS, "redis", "api1", "api2", "nginx", *PROJECTORS)
+APP_SERVICES = ("api1", "api2", *PROJECTORS)
 MONGODB_URI = "mongodb://mongo1:27017,mongo2:27017,mongo3:27017/?replicaSet=rs0"
 SETTINGS = (
     "MONGODB_URI",
@@ -88,8 +89,19 @@ def _final_stage() -> list[tuple[str, str]]:
 
 
 def test_compose_defines_every_service(services: dict[str, dict[str, Any]]) -> None:
-    """Compose ships the replica set, its init job, Redis, two APIs, nginx and the projector."""
+    """Compose ships the replica set, its init job, Redis, two APIs, nginx and the projectors."""
     assert set(services) >= {*LONG_RUNNING_SERVICES, *ONE_SHOT_SERVICES}
+
+
+def test_each_read_model_has_a_projector_service_of_its_own(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """One projector service per read model, together covering every read model: the Redis
+    views' passes do not share an event loop with the MongoDB views' (docs/operations.md)."""
+    models = [_environment(services[name]).get("PROJECTOR_READ_MODELS") for name in PROJECTORS]
+    assert sorted(models) == sorted(READ_MODELS)
+    for name in PROJECTORS:
+        assert services[name]["command"] == ["taskflow", "project"]
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING_SERVICES)
@@ -247,7 +259,8 @@ def test_nginx_overwrites_forwarded_for_and_compose_trusts_it(
     assert "$proxy_add_x_forwarded_for" not in proxy
     for api in ("api1", "api2"):
         assert _environment(services[api]).get("TRUST_FORWARDED_FOR") == "true"
-    assert "TRUST_FORWARDED_FOR" not in _environment(services["projector"])
+    for name in PROJECTORS:
+        assert "TRUST_FORWARDED_FOR" not in _environment(services[name])
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -273,7 +286,7 @@ def test_app_secrets_come_from_docker_secrets_files(services: dict[str, dict[str
     mounts, declared from a file under deploy/secrets/ that scripts/make-secrets.sh writes."""
     declared = _yaml(COMPOSE_FILE)["secrets"]
     written = set(re.findall(r"^write (\w+) ", MAKE_SECRETS.read_text(encoding="utf-8"), re.M))
-    for name in ("api1", "api2", "projector"):
+    for name in APP_SERVICES:
         files = {k: v for k, v in _environment(services[name]).items() if k.endswith("_FILE")}
         assert {"JWT_KEYS_FILE", "EVENT_LOG_HMAC_KEY_FILE"} <= set(files), name
         for variable, path in files.items():

@@ -34,7 +34,7 @@ from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.verify import compare, fold_all_tasks, mongo_views, redis_views
 from taskflow.settings import Settings
 from tests.conftest import TEST_HMAC_KEY
-from tests.fault_tools import free_port
+from tests.fault_tools import free_port, taskflow_env
 from tests.workload import write_workload
 
 LEASE_TTL = 1.5
@@ -640,3 +640,53 @@ async def test_a_holder_refused_by_a_newer_term_stands_by_and_a_standby_takes_ov
     assert (taken["acquired_at"] - lapses).total_seconds() <= PAUSE_TTL
     await until(lambda: caught_up(store, redis, views_db), 60, "catch-up after the takeover")
     await assert_models_equal_the_log(store, redis, views_db)
+
+
+@pytest.mark.slow(15)
+async def test_taskflow_dev_runs_a_projector_process_per_read_model(
+    settings: Settings, db: AsyncDatabase[dict[str, Any]], tmp_path: Path
+) -> None:
+    """`taskflow dev` (what `make dev` runs) starts the API and one projector process per read
+    model, each holding its own model's lease, and SIGTERM stops every one of them."""
+    port = free_port()
+    env = taskflow_env(settings, HTTP_PORT=str(port), TASKFLOW_ENV="development")
+
+    async def api_ready() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{port}/api/health") as response,
+            ):
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    with (tmp_path / "dev.log").open("wb") as out:
+        dev = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "taskflow", "dev", env=env, stdout=out, stderr=out
+        )
+        try:
+            leases = await both_leases_taken(db)
+            await until(api_ready, 30, "the API to answer")
+            redis_holder, _ = await holder_of(leases, "task_views_redis_v1")
+            mongo_holder, _ = await holder_of(leases, "task_views_mongo_v1")
+            assert redis_holder != mongo_holder
+            assert dev.pid not in (redis_holder, mongo_holder)
+            for pid in (redis_holder, mongo_holder):
+                os.kill(pid, 0)  # alive: raises if not
+        finally:
+            dev.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(dev.wait(), 30)
+            assert code == 0, (tmp_path / "dev.log").read_text()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    async def all_stopped() -> bool:
+        return gone(redis_holder) and gone(mongo_holder)
+
+    await until(all_stopped, 10, "the projector processes to stop")
