@@ -98,7 +98,7 @@ def test_each_read_model_has_a_projector_service_of_its_own(
 ) -> None:
     """One projector service per read model, together covering every read model: the Redis
     views' passes do not share an event loop with the MongoDB views' (docs/operations.md)."""
-    models = [_environment(services[name]).get("PROJECTOR_READ_MODELS") for name in PROJECTORS]
+    models = [_environment(services[name]).get("PROJECTOR_READ_MODELS", "") for name in PROJECTORS]
     assert sorted(models) == sorted(READ_MODELS)
     for name in PROJECTORS:
         assert services[name]["command"] == ["taskflow", "project"]
