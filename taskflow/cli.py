@@ -162,12 +162,20 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     views, which reads are served from, need (docs/benchmarks.md, "Write-to-visible latency").
     """
     me = [sys.executable, "-m", "taskflow"]
-    children = [subprocess.Popen([*me, "serve"])]  # noqa: S603
+    # Each child in a process group of its own: a Ctrl-C in the terminal reaches this process
+    # alone, which stops each child with one SIGTERM. Had the children also received the
+    # SIGINT, the SIGTERM would come in the middle of their shutdown and end it early.
+    children = [subprocess.Popen([*me, "serve"], process_group=0)]  # noqa: S603
     for model in settings.projector_read_models:
         env = {**os.environ, "PROJECTOR_READ_MODELS": model}
-        children.append(subprocess.Popen([*me, "project"], env=env))  # noqa: S603
+        children.append(subprocess.Popen([*me, "project"], env=env, process_group=0))  # noqa: S603
+
+    stopping: list[bool] = []  # set once: a second SIGTERM would cut a child's shutdown short
 
     def stop(signum: int, frame: object) -> None:
+        if stopping:
+            return
+        stopping.append(True)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -179,5 +187,7 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
             children[0].wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             continue
-    stop(signal.SIGTERM, None)
-    return max(child.wait() or 0 for child in children)
+    stop(signal.SIGTERM, None)  # one child ended on its own: stop the others (once)
+    codes = [child.wait() for child in children]
+    # A child that failed (or died of a signal, a negative code) makes this one fail too.
+    return next((code if code > 0 else 1 for code in codes if code != 0), 0)
