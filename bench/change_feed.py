@@ -42,7 +42,7 @@ from bench.http_processes import (
     load,
     new_user,
 )
-from bench.latency import SPLIT_PROJECTORS, closed_loop, steady
+from bench.latency import closed_loop, steady
 from bench.processes import child, projectors
 from bench.servers import Servers
 from bench.sizes import Sizes
@@ -328,7 +328,7 @@ async def _taskflow_push(servers: Servers, sizes: Sizes) -> Trial:
         auth = {owner: bearer(servers, owner) for owner in owners}
         async with (
             api_server(servers, db.name) as api,
-            projectors(servers, db.name, split=SPLIT_PROJECTORS),
+            projectors(servers, db.name),
             _session() as http,
         ):
             subscribers = Subscribers()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import random
 import time
 import uuid
@@ -176,17 +175,12 @@ async def _raw_max(servers: Servers, sizes: Sizes) -> float:
         return await closed_loop(load.send, sizes.writers, sizes.latency_max_seconds)
 
 
-# One projector process per read model, as `make dev` and the compose file run them;
-# BENCH_SPLIT_PROJECTORS=0 runs both read models in one process.
-SPLIT_PROJECTORS = os.environ.get("BENCH_SPLIT_PROJECTORS", "1") != "0"
-
-
 @asynccontextmanager
 async def _taskflow_load(servers: Servers, *, watched: bool) -> AsyncIterator[TaskLoad]:
     """Command handlers on a fresh store, the real projector following it."""
     async with (
         servers.fresh_store() as store,
-        projectors(servers, store.commits.database.name, split=SPLIT_PROJECTORS),
+        projectors(servers, store.commits.database.name),
         ViewWatch(servers.redis) as watch,
     ):
         yield TaskLoad(store, watch, watched=watched)

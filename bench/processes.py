@@ -17,6 +17,9 @@ from taskflow.projections.redis_views import NAME as REDIS_VIEWS
 from taskflow.settings import READ_MODELS, ReadModel
 
 STOP_GRACE_SECONDS = 10.0
+# One projector process per read model, as `make dev` and the compose file run them;
+# BENCH_SPLIT_PROJECTORS=0 runs both read models in one process.
+SPLIT_PROJECTORS = os.environ.get("BENCH_SPLIT_PROJECTORS", "1") != "0"
 ECHO_CHANNEL = "bench:echo"
 
 
@@ -104,8 +107,11 @@ async def projector(
 
 
 @asynccontextmanager
-async def projectors(servers: Servers, database: str, *, split: bool) -> AsyncIterator[None]:
-    """Both read models maintained: by one projector process, or by one per model."""
+async def projectors(
+    servers: Servers, database: str, *, split: bool = SPLIT_PROJECTORS
+) -> AsyncIterator[None]:
+    """Both read models maintained: by one projector process per model (the default), or by one
+    for both."""
     if not split:
         async with projector(servers, database):
             yield

@@ -170,12 +170,13 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
         env = {**os.environ, "PROJECTOR_READ_MODELS": model}
         children.append(subprocess.Popen([*me, "project"], env=env, process_group=0))  # noqa: S603
 
-    stopping: list[bool] = []  # set once: a second SIGTERM would cut a child's shutdown short
+    stopping = False  # a second SIGTERM would cut a child's shutdown short: send one
 
     def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
         if stopping:
             return
-        stopping.append(True)
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
