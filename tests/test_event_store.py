@@ -229,6 +229,38 @@ async def test_reading_the_tail_costs_two_redis_round_trips(
     assert sent == ["MGET", "EVALSHA"]
 
 
+async def test_a_commit_announced_during_a_pass_is_read_from_its_hint_not_the_log(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """Two projector processes share the settled head. A commit announced after one reader's
+    MGET, and settled by the other reader before the first one's script, is still taken from
+    its hint: the head past it must not send the first reader to stream the log from MongoDB
+    (a whole-collection scan on FerretDB, and a stall of the projector behind it)."""
+    await store.append("s-1", 0, [NoteWritten(text="a")], meta())
+    other = log_reader.LogReader(
+        store.commits, redis, store.positions, gap_timeout=60.0, hint_ttl=3600
+    )
+    reader = log_reader.LogReader(
+        store.commits, redis, store.positions, gap_timeout=60.0, hint_ttl=3600
+    )
+    first_mget = reader._hinted
+
+    async def mget_then_race(after: int, chunk: int) -> list[Commit]:
+        hinted = await first_mget(after, chunk)
+        if after == 0:  # between this MGET and the script: the append, and the other reader
+            await store.append("s-1", 1, [NoteWritten(text="b")], meta())
+            assert [c.position async for c in other.read(0)] == [1, 2]
+        return hinted
+
+    def no_log_scan(position: int) -> Any:
+        raise AssertionError(f"read the log from MongoDB at {position}; its hint was there")
+
+    reader._hinted = mget_then_race  # type: ignore[method-assign]
+    reader._from_log = no_log_scan  # type: ignore[method-assign]
+    assert [c.position async for c in reader.read(0)] == [1, 2]
+    assert await redis.get(names.SETTLED_HEAD) == b"2"
+
+
 async def test_an_append_whose_announce_times_out_is_still_committed(
     store: MongoEventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
