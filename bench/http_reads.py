@@ -153,7 +153,9 @@ async def _seed(servers: Servers, store: MongoEventStore, owner: str, count: int
         await handle_create_task(store, command, context, now)
     # Marked live as the projector marks them (`catch_up`): reads refuse views not known to
     # hold the whole log, and would go to the (empty) MongoDB views instead.
-    views = RedisTaskViews(servers.redis, allocated=store.allocated_position)
+    views = RedisTaskViews(
+        servers.redis, hot=servers.services.hot, allocated=store.allocated_position
+    )
     await views.setup()
     await catch_up(store, [views])
     stored = await servers.redis.hgetall(RedisViewKeys(1).tasks(owner))

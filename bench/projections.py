@@ -61,7 +61,9 @@ async def _run(
     views: Sequence[TaskState],
 ) -> float:
     if variant == "redis_views":
-        return await _catch_up_rate(store, RedisTaskViews(servers.redis), len(backlog))
+        return await _catch_up_rate(
+            store, RedisTaskViews(servers.redis, hot=servers.services.hot), len(backlog)
+        )
     if variant == "mongo_views":
         return await _catch_up_rate(store, MongoTaskViews(store.commits.database), len(backlog))
     if variant == "raw_upsert":

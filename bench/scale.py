@@ -277,7 +277,7 @@ async def _catch_up(
     servers: Servers, db: AsyncDatabase[dict[str, Any]], head: int, options: Options, worker: Child
 ) -> dict[str, float]:
     """From the moment the real projector holds its lease: until each view reaches `head`."""
-    redis_views = RedisTaskViews(servers.redis)
+    redis_views = RedisTaskViews(servers.redis, hot=servers.services.hot)
     mongo_views = MongoTaskViews(servers.views_db_of(db))
     start = time.perf_counter()
     await worker.wait_until(lambda: _reached(redis_views.position, head), seconds=3600)
@@ -475,7 +475,7 @@ async def _rebuild(
         head = await services.store.head_position()
         active = int(await services.redis.get(names.READ_MODEL_ACTIVE) or 1)
         redis_views, mongo_views = (
-            RedisTaskViews(services.redis, active + 1),
+            RedisTaskViews(services.redis, active + 1, hot=services.hot),
             MongoTaskViews(services.views_db, active + 1),
         )
         start = time.perf_counter()
@@ -515,7 +515,9 @@ async def _redis_views_alone(
             async for batch in _hint_batches(servers):
                 await servers.redis.unlink(*batch)
         start = time.perf_counter()
-        applied = await run_until_caught_up(store, RedisTaskViews(servers.redis, version))
+        applied = await run_until_caught_up(
+            store, RedisTaskViews(servers.redis, version, hot=servers.services.hot)
+        )
         seconds = time.perf_counter() - start
         figures[f"{key}_per_s"] = applied / seconds
         progress.step(f"Redis views alone ({key}): {applied:,} positions in {seconds:.1f} s")

@@ -131,6 +131,7 @@ def projections(
             RedisTaskViews(
                 services.redis,
                 version,
+                hot=services.hot,
                 history=history,
                 allocated=services.store.allocated_position,
                 feed_history=services.settings.change_feed_history,

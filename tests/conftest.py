@@ -214,17 +214,19 @@ async def accounts(
     return Accounts.create(store, db, redis, settings)
 
 
-def commands_sent(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def commands_sent(redis: Redis | HotRedis, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the commands `redis` sends one by one from now on (scripts by `EVALSHA`;
-    a redis-py pipeline's commands bypass it), in order: for counting round trips."""
+    a redis-py pipeline's commands, and a HotRedis's `execute_all`, bypass it), in order: for
+    counting round trips."""
     sent: list[str] = []
-    execute = cast(Callable[..., Awaitable[Any]], redis.execute_command)
+    name = "execute" if isinstance(redis, HotRedis) else "execute_command"
+    execute = cast(Callable[..., Awaitable[Any]], getattr(redis, name))
 
     async def counted(*args: Any, **options: Any) -> Any:
         sent.append(str(args[0]))
         return await execute(*args, **options)
 
-    monkeypatch.setattr(redis, "execute_command", counted)
+    monkeypatch.setattr(redis, name, counted)
     return sent
 
 

@@ -19,6 +19,7 @@ from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.positions import BLOCK
 from taskflow.events.records import Commit, Metadata
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
+from taskflow.hot_redis import HotRedis
 from taskflow.projections.log_seal import LogSeal, SealMismatchError
 from taskflow.projections.runtime import run_until_caught_up
 from tests.conftest import TEST_HMAC_KEY, commands_sent
@@ -216,12 +217,12 @@ async def test_a_position_taken_and_never_written_is_sealed_after_the_timeout(
 
 
 async def test_reading_the_tail_costs_two_redis_round_trips(
-    store: MongoEventStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+    store: MongoEventStore, hot: HotRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A projector woken for a new commit reads its hint, then records it settled and learns
     that nothing after it was handed out, in one script: two round trips a pass, not four."""
     await store.append("s-1", 0, [NoteWritten(text="a")], meta())
-    sent = commands_sent(redis, monkeypatch)
+    sent = commands_sent(hot, monkeypatch)
     assert [c.position for c in await drain(store)] == [1]
     assert sent == ["MGET", "EVALSHA"]
     sent.clear()
@@ -230,7 +231,7 @@ async def test_reading_the_tail_costs_two_redis_round_trips(
 
 
 async def test_a_commit_announced_during_a_pass_is_read_from_its_hint_not_the_log(
-    store: MongoEventStore, redis: Redis
+    store: MongoEventStore, redis: Redis, hot: HotRedis
 ) -> None:
     """Two projector processes share the settled head. A commit announced after one reader's
     MGET, and settled by the other reader before the first one's script, is still taken from
@@ -238,10 +239,10 @@ async def test_a_commit_announced_during_a_pass_is_read_from_its_hint_not_the_lo
     (a whole-collection scan on FerretDB, and a stall of the projector behind it)."""
     await store.append("s-1", 0, [NoteWritten(text="a")], meta())
     other = log_reader.LogReader(
-        store.commits, redis, store.positions, gap_timeout=60.0, hint_ttl=3600
+        store.commits, hot, store.positions, gap_timeout=60.0, hint_ttl=3600
     )
     reader = log_reader.LogReader(
-        store.commits, redis, store.positions, gap_timeout=60.0, hint_ttl=3600
+        store.commits, hot, store.positions, gap_timeout=60.0, hint_ttl=3600
     )
     first_mget = reader._hinted
 

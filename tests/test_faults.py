@@ -103,7 +103,7 @@ async def highest_position(services: Services) -> int:
 
 async def projected_to(services: Services, position: int) -> bool:
     """Both read models of version 1 have applied the log up to `position`."""
-    redis_at = await RedisTaskViews(services.redis).position()
+    redis_at = await RedisTaskViews(services.redis, hot=services.hot).position()
     mongo_at = await MongoTaskViews(services.views_db).position()
     return redis_at >= position and mongo_at >= position
 

@@ -19,6 +19,7 @@ from taskflow.commands.task import ChangeTask, CreateTask
 from taskflow.commands.task_handlers import handle_change_task, handle_create_task
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
+from taskflow.hot_redis import HotRedis
 from taskflow.projections.driver import ProjectionDriver
 from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
@@ -41,11 +42,11 @@ async def _create(store: MongoEventStore, title: str = "a task") -> tuple[str, s
 
 
 async def test_redis_views_rebuild_from_zero_when_redis_lost_them_under_a_live_holder(
-    store: MongoEventStore, redis: Redis
+    store: MongoEventStore, redis: Redis, hot: HotRedis
 ) -> None:
     """Views the holder remembers are not trusted once the checkpoint is not where it left it."""
     await write_workload(store, tasks=10, changes=40)
-    views = RedisTaskViews(redis)
+    views = RedisTaskViews(redis, hot=hot)
     await run_until_caught_up(store, views)
     lost = [key async for key in redis.scan_iter(match=RedisViewKeys(1).prefix + "*")]
     await redis.delete(*lost)  # what a Redis restart without persistence does to the model
@@ -57,13 +58,13 @@ async def test_redis_views_rebuild_from_zero_when_redis_lost_them_under_a_live_h
 
 
 async def test_a_batch_that_does_not_follow_the_checkpoint_is_refused(
-    store: MongoEventStore, redis: Redis
+    store: MongoEventStore, redis: Redis, hot: HotRedis
 ) -> None:
     """Another writer moved the checkpoint between the read and the write: nothing is written."""
     await _create(store, "one")
     await _create(store, "two")
     commits = [commit async for commit in store.read_all(0)]
-    views = RedisTaskViews(redis)
+    views = RedisTaskViews(redis, hot=hot)
     await views.apply(commits[:1], term=0)
     await redis.set(views.keys.checkpoint, 0)
 
@@ -73,20 +74,20 @@ async def test_a_batch_that_does_not_follow_the_checkpoint_is_refused(
 
 
 async def test_a_batch_is_one_guarded_round_trip_and_a_fenced_one_writes_nothing(
-    store: MongoEventStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+    store: MongoEventStore, redis: Redis, hot: HotRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A remembered task's change: its view, indexes, feed entries and checkpoint in one
     script (it was a WATCH, an MGET and a MULTI/EXEC). Behind a newer term's fence the same
     script writes nothing at all."""
     owner, task_id = await _create(store)
-    views = RedisTaskViews(redis)
+    views = RedisTaskViews(redis, hot=hot)
     await run_until_caught_up(store, views)
     context = Context(actor=owner, request_id="r", correlation_id="c")
     for version, title in ((1, "renamed"), (2, "fenced")):
         change = ChangeTask(task_id=task_id, title=title)
         await handle_change_task(store, change, context, datetime.now(UTC), version)
     first, second = [commit async for commit in store.read_all(1)]
-    sent = commands_sent(redis, monkeypatch)
+    sent = commands_sent(hot, monkeypatch)
     await views.apply([first], term=3)
     assert sent == ["EVALSHA"]
     monkeypatch.undo()

@@ -35,7 +35,7 @@ from taskflow.api.keys import SERVICES
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.projections.mongo_views import MongoTaskViews
-from taskflow.projections.redis_views import RedisTaskViews
+from taskflow.projections.redis_keys import RedisViewKeys
 from taskflow.projections.verify import ViewMismatch, compare, mongo_views, redis_views
 from taskflow.server import create_app
 from taskflow.settings import Settings
@@ -310,7 +310,7 @@ async def mismatched_views(client: Client, task_ids: set[str]) -> list[ViewMisma
             if view.task_id in task_ids:
                 yield view
 
-    keys = RedisTaskViews(services.redis).keys
+    keys = RedisViewKeys(1)
     return [
         *await compare("redis", expected, only_these(redis_views(services.redis, keys))),
         *await compare(

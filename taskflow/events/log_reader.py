@@ -22,7 +22,6 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError
-from redis.asyncio import Redis
 
 from taskflow import names
 from taskflow.events.codec import (
@@ -34,6 +33,7 @@ from taskflow.events.codec import (
 from taskflow.events.gaps import make_gap
 from taskflow.events.positions import PositionCounter
 from taskflow.events.records import Commit
+from taskflow.hot_redis import HotRedis, HotScript
 from taskflow.tasks import batches, read_ahead
 
 HINT_CHUNK = 256
@@ -70,7 +70,7 @@ class LogReader:
     def __init__(
         self,
         commits: AsyncCollection[dict[str, Any]],
-        redis: Redis,
+        hot: HotRedis,
         counter: PositionCounter,
         *,
         gap_timeout: float,
@@ -78,13 +78,16 @@ class LogReader:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._commits = commits
-        self._redis = redis
+        # Every Redis call here is quick (the longest an MGET of HINT_CHUNK hints): they go
+        # pipelined on the process's own connection, packed by hiredis (hot_redis.py), which
+        # halved a projector pass's client CPU against redis-py's pool (docs/benchmarks.md).
+        self._hot = hot
         self._counter = counter
         self._gap_timeout = gap_timeout
         self._hint_ttl = hint_ttl
         self._monotonic = monotonic
         self._missing_since: dict[int, float] = {}
-        self._settle = redis.register_script(_SETTLE)
+        self._settle = HotScript(_SETTLE)
 
     async def read(self, after: int) -> AsyncGenerator[Commit, None]:
         """Every settled commit (gaps included) after `after`, in order, up to the first hole."""
@@ -128,7 +131,7 @@ class LogReader:
 
     async def head(self) -> int:
         """The highest position up to which every position is known to be settled."""
-        raw = await self._redis.get(names.SETTLED_HEAD)
+        raw = await self._hot.execute("GET", names.SETTLED_HEAD)
         position, chunk = (int(raw) if raw else 0), FIRST_HINT_CHUNK
         while hinted := await self._hinted(position, chunk):
             position = hinted[-1].position
@@ -138,15 +141,14 @@ class LogReader:
         return position
 
     async def hint(self, commit: Commit) -> None:
-        await self._redis.set(
-            names.commit_hint_key(commit.position), commit_to_json(commit), ex=self._hint_ttl
-        )
+        key = names.commit_hint_key(commit.position)
+        await self._hot.execute("SET", key, commit_to_json(commit), "EX", self._hint_ttl)
 
     async def _hinted(self, after: int, chunk: int) -> list[Commit]:
         """The hinted commits right after `after`, up to `chunk` of them and the first hole."""
         keys = [names.commit_hint_key(after + i) for i in range(1, chunk + 1)]
         commits: list[Commit] = []
-        for raw in await self._redis.mget(keys):
+        for raw in await self._hot.execute("MGET", *keys):
             if raw is None:
                 break
             commits.append(commit_from_json(raw))
@@ -161,7 +163,7 @@ class LogReader:
         for stale in [p for p in self._missing_since if p <= position]:
             del self._missing_since[stale]
         keys = [names.SETTLED_HEAD, names.POSITION_COUNTER, names.commit_hint_key(following)]
-        settled, allocated, hint = await self._settle(keys=keys, args=[position])
+        settled, allocated, hint = await self._hot.evalsha(self._settle, keys, [position])
         return (
             int(settled),
             None if allocated is None else int(allocated),

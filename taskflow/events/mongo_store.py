@@ -163,7 +163,7 @@ class MongoEventStore:
             redis, self.commits, db[names.POSITION_BLOCKS], clock, hint_ttl, hot
         )
         self.reader = LogReader(
-            self.commits, redis, self.positions, gap_timeout=gap_timeout, hint_ttl=hint_ttl
+            self.commits, hot, self.positions, gap_timeout=gap_timeout, hint_ttl=hint_ttl
         )
 
     @property

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from redis.asyncio import Redis
+from taskflow.hot_redis import HotRedis, HotScript
 
 Value = str | int | float | bytes
 
@@ -101,10 +101,13 @@ class GuardedWrites:
 
 
 class GuardedScript:
-    """The script, registered on a client (sent by EVALSHA, loaded on NOSCRIPT)."""
+    """The script, sent by EVALSHA (loaded on NOSCRIPT) on the process's pipelined connection:
+    a batch's writes are many arguments, which hiredis packs in C (redis-py's pure-Python
+    packing was the largest single cost of a projector pass, docs/benchmarks.md)."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._script = redis.register_script(_GUARDED)
+    def __init__(self, hot: HotRedis) -> None:
+        self._hot = hot
+        self._script = HotScript(_GUARDED)
 
     async def run(
         self,
@@ -118,7 +121,7 @@ class GuardedScript:
     ) -> tuple[Outcome, int]:
         """Apply `writes` if the fence allows `term` and the checkpoint is at `after`, and move
         the checkpoint to `to`; the outcome and the checkpoint as the script found or left it."""
-        status, at = await self._script(
-            keys=[fence, checkpoint, *writes.keys], args=[term, after, to, *writes.args]
+        status, at = await self._hot.evalsha(
+            self._script, [fence, checkpoint, *writes.keys], [term, after, to, *writes.args]
         )
         return Outcome(int(status)), int(at)

@@ -115,7 +115,7 @@ async def drop_version(services: Services, version: int) -> None:
     async for batch in _key_batches(services, prefix + "*"):
         await services.redis.unlink(*batch)
     mongo = MongoTaskViews(services.views_db, version)
-    redis_name = RedisTaskViews(services.redis, version).name
+    redis_name = RedisTaskViews(services.redis, version, hot=services.hot).name
     await mongo.views.drop()
     await services.views_db[names.CHECKPOINTS].delete_many({"_id": mongo.name})
     await services.db[names.LEASES].delete_many({"name": {"$in": [mongo.name, redis_name]}})

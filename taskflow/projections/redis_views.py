@@ -22,6 +22,7 @@ from redis.exceptions import WatchError
 from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import Status, TaskState
 from taskflow.events.records import Commit
+from taskflow.hot_redis import HotRedis
 from taskflow.projections.feed_writes import DEFAULT_HISTORY, FeedStep, FeedWriter
 from taskflow.projections.guarded_writes import GuardedScript, GuardedWrites, Outcome
 from taskflow.projections.redis_keys import RedisViewKeys
@@ -78,11 +79,15 @@ class RedisTaskViews:
         redis: Redis,
         version: int = 1,
         *,
+        hot: HotRedis,
         history: TaskHistory | None = None,
         allocated: Callable[[], Awaitable[int | None]] | None = None,
         feed_history: int = DEFAULT_HISTORY,
     ) -> None:
-        """`history` repairs a view found behind the log; `allocated` is the log's highest
+        """A pass's calls (the checkpoint, the views it reads, the guarded script) go on `hot`,
+        the process's pipelined connection; the rare ones (fencing, marking the views live,
+        an erasure's reads) on `redis`. `history` repairs a view found behind the log;
+        `allocated` is the log's highest
         position handed out (`EventStore.allocated_position`): the views are marked live only
         once a pass has read that far (without it, at the end of any complete pass);
         `feed_history` is how many changes each owner's change feed keeps."""
@@ -93,7 +98,8 @@ class RedisTaskViews:
         self._marked_live = False  # since this process last lost track of the checkpoint
         self.keys = RedisViewKeys(version)
         self.feed = FeedWriter(self.keys, feed_history)
-        self._guarded = GuardedScript(redis)
+        self._hot = hot
+        self._guarded = GuardedScript(hot)
         self._cache: LRUCache[str, TaskState] = LRUCache(maxsize=CACHE_SIZE)
         self._written_to = -1  # the checkpoint this process last wrote; -1: none or unknown
 
@@ -101,7 +107,7 @@ class RedisTaskViews:
         return None
 
     async def position(self) -> int:
-        raw = await self._redis.get(self.keys.checkpoint)
+        raw = await self._hot.execute("GET", self.keys.checkpoint)
         at = int(raw) if raw else 0
         if at != self._written_to:
             self._forget()
@@ -219,17 +225,17 @@ class RedisTaskViews:
         """The stored views of tasks not remembered (two round trips: owners, then views)."""
         if not task_ids:
             return {}
-        owners = dict(
-            zip(task_ids, await self._redis.hmget(self.keys.owners, task_ids), strict=True)
-        )
+        stored = await self._hot.execute("HMGET", self.keys.owners, *task_ids)
+        known = [(t, as_text(o)) for t, o in zip(task_ids, stored, strict=True) if o is not None]
         changes: dict[str, _Change] = {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            known = [(tid, as_text(o)) for tid, o in owners.items() if o is not None]
-            for task_id, owner in known:
-                pipe.hget(self.keys.tasks(owner), task_id)
-            for (task_id, owner), raw in zip(known, await pipe.execute(), strict=True):
-                before = TaskState.model_validate_json(raw) if raw else None
-                changes[task_id] = _Change(owner, before, before)
+        if not known:
+            return changes  # new tasks only (creates): nothing more to read
+        reads = [("HGET", self.keys.tasks(owner), task_id) for task_id, owner in known]
+        for (task_id, owner), raw in zip(known, await self._hot.execute_all(reads), strict=True):
+            if isinstance(raw, Exception):
+                raise raw
+            before = TaskState.model_validate_json(raw) if raw else None
+            changes[task_id] = _Change(owner, before, before)
         return changes
 
     async def _read_owned(self, owner: str, changes: dict[str, _Change]) -> None:

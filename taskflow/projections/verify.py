@@ -109,7 +109,7 @@ async def verify_read_models(services: Services, version: int) -> list[ViewMisma
     checkpoint is read before its views: every task the log holds up to it must have a view at
     least that new.
     """
-    redis_model = RedisTaskViews(services.redis, version)
+    redis_model = RedisTaskViews(services.redis, version, hot=services.hot)
     mongo_model = MongoTaskViews(services.views_db, version)
     checkpoints = {"redis": await redis_model.position(), "mongodb": await mongo_model.position()}
     found = {
@@ -175,7 +175,7 @@ async def verify_against(
     Every view must be at least as new as `folded` (each model's checkpoint at least as far
     as the fold); a newer one is checked against its own stream (`compare`).
     """
-    redis_keys = RedisTaskViews(services.redis, version).keys
+    redis_keys = RedisViewKeys(version)
     mongo_model = MongoTaskViews(services.views_db, version)
     return [
         *await compare("redis", folded, redis_views(services.redis, redis_keys), services.store),
