@@ -59,6 +59,7 @@ from taskflow.events.sealing import (
 from taskflow.events.store import ConcurrencyError, IdempotencyKeyReusedError
 from taskflow.hot_redis import HotRedis
 from taskflow.metrics import APPENDS, CONFLICTS
+from taskflow.mongo_indexes import serves_query_indexes
 from taskflow.privacy.data_keys import DataKeys, SubjectErasedError
 from taskflow.settings import DEFAULT_MAX_BATCH
 from taskflow.text import as_text
@@ -179,7 +180,8 @@ class MongoEventStore:
             [("stream_id", ASCENDING), ("first_version", ASCENDING)], unique=True
         )
         await self.commits.create_index([("idempotency", ASCENDING)], unique=True)
-        await self.commits.create_index([("recorded_at", ASCENDING)])
+        if await serves_query_indexes(self.commits):  # not on FerretDB with SQLite
+            await self.commits.create_index([("recorded_at", ASCENDING)])
 
     # -- writing ------------------------------------------------------------------------------
 
