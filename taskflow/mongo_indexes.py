@@ -9,7 +9,9 @@ explain says so (`filterPushdown: false`). There a query index only makes writes
 the task views' seven, a replace wrote 52.7 KiB to SQLite instead of 18.9 KiB and cost FerretDB
 1.6-1.9 ms of CPU instead of 0.9-1.1 ms (docs/benchmarks.md, "Query indexes only where they
 serve"). So query indexes are created where the server pushes filters down: on MongoDB (whose
-explain has no such field) and on FerretDB's PostgreSQL backend.
+explain has no such field) and on FerretDB's PostgreSQL backend (which pushes plain equality
+down as a JSON containment test; docs/design.md says why no index serves that either, but the
+probe errs on the side of creating them).
 """
 
 from __future__ import annotations
