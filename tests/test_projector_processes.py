@@ -247,17 +247,16 @@ async def test_two_projectors_on_one_host_share_the_metrics_port_setting_and_log
     async def logged_for_both_projections() -> bool:
         # Applied, or failed: on a loaded machine a write can land while its answer times out;
         # the batch is then logged as failed and not applied again, and that line names it.
+        # The log seal's batch names it too, once its paced pass comes: a superset is fine
+        # (the check was an equality, which failed whenever that pass came first).
         lines = log_lines(tmp_path, "batch_applied") + log_lines(tmp_path, "batch_failed")
-        return {line["projection"] for line in lines if correlation in line["correlation_ids"]} == {
-            "task_views_redis_v1",
-            "task_views_mongo_v1",
-        }
+        named = {line["projection"] for line in lines if correlation in line["correlation_ids"]}
+        return {"task_views_redis_v1", "task_views_mongo_v1"} <= named
 
     try:
         await until(logged_for_both_projections, 30, "batch lines naming the correlation id")
     except AssertionError:
-        # What the processes did log, for the report (this failed once, on a machine loaded
-        # 3-4, with both read models caught up): every batch line and lease event.
+        # What the processes did log, for the report: every batch line and lease event.
         events = ("batch_applied", "batch_failed", "lease_acquired", "lease_lost", "write_refused")
         seen = [
             {k: line.get(k) for k in ("event", "projection", "positions", "correlation_ids")}
