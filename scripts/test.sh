@@ -8,7 +8,11 @@ PY=.venv/bin
 # The suite runs with the built-in development keys, which nothing else may start with.
 export TASKFLOW_ENV=development
 
-echo "== ruff"; $PY/ruff check . && $PY/ruff format --check .
+# One command a line: under `set -e` a failure before the last `&&` of a list does not stop
+# the script (a ruff error once went through CI that way).
+echo "== ruff"
+$PY/ruff check .
+$PY/ruff format --check .
 echo "== mypy --strict"; $PY/mypy
 echo "== import-linter (the layers: .importlinter)"; $PY/lint-imports --no-cache
 # nginx, docker-compose, shellcheck and actionlint for the deployment tests (when missing).

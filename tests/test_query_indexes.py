@@ -31,7 +31,7 @@ async def test_query_indexes_follow_what_the_server_plans_and_reads_still_filter
 
     log_indexes = set((await store.commits.index_information()).keys()) - {"_id_"}
     view_indexes = set((await views.views.index_information()).keys()) - {"_id_"}
-    assert UNIQUE_LOG_INDEXES <= log_indexes
+    assert log_indexes >= UNIQUE_LOG_INDEXES
     assert ("recorded_at_1" in log_indexes) == usable
     assert len(view_indexes) == (len(task_view_indexes()) if usable else 0)
 
