@@ -92,7 +92,7 @@ class LogReader:
 
     async def read(self, after: int) -> AsyncGenerator[Commit, None]:
         """Every settled commit (gaps included) after `after`, in order, up to the first hole."""
-        position, chunk, recorded = after, FIRST_HINT_CHUNK, after
+        position, chunk = after, FIRST_HINT_CHUNK
         while True:
             hinted = await self._hinted(position, chunk)
             for commit in hinted:
@@ -100,10 +100,11 @@ class LogReader:
             if hinted:
                 position = hinted[-1].position
             full = len(hinted) == chunk
+            # Only positions this pass read are recorded (`after` is the caller's: it need not
+            # have been read here); raising the head to one recorded already changes nothing.
             settled, allocated, late = await self._settled(
-                position if position > recorded else 0, 0 if full else position + 1
+                position if position > after else 0, 0 if full else position + 1
             )
-            recorded = position
             if full:
                 chunk = min(chunk * 4, HINT_CHUNK)
                 continue
@@ -128,7 +129,6 @@ class LogReader:
             if not found:
                 return
             await self._settled(position)
-            recorded = position
 
     async def head(self) -> int:
         """The highest position up to which every position is known to be settled."""
