@@ -2,7 +2,7 @@
 
 E-mail uniqueness is a set-wide rule the user aggregate cannot check alone (docs/design.md): the
 normalised address is reserved by a unique `_id` insert into `email_reservations` before
-UserRegistered is appended, and the unique `(stream_id, first_version)` key of the log decides
+UserRegistered is appended, and the log's unique stream version (a commit's `_id`) decides
 between registrations that reuse an orphaned reservation. The reservation's `_id` is a keyed
 hash (HMAC-SHA-256 under EMAIL_HASH_KEY) of the normalised address, never the address
 (docs/privacy.md); so is the Redis cache of it. Password hashes live in `credentials`
