@@ -567,3 +567,43 @@ async def test_a_changed_log_below_a_stored_seal_stops_the_sealer(store: MongoEv
     await store.commits.database[names.LOG_SEAL_CHECKPOINT].delete_many({})
     with pytest.raises(SealMismatchError):
         await run_until_caught_up(store, LogSeal(store.commits.database, store.chain), batch_size=4)
+
+
+async def test_appends_crossing_into_a_block_together_reserve_it_once(
+    store: MongoEventStore, redis: Redis
+) -> None:
+    """Appends that take the first positions of a new block at the same moment wait for one
+    reservation insert, not one each: each would be a write transaction of its own, and on
+    SQLite's single writer the commits' insert waited behind them (busy sleeps)."""
+    await store.append("s-0", 0, [NoteWritten(text="first")], meta())
+    stored: list[int] = []
+    all_waiting, released = asyncio.Event(), asyncio.Event()
+    reserve, store_block = store.positions.reserve, store.positions._store_block
+    callers = 0
+
+    async def counted_reserve(block: int) -> None:
+        nonlocal callers
+        callers += 1
+        if callers == 8:
+            all_waiting.set()
+        await reserve(block)
+
+    async def held_back(block: int) -> None:
+        stored.append(block)
+        await released.wait()  # until every append needs the block
+        await store_block(block)
+
+    store.positions.reserve = counted_reserve  # type: ignore[method-assign]
+    store.positions._store_block = held_back  # type: ignore[method-assign]
+    await redis.set(names.POSITION_COUNTER, BLOCK)  # the next take is block 1's first
+    appends = asyncio.gather(
+        *(store.append(f"c-{n}", 0, [NoteWritten(text=str(n))], meta()) for n in range(8))
+    )
+    async with asyncio.timeout(10):
+        await all_waiting.wait()
+    released.set()
+    results = await appends
+    assert sorted(r.position for r in results) == list(range(BLOCK + 1, BLOCK + 9))
+    assert stored == [1]
+    blocks = await store.commits.database[names.POSITION_BLOCKS].find({}).to_list()
+    assert sorted(block["_id"] for block in blocks) == [0, 1]

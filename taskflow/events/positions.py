@@ -14,6 +14,7 @@ stays the final judge of each position: a writer whose position turns out taken 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import datetime
@@ -102,6 +103,9 @@ class PositionCounter:
         self._clock = clock
         self._hint_ttl = hint_ttl
         self._ahead: int | None = None  # a block to reserve after the current append
+        # This process's reservations: the one in flight per block, and the highest stored.
+        self._reserving: dict[int, asyncio.Task[None]] = {}
+        self._reserved_here = -1
         self._seed = redis.register_script(_SEED)
         self._reserved = redis.register_script(_RESERVED)
 
@@ -132,9 +136,28 @@ class PositionCounter:
             await self.reserve(block)
 
     async def reserve(self, block: int) -> None:
-        """Record in MongoDB that positions of `block` may be used, then tell Redis."""
+        """Record in MongoDB that positions of `block` may be used, then tell Redis.
+
+        Once per block in this process: the appends that cross into a block together (or near
+        the reserved range's end together) wait for the same insert. Each insert of its own was
+        a write transaction too, duplicate or not, and on SQLite's single writer the commits'
+        insert then waited out busy sleeps behind them (docs/benchmarks.md, "FerretDB's
+        writers"). Other processes still race with theirs; the unique `_id` decides.
+        """
+        if block <= self._reserved_here:
+            return
+        reserving = self._reserving.get(block)
+        if reserving is None:
+            reserving = asyncio.create_task(self._reserve(block))
+            self._reserving[block] = reserving
+            reserving.add_done_callback(lambda _: self._reserving.pop(block, None))
+        # Shielded: one waiter cancelled (its request gone) does not cancel the others' insert.
+        await asyncio.shield(reserving)
+
+    async def _reserve(self, block: int) -> None:
         await self._store_block(block)
         await self._reserved(keys=[names.POSITION_RESERVED], args=[block_end(block)])
+        self._reserved_here = max(self._reserved_here, block)
 
     async def reseed(self, *, unless_seeded: bool = False) -> None:
         """Move the counter past every position that may have been used (recovery only).
@@ -147,6 +170,7 @@ class PositionCounter:
         process has seeded it meanwhile (its sealing would only make writers retry).
         """
         flag = "1" if unless_seeded else "0"
+        self._reserved_here = -1  # recovery trusts only what MongoDB holds now
         if unless_seeded and await self._redis.exists(names.POSITION_RESERVED):
             return
         highest = await self._highest_block()
