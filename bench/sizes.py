@@ -20,6 +20,8 @@ class Sizes:
     latency_load_share: float = 0.5  # of that rate, sent open-loop while measuring the lag
     latency_seconds: float = 20.0
     latency_warmup_seconds: float = 2.0  # creates the tasks the measured load then changes
+    # The lag once more at this fixed rate: comparable between runs, whatever the maximum was.
+    latency_fixed_rate: float = 300.0
     http_concurrency: int = 16  # the load generator's connections, each closed-loop
     http_seconds: float = 5.0  # measured, per server and route
     http_warmup_seconds: float = 2.0  # of load before each measurement, discarded
@@ -42,6 +44,7 @@ QUICK = Sizes(
     latency_max_seconds=1.0,
     latency_seconds=2.0,
     latency_warmup_seconds=1.0,
+    latency_fixed_rate=100.0,
     http_seconds=2.0,
     http_warmup_seconds=1.0,
     read_tasks=30,
