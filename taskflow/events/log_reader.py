@@ -2,13 +2,14 @@
 
 Scheme (docs/event-log.md): every position is settled by exactly one document under the unique
 `position` index, either the commit that took it or a gap. After inserting, the appender hands
-the document to Redis as a hint keyed by position, so the tail of the log is read with one MGET
-instead of a range query (a range query scans the whole collection on the local server). A
-position without a hint is waited for; once it has been missing for `gap_timeout`, the reader
-seals it by inserting a gap under the unique index (a duplicate key means its writer got there
-first), so a late writer loses and retries with a new position. Either the late commit or the
-seal wins, never both, so nothing is skipped. MongoDB stays the authority: without hints (they
-expire, Redis can lose them) the reader streams the log from there in one pass.
+the document to Redis as a hint keyed by position, so the tail of the log is read from Redis (one
+script a pass: `_READ_TAIL`) instead of by a range query (which scans the whole collection on the
+local server). A position without a hint is waited for; once it has been missing for
+`gap_timeout`, the reader seals it by inserting a gap under the unique index (a duplicate key
+means its writer got there first), so a late writer loses and retries with a new position.
+Either the late commit or the seal wins, never both, so nothing is skipped. MongoDB stays the
+authority: without hints (they expire, Redis can lose them) the reader streams the log from
+there in one pass.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from taskflow.hot_redis import HotRedis, HotScript
 from taskflow.tasks import batches, read_ahead
 
 HINT_CHUNK = 256
-# A pass starts with an MGET this small and quadruples it while each comes back full: a
-# projector woken for one or two new commits asks for a few keys, not 256 (an MGET of 256
-# mostly absent keys costs about 2 ms of client and server time, docs/benchmarks.md).
+# A pass starts by asking for this many hints and quadruples it while each answer is full: a
+# projector woken for one or two new commits asks for a few keys, not 256 (256 mostly absent
+# keys cost about 2 ms of client and server time, docs/benchmarks.md).
 FIRST_HINT_CHUNK = 4
 # Reading MongoDB: documents per batch, batches fetched ahead of the consumer, and how many
 # out-of-order documents a pass keeps before it gives up at a hole.
@@ -50,17 +51,36 @@ REORDER_LIMIT = 10_000
 SCAN_REORDER_LIMIT = 50_000
 
 Document = dict[str, Any]
-# Raise the settled head to ARGV[1] (0: only read it), and answer it with the position counter
-# (nil when Redis lost it) and the hint of the position the pass stopped before (KEYS[3]): what
-# a pass needs at its end, in the one round trip that records it. The hint is read in the same
-# step as the head: one that arrived after the pass's MGET is not taken for a missing one.
+# A pass's read of the tail, in one round trip: the hints of the positions after ARGV[1]
+# (KEYS[3] on, in order) up to the first one missing; the settled head (KEYS[1]) raised to the
+# last position read, if higher; and the position counter (KEYS[2], nil when Redis lost it).
+# Hints, head and counter are read in one atomic step, so a hint missing here is missing: with
+# an MGET before a separate settle call, a commit announced between the two (and settled by
+# another reader meanwhile) looked like one whose hint had expired, and the pass streamed the
+# log from MongoDB for it (a whole-collection scan on FerretDB).
+_READ_TAIL = """
+local hints = {}
+for i = 3, #KEYS do
+  local hint = redis.call('GET', KEYS[i])
+  if not hint then break end
+  hints[#hints + 1] = hint
+end
+local settled = tonumber(redis.call('GET', KEYS[1]) or '0')
+local read_to = tonumber(ARGV[1]) + #hints
+if #hints > 0 and read_to > settled then
+  settled = read_to
+  redis.call('SET', KEYS[1], read_to)
+end
+return {settled, redis.call('GET', KEYS[2]), hints}
+"""
+# Raise the settled head to ARGV[1] (after positions read from MongoDB or sealed); answer it.
 _SETTLE = """
 local settled = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > settled then
   settled = tonumber(ARGV[1])
   redis.call('SET', KEYS[1], ARGV[1])
 end
-return {settled, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}
+return settled
 """
 
 
@@ -88,33 +108,22 @@ class LogReader:
         self._hint_ttl = hint_ttl
         self._monotonic = monotonic
         self._missing_since: dict[int, float] = {}
+        self._read_tail = HotScript(_READ_TAIL)
         self._settle = HotScript(_SETTLE)
 
     async def read(self, after: int) -> AsyncGenerator[Commit, None]:
         """Every settled commit (gaps included) after `after`, in order, up to the first hole."""
         position, chunk = after, FIRST_HINT_CHUNK
         while True:
-            hinted = await self._hinted(position, chunk)
+            # Only positions this pass reads are recorded settled (`after` is the caller's: it
+            # need not have been read here).
+            hinted, settled, allocated = await self._tail(position, chunk)
             for commit in hinted:
                 yield commit
             if hinted:
                 position = hinted[-1].position
-            full = len(hinted) == chunk
-            # Only positions this pass read are recorded (`after` is the caller's: it need not
-            # have been read here); raising the head to one recorded already changes nothing.
-            settled, allocated, late = await self._settled(
-                position if position > after else 0, 0 if full else position + 1
-            )
-            if full:
+            if len(hinted) == chunk:
                 chunk = min(chunk * 4, HINT_CHUNK)
-                continue
-            if late is not None:
-                # Its commit was announced between the MGET and the script, and perhaps settled
-                # by another reader already: without this, the head past it and no hint in hand
-                # would send the pass to stream the log from MongoDB (a whole-collection scan
-                # on FerretDB), measured a few times a minute with two projector processes.
-                yield late
-                position = late.position
                 continue
             found = 0
             # Closed at once when the caller stops early: a cursor left reading a collection
@@ -155,21 +164,26 @@ class LogReader:
             commits.append(commit_from_json(raw))
         return commits
 
-    async def _settled(
-        self, position: int, following: int = 0
-    ) -> tuple[int, int | None, Commit | None]:
-        """Record that everything up to `position` is settled (0: nothing new); the settled
-        head, the position counter (None: Redis lost it) and the hint at `following` (None:
-        not there, or 0 given) as they stand then."""
+    async def _tail(self, after: int, chunk: int) -> tuple[list[Commit], int, int | None]:
+        """The hinted commits right after `after` (up to `chunk`, and the first hole), recorded
+        settled; the settled head and the position counter (None: Redis lost it) as they stand
+        then, all in one script."""
+        keys = [names.SETTLED_HEAD, names.POSITION_COUNTER]
+        keys += [names.commit_hint_key(after + i) for i in range(1, chunk + 1)]
+        settled, allocated, hints = await self._hot.evalsha(self._read_tail, keys, [after])
+        commits = [commit_from_json(raw) for raw in hints]
+        if commits:
+            self._forget_missing_to(commits[-1].position)
+        return commits, int(settled), None if allocated is None else int(allocated)
+
+    async def _settled(self, position: int) -> None:
+        """Record that everything up to `position` is settled."""
+        self._forget_missing_to(position)
+        await self._hot.evalsha(self._settle, [names.SETTLED_HEAD], [position])
+
+    def _forget_missing_to(self, position: int) -> None:
         for stale in [p for p in self._missing_since if p <= position]:
             del self._missing_since[stale]
-        keys = [names.SETTLED_HEAD, names.POSITION_COUNTER, names.commit_hint_key(following)]
-        settled, allocated, hint = await self._hot.evalsha(self._settle, keys, [position])
-        return (
-            int(settled),
-            None if allocated is None else int(allocated),
-            None if hint is None or not following else commit_from_json(hint),
-        )
 
     async def _missing(
         self, position: int, settled: int, allocated: int | None
