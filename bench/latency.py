@@ -120,16 +120,21 @@ async def trial(servers: Servers, sizes: Sizes, repetition: int) -> Trial:
         maximum = _taskflow_max if variant == "taskflow" else _raw_max
         figures[f"{variant}_max_rate"] = await maximum(servers, sizes)
     rate = figures["taskflow_max_rate"] * sizes.latency_load_share
+    figures.update(await _lags(servers, sizes, rate, repetition))
+    fixed = await _lags(servers, sizes, sizes.latency_fixed_rate, repetition)
+    for variant in ("taskflow", "raw"):
+        for name in ("p99", "total_p99", "rate"):
+            figures[f"{variant}_fixed_{name}"] = fixed[f"{variant}_{name}"]
+    return figures
+
+
+async def _lags(servers: Servers, sizes: Sizes, rate: float, repetition: int) -> Trial:
+    """Both sides' lag at `rate`, one after the other."""
+    figures: Trial = {}
     for variant in alternate(["taskflow", "raw"], repetition):
         run = taskflow_lag if variant == "taskflow" else _raw
         samples, achieved = await run(servers, sizes, rate)
         figures.update(summary(variant, samples, achieved))
-    for variant in alternate(["taskflow", "raw"], repetition):
-        run = taskflow_lag if variant == "taskflow" else _raw
-        samples, achieved = await run(servers, sizes, sizes.latency_fixed_rate)
-        fixed = summary(variant, samples, achieved)
-        for name in ("p99", "total_p99", "rate"):
-            figures[f"{variant}_fixed_{name}"] = fixed[f"{variant}_{name}"]
     return figures
 
 
