@@ -3,7 +3,7 @@
 # writing bench-results/latest.md and latest.json. Runs on the local servers (profile `bench`)
 # unless MONGODB_URI and REDIS_URL point at running ones; the Redis database there is flushed.
 #
-#   scripts/bench.sh             the full run (make bench), about 20 minutes on 2 cores
+#   scripts/bench.sh             the full run (make bench), about 22 minutes on 2 cores
 #   scripts/bench.sh --quick     a smoke run of about a minute; see `--help` for more
 set -euo pipefail
 cd "$(dirname "$0")/.."
