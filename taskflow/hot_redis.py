@@ -9,9 +9,9 @@ hiredis, each handed to the future of the command that asked (docs/benchmarks.md
 read's Redis calls"). Redis runs the commands of one connection in order, as it would have
 from several. Its callers: the API's guarded reads, the deny-list check of every authenticated
 request, every append's position, cached head, idempotent outcome and announce (`Services.
-hot`), and the projectors' passes (the log reader's hints and settle script, the Redis views'
+hot`), and the projectors' passes (the log reader's tail and settle scripts, the Redis views'
 checkpoint, reads and guarded batch script). Only quick commands belong here: a blocking one
-would hold up every caller behind it (the longest here is an MGET of 256 hints).
+would hold up every caller behind it (the longest here reads 256 hints).
 
 Every call is bounded: a command not answered within `timeout` fails with TimeoutError and
 closes the connection (with every command still on it: a Redis that does not answer in time

@@ -73,14 +73,12 @@ if #hints > 0 and read_to > settled then
 end
 return {settled, redis.call('GET', KEYS[2]), hints}
 """
-# Raise the settled head to ARGV[1] (after positions read from MongoDB or sealed); answer it.
+# Raise the settled head to ARGV[1] (after positions read from MongoDB or sealed).
 _SETTLE = """
-local settled = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > settled then
-  settled = tonumber(ARGV[1])
+if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
   redis.call('SET', KEYS[1], ARGV[1])
 end
-return settled
+return 1
 """
 
 
@@ -98,7 +96,7 @@ class LogReader:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._commits = commits
-        # Every Redis call here is quick (the longest an MGET of HINT_CHUNK hints): they go
+        # Every Redis call here is quick (the longest reads HINT_CHUNK hints): they go
         # pipelined on the process's own connection, packed by hiredis (hot_redis.py); with the
         # views' calls there too, the Redis views' projector took 30 % less CPU per command
         # than through redis-py's pool (docs/benchmarks.md, "Write-to-visible latency").
