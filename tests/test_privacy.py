@@ -29,12 +29,15 @@ from taskflow.commands.runner import Context
 from taskflow.commands.task import CreateTask
 from taskflow.commands.task_handlers import handle_create_task
 from taskflow.events.codec import commit_to_document, to_millis
+from taskflow.events.log_seals import GENESIS, log_digest
 from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit, Metadata, StoredEvent
 from taskflow.privacy.data_keys import DataKeys
 from taskflow.privacy.keks import KeyEncryptionKeys
 from taskflow.projections.erasure_purge import purge_caches_of
 from taskflow.projections.history import task_as_of
+from taskflow.projections.log_seal import LogSeal
+from taskflow.projections.runtime import run_until_caught_up
 from taskflow.server import create_app
 from taskflow.services import Services
 from taskflow.settings import Settings
@@ -423,6 +426,47 @@ async def test_a_command_racing_the_erasure_leaves_nothing_readable(
     [commit] = (await stream.json())["items"]
     assert commit["events"][0]["data"]["~erased"] == ["title", "description", "tags"]
     assert await operations.audit_verify(settings) == 0
+
+
+# -- the log seal -------------------------------------------------------------------------------
+
+
+async def test_the_log_seal_reads_the_log_as_stored_and_opens_nothing(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log seal folds positions and hashes only, so it is fed the log as stored: personal
+    fields stay sealed (no key is fetched, nothing decrypted, two thirds of a pass's CPU
+    before), and its seals are those of the opened log, whose hashes are the same."""
+    services = client.app[SERVICES]
+    store = services.store
+    user_id = await register(client, "sealer@example.com", "Sealer")
+    task_id = uuid.uuid4().hex
+    await handle_create_task(
+        store,
+        CreateTask(task_id=task_id, owner_id=user_id, title="lanternsecret"),
+        Context(actor=user_id, request_id="r", correlation_id="c"),
+        datetime.now(UTC),
+    )
+    opened = [commit async for commit in store.read_all(0)]
+    as_stored = [commit async for commit in store.read_all_stored(0)]
+    assert [(c.position, c.hash) for c in as_stored] == [(c.position, c.hash) for c in opened]
+    [created] = [c for c in as_stored if c.stream_id == f"task-{task_id}"]
+    assert "~sealed" in created.events[0].data
+    assert "lanternsecret" not in created.model_dump_json()
+    [created_opened] = [c for c in opened if c.stream_id == f"task-{task_id}"]
+    assert created_opened.events[0].data["title"] == "lanternsecret"
+
+    async def refuse(commit: Commit) -> Commit:
+        raise AssertionError(f"the log seal opened the commit at {commit.position}")
+
+    monkeypatch.setattr(store, "open", refuse)
+    await run_until_caught_up(store, LogSeal(store.commits.database, store.chain))
+    digest = GENESIS
+    for commit in opened:
+        digest = log_digest(digest, commit)
+    last = await store.seals.find_one({"_id": opened[-1].position})
+    assert last is not None
+    assert last["digest"] == digest
 
 
 # -- keys -------------------------------------------------------------------------------------

@@ -566,6 +566,11 @@ class MongoEventStore:
                 if limit is not None and count >= limit:
                     return
 
+    def read_all_stored(self, after_position: int) -> AsyncGenerator[Commit, None]:
+        """`read_all` without opening: for a reader of positions and hashes only (the log
+        seal), to which opening every event's sealed fields was two thirds of the cost."""
+        return self.reader.read(after_position)
+
     async def scan(self, after_position: int = 0) -> AsyncGenerator[Commit, None]:
         """Every stored document after a position, straight from MongoDB in one streamed pass,
         in position order (log_reader.in_position_order: no server-side sort).

@@ -88,6 +88,10 @@ class EventStore(Protocol):
         """
         ...
 
+    def read_all_stored(self, after_position: int) -> AsyncGenerator[Commit, None]:
+        """`read_all` exactly as stored: personal fields sealed, old schemas not upcast."""
+        ...
+
     def scan(self, after_position: int = 0) -> AsyncGenerator[Commit, None]:
         """Every stored document after a position, read straight from the database."""
         ...

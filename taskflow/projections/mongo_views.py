@@ -85,6 +85,7 @@ class MongoTaskViews:
 
     pace_seconds = PACE_SECONDS
     busy_share = BUSY_SHARE
+    reads_stored = False
 
     def __init__(
         self,
