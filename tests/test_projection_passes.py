@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
@@ -21,6 +21,7 @@ from taskflow.events.mongo_store import MongoEventStore
 from taskflow.events.records import Commit
 from taskflow.hot_redis import HotRedis
 from taskflow.projections.driver import ProjectionDriver
+from taskflow.projections.duty_cycle import DutyCycle
 from taskflow.projections.lease import Lease
 from taskflow.projections.mongo_views import MongoTaskViews
 from taskflow.projections.redis_keys import RedisViewKeys
@@ -30,6 +31,8 @@ from taskflow.projections.verify import compare, fold_all_tasks, redis_views
 from tests.conftest import commands_sent
 from tests.test_projector_processes import until
 from tests.workload import write_workload
+
+T = TypeVar("T")
 
 
 async def _create(store: MongoEventStore, title: str = "a task") -> tuple[str, str]:
@@ -160,33 +163,39 @@ async def test_paced_mongodb_views_gather_many_wake_ups_into_one_pass(
     assert stored["title"] == "title 40"
 
 
-class _SlowMongoViews(MongoTaskViews):
-    """The MongoDB views with every pass made to last `APPLY_SECONDS` longer (as replaces by
-    `_id` over many views do on FerretDB), timing the time spent applying."""
+class _SlowCommands(DutyCycle):
+    """The views' pacing, with every replace command made `COMMAND_SECONDS` longer (as a
+    command of many replaces is on FerretDB), summing the time spent in the commands."""
 
-    APPLY_SECONDS = 0.6
-    pace_seconds = 0.05
+    COMMAND_SECONDS = 0.2
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        super().__init__(db, leases=db[names.LEASES])  # where `_drive` takes the lease
+    def __init__(self, share: float) -> None:
+        super().__init__(share)
         self.busy = 0.0
 
-    async def apply(self, commits: Sequence[Commit], term: int) -> None:
-        started = time.monotonic()
-        await asyncio.sleep(self.APPLY_SECONDS)
-        await super().apply(commits, term)
-        self.busy += time.monotonic() - started
+    async def run(self, call: Awaitable[T]) -> T:
+        async def slow() -> T:
+            started = time.monotonic()
+            try:
+                await asyncio.sleep(self.COMMAND_SECONDS)
+                return await call
+            finally:
+                self.busy += time.monotonic() - started
+
+        return await super().run(slow())
 
 
 @pytest.mark.timeout(120)
-async def test_costly_mongodb_views_take_at_most_their_busy_share_and_still_catch_up(
+async def test_costly_mongodb_view_writes_take_at_most_their_share_and_still_catch_up(
     store: MongoEventStore, db: AsyncDatabase[dict[str, Any]]
 ) -> None:
-    """Commits keep coming while each pass takes 0.6 s: back to back, the passes would take
-    over 90 % of the time; with a busy share of 0.25 they take about a quarter, and once the
-    commits stop the views still reach the head."""
-    views = _SlowMongoViews(db)
-    assert views.busy_share == 0.25
+    """Commits keep coming while every replace command takes 0.2 s: back to back (a pass each
+    0.05 s), the commands would take 80 % of the time; each followed by its rest, they take
+    about a quarter, and once the commits stop the views still reach the head."""
+    views = _CountedMongoViews(db)
+    views.pace_seconds = 0.05
+    slow = views.duty = _SlowCommands(views.duty.share)
+    assert slow.share == 0.25
     driver, stopping, running = _drive(store, views, db)
     owner, task_id = await _create(store)
     context = Context(actor=owner, request_id="r", correlation_id="c")
@@ -198,13 +207,55 @@ async def test_costly_mongodb_views_take_at_most_their_busy_share_and_still_catc
         version += 1
         driver.wake.set()
         await asyncio.sleep(0.05)
-    share = views.busy / (time.monotonic() - started)
+    share = slow.busy / (time.monotonic() - started)
     head = await store.head_position()
     await until(lambda: _reached(views, head), 60, "the MongoDB views to catch up")
     stopping.set()
     await running
 
-    assert share < 0.4, f"passes took {share:.0%} of the time"
+    assert slow.busy > 1, "the views wrote while the commits came"
+    assert share < 0.4, f"replace commands took {share:.0%} of the time"
     stored = await views.views.find_one({"owner_id": {"$exists": True}})
     assert stored is not None
     assert stored["title"] == f"title {version - 1}"
+
+
+@pytest.mark.parametrize(
+    ("share", "calls", "rests"),
+    [
+        (0.25, [0.01, 0.2], [0.03, 0.6]),
+        (0.5, [1.0], [1.0]),
+        (1.0, [0.3], []),
+        (0.25, [60.0], [6.0]),  # a paused process: its pause is not work that earns a rest
+    ],
+)
+async def test_a_duty_cycle_rests_after_each_call_in_proportion(
+    share: float, calls: list[float], rests: list[float]
+) -> None:
+    """After a call of t seconds, t * (1 - share) / share of rest, t counted up to 2 s; no
+    rest after a failed call; a share outside (0, 1] is refused."""
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    async def call(seconds: float) -> float:
+        now[0] += seconds
+        return seconds
+
+    duty = DutyCycle(share, clock=lambda: now[0], sleep=sleep)
+    assert [await duty.run(call(seconds)) for seconds in calls] == calls
+    assert slept == pytest.approx(rests)
+
+    async def failing() -> None:
+        now[0] += 1.0
+        raise OSError("the server went away")
+
+    with pytest.raises(OSError, match="went away"):
+        await duty.run(failing())
+    assert slept == pytest.approx(rests)
+    for wrong in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            DutyCycle(wrong)

@@ -17,8 +17,6 @@ from taskflow.projections.runtime import LeaseLostError, Projection, one_pass
 from taskflow.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
-# The longest a pass of a projection with a busy share below 1 goes on before it rests.
-MAX_PASS_SECONDS = 2.0
 # After a failed pass the driver waits this long, doubling with each failure in a row up to
 # BACKOFF_MAX, so a projection whose batches fail at once (a server down, a refused write) does
 # not spin; the lease keeps being renewed meanwhile by its own task.
@@ -95,16 +93,12 @@ class ProjectionDriver:
         try:
             while self._holding() and (term := self.lease.term) is not None:
                 self.wake.clear()
-                started = time.monotonic()
                 try:
                     if not fenced:
                         await self.projection.fence(term)
                         fenced = True
                     result = await one_pass(
-                        self.store,
-                        self.projection,
-                        term=term,
-                        keep_going=self._keep_going_since(started),
+                        self.store, self.projection, term=term, keep_going=self._holding
                     )
                     if result.exhausted:
                         await self.projection.caught_up(result.position, term)
@@ -121,7 +115,7 @@ class ProjectionDriver:
                     await self._back_off("projection_failed", error=repr(exc))
                     continue
                 self._failures = 0
-                await self._pace(time.monotonic() - started)
+                await self._pace()
                 await self._pause(self._poll)
         finally:
             await cancel_and_wait(renewer)  # not a lone cancel(): see taskflow/tasks.py
@@ -168,33 +162,13 @@ class ProjectionDriver:
                 self.wake.set()
                 return
 
-    def _keep_going_since(self, started: float) -> Callable[[], bool]:
-        """Whether a pass begun at `started` may go on to its next batch: while the lease is
-        held, and for a projection with a busy share below 1 for `MAX_PASS_SECONDS` at most, so
-        it rests between turns even while working off a backlog."""
-
-        def keep_going() -> bool:
-            if not self._holding():
-                return False
-            limited = self.projection.busy_share < 1
-            return not limited or time.monotonic() - started < MAX_PASS_SECONDS
-
-        return keep_going
-
-    async def _pace(self, busy: float) -> None:
-        """Let a paced projection's wake-ups gather (they stay set) until its next pass: at
-        least `pace_seconds`, and long enough after a pass of `busy` seconds that its passes
-        take no more than `busy_share` of the time.
-
-        `busy` is wall time, so a process paused mid-pass (SIGSTOP, a stalled VM) would count
-        the pause as work and rest for a multiple of it: the rest is capped at what a pass of
-        `MAX_PASS_SECONDS` earns, and ends at once if the lease is lost meanwhile.
-        """
-        share = self.projection.busy_share
-        earned = min(busy, MAX_PASS_SECONDS) * (1 - share) / share
-        rest = max(self.projection.pace_seconds, earned)
-        if rest > 0:
-            await self._sleep(rest, self._lost)
+    async def _pace(self) -> None:
+        """Let a paced projection's wake-ups gather (they stay set) for `pace_seconds` before
+        its next pass; the rest ends at once if the lease is lost meanwhile. (A projection
+        whose writes cost the server time that requests need paces those writes itself:
+        mongo_views.py, duty_cycle.py.)"""
+        if self.projection.pace_seconds > 0:
+            await self._sleep(self.projection.pace_seconds, self._lost)
 
     async def _pause(self, seconds: float) -> None:
         await self._sleep(seconds, self.wake)

@@ -37,8 +37,6 @@ NAME = "log_seal"
 # log gets a seal every few seconds at most, not one per commit. Positions above the last seal
 # are covered by the stream chains and contiguity until the next one (docs/event-log.md).
 PACE_SECONDS = 5.0
-# A pass costs a SHA-256 per position and one insert per batch: it may run whenever it is due.
-BUSY_SHARE = 1.0
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +62,6 @@ class LogSeal:
 
     name = NAME
     pace_seconds = PACE_SECONDS
-    busy_share = BUSY_SHARE
     # The digest covers each commit's stored hash: nothing inside an event is read, so nothing
     # is opened (sealed personal data stays sealed, and a pass costs a third of what it did).
     reads_stored = True

@@ -40,11 +40,14 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure
 
+from taskflow.projections.duty_cycle import DutyCycle
 from taskflow.projections.runtime import LeaseLostError
 
-# FerretDB v1.24 hangs (and stays stuck) on one bulk write replacing more than about 100
-# existing documents (measured: 100 fine, 110 hangs), so replaces go in commands of this many.
-REPLACE_CHUNK = 50
+# Replaces go in commands of this many. FerretDB v1.24 hangs (and stays stuck) on one bulk
+# write replacing more than about 100 existing documents (measured: 100 fine, 110 hangs), and
+# a command of 10 is about 10 ms of its CPU: short enough that the rest after it (duty_cycle.py)
+# keeps appends from waiting long behind the views' writes.
+REPLACE_CHUNK = 10
 # Inserts have no such limit (the bulk seeder inserts 1,000 commits at a time); this bounds one
 # command's size.
 INSERT_CHUNK = 500
@@ -94,9 +97,15 @@ def replace_if_older(doc: Document) -> Statement:
 
 
 async def write_fenced(
-    views: AsyncCollection[Document], statements: Sequence[Statement], *, term: int, checkpoint: int
+    views: AsyncCollection[Document],
+    statements: Sequence[Statement],
+    *,
+    term: int,
+    checkpoint: int,
+    duty: DutyCycle | None = None,
 ) -> None:
-    """Run `statements`, then raise the checkpoint to `checkpoint`, all fenced by `term`.
+    """Run `statements`, then raise the checkpoint to `checkpoint`, all fenced by `term`, in
+    commands of `REPLACE_CHUNK`, each followed by the rest `duty` gives it (none without).
 
     Term 0 is a writer without a lease (tests, one-shot tools): nothing fences it.
     LeaseLostError when a newer holder has closed `term`.
@@ -107,7 +116,8 @@ async def write_fenced(
         body = list(chunk)
         if n == len(chunks) - 1:
             body.append(_raise_checkpoint(checkpoint, term))
-        await _run(views, body, term)
+        command = _run(views, body, term)
+        await (command if duty is None else duty.run(command))
 
 
 async def close_terms_before(views: AsyncCollection[Document], term: int) -> None:

@@ -22,6 +22,7 @@ from taskflow.commands.aggregates import TASK
 from taskflow.commands.task import TaskState
 from taskflow.events.records import Commit
 from taskflow.mongo_indexes import serves_query_indexes
+from taskflow.projections.duty_cycle import DutyCycle
 from taskflow.projections.mongo_view_writes import (
     close_terms_before,
     insert_new,
@@ -50,9 +51,10 @@ PACE_SECONDS = 0.5
 # Their writes cost the server time that requests need: on FerretDB as published, every replace
 # of a stored view scanned the view collection, and keeping 10,000 views current took FerretDB's
 # whole core under load (docs/benchmarks.md, "Scale"; the FerretDB that scripts/services.sh
-# builds looks `_id` up through its index: docs/design.md). Passes may take at most this share
-# of the time; when behind, the views lag more instead. On MongoDB a pass is an index lookup per
-# view and far shorter than the pace.
+# builds looks `_id` up through its index: docs/design.md); it still costs about 1 ms of its CPU
+# per view. The replace commands may take at most this share of the time, each followed by its
+# rest (duty_cycle.py), so they never hold the server for long; when behind, the views lag more
+# instead. On MongoDB a pass is an index lookup per view and far shorter than the pace.
 BUSY_SHARE = 0.25
 # Views remembered between batches, so a busy task is not re-read from MongoDB every batch.
 CACHE_SIZE = 50_000
@@ -84,7 +86,6 @@ class MongoTaskViews:
     """
 
     pace_seconds = PACE_SECONDS
-    busy_share = BUSY_SHARE
     reads_stored = False
 
     def __init__(
@@ -108,6 +109,9 @@ class MongoTaskViews:
         self._leases = leases
         self._history = history
         self._cache: LRUCache[str, TaskState] = LRUCache(maxsize=CACHE_SIZE)
+        # Paces the replaces (inserts are not: a new view is one insert among up to 500, and a
+        # rebuild writes nothing else).
+        self.duty = DutyCycle(BUSY_SHARE)
         # The checkpoint this process last wrote (-1: none). The cache holds what this process
         # wrote; it is trusted only while the checkpoint is still there (no one else wrote).
         self._written_to = -1
@@ -199,7 +203,9 @@ class MongoTaskViews:
         new = [_document(v) for t, v in self._staged.items() if t in self._new]
         known = [replace(_document(v)) for t, v in self._staged.items() if t not in self._new]
         refused = await insert_new(self.views, new)
-        await write_fenced(self.views, known + refused, term=term, checkpoint=self._staged_to)
+        await write_fenced(
+            self.views, known + refused, term=term, checkpoint=self._staged_to, duty=self.duty
+        )
         self._written_to = self._staged_to
         self._staged.clear()  # written: they stay in the cache
         self._new.clear()

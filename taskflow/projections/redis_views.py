@@ -72,7 +72,6 @@ class RedisTaskViews:
     """
 
     pace_seconds = 0.0
-    busy_share = 1.0
     reads_stored = False
 
     def __init__(

@@ -41,11 +41,6 @@ class Projection(Protocol):
     # The least time between two of a driver's passes; wake-ups meanwhile are coalesced into
     # the next pass. 0 for the views reads are served from: they follow every append.
     pace_seconds: float
-    # The largest share of the time its passes may take while it is behind: after a pass of t
-    # seconds the driver rests t * (1 - share) / share (at least `pace_seconds`) before the
-    # next. 1.0 for the views reads are served from; less for a model whose writes cost the
-    # server time that requests need (mongo_views.py).
-    busy_share: float
     # Whether it is fed the commits as stored (`read_all_stored`: personal fields still sealed)
     # rather than opened. Only a projection that never looks inside events may say so (the log
     # seal folds positions and hashes): opening is most of what reading the log costs.
