@@ -5,7 +5,7 @@ back to back, a pass's hundreds of replaces kept one of FerretDB's cores busy fo
 seconds, and every append meanwhile waited behind them: the Redis views' lag p99 rose during
 those bursts and fell between them. Resting after each short command in proportion to how
 long it took spreads the same work evenly: the server is never busy with them for more than
-one command at a time (docs/benchmarks.md, "Spreading the MongoDB views' writes").
+one command at a time (docs/benchmarks.md, "Write-to-visible latency").
 """
 
 from __future__ import annotations

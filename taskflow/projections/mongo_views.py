@@ -109,8 +109,9 @@ class MongoTaskViews:
         self._leases = leases
         self._history = history
         self._cache: LRUCache[str, TaskState] = LRUCache(maxsize=CACHE_SIZE)
-        # Paces the replaces (inserts are not: a new view is one insert among up to 500, and a
-        # rebuild writes nothing else).
+        # Paces a lease holder's replaces. Not inserts: a new view is one insert among up to
+        # 500, and a rebuild writes little else. Not a writer without a lease (term 0: tests,
+        # `runtime.catch_up`, the catch-up benchmark): its caller waits for it to finish.
         self.duty = DutyCycle(BUSY_SHARE)
         # The checkpoint this process last wrote (-1: none). The cache holds what this process
         # wrote; it is trusted only while the checkpoint is still there (no one else wrote).
@@ -203,8 +204,9 @@ class MongoTaskViews:
         new = [_document(v) for t, v in self._staged.items() if t in self._new]
         known = [replace(_document(v)) for t, v in self._staged.items() if t not in self._new]
         refused = await insert_new(self.views, new)
+        duty = self.duty if term else None
         await write_fenced(
-            self.views, known + refused, term=term, checkpoint=self._staged_to, duty=self.duty
+            self.views, known + refused, term=term, checkpoint=self._staged_to, duty=duty
         )
         self._written_to = self._staged_to
         self._staged.clear()  # written: they stay in the cache
