@@ -101,7 +101,7 @@ async def one_pass(
 ) -> PassResult:
     """Apply what is settled after the checkpoint, batch by batch, from one streamed read of
     the log (a range query per batch would scan the log each time on FerretDB); stops between
-    batches when `keep_going()` turns false (graceful shutdown, a lost lease, a paced pass)."""
+    batches when `keep_going()` turns false (graceful shutdown, a lost lease)."""
     position = await projection.position()
     applied = 0
     read = store.read_all_stored if projection.reads_stored else store.read_all
