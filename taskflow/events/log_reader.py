@@ -154,9 +154,8 @@ class LogReader:
 
     async def _hinted(self, after: int, chunk: int) -> list[Commit]:
         """The hinted commits right after `after`, up to `chunk` of them and the first hole."""
-        keys = [names.commit_hint_key(after + i) for i in range(1, chunk + 1)]
         commits: list[Commit] = []
-        for raw in await self._hot.execute("MGET", *keys):
+        for raw in await self._hot.execute("MGET", *_hint_keys(after, chunk)):
             if raw is None:
                 break
             commits.append(commit_from_json(raw))
@@ -166,8 +165,7 @@ class LogReader:
         """The hinted commits right after `after` (up to `chunk`, and the first hole), recorded
         settled; the settled head and the position counter (None: Redis lost it) as they stand
         then, all in one script."""
-        keys = [names.SETTLED_HEAD, names.POSITION_COUNTER]
-        keys += [names.commit_hint_key(after + i) for i in range(1, chunk + 1)]
+        keys = [names.SETTLED_HEAD, names.POSITION_COUNTER, *_hint_keys(after, chunk)]
         settled, allocated, hints = await self._hot.evalsha(self._read_tail, keys, [after])
         commits = [commit_from_json(raw) for raw in hints]
         if commits:
@@ -266,6 +264,11 @@ class LogReader:
             return None
         await self.hint(gap)
         return gap
+
+
+def _hint_keys(after: int, chunk: int) -> list[str]:
+    """The hint keys of the `chunk` positions right after `after`, in order."""
+    return [names.commit_hint_key(after + i) for i in range(1, chunk + 1)]
 
 
 async def in_position_order(
